@@ -1,0 +1,24 @@
+//! archway: a Kubernetes admission webhook that steers pods to the CPU
+//! architectures their images publish.
+//!
+//! The path of a review, top to bottom: `server` (HTTPS) -> `admission`
+//! (review in, response out) -> `placement` (the pure decision) -> `patch`;
+//! the lookups it needs come from `policy` (namespaces) and `cache` over
+//! `registry` (what images publish).
+
+pub mod admission;
+pub mod cache;
+pub mod certs;
+pub mod cli;
+pub mod config;
+pub mod image;
+pub mod patch;
+pub mod placement;
+pub mod platform;
+pub mod policy;
+pub mod registry;
+pub mod report;
+pub mod review;
+pub mod run;
+pub mod server;
+pub mod telemetry;
