@@ -1,0 +1,733 @@
+//! The few OCI distribution requests archway needs: one manifest and at most
+//! one config blob per image, with the bearer-token and basic-auth flows
+//! registries use.
+//!
+//! Why not `oci_client::Client` for the HTTP: it reads whole bodies with no
+//! size limit, builds its own HTTP client (so no resolver guard or redirect
+//! policy can be set), and keeps the first credentials it sees per registry,
+//! where archway needs one answer per (image, credential). oci-client's
+//! reference grammar is used for parsing (see `image.rs`); the requests are
+//! these few, on the same reqwest it uses.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine;
+use reqwest::header::{
+    ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderMap, RETRY_AFTER, WWW_AUTHENTICATE,
+};
+use reqwest::{Response, StatusCode};
+use serde::Deserialize;
+
+use super::credentials::{Credential, Keyring};
+use super::manifest::{self, MANIFEST_ACCEPT, ManifestContent};
+use super::{ImagePlatforms, InspectError, ManifestShape};
+use crate::image::ImageRef;
+
+/// How the client talks to registries.
+#[derive(Clone, Debug)]
+pub struct RegistrySettings {
+    pub connect_timeout: Duration,
+    /// For each request, from sending to the last byte of the body.
+    pub request_timeout: Duration,
+    /// Registries (as written in references, `host[:port]`) reached over
+    /// plain HTTP. Never the default: only what the configuration names.
+    pub insecure_hosts: Vec<String>,
+    /// Extra CA certificates (PEM) trusted next to the system's.
+    pub extra_ca_pems: Vec<Vec<u8>>,
+    /// Registry -> mirrors tried first, in order (a pull-through cache for
+    /// docker.io, say). The registry itself is tried last.
+    pub mirrors: BTreeMap<String, Vec<String>>,
+    /// Credentials of the cluster itself (node-level, mirrors); a pod's own
+    /// pull secrets come first.
+    pub keyring: Keyring,
+    pub max_manifest_bytes: usize,
+    pub max_token_bytes: usize,
+}
+
+impl Default for RegistrySettings {
+    fn default() -> Self {
+        RegistrySettings {
+            connect_timeout: Duration::from_secs(2),
+            request_timeout: Duration::from_secs(10),
+            insecure_hosts: Vec::new(),
+            extra_ca_pems: Vec::new(),
+            mirrors: BTreeMap::new(),
+            keyring: Keyring::default(),
+            max_manifest_bytes: 4 * 1024 * 1024,
+            max_token_bytes: 1024 * 1024,
+        }
+    }
+}
+
+/// Cheap to clone: clones share connections and tokens.
+#[derive(Clone)]
+pub struct RegistryClient {
+    http: reqwest::Client,
+    settings: Arc<RegistrySettings>,
+    /// Authorization header values by (endpoint, repository, credential):
+    /// a bearer token is scoped to a repository, and one credential's token
+    /// must never be used for another's request.
+    auth: moka::future::Cache<AuthKey, Arc<str>>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct AuthKey {
+    endpoint: String,
+    repository: String,
+    credential: String,
+}
+
+struct AuthExpiry;
+
+impl moka::Expiry<AuthKey, Arc<str>> for AuthExpiry {
+    fn expire_after_create(
+        &self,
+        _: &AuthKey,
+        value: &Arc<str>,
+        _: std::time::Instant,
+    ) -> Option<Duration> {
+        // The lifetime rides in front of the value, see `remember_auth`.
+        value
+            .split_once('|')
+            .and_then(|(secs, _)| secs.parse().ok())
+            .map(Duration::from_secs)
+    }
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{0}")]
+pub struct ClientBuildError(String);
+
+impl RegistryClient {
+    pub fn new(settings: RegistrySettings) -> Result<Self, ClientBuildError> {
+        let mut builder = reqwest::Client::builder()
+            .connect_timeout(settings.connect_timeout)
+            .read_timeout(settings.request_timeout)
+            .pool_idle_timeout(Duration::from_secs(60))
+            .user_agent(concat!("archway/", env!("CARGO_PKG_VERSION")))
+            // Proxy variables of the process must not reroute registry
+            // traffic unseen; mirrors are the configured way to do that.
+            .no_proxy()
+            .redirect(reqwest::redirect::Policy::limited(5));
+        let mut certs = Vec::new();
+        for pem in &settings.extra_ca_pems {
+            let found = reqwest::Certificate::from_pem_bundle(pem)
+                .map_err(|e| ClientBuildError(format!("extra CA certificates: {e}")))?;
+            if found.is_empty() {
+                return Err(ClientBuildError(
+                    "extra CA file holds no PEM certificate".into(),
+                ));
+            }
+            certs.extend(found);
+        }
+        builder = builder.tls_certs_merge(certs);
+        let http = builder
+            .build()
+            .map_err(|e| ClientBuildError(format!("HTTP client: {e}")))?;
+        Ok(RegistryClient {
+            http,
+            settings: Arc::new(settings),
+            auth: moka::future::Cache::builder()
+                .max_capacity(10_000)
+                .expire_after(AuthExpiry)
+                .build(),
+        })
+    }
+
+    pub fn settings(&self) -> &RegistrySettings {
+        &self.settings
+    }
+
+    /// The platforms `image` publishes: from the index if it is one,
+    /// otherwise from the single manifest's config blob. Mirrors first,
+    /// then the registry itself; the registry's error is the one reported.
+    pub async fn inspect(
+        &self,
+        image: &ImageRef,
+        credential: &Credential,
+    ) -> Result<ImagePlatforms, InspectError> {
+        let mut last_error = None;
+        for endpoint in self.endpoints(image) {
+            match self.inspect_at(&endpoint, image, credential).await {
+                Ok(found) => return Ok(found),
+                Err(error) => {
+                    tracing::debug!(image = %image, endpoint = %endpoint.host, %error, "registry endpoint failed");
+                    last_error = Some(error);
+                }
+            }
+        }
+        Err(last_error.expect("an image always has at least its own registry as endpoint"))
+    }
+
+    fn endpoints(&self, image: &ImageRef) -> Vec<Endpoint> {
+        let mirrors = self
+            .settings
+            .mirrors
+            .get(image.registry())
+            .into_iter()
+            .flatten();
+        mirrors
+            .map(|mirror| Endpoint {
+                scheme: self.scheme_for(mirror),
+                host: mirror.clone(),
+                mirror: true,
+            })
+            .chain(std::iter::once(Endpoint {
+                scheme: self.scheme_for(image.registry()),
+                host: image.api_host().to_string(),
+                mirror: false,
+            }))
+            .collect()
+    }
+
+    fn scheme_for(&self, registry: &str) -> &'static str {
+        if self.settings.insecure_hosts.iter().any(|h| h == registry) {
+            "http"
+        } else {
+            "https"
+        }
+    }
+
+    async fn inspect_at(
+        &self,
+        endpoint: &Endpoint,
+        image: &ImageRef,
+        credential: &Credential,
+    ) -> Result<ImagePlatforms, InspectError> {
+        // A pod's credential belongs to the image's registry; a mirror gets
+        // only the cluster's own credential for it.
+        let credential = if endpoint.mirror {
+            self.settings
+                .keyring
+                .lookup_host(&endpoint.host, image.repository())
+        } else if credential.is_anonymous() {
+            self.settings.keyring.lookup(image)
+        } else {
+            credential.clone()
+        };
+        let repository = image.repository();
+        let reference = image.manifest_reference();
+        let manifest = self
+            .get(
+                endpoint,
+                repository,
+                &format!("manifests/{reference}"),
+                MANIFEST_ACCEPT,
+                &credential,
+            )
+            .await?;
+        let body_digest = manifest::sha256_digest(&manifest.body);
+        if let Some(expected) = image.digest().filter(|expected| *expected != body_digest) {
+            return Err(InspectError::DigestMismatch {
+                host: endpoint.host.clone(),
+                expected: expected.to_string(),
+                actual: body_digest,
+            });
+        }
+        let content = manifest::parse_manifest(manifest.content_type.as_deref(), &manifest.body)
+            .map_err(|error| InspectError::Manifest {
+                host: endpoint.host.clone(),
+                error,
+            })?;
+        let (platforms, shape) = match content {
+            ManifestContent::Index(platforms) => (platforms, ManifestShape::Index),
+            ManifestContent::Image { config_digest } => {
+                let config = self
+                    .get(
+                        endpoint,
+                        repository,
+                        &format!("blobs/{config_digest}"),
+                        "*/*",
+                        &credential,
+                    )
+                    .await?;
+                let actual = manifest::sha256_digest(&config.body);
+                if actual != config_digest {
+                    return Err(InspectError::DigestMismatch {
+                        host: endpoint.host.clone(),
+                        expected: config_digest,
+                        actual,
+                    });
+                }
+                let platform = manifest::parse_config(&config.body).map_err(|error| {
+                    InspectError::Manifest {
+                        host: endpoint.host.clone(),
+                        error,
+                    }
+                })?;
+                ([platform].into_iter().collect(), ManifestShape::Single)
+            }
+        };
+        Ok(ImagePlatforms {
+            digest: body_digest,
+            platforms,
+            shape,
+            endpoint: endpoint.host.clone(),
+        })
+    }
+
+    /// GET `/v2/<repository>/<path>`, authenticating once on a 401.
+    async fn get(
+        &self,
+        endpoint: &Endpoint,
+        repository: &str,
+        path: &str,
+        accept: &str,
+        credential: &Credential,
+    ) -> Result<Fetched, InspectError> {
+        let url = format!(
+            "{}://{}/v2/{repository}/{path}",
+            endpoint.scheme, endpoint.host
+        );
+        let key = AuthKey {
+            endpoint: format!("{}://{}", endpoint.scheme, endpoint.host),
+            repository: repository.to_string(),
+            credential: credential.fingerprint(),
+        };
+        let mut authorization = match credential {
+            Credential::Bearer(token) => Some(Arc::from(format!("0|Bearer {token}"))),
+            _ => self.auth.get(&key).await,
+        };
+        for attempt in 0..2 {
+            let mut request = self
+                .http
+                .get(&url)
+                .header(ACCEPT, accept)
+                .timeout(self.settings.request_timeout);
+            if let Some(value) = &authorization {
+                request = request.header(AUTHORIZATION, header_of(value));
+            }
+            let response = request
+                .send()
+                .await
+                .map_err(|e| transport_error(&endpoint.host, e))?;
+            let status = response.status();
+            if status == StatusCode::UNAUTHORIZED && attempt == 0 {
+                let challenge = response
+                    .headers()
+                    .get(WWW_AUTHENTICATE)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_string);
+                let value = self
+                    .authenticate(endpoint, repository, credential, challenge.as_deref())
+                    .await?;
+                self.auth.insert(key.clone(), value.clone()).await;
+                authorization = Some(value);
+                continue;
+            }
+            let sent_credentials = authorization.is_some() && !credential.is_anonymous();
+            return self
+                .finish(endpoint, repository, response, sent_credentials)
+                .await;
+        }
+        Err(InspectError::Unauthorized {
+            host: endpoint.host.clone(),
+            repository: repository.to_string(),
+            authenticated: !credential.is_anonymous(),
+        })
+    }
+
+    async fn finish(
+        &self,
+        endpoint: &Endpoint,
+        repository: &str,
+        response: Response,
+        sent_credentials: bool,
+    ) -> Result<Fetched, InspectError> {
+        let status = response.status();
+        let host = endpoint.host.clone();
+        match status {
+            s if s.is_success() => {
+                let content_type = response
+                    .headers()
+                    .get(CONTENT_TYPE)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_string);
+                let body = read_limited(
+                    response,
+                    self.settings.max_manifest_bytes,
+                    &host,
+                    "manifest or config",
+                )
+                .await?;
+                Ok(Fetched { content_type, body })
+            }
+            StatusCode::NOT_FOUND => Err(InspectError::NotFound {
+                host,
+                repository: repository.to_string(),
+            }),
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => Err(InspectError::Unauthorized {
+                host,
+                repository: repository.to_string(),
+                authenticated: sent_credentials,
+            }),
+            StatusCode::TOO_MANY_REQUESTS => Err(InspectError::RateLimited {
+                host,
+                retry_after: retry_after(response.headers()),
+            }),
+            _ => Err(InspectError::Status {
+                host,
+                status: status.as_u16(),
+            }),
+        }
+    }
+
+    /// Answers a 401's challenge: a bearer token from the realm (with the
+    /// credential, if any, as Basic), or Basic directly.
+    async fn authenticate(
+        &self,
+        endpoint: &Endpoint,
+        repository: &str,
+        credential: &Credential,
+        challenge: Option<&str>,
+    ) -> Result<Arc<str>, InspectError> {
+        let unauthorized = || InspectError::Unauthorized {
+            host: endpoint.host.clone(),
+            repository: repository.to_string(),
+            authenticated: !credential.is_anonymous(),
+        };
+        let challenge = challenge.map(Challenge::parse).ok_or_else(unauthorized)?;
+        match challenge {
+            Challenge::Basic => match credential {
+                Credential::Basic { username, password } => Ok(remember_auth(
+                    Duration::from_secs(3600),
+                    &format!("Basic {}", basic_value(username, password)),
+                )),
+                _ => Err(unauthorized()),
+            },
+            Challenge::Bearer {
+                realm,
+                service,
+                scope,
+            } => {
+                let scope = scope.unwrap_or_else(|| format!("repository:{repository}:pull"));
+                let token = self
+                    .fetch_token(endpoint, &realm, service.as_deref(), &scope, credential)
+                    .await?;
+                Ok(remember_auth(
+                    token.lifetime,
+                    &format!("Bearer {}", token.value),
+                ))
+            }
+            Challenge::Other => Err(unauthorized()),
+        }
+    }
+
+    async fn fetch_token(
+        &self,
+        endpoint: &Endpoint,
+        realm: &str,
+        service: Option<&str>,
+        scope: &str,
+        credential: &Credential,
+    ) -> Result<Token, InspectError> {
+        let token_error = |reason: String| InspectError::Token {
+            host: endpoint.host.clone(),
+            reason,
+        };
+        let mut url =
+            reqwest::Url::parse(realm).map_err(|_| token_error("realm is not a URL".into()))?;
+        if !matches!(url.scheme(), "https" | "http") {
+            return Err(token_error("realm is not an http(s) URL".into()));
+        }
+        {
+            let mut query = url.query_pairs_mut();
+            if let Some(service) = service {
+                query.append_pair("service", service);
+            }
+            query.append_pair("scope", scope);
+        }
+        let mut request = self.http.get(url).timeout(self.settings.request_timeout);
+        if let Credential::Basic { username, password } = credential {
+            request = request.header(
+                AUTHORIZATION,
+                format!("Basic {}", basic_value(username, password)),
+            );
+        }
+        let response = request
+            .send()
+            .await
+            .map_err(|e| transport_error(&endpoint.host, e))?;
+        let status = response.status();
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            return Err(InspectError::RateLimited {
+                host: endpoint.host.clone(),
+                retry_after: retry_after(response.headers()),
+            });
+        }
+        if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
+            return Err(InspectError::Unauthorized {
+                host: endpoint.host.clone(),
+                repository: scope.to_string(),
+                authenticated: !credential.is_anonymous(),
+            });
+        }
+        if !status.is_success() {
+            return Err(token_error(format!(
+                "token endpoint answered HTTP {}",
+                status.as_u16()
+            )));
+        }
+        let body = read_limited(
+            response,
+            self.settings.max_token_bytes,
+            &endpoint.host,
+            "token response",
+        )
+        .await?;
+        #[derive(Deserialize)]
+        struct TokenResponse {
+            token: Option<String>,
+            access_token: Option<String>,
+            expires_in: Option<u64>,
+        }
+        // Never echo the body: it is a secret.
+        let parsed: TokenResponse = serde_json::from_slice(&body)
+            .map_err(|_| token_error("token response is not JSON".into()))?;
+        let value = parsed
+            .token
+            .or(parsed.access_token)
+            .filter(|t| !t.is_empty() && t.bytes().all(|b| b.is_ascii_graphic()))
+            .ok_or_else(|| token_error("token response has no usable token".into()))?;
+        // The distribution spec's default is 60 s; renew a little early.
+        let lifetime = Duration::from_secs(
+            parsed
+                .expires_in
+                .unwrap_or(60)
+                .clamp(10, 3600)
+                .saturating_sub(5),
+        );
+        Ok(Token { value, lifetime })
+    }
+}
+
+struct Endpoint {
+    scheme: &'static str,
+    host: String,
+    mirror: bool,
+}
+
+struct Fetched {
+    content_type: Option<String>,
+    body: Vec<u8>,
+}
+
+struct Token {
+    value: String,
+    lifetime: Duration,
+}
+
+fn remember_auth(lifetime: Duration, header: &str) -> Arc<str> {
+    Arc::from(format!("{}|{header}", lifetime.as_secs()))
+}
+
+fn header_of(stored: &str) -> &str {
+    stored.split_once('|').map_or(stored, |(_, header)| header)
+}
+
+fn basic_value(username: &str, password: &str) -> String {
+    base64::engine::general_purpose::STANDARD.encode(format!("{username}:{password}"))
+}
+
+/// Reads at most `limit` bytes, refusing more without reading them.
+async fn read_limited(
+    mut response: Response,
+    limit: usize,
+    host: &str,
+    what: &'static str,
+) -> Result<Vec<u8>, InspectError> {
+    let too_large = || InspectError::TooLarge {
+        host: host.to_string(),
+        what,
+        limit,
+    };
+    if response
+        .content_length()
+        .is_some_and(|len| len > limit as u64)
+    {
+        return Err(too_large());
+    }
+    let mut body = Vec::with_capacity(response.content_length().unwrap_or(0) as usize);
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .map_err(|e| transport_error(host, e))?
+    {
+        if body.len() + chunk.len() > limit {
+            return Err(too_large());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    headers
+        .get(RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse::<u64>()
+        .ok()
+        .map(Duration::from_secs)
+}
+
+/// A reqwest error as a reason a person can act on: the innermost cause
+/// (connection refused, certificate unknown) without the URL.
+fn transport_error(host: &str, error: reqwest::Error) -> InspectError {
+    if error.is_timeout() {
+        return InspectError::Timeout {
+            host: host.to_string(),
+        };
+    }
+    let mut reason = error.to_string();
+    let mut source = std::error::Error::source(&error);
+    while let Some(inner) = source {
+        reason = inner.to_string();
+        source = inner.source();
+    }
+    if error.is_redirect() {
+        reason = format!("redirect refused: {reason}");
+    }
+    InspectError::Connect {
+        host: host.to_string(),
+        reason,
+    }
+}
+
+/// A `WWW-Authenticate` header, as much as the distribution flows use.
+#[derive(Debug, PartialEq, Eq)]
+enum Challenge {
+    Basic,
+    Bearer {
+        realm: String,
+        service: Option<String>,
+        scope: Option<String>,
+    },
+    Other,
+}
+
+impl Challenge {
+    fn parse(header: &str) -> Challenge {
+        let header = header.trim();
+        let (scheme, params) = header.split_once(' ').unwrap_or((header, ""));
+        if scheme.eq_ignore_ascii_case("basic") {
+            return Challenge::Basic;
+        }
+        if !scheme.eq_ignore_ascii_case("bearer") {
+            return Challenge::Other;
+        }
+        let params = parse_auth_params(params);
+        match params.get("realm") {
+            Some(realm) if !realm.is_empty() => Challenge::Bearer {
+                realm: realm.clone(),
+                service: params.get("service").cloned(),
+                scope: params.get("scope").cloned(),
+            },
+            _ => Challenge::Other,
+        }
+    }
+}
+
+/// `key="value", key=value` pairs; quoted values may hold commas (scopes do).
+fn parse_auth_params(input: &str) -> BTreeMap<String, String> {
+    let mut params = BTreeMap::new();
+    let mut rest = input.trim();
+    while !rest.is_empty() {
+        let Some((key, after)) = rest.split_once('=') else {
+            break;
+        };
+        let key = key
+            .trim()
+            .trim_start_matches(',')
+            .trim()
+            .to_ascii_lowercase();
+        let after = after.trim_start();
+        let (value, remaining) = if let Some(quoted) = after.strip_prefix('"') {
+            let mut value = String::new();
+            let mut chars = quoted.char_indices();
+            let mut end = quoted.len();
+            while let Some((i, c)) = chars.next() {
+                match c {
+                    '\\' => {
+                        if let Some((_, escaped)) = chars.next() {
+                            value.push(escaped);
+                        }
+                    }
+                    '"' => {
+                        end = i + 1;
+                        break;
+                    }
+                    c => value.push(c),
+                }
+            }
+            (value, &quoted[end..])
+        } else {
+            let end = after.find(',').unwrap_or(after.len());
+            (after[..end].trim().to_string(), &after[end..])
+        };
+        params.insert(key, value);
+        rest = remaining.trim_start().trim_start_matches(',').trim_start();
+    }
+    params
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_challenges_as_registries_send_them() {
+        assert_eq!(
+            Challenge::parse(
+                r#"Bearer realm="https://auth.docker.io/token",service="registry.docker.io",scope="repository:library/nginx:pull,push""#
+            ),
+            Challenge::Bearer {
+                realm: "https://auth.docker.io/token".into(),
+                service: Some("registry.docker.io".into()),
+                scope: Some("repository:library/nginx:pull,push".into()),
+            }
+        );
+        assert_eq!(
+            Challenge::parse(r#"bearer realm=https://r.io/t, service=r.io"#),
+            Challenge::Bearer {
+                realm: "https://r.io/t".into(),
+                service: Some("r.io".into()),
+                scope: None
+            }
+        );
+        assert_eq!(
+            Challenge::parse(r#"Basic realm="Registry Realm""#),
+            Challenge::Basic
+        );
+        assert_eq!(Challenge::parse("Bearer service=x"), Challenge::Other);
+        assert_eq!(Challenge::parse("Negotiate"), Challenge::Other);
+        assert_eq!(Challenge::parse(""), Challenge::Other);
+        assert_eq!(
+            Challenge::parse(r#"Bearer realm="unterminated"#),
+            Challenge::Bearer {
+                realm: "unterminated".into(),
+                service: None,
+                scope: None
+            }
+        );
+    }
+
+    #[test]
+    fn stored_auth_carries_its_lifetime() {
+        let stored = remember_auth(Duration::from_secs(55), "Bearer abc|def");
+        assert_eq!(header_of(&stored), "Bearer abc|def");
+        let expiry = AuthExpiry;
+        let key = AuthKey {
+            endpoint: "e".into(),
+            repository: "r".into(),
+            credential: "c".into(),
+        };
+        assert_eq!(
+            moka::Expiry::expire_after_create(&expiry, &key, &stored, std::time::Instant::now()),
+            Some(Duration::from_secs(55))
+        );
+    }
+}
