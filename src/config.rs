@@ -1,0 +1,361 @@
+//! The configuration: one YAML file, with command-line flags and `ARCHWAY_*`
+//! environment variables over it (see `cli.rs`). Every field has a default,
+//! so an empty file is a valid configuration.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Toleration;
+use serde::Deserialize;
+
+use crate::cache::CacheSettings;
+use crate::policy::{Rollout, StaticNamespace, StaticPolicies};
+use crate::registry::{Keyring, RegistrySettings};
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct Config {
+    /// The architecture pods are moved to (`kubernetes.io/arch` value).
+    pub target_architecture: String,
+    /// Rollout of namespaces that do not set `archway.dev/rollout`.
+    pub default_rollout: Rollout,
+    /// Tolerations a pod gets for each architecture it may be placed on:
+    /// the taints that keep those nodes reserved.
+    pub tolerations: BTreeMap<String, Vec<Toleration>>,
+    /// Deny pods whose images cannot be inspected or share no architecture,
+    /// instead of admitting them unchanged with a warning.
+    pub fail_closed: bool,
+    /// The most a review may take, registry lookups included; under the
+    /// webhook's `timeoutSeconds` so the API server never gives up first.
+    #[serde(with = "humantime_serde")]
+    pub time_budget: Duration,
+    /// Namespaces never touched, whatever their labels say.
+    pub excluded_namespaces: Vec<String>,
+    /// Static namespace policy, for running without a cluster.
+    pub namespaces: BTreeMap<String, StaticNamespace>,
+    pub cache: CacheConfig,
+    pub registry: RegistryConfig,
+    pub server: ServerConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct CacheConfig {
+    pub max_entries: u64,
+    #[serde(with = "humantime_serde")]
+    pub tag_ttl: Duration,
+    #[serde(with = "humantime_serde")]
+    pub digest_ttl: Duration,
+    #[serde(with = "humantime_serde")]
+    pub failure_ttl: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct RegistryConfig {
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// Registries reached over plain HTTP (`host[:port]` as in references).
+    pub insecure: Vec<String>,
+    /// PEM files of CA certificates to trust next to the system's.
+    pub ca_files: Vec<PathBuf>,
+    /// Registry -> mirrors tried before it, e.g. `docker.io: [mirror:5000]`.
+    pub mirrors: BTreeMap<String, Vec<String>>,
+    /// A Docker config.json of cluster-wide credentials (node-level,
+    /// mirrors). Pods' own pull secrets take precedence.
+    pub credentials_file: Option<PathBuf>,
+    pub max_manifest_bytes: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub admin_listen: SocketAddr,
+    /// PEM certificate chain and key. Without them, `serve` makes a
+    /// self-signed pair at start-up (for trying archway out locally).
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+    /// Largest admission request accepted. Pods can be large (many
+    /// containers, long env lists); the API server's own limit is 3 MiB.
+    pub max_body_bytes: usize,
+}
+
+fn toleration(arch: &str) -> Toleration {
+    Toleration {
+        key: Some("kubernetes.io/arch".into()),
+        operator: Some("Equal".into()),
+        value: Some(arch.into()),
+        effect: Some("NoSchedule".into()),
+        ..Default::default()
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            target_architecture: "arm64".into(),
+            default_rollout: Rollout::NONE,
+            // The taint cloud providers and platform teams commonly put on
+            // nodes reserved for one architecture (GKE does for arm64).
+            tolerations: ["arm64", "amd64"]
+                .into_iter()
+                .map(|arch| (arch.to_string(), vec![toleration(arch)]))
+                .collect(),
+            fail_closed: false,
+            time_budget: Duration::from_millis(2500),
+            excluded_namespaces: vec![
+                "kube-system".into(),
+                "kube-public".into(),
+                "kube-node-lease".into(),
+            ],
+            namespaces: BTreeMap::new(),
+            cache: CacheConfig::default(),
+            registry: RegistryConfig::default(),
+            server: ServerConfig::default(),
+        }
+    }
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        let d = CacheSettings::default();
+        CacheConfig {
+            max_entries: d.max_entries,
+            tag_ttl: d.tag_ttl,
+            digest_ttl: d.digest_ttl,
+            failure_ttl: d.failure_ttl,
+        }
+    }
+}
+
+impl Default for RegistryConfig {
+    fn default() -> Self {
+        let d = RegistrySettings::default();
+        RegistryConfig {
+            connect_timeout: d.connect_timeout,
+            request_timeout: d.request_timeout,
+            insecure: Vec::new(),
+            ca_files: Vec::new(),
+            mirrors: BTreeMap::new(),
+            credentials_file: None,
+            max_manifest_bytes: d.max_manifest_bytes,
+        }
+    }
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: ([0, 0, 0, 0], 8443).into(),
+            admin_listen: ([0, 0, 0, 0], 8080).into(),
+            cert_file: None,
+            key_file: None,
+            max_body_bytes: 3 * 1024 * 1024,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Config::from_yaml(&text).map_err(|e| match e {
+            ConfigError::Parse { message, .. } => ConfigError::Parse {
+                path: path.to_path_buf(),
+                message,
+            },
+            other => other,
+        })
+    }
+
+    pub fn from_yaml(text: &str) -> Result<Config, ConfigError> {
+        // An empty file is an empty map: all defaults.
+        let config: Config = if text.trim().is_empty() {
+            Config::default()
+        } else {
+            serde_yaml::from_str(text).map_err(|e| ConfigError::Parse {
+                path: PathBuf::from("<config>"),
+                message: e.to_string(),
+            })?
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |m: String| Err(ConfigError::Invalid(m));
+        if self.target_architecture.is_empty() || self.target_architecture.contains(['/', ' ']) {
+            return invalid(format!(
+                "targetArchitecture must be a kubernetes.io/arch value such as arm64, not {:?}",
+                self.target_architecture
+            ));
+        }
+        if self.time_budget.is_zero() || self.time_budget > Duration::from_secs(29) {
+            return invalid(
+                "timeBudget must be above 0 and below the API server's 30 s webhook limit".into(),
+            );
+        }
+        if self.cache.max_entries == 0 {
+            return invalid("cache.maxEntries must be at least 1".into());
+        }
+        if self.server.cert_file.is_some() != self.server.key_file.is_some() {
+            return invalid("server.certFile and server.keyFile go together".into());
+        }
+        if self.server.max_body_bytes < 1024 {
+            return invalid("server.maxBodyBytes is too small for any pod".into());
+        }
+        Ok(())
+    }
+
+    pub fn cache_settings(&self) -> CacheSettings {
+        CacheSettings {
+            max_entries: self.cache.max_entries,
+            tag_ttl: self.cache.tag_ttl,
+            digest_ttl: self.cache.digest_ttl,
+            failure_ttl: self.cache.failure_ttl,
+        }
+    }
+
+    /// Registry settings, reading the CA and credentials files named.
+    pub fn registry_settings(&self) -> Result<RegistrySettings, ConfigError> {
+        let read = |path: &PathBuf| {
+            std::fs::read(path).map_err(|source| ConfigError::Read {
+                path: path.clone(),
+                source,
+            })
+        };
+        let extra_ca_pems = self
+            .registry
+            .ca_files
+            .iter()
+            .map(read)
+            .collect::<Result<Vec<_>, _>>()?;
+        let keyring = match &self.registry.credentials_file {
+            None => Keyring::default(),
+            Some(path) => {
+                Keyring::from_docker_config(&read(path)?).map_err(|e| ConfigError::Parse {
+                    path: path.clone(),
+                    message: e.to_string(),
+                })?
+            }
+        };
+        Ok(RegistrySettings {
+            connect_timeout: self.registry.connect_timeout,
+            request_timeout: self.registry.request_timeout,
+            insecure_hosts: self.registry.insecure.clone(),
+            extra_ca_pems,
+            mirrors: self.registry.mirrors.clone(),
+            keyring,
+            max_manifest_bytes: self.registry.max_manifest_bytes,
+            ..RegistrySettings::default()
+        })
+    }
+
+    pub fn static_policies(&self) -> StaticPolicies {
+        StaticPolicies {
+            namespaces: self.namespaces.clone(),
+            default_rollout: self.default_rollout,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::{Mode, Placement, PolicySource, RolloutBy};
+
+    #[test]
+    fn empty_file_is_all_defaults() {
+        let config = Config::from_yaml("").unwrap();
+        assert_eq!(config.target_architecture, "arm64");
+        assert_eq!(config.time_budget, Duration::from_millis(2500));
+        assert_eq!(
+            config.tolerations["arm64"][0].value.as_deref(),
+            Some("arm64")
+        );
+        assert_eq!(config.server.listen.port(), 8443);
+    }
+
+    #[test]
+    fn reads_a_full_file() {
+        let config = Config::from_yaml(
+            r#"
+targetArchitecture: arm64
+defaultRollout: 10
+failClosed: true
+timeBudget: 1500ms
+excludedNamespaces: [kube-system]
+cache: { maxEntries: 50, tagTtl: 5m, failureTtl: 10s }
+registry:
+  insecure: ["127.0.0.1:5000"]
+  mirrors: { docker.io: ["mirror.local:5000"] }
+  requestTimeout: 3s
+namespaces:
+  shop: { mode: enforce, rollout: 25, rolloutBy: workload, placement: preferred }
+  lab: { mode: audit }
+tolerations:
+  arm64:
+    - { key: dedicated, operator: Equal, value: graviton, effect: NoSchedule }
+"#,
+        )
+        .unwrap();
+        assert!(config.fail_closed);
+        assert_eq!(config.time_budget, Duration::from_millis(1500));
+        assert_eq!(config.cache.tag_ttl, Duration::from_secs(300));
+        assert_eq!(config.registry.request_timeout, Duration::from_secs(3));
+        let policies = config.static_policies();
+        let shop = policies.policy("shop").unwrap();
+        assert_eq!(
+            (
+                shop.mode,
+                shop.rollout.percent(),
+                shop.rollout_by,
+                shop.placement
+            ),
+            (Mode::Enforce, 25, RolloutBy::Workload, Placement::Preferred)
+        );
+        let lab = policies.policy("lab").unwrap();
+        assert_eq!((lab.mode, lab.rollout.percent()), (Mode::Audit, 10));
+        assert!(policies.policy("other").is_none());
+        assert_eq!(
+            config.tolerations["arm64"][0].key.as_deref(),
+            Some("dedicated")
+        );
+    }
+
+    #[test]
+    fn rejects_mistakes_with_a_reason() {
+        for (yaml, expected) in [
+            ("targetArch: arm64", "unknown field"),
+            ("defaultRollout: 120", "0 to 100"),
+            ("timeBudget: 45s", "timeBudget"),
+            ("namespaces: { a: { mode: on } }", "mode must be one of"),
+            ("server: { certFile: /x }", "go together"),
+            ("targetArchitecture: linux/arm64", "targetArchitecture"),
+            ("cache: { tagTtl: soon }", "tagTtl"),
+        ] {
+            let err = Config::from_yaml(yaml).unwrap_err().to_string();
+            assert!(err.contains(expected), "{yaml}: {err}");
+        }
+    }
+}

@@ -1,0 +1,333 @@
+//! A namespace's policy: whether archway acts there, and how far its pods
+//! are moved to the target architecture.
+//!
+//! The same parsing serves the static policy of the configuration file and
+//! the labels and annotations read from the cluster, so both mean the same.
+
+use std::collections::BTreeMap;
+use std::str::FromStr;
+
+use serde::Deserialize;
+
+pub const MODE_LABEL: &str = "archway.dev/mode";
+pub const ROLLOUT_ANNOTATION: &str = "archway.dev/rollout";
+pub const ROLLOUT_BY_ANNOTATION: &str = "archway.dev/rollout-by";
+pub const PLACEMENT_ANNOTATION: &str = "archway.dev/placement";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub enum Mode {
+    /// Pods are patched.
+    Enforce,
+    /// Dry run: nothing changes, the decision is reported.
+    Audit,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(try_from = "String")]
+pub enum RolloutBy {
+    /// Each pod draws its own bucket.
+    #[default]
+    Pod,
+    /// All pods of one owner land on the same side.
+    Workload,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(try_from = "String")]
+pub enum Placement {
+    /// The chosen architecture is a hard requirement.
+    #[default]
+    Required,
+    /// The hard requirement is only "where every image runs"; the chosen
+    /// architecture is a preference on top.
+    Preferred,
+}
+
+macro_rules! parse_words {
+    ($type:ty, $what:literal, { $($word:literal => $value:expr),+ $(,)? }) => {
+        impl FromStr for $type {
+            type Err = String;
+            fn from_str(s: &str) -> Result<Self, String> {
+                match s.trim() {
+                    $($word => Ok($value),)+
+                    other => Err(format!(
+                        concat!($what, " must be one of {}, not {:?}"),
+                        [$($word),+].join(", "),
+                        crate::image::truncate_for_message(other)
+                    )),
+                }
+            }
+        }
+        impl TryFrom<String> for $type {
+            type Error = String;
+            fn try_from(s: String) -> Result<Self, String> {
+                s.parse()
+            }
+        }
+    };
+}
+
+parse_words!(Mode, "mode", { "enforce" => Mode::Enforce, "audit" => Mode::Audit });
+parse_words!(RolloutBy, "rollout-by", { "pod" => RolloutBy::Pod, "workload" => RolloutBy::Workload });
+parse_words!(Placement, "placement", { "required" => Placement::Required, "preferred" => Placement::Preferred });
+
+/// A rollout share in percent, 0 to 100.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default, Deserialize)]
+#[serde(try_from = "serde_yaml::Value")]
+pub struct Rollout(u8);
+
+impl Rollout {
+    pub const NONE: Rollout = Rollout(0);
+    pub const ALL: Rollout = Rollout(100);
+
+    pub fn new(percent: u8) -> Option<Rollout> {
+        (percent <= 100).then_some(Rollout(percent))
+    }
+
+    pub fn percent(self) -> u8 {
+        self.0
+    }
+}
+
+impl FromStr for Rollout {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let trimmed = s.trim().trim_end_matches('%');
+        trimmed
+            .parse::<u8>()
+            .ok()
+            .and_then(Rollout::new)
+            .ok_or_else(|| {
+                format!(
+                    "rollout must be a whole number from 0 to 100, not {:?}",
+                    crate::image::truncate_for_message(s)
+                )
+            })
+    }
+}
+
+impl TryFrom<serde_yaml::Value> for Rollout {
+    type Error = String;
+    fn try_from(value: serde_yaml::Value) -> Result<Self, String> {
+        match value {
+            serde_yaml::Value::Number(n) => n.to_string().parse(),
+            serde_yaml::Value::String(s) => s.parse(),
+            other => Err(format!("rollout must be a number, not {other:?}")),
+        }
+    }
+}
+
+/// What archway does in one namespace. `None` where it does nothing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NamespacePolicy {
+    pub mode: Mode,
+    pub rollout: Rollout,
+    pub rollout_by: RolloutBy,
+    pub placement: Placement,
+    /// Values that could not be read, each with its reason. The policy then
+    /// falls back to the safe value (no steering; per pod; required), and
+    /// the review warns so the namespace owner sees it.
+    pub problems: Vec<String>,
+}
+
+/// A namespace as the configuration file writes it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct StaticNamespace {
+    pub mode: Mode,
+    #[serde(default)]
+    pub rollout: Option<Rollout>,
+    #[serde(default)]
+    pub rollout_by: RolloutBy,
+    #[serde(default)]
+    pub placement: Placement,
+}
+
+impl StaticNamespace {
+    pub fn policy(&self, default_rollout: Rollout) -> NamespacePolicy {
+        NamespacePolicy {
+            mode: self.mode,
+            rollout: self.rollout.unwrap_or(default_rollout),
+            rollout_by: self.rollout_by,
+            placement: self.placement,
+            problems: Vec::new(),
+        }
+    }
+}
+
+impl NamespacePolicy {
+    /// Reads a namespace's labels and annotations. Only the mode label opts
+    /// in; anything else there, or no label, leaves the namespace alone.
+    pub fn from_metadata(
+        labels: &BTreeMap<String, String>,
+        annotations: &BTreeMap<String, String>,
+        default_rollout: Rollout,
+    ) -> Option<NamespacePolicy> {
+        let mode = labels.get(MODE_LABEL)?.parse::<Mode>().ok()?;
+        let mut problems = Vec::new();
+        let rollout = read_annotation(
+            annotations,
+            ROLLOUT_ANNOTATION,
+            default_rollout,
+            Rollout::NONE,
+            &mut problems,
+        );
+        let rollout_by = read_annotation(
+            annotations,
+            ROLLOUT_BY_ANNOTATION,
+            RolloutBy::Pod,
+            RolloutBy::Pod,
+            &mut problems,
+        );
+        let placement = read_annotation(
+            annotations,
+            PLACEMENT_ANNOTATION,
+            Placement::Required,
+            Placement::Required,
+            &mut problems,
+        );
+        Some(NamespacePolicy {
+            mode,
+            rollout,
+            rollout_by,
+            placement,
+            problems,
+        })
+    }
+}
+
+/// An annotation's value; `absent` when it is not there, `fallback` (with
+/// the reason noted) when it cannot be read.
+fn read_annotation<T: FromStr<Err = String> + std::fmt::Debug>(
+    annotations: &BTreeMap<String, String>,
+    key: &str,
+    absent: T,
+    fallback: T,
+    problems: &mut Vec<String>,
+) -> T {
+    match annotations.get(key).map(|v| v.parse::<T>()) {
+        None => absent,
+        Some(Ok(value)) => value,
+        Some(Err(reason)) => {
+            problems.push(format!("{key}: {reason}; using {fallback:?}"));
+            fallback
+        }
+    }
+}
+
+/// Where namespace policies come from: the static configuration, or (with
+/// a cluster) the namespaces' own labels and annotations.
+pub trait PolicySource: Send + Sync {
+    /// The policy of `namespace`, or `None` when archway leaves it alone.
+    fn policy(&self, namespace: &str) -> Option<NamespacePolicy>;
+    /// Whether the source has what it needs to answer (a cluster view that
+    /// has synced, say).
+    fn is_ready(&self) -> bool {
+        true
+    }
+}
+
+/// The namespaces listed in the configuration file.
+#[derive(Debug, Clone, Default)]
+pub struct StaticPolicies {
+    pub namespaces: BTreeMap<String, StaticNamespace>,
+    pub default_rollout: Rollout,
+}
+
+impl PolicySource for StaticPolicies {
+    fn policy(&self, namespace: &str) -> Option<NamespacePolicy> {
+        self.namespaces
+            .get(namespace)
+            .map(|ns| ns.policy(self.default_rollout))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn only_the_mode_label_opts_in() {
+        let none = BTreeMap::new();
+        assert_eq!(
+            NamespacePolicy::from_metadata(&none, &none, Rollout::NONE),
+            None
+        );
+        for value in ["", "Enforce", "on", "true"] {
+            let labels = map(&[(MODE_LABEL, value)]);
+            assert_eq!(
+                NamespacePolicy::from_metadata(&labels, &none, Rollout::NONE),
+                None,
+                "{value}"
+            );
+        }
+        let labels = map(&[(MODE_LABEL, "audit")]);
+        let policy =
+            NamespacePolicy::from_metadata(&labels, &none, Rollout::new(10).unwrap()).unwrap();
+        assert_eq!(policy.mode, Mode::Audit);
+        assert_eq!(
+            policy.rollout.percent(),
+            10,
+            "absent rollout is the configured default"
+        );
+        assert_eq!(policy.rollout_by, RolloutBy::Pod);
+        assert_eq!(policy.placement, Placement::Required);
+        assert!(policy.problems.is_empty());
+    }
+
+    #[test]
+    fn reads_annotations_and_reports_bad_values() {
+        let labels = map(&[(MODE_LABEL, "enforce")]);
+        let good = map(&[
+            (ROLLOUT_ANNOTATION, "25"),
+            (ROLLOUT_BY_ANNOTATION, "workload"),
+            (PLACEMENT_ANNOTATION, "preferred"),
+        ]);
+        let policy = NamespacePolicy::from_metadata(&labels, &good, Rollout::NONE).unwrap();
+        assert_eq!(
+            (
+                policy.rollout.percent(),
+                policy.rollout_by,
+                policy.placement
+            ),
+            (25, RolloutBy::Workload, Placement::Preferred)
+        );
+        let bad = map(&[
+            (ROLLOUT_ANNOTATION, "150"),
+            (ROLLOUT_BY_ANNOTATION, "team"),
+            (PLACEMENT_ANNOTATION, "maybe"),
+        ]);
+        let policy =
+            NamespacePolicy::from_metadata(&labels, &bad, Rollout::new(50).unwrap()).unwrap();
+        assert_eq!(policy.rollout, Rollout::NONE, "a bad rollout never steers");
+        assert_eq!(policy.problems.len(), 3, "{:?}", policy.problems);
+        assert!(policy.problems[0].contains("0 to 100"));
+    }
+
+    #[test]
+    fn rollout_parsing() {
+        for (input, expected) in [
+            ("0", Some(0)),
+            ("100", Some(100)),
+            (" 7 ", Some(7)),
+            ("25%", Some(25)),
+        ] {
+            assert_eq!(
+                input.parse::<Rollout>().ok().map(Rollout::percent),
+                expected,
+                "{input}"
+            );
+        }
+        for input in ["101", "-1", "1.5", "", "ten", "256"] {
+            assert!(input.parse::<Rollout>().is_err(), "{input}");
+        }
+    }
+}
