@@ -1,0 +1,210 @@
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde_json::{Value, json};
+
+use super::*;
+use crate::config::Config;
+use crate::placement::{ARCHS_ANNOTATION, DECISION_ANNOTATION};
+
+fn injection(required: &[&str], preferred: Option<&[&str]>) -> Injection {
+    let set = |items: &[&str]| items.iter().map(|s| s.to_string()).collect::<BTreeSet<_>>();
+    Injection {
+        required: set(required),
+        preferred: preferred.map(set),
+        tolerate: set(required),
+        annotations: BTreeMap::from([
+            (ARCHS_ANNOTATION.to_string(), "amd64,arm64".to_string()),
+            (
+                DECISION_ANNOTATION.to_string(),
+                "arm64: rollout 100%, bucket 3".to_string(),
+            ),
+        ]),
+    }
+}
+
+/// Builds the patch, applies it, and checks the result is still a Pod.
+fn apply(pod: Value, injection: &Injection) -> (Value, Pod) {
+    let typed: Pod = serde_json::from_value(pod.clone()).unwrap();
+    let patch = build(&typed, injection, &Config::default().tolerations);
+    for op in &patch.0 {
+        assert!(
+            matches!(op, PatchOperation::Add(_)),
+            "only add operations: {op:?}"
+        );
+    }
+    let mut patched = pod;
+    json_patch::patch(&mut patched, &patch)
+        .unwrap_or_else(|e| panic!("patch does not apply: {e}\n{patch:?}"));
+    let typed = serde_json::from_value(patched.clone()).expect("patched pod is a valid Pod");
+    (patched, typed)
+}
+
+fn base() -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "web", "namespace": "shop"},
+        "spec": {"containers": [{"name": "web", "image": "r/web:1"}]}
+    })
+}
+
+fn arch_expr(values: &[&str]) -> Value {
+    json!({"key": "kubernetes.io/arch", "operator": "In", "values": values})
+}
+
+#[test]
+fn bare_pod_gets_affinity_tolerations_and_annotations() {
+    let (patched, _) = apply(base(), &injection(&["arm64"], None));
+    assert_eq!(
+        patched["spec"]["affinity"],
+        json!({"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+            "nodeSelectorTerms": [{"matchExpressions": [arch_expr(&["arm64"])]}]}}})
+    );
+    assert_eq!(
+        patched["spec"]["tolerations"],
+        json!([{"key": "kubernetes.io/arch", "operator": "Equal", "value": "arm64", "effect": "NoSchedule"}])
+    );
+    assert_eq!(
+        patched["metadata"]["annotations"]["archway.dev/archs"],
+        "amd64,arm64"
+    );
+    assert_eq!(
+        patched["metadata"]["annotations"]["archway.dev/decision"],
+        "arm64: rollout 100%, bucket 3"
+    );
+}
+
+#[test]
+fn arch_is_anded_into_every_existing_term_and_nothing_is_lost() {
+    let mut pod = base();
+    pod["metadata"]["annotations"] = json!({"team": "shop"});
+    pod["spec"]["affinity"] = json!({
+        "podAntiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [
+            {"weight": 10, "podAffinityTerm": {"topologyKey": "kubernetes.io/hostname"}}]},
+        "nodeAffinity": {
+            "requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+                {"matchExpressions": [{"key": "zone", "operator": "In", "values": ["a"]}]},
+                {"matchFields": [{"key": "metadata.name", "operator": "In", "values": ["n1"]}]}
+            ]},
+            "preferredDuringSchedulingIgnoredDuringExecution": [
+                {"weight": 5, "preference": {"matchExpressions": [{"key": "ssd", "operator": "Exists"}]}}]
+        }
+    });
+    pod["spec"]["tolerations"] =
+        json!([{"key": "dedicated", "operator": "Equal", "value": "shop", "effect": "NoSchedule"}]);
+    let (patched, _) = apply(pod, &injection(&["amd64", "arm64"], Some(&["arm64"])));
+    let terms = &patched["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+        ["nodeSelectorTerms"];
+    assert_eq!(terms.as_array().unwrap().len(), 2, "no new term");
+    assert_eq!(
+        terms[0]["matchExpressions"],
+        json!([{"key": "zone", "operator": "In", "values": ["a"]}, arch_expr(&["amd64", "arm64"])])
+    );
+    assert_eq!(
+        terms[1]["matchExpressions"],
+        json!([arch_expr(&["amd64", "arm64"])])
+    );
+    assert_eq!(terms[1]["matchFields"][0]["values"], json!(["n1"]));
+    let preferred = &patched["spec"]["affinity"]["nodeAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"];
+    assert_eq!(preferred[0]["weight"], 5);
+    assert_eq!(
+        preferred[1],
+        json!({"weight": 100, "preference": {"matchExpressions": [arch_expr(&["arm64"])]}})
+    );
+    assert_eq!(
+        patched["spec"]["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
+            [0]["weight"],
+        10
+    );
+    let tolerations = patched["spec"]["tolerations"].as_array().unwrap();
+    assert_eq!(tolerations.len(), 3);
+    assert_eq!(tolerations[0]["key"], "dedicated");
+    assert_eq!(patched["metadata"]["annotations"]["team"], "shop");
+    assert_eq!(
+        patched["metadata"]["annotations"]["archway.dev/archs"],
+        "amd64,arm64"
+    );
+}
+
+#[test]
+fn partial_affinity_shapes_are_completed() {
+    for affinity in [
+        json!({}),
+        json!({"podAffinity": {}}),
+        json!({"nodeAffinity": {}}),
+        json!({"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": []}}}),
+        json!({"nodeAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": []}}),
+    ] {
+        let mut pod = base();
+        pod["spec"]["affinity"] = affinity.clone();
+        let (patched, _) = apply(pod, &injection(&["arm64"], Some(&["arm64"])));
+        let node = &patched["spec"]["affinity"]["nodeAffinity"];
+        assert_eq!(
+            node["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"],
+            json!([{"matchExpressions": [arch_expr(&["arm64"])]}]),
+            "{affinity}"
+        );
+        assert_eq!(
+            node["preferredDuringSchedulingIgnoredDuringExecution"]
+                .as_array()
+                .unwrap()
+                .len(),
+            1,
+            "{affinity}"
+        );
+    }
+}
+
+#[test]
+fn tolerations_are_not_duplicated() {
+    for existing in [
+        json!([{"key": "kubernetes.io/arch", "operator": "Equal", "value": "arm64", "effect": "NoSchedule"}]),
+        json!([{"key": "kubernetes.io/arch", "value": "arm64", "effect": "NoSchedule"}]),
+        json!([{"key": "kubernetes.io/arch", "operator": "Exists"}]),
+        json!([{"operator": "Exists"}]),
+    ] {
+        let mut pod = base();
+        pod["spec"]["tolerations"] = existing.clone();
+        let (patched, _) = apply(pod, &injection(&["arm64"], None));
+        assert_eq!(patched["spec"]["tolerations"], existing);
+    }
+    // A toleration for another value, or one that expires, does not cover ours.
+    for existing in [
+        json!([{"key": "kubernetes.io/arch", "operator": "Equal", "value": "amd64", "effect": "NoSchedule"}]),
+        json!([{"key": "kubernetes.io/arch", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 5}]),
+    ] {
+        let mut pod = base();
+        pod["spec"]["tolerations"] = existing.clone();
+        let (patched, _) = apply(pod, &injection(&["arm64"], None));
+        assert_eq!(
+            patched["spec"]["tolerations"].as_array().unwrap().len(),
+            2,
+            "{existing}"
+        );
+    }
+}
+
+#[test]
+fn architectures_without_configured_tolerations_add_none() {
+    let (patched, _) = apply(base(), &injection(&["s390x"], None));
+    assert!(patched["spec"].get("tolerations").is_none());
+}
+
+#[test]
+fn annotation_keys_are_escaped_in_pointers() {
+    let mut pod = base();
+    pod["metadata"]["annotations"] = json!({});
+    let typed: Pod = serde_json::from_value(pod).unwrap();
+    let patch = build(&typed, &injection(&["arm64"], None), &BTreeMap::new());
+    let paths: Vec<String> = patch
+        .0
+        .iter()
+        .map(|op| match op {
+            PatchOperation::Add(a) => a.path.to_string(),
+            _ => unreachable!(),
+        })
+        .collect();
+    assert!(
+        paths.contains(&"/metadata/annotations/archway.dev~1archs".to_string()),
+        "{paths:?}"
+    );
+}

@@ -1,0 +1,509 @@
+//! The placement decision: given a pod, its namespace's policy and the
+//! platforms each of its images publishes, what archway injects and why.
+//!
+//! Pure: no I/O, no clock, no randomness. Lookups happen before, at the
+//! edge (`admission.rs`); the patch is built after (`patch.rs`).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use k8s_openapi::api::core::v1::{NodeSelectorRequirement, Pod};
+
+use crate::platform::{Platform, linux_architectures};
+use crate::policy::{Mode, NamespacePolicy, Placement, RolloutBy};
+
+pub const ARCH_LABEL: &str = "kubernetes.io/arch";
+/// Deprecated, but still honoured by the scheduler and still in old charts.
+const BETA_ARCH_LABEL: &str = "beta.kubernetes.io/arch";
+pub const SKIP_ANNOTATION: &str = "archway.dev/skip";
+pub const ARCHS_ANNOTATION: &str = "archway.dev/archs";
+pub const DECISION_ANNOTATION: &str = "archway.dev/decision";
+/// Set by the kubelet on the API copy of a static pod.
+const MIRROR_ANNOTATION: &str = "kubernetes.io/config.mirror";
+const POD_TEMPLATE_HASH_LABEL: &str = "pod-template-hash";
+
+/// One container's image, as the pod names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerImage {
+    pub container: String,
+    pub image: String,
+    pub init: bool,
+}
+
+/// What the registry said about one image.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ImageLookup {
+    Found(BTreeSet<Platform>),
+    /// Could not be inspected; the reason is for people.
+    Failed(String),
+}
+
+/// The settings the decision depends on.
+#[derive(Debug, Clone)]
+pub struct DecisionSettings {
+    pub target_architecture: String,
+    pub fail_closed: bool,
+}
+
+/// Everything the decision reads.
+pub struct DecisionInput<'a> {
+    pub pod: &'a Pod,
+    pub policy: &'a NamespacePolicy,
+    /// One lookup per entry of `container_images(pod)`, in that order.
+    pub lookups: &'a [(ContainerImage, ImageLookup)],
+    pub settings: &'a DecisionSettings,
+    /// Identifies this pod for its rollout bucket when it has no name yet
+    /// (pods of a ReplicaSet are named after admission): the review's uid.
+    pub request_uid: &'a str,
+}
+
+/// What archway does with a pod.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    pub outcome: Outcome,
+    pub kind: DecisionKind,
+    /// One line on why, for the decision annotation, logs and audits.
+    pub reason: String,
+    /// What the pod's author should see (`kubectl` prints these).
+    pub warnings: Vec<String>,
+    /// The architectures every image runs on, once known.
+    pub supported: Option<BTreeSet<String>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Unchanged,
+    Inject(Injection),
+    Deny,
+}
+
+/// What the patch adds to the pod.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Injection {
+    /// `kubernetes.io/arch In required`, ANDed into every required term.
+    pub required: BTreeSet<String>,
+    /// A preferred term for these architectures, on top of `required`.
+    pub preferred: Option<BTreeSet<String>>,
+    /// Architectures whose configured tolerations the pod gets: those it
+    /// may be scheduled on.
+    pub tolerate: BTreeSet<String>,
+    pub annotations: BTreeMap<String, String>,
+}
+
+/// Why, as a fixed label for metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DecisionKind {
+    /// Placed on the target architecture by the rollout.
+    Steered,
+    /// Eligible, but the rollout kept it off the target.
+    Held,
+    /// Its images run on one side only, or the target is not among them.
+    OnlyOption,
+    NotOptedIn,
+    Skipped,
+    AlreadyDecided,
+    NodeNameSet,
+    MirrorPod,
+    UserChoice,
+    NoCommonArchitecture,
+    InspectionFailed,
+}
+
+impl DecisionKind {
+    pub fn label(self) -> &'static str {
+        match self {
+            DecisionKind::Steered => "steered",
+            DecisionKind::Held => "held",
+            DecisionKind::OnlyOption => "only_option",
+            DecisionKind::NotOptedIn => "not_opted_in",
+            DecisionKind::Skipped => "skipped",
+            DecisionKind::AlreadyDecided => "already_decided",
+            DecisionKind::NodeNameSet => "node_name_set",
+            DecisionKind::MirrorPod => "mirror_pod",
+            DecisionKind::UserChoice => "user_choice",
+            DecisionKind::NoCommonArchitecture => "no_common_architecture",
+            DecisionKind::InspectionFailed => "inspection_failed",
+        }
+    }
+}
+
+impl Decision {
+    fn unchanged(kind: DecisionKind, reason: impl Into<String>) -> Decision {
+        Decision {
+            outcome: Outcome::Unchanged,
+            kind,
+            reason: reason.into(),
+            warnings: Vec::new(),
+            supported: None,
+        }
+    }
+}
+
+/// Every image the pod runs: init containers first, as they start first.
+/// Ephemeral containers cannot exist at CREATE.
+pub fn container_images(pod: &Pod) -> Vec<ContainerImage> {
+    let Some(spec) = &pod.spec else {
+        return Vec::new();
+    };
+    let init = spec.init_containers.iter().flatten().map(|c| (c, true));
+    let main = spec.containers.iter().map(|c| (c, false));
+    init.chain(main)
+        .map(|(c, init)| ContainerImage {
+            container: c.name.clone(),
+            image: c.image.clone().unwrap_or_default(),
+            init,
+        })
+        .collect()
+}
+
+/// The reasons to leave a pod alone that need no registry lookup. `None`
+/// when the decision needs the images' platforms.
+pub fn prescreen(pod: &Pod, policy: Option<&NamespacePolicy>) -> Option<Decision> {
+    let annotations = pod.metadata.annotations.as_ref();
+    let annotation = |key: &str| annotations.and_then(|a| a.get(key));
+    if policy.is_none() {
+        return Some(Decision::unchanged(
+            DecisionKind::NotOptedIn,
+            "namespace not opted in",
+        ));
+    }
+    if annotation(SKIP_ANNOTATION).is_some_and(|v| v.trim().eq_ignore_ascii_case("true")) {
+        return Some(Decision::unchanged(
+            DecisionKind::Skipped,
+            format!("{SKIP_ANNOTATION} is true"),
+        ));
+    }
+    if annotation(MIRROR_ANNOTATION).is_some() {
+        return Some(Decision::unchanged(
+            DecisionKind::MirrorPod,
+            "mirror pod of a static pod",
+        ));
+    }
+    if let Some(decision) = annotation(DECISION_ANNOTATION) {
+        // Reinvocation: the first pass already decided; a second patch
+        // would stack a second arch expression on the first.
+        return Some(Decision::unchanged(
+            DecisionKind::AlreadyDecided,
+            format!("already decided: {decision}"),
+        ));
+    }
+    if pod
+        .spec
+        .as_ref()
+        .is_some_and(|s| s.node_name.as_deref().is_some_and(|n| !n.is_empty()))
+    {
+        return Some(Decision::unchanged(
+            DecisionKind::NodeNameSet,
+            "nodeName is set; the scheduler is bypassed",
+        ));
+    }
+    None
+}
+
+/// The decision for a pod that passed `prescreen`.
+pub fn decide(input: &DecisionInput<'_>) -> Decision {
+    if let Some(decision) = prescreen(input.pod, Some(input.policy)) {
+        return decision;
+    }
+    if input.lookups.is_empty() {
+        // The API server rejects such a pod after admission; nothing to do.
+        return Decision::unchanged(DecisionKind::Skipped, "the pod has no containers");
+    }
+    let mut warnings: Vec<String> = input
+        .policy
+        .problems
+        .iter()
+        .map(|p| format!("namespace policy: {p}"))
+        .collect();
+
+    let failures: Vec<String> = input
+        .lookups
+        .iter()
+        .filter_map(|(c, lookup)| match lookup {
+            ImageLookup::Failed(reason) => Some(format!(
+                "image {} (container {}): {reason}",
+                c.image, c.container
+            )),
+            ImageLookup::Found(_) => None,
+        })
+        .collect();
+    let supported = supported_architectures(input.lookups);
+    let user_choice = user_architectures(input.pod);
+
+    if let Some(choice) = user_choice {
+        // The pod's author chose; archway only checks the choice.
+        if let Some(supported) = &supported {
+            let unsupported: Vec<&String> =
+                choice.iter().filter(|a| !supported.contains(*a)).collect();
+            if !unsupported.is_empty() {
+                warnings.push(format!(
+                    "the pod asks for {} but its images publish only {}",
+                    join(unsupported),
+                    describe_set(supported)
+                ));
+            }
+        }
+        warnings.extend(failures);
+        return Decision {
+            warnings,
+            supported,
+            ..Decision::unchanged(
+                DecisionKind::UserChoice,
+                "the pod already constrains kubernetes.io/arch",
+            )
+        };
+    }
+
+    let Some(supported) = supported else {
+        warnings.extend(failures);
+        return refuse(
+            input,
+            DecisionKind::InspectionFailed,
+            "some images could not be inspected",
+            warnings,
+            None,
+        );
+    };
+    if supported.is_empty() {
+        warnings.push(format!(
+            "the pod's images share no Linux architecture ({}); it would fail on every node",
+            describe_images(input.lookups)
+        ));
+        return refuse(
+            input,
+            DecisionKind::NoCommonArchitecture,
+            "images share no architecture",
+            warnings,
+            Some(supported),
+        );
+    }
+
+    let target = input.settings.target_architecture.as_str();
+    let eligible = supported.contains(target) && supported.len() > 1;
+    let (kind, chosen, reason) = if eligible {
+        let rollout = input.policy.rollout.percent();
+        let bucket = rollout_bucket(&bucket_key(
+            input.pod,
+            input.policy.rollout_by,
+            input.request_uid,
+        ));
+        if bucket < rollout {
+            (
+                DecisionKind::Steered,
+                BTreeSet::from([target.to_string()]),
+                format!("{target}: rollout {rollout}%, bucket {bucket}"),
+            )
+        } else {
+            let others: BTreeSet<String> =
+                supported.iter().filter(|a| *a != target).cloned().collect();
+            let reason = format!("{}: rollout {rollout}%, bucket {bucket}", join(&others));
+            (DecisionKind::Held, others, reason)
+        }
+    } else {
+        let reason = format!(
+            "{}: the only architecture{} its images publish",
+            join(&supported),
+            plural(&supported)
+        );
+        (DecisionKind::OnlyOption, supported.clone(), reason)
+    };
+
+    let (required, preferred) = match input.policy.placement {
+        Placement::Required => (chosen, None),
+        // A preference only means something when there is a choice.
+        Placement::Preferred if chosen != supported => (supported.clone(), Some(chosen)),
+        Placement::Preferred => (chosen, None),
+    };
+    let annotations = BTreeMap::from([
+        (ARCHS_ANNOTATION.to_string(), join(&supported)),
+        (DECISION_ANNOTATION.to_string(), reason.clone()),
+    ]);
+    Decision {
+        outcome: Outcome::Inject(Injection {
+            tolerate: required.clone(),
+            required,
+            preferred,
+            annotations,
+        }),
+        kind,
+        reason,
+        warnings,
+        supported: Some(supported),
+    }
+}
+
+/// Admit unchanged with the warnings, or deny when configured to fail
+/// closed (never in audit mode, which changes nothing).
+fn refuse(
+    input: &DecisionInput<'_>,
+    kind: DecisionKind,
+    reason: &str,
+    warnings: Vec<String>,
+    supported: Option<BTreeSet<String>>,
+) -> Decision {
+    let deny = input.settings.fail_closed && input.policy.mode == Mode::Enforce;
+    Decision {
+        outcome: if deny {
+            Outcome::Deny
+        } else {
+            Outcome::Unchanged
+        },
+        kind,
+        reason: reason.to_string(),
+        warnings,
+        supported,
+    }
+}
+
+/// S: the Linux architectures every image publishes, or `None` when some
+/// image could not be inspected.
+pub fn supported_architectures(
+    lookups: &[(ContainerImage, ImageLookup)],
+) -> Option<BTreeSet<String>> {
+    let mut supported: Option<BTreeSet<String>> = None;
+    for (_, lookup) in lookups {
+        let ImageLookup::Found(platforms) = lookup else {
+            return None;
+        };
+        let archs = linux_architectures(platforms);
+        supported = Some(match supported {
+            None => archs,
+            Some(s) => s.intersection(&archs).cloned().collect(),
+        });
+    }
+    supported
+}
+
+/// The architectures the pod's own spec allows, when it constrains them:
+/// the nodeSelector's value, or the `In` values of arch expressions in its
+/// required node affinity. `Some(empty)` when it constrains only by `NotIn`
+/// or `Exists` (a choice, but no named architecture to check).
+pub fn user_architectures(pod: &Pod) -> Option<BTreeSet<String>> {
+    let spec = pod.spec.as_ref()?;
+    let is_arch = |key: &str| key == ARCH_LABEL || key == BETA_ARCH_LABEL;
+    let mut constrained = false;
+    let mut named = BTreeSet::new();
+    for (key, value) in spec.node_selector.iter().flatten() {
+        if is_arch(key) {
+            constrained = true;
+            named.insert(value.clone());
+        }
+    }
+    let terms = spec
+        .affinity
+        .as_ref()
+        .and_then(|a| a.node_affinity.as_ref())
+        .and_then(|n| {
+            n.required_during_scheduling_ignored_during_execution
+                .as_ref()
+        })
+        .map(|r| r.node_selector_terms.as_slice())
+        .unwrap_or_default();
+    let expressions = terms
+        .iter()
+        .flat_map(|t| t.match_expressions.iter().flatten());
+    for NodeSelectorRequirement {
+        key,
+        operator,
+        values,
+    } in expressions
+    {
+        if is_arch(key) {
+            constrained = true;
+            if operator == "In" {
+                named.extend(values.iter().flatten().cloned());
+            }
+        }
+    }
+    constrained.then_some(named)
+}
+
+/// The string a pod's rollout bucket is drawn from: its owning workload's
+/// identity with `rollout-by: workload` (stable across a Deployment's
+/// ReplicaSets), else the pod's own.
+pub fn bucket_key(pod: &Pod, rollout_by: RolloutBy, request_uid: &str) -> String {
+    let namespace = pod.metadata.namespace.as_deref().unwrap_or_default();
+    let controller = pod
+        .metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .find(|o| o.controller == Some(true));
+    if let (RolloutBy::Workload, Some(owner)) = (rollout_by, controller) {
+        let (kind, name) = workload_of(pod, &owner.kind, &owner.name);
+        return format!("{namespace}/{kind}/{name}");
+    }
+    match pod.metadata.name.as_deref().filter(|n| !n.is_empty()) {
+        Some(name) => format!("{namespace}/Pod/{name}"),
+        None => format!("{namespace}/Pod/{request_uid}"),
+    }
+}
+
+/// A ReplicaSet named `<deployment>-<pod-template-hash>` stands for its
+/// Deployment, so a new rollout of the Deployment keeps its side.
+fn workload_of<'a>(pod: &Pod, kind: &'a str, name: &'a str) -> (&'a str, &'a str) {
+    if kind != "ReplicaSet" {
+        return (kind, name);
+    }
+    let hash = pod
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(POD_TEMPLATE_HASH_LABEL));
+    match hash
+        .and_then(|h| name.strip_suffix(h.as_str()))
+        .and_then(|n| n.strip_suffix('-'))
+    {
+        Some(deployment) if !deployment.is_empty() => ("Deployment", deployment),
+        _ => (kind, name),
+    }
+}
+
+/// A bucket 0..=99 from a stable hash: the same key gets the same bucket
+/// in every replica of archway, across restarts and versions.
+pub fn rollout_bucket(key: &str) -> u8 {
+    let digest = ring::digest::digest(&ring::digest::SHA256, key.as_bytes());
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest.as_ref()[..8]);
+    (u64::from_be_bytes(first) % 100) as u8
+}
+
+fn join<'a>(items: impl IntoIterator<Item = &'a String>) -> String {
+    items
+        .into_iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn plural(set: &BTreeSet<String>) -> &'static str {
+    if set.len() == 1 { "" } else { "s" }
+}
+
+fn describe_set(set: &BTreeSet<String>) -> String {
+    if set.is_empty() {
+        "no Linux architecture".into()
+    } else {
+        join(set)
+    }
+}
+
+fn describe_images(lookups: &[(ContainerImage, ImageLookup)]) -> String {
+    lookups
+        .iter()
+        .filter_map(|(c, lookup)| match lookup {
+            ImageLookup::Found(p) => Some(format!(
+                "{}: {}",
+                c.container,
+                p.iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(",")
+            )),
+            ImageLookup::Failed(_) => None,
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+#[cfg(test)]
+mod tests;

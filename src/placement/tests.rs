@@ -1,0 +1,557 @@
+use serde_json::{Value, json};
+
+use super::*;
+use crate::policy::Rollout;
+
+fn pod(value: Value) -> Pod {
+    serde_json::from_value(value).expect("test pod")
+}
+
+fn simple_pod() -> Value {
+    json!({
+        "metadata": {"name": "web-1", "namespace": "shop"},
+        "spec": {"containers": [{"name": "web", "image": "r/web:1"}]}
+    })
+}
+
+fn policy(mode: Mode, rollout: u8) -> NamespacePolicy {
+    NamespacePolicy {
+        mode,
+        rollout: Rollout::new(rollout).unwrap(),
+        rollout_by: RolloutBy::Pod,
+        placement: Placement::Required,
+        problems: Vec::new(),
+    }
+}
+
+fn settings(fail_closed: bool) -> DecisionSettings {
+    DecisionSettings {
+        target_architecture: "arm64".into(),
+        fail_closed,
+    }
+}
+
+fn found(archs: &[&str]) -> ImageLookup {
+    ImageLookup::Found(
+        archs
+            .iter()
+            .map(|a| match a.split_once('/') {
+                Some((os, arch)) => Platform::new(os, arch, None),
+                None => Platform::linux(a),
+            })
+            .collect(),
+    )
+}
+
+fn lookups_for(pod: &Pod, per_image: &[ImageLookup]) -> Vec<(ContainerImage, ImageLookup)> {
+    container_images(pod)
+        .into_iter()
+        .zip(per_image.iter().cloned())
+        .collect()
+}
+
+fn run(
+    pod_json: Value,
+    policy: &NamespacePolicy,
+    per_image: &[ImageLookup],
+    fail_closed: bool,
+) -> Decision {
+    let pod = pod(pod_json);
+    let lookups = lookups_for(&pod, per_image);
+    decide(&DecisionInput {
+        pod: &pod,
+        policy,
+        lookups: &lookups,
+        settings: &settings(fail_closed),
+        request_uid: "uid-1",
+    })
+}
+
+fn set(items: &[&str]) -> BTreeSet<String> {
+    items.iter().map(|s| s.to_string()).collect()
+}
+
+fn injection(decision: &Decision) -> &Injection {
+    match &decision.outcome {
+        Outcome::Inject(injection) => injection,
+        other => panic!("expected an injection, got {other:?} ({})", decision.reason),
+    }
+}
+
+#[test]
+fn rollout_zero_keeps_multi_arch_pods_off_the_target() {
+    let d = run(
+        simple_pod(),
+        &policy(Mode::Enforce, 0),
+        &[found(&["amd64", "arm64"])],
+        false,
+    );
+    assert_eq!(d.kind, DecisionKind::Held);
+    let i = injection(&d);
+    assert_eq!(i.required, set(&["amd64"]));
+    assert_eq!(i.tolerate, set(&["amd64"]));
+    assert_eq!(i.preferred, None);
+    assert_eq!(i.annotations[ARCHS_ANNOTATION], "amd64,arm64");
+    assert!(i.annotations[DECISION_ANNOTATION].starts_with("amd64: rollout 0%, bucket "));
+}
+
+#[test]
+fn rollout_hundred_steers_every_eligible_pod() {
+    let d = run(
+        simple_pod(),
+        &policy(Mode::Enforce, 100),
+        &[found(&["amd64", "arm64"])],
+        false,
+    );
+    assert_eq!(d.kind, DecisionKind::Steered);
+    assert_eq!(injection(&d).required, set(&["arm64"]));
+    assert_eq!(injection(&d).tolerate, set(&["arm64"]));
+}
+
+#[test]
+fn single_architecture_images_go_where_they_run_whatever_the_rollout() {
+    for rollout in [0, 50, 100] {
+        let amd = run(
+            simple_pod(),
+            &policy(Mode::Enforce, rollout),
+            &[found(&["amd64"])],
+            false,
+        );
+        assert_eq!(
+            (amd.kind, &injection(&amd).required),
+            (DecisionKind::OnlyOption, &set(&["amd64"]))
+        );
+        let arm = run(
+            simple_pod(),
+            &policy(Mode::Enforce, rollout),
+            &[found(&["arm64"])],
+            false,
+        );
+        assert_eq!(
+            (arm.kind, &injection(&arm).required),
+            (DecisionKind::OnlyOption, &set(&["arm64"]))
+        );
+        assert_eq!(
+            injection(&arm).annotations[DECISION_ANNOTATION],
+            "arm64: the only architecture its images publish"
+        );
+    }
+}
+
+#[test]
+fn supported_set_is_the_intersection_over_init_and_main_containers() {
+    let pod_json = json!({
+        "metadata": {"name": "p", "namespace": "shop"},
+        "spec": {
+            "initContainers": [{"name": "migrate", "image": "r/migrate:1"}],
+            "containers": [{"name": "web", "image": "r/web:1"}, {"name": "proxy", "image": "r/proxy:1"}]
+        }
+    });
+    let d = run(
+        pod_json,
+        &policy(Mode::Enforce, 100),
+        &[
+            found(&["amd64"]),
+            found(&["amd64", "arm64", "s390x"]),
+            found(&["amd64", "arm64"]),
+        ],
+        false,
+    );
+    assert_eq!(
+        d.supported,
+        Some(set(&["amd64"])),
+        "the init container narrows S"
+    );
+    assert_eq!(injection(&d).required, set(&["amd64"]));
+}
+
+#[test]
+fn windows_and_variants_count_only_as_linux_architectures() {
+    let d = run(
+        simple_pod(),
+        &policy(Mode::Enforce, 100),
+        &[found(&["windows/arm64", "amd64"])],
+        false,
+    );
+    assert_eq!(d.supported, Some(set(&["amd64"])));
+}
+
+#[test]
+fn preferred_placement_requires_what_runs_and_prefers_the_choice() {
+    let mut p = policy(Mode::Enforce, 100);
+    p.placement = Placement::Preferred;
+    let d = run(simple_pod(), &p, &[found(&["amd64", "arm64"])], false);
+    let i = injection(&d);
+    assert_eq!(i.required, set(&["amd64", "arm64"]));
+    assert_eq!(i.preferred, Some(set(&["arm64"])));
+    assert_eq!(
+        i.tolerate,
+        set(&["amd64", "arm64"]),
+        "the pod may land on either side"
+    );
+    // With no choice, no preference.
+    let only = run(simple_pod(), &p, &[found(&["amd64"])], false);
+    assert_eq!(injection(&only).preferred, None);
+}
+
+#[test]
+fn no_common_architecture_warns_or_denies() {
+    let pod_json = json!({
+        "metadata": {"name": "p", "namespace": "shop"},
+        "spec": {"containers": [{"name": "a", "image": "r/a:1"}, {"name": "b", "image": "r/b:1"}]}
+    });
+    let images = [found(&["amd64"]), found(&["arm64"])];
+    let open = run(pod_json.clone(), &policy(Mode::Enforce, 50), &images, false);
+    assert_eq!(
+        (open.outcome.clone(), open.kind),
+        (Outcome::Unchanged, DecisionKind::NoCommonArchitecture)
+    );
+    assert_eq!(open.supported, Some(BTreeSet::new()));
+    assert!(
+        open.warnings[0].contains("share no Linux architecture"),
+        "{:?}",
+        open.warnings
+    );
+    assert!(
+        open.warnings[0].contains("a: linux/amd64; b: linux/arm64"),
+        "{:?}",
+        open.warnings
+    );
+    let closed = run(pod_json.clone(), &policy(Mode::Enforce, 50), &images, true);
+    assert_eq!(closed.outcome, Outcome::Deny);
+    let audit = run(pod_json, &policy(Mode::Audit, 50), &images, true);
+    assert_eq!(audit.outcome, Outcome::Unchanged, "audit never denies");
+    // Windows-only is empty for Linux nodes too.
+    let windows = run(
+        simple_pod(),
+        &policy(Mode::Enforce, 50),
+        &[found(&["windows/amd64"])],
+        false,
+    );
+    assert_eq!(windows.kind, DecisionKind::NoCommonArchitecture);
+}
+
+#[test]
+fn failed_inspection_admits_unchanged_with_the_reason_or_denies() {
+    let failed = ImageLookup::Failed("registry r did not answer in time".into());
+    let open = run(
+        simple_pod(),
+        &policy(Mode::Enforce, 50),
+        std::slice::from_ref(&failed),
+        false,
+    );
+    assert_eq!(
+        (open.outcome.clone(), open.kind),
+        (Outcome::Unchanged, DecisionKind::InspectionFailed)
+    );
+    assert_eq!(
+        open.warnings,
+        ["image r/web:1 (container web): registry r did not answer in time"]
+    );
+    assert_eq!(open.supported, None);
+    let closed = run(simple_pod(), &policy(Mode::Enforce, 50), &[failed], true);
+    assert_eq!(closed.outcome, Outcome::Deny);
+}
+
+#[test]
+fn the_users_own_arch_choice_is_kept_and_checked() {
+    let mut with_selector = simple_pod();
+    with_selector["spec"]["nodeSelector"] = json!({"kubernetes.io/arch": "arm64", "disk": "ssd"});
+    let ok = run(
+        with_selector.clone(),
+        &policy(Mode::Enforce, 0),
+        &[found(&["amd64", "arm64"])],
+        false,
+    );
+    assert_eq!(
+        (ok.outcome.clone(), ok.kind),
+        (Outcome::Unchanged, DecisionKind::UserChoice)
+    );
+    assert!(ok.warnings.is_empty());
+    let bad = run(
+        with_selector,
+        &policy(Mode::Enforce, 0),
+        &[found(&["amd64"])],
+        false,
+    );
+    assert_eq!(bad.outcome, Outcome::Unchanged);
+    assert_eq!(
+        bad.warnings,
+        ["the pod asks for arm64 but its images publish only amd64"]
+    );
+
+    let mut with_affinity = simple_pod();
+    with_affinity["spec"]["affinity"] = json!({"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+        "nodeSelectorTerms": [{"matchExpressions": [{"key": "beta.kubernetes.io/arch", "operator": "In", "values": ["amd64", "arm64"]}]}]
+    }}});
+    let partly = run(
+        with_affinity,
+        &policy(Mode::Enforce, 0),
+        &[found(&["amd64"])],
+        true,
+    );
+    assert_eq!(partly.kind, DecisionKind::UserChoice);
+    assert_eq!(
+        partly.outcome,
+        Outcome::Unchanged,
+        "the user's choice is never denied"
+    );
+    assert_eq!(
+        partly.warnings,
+        ["the pod asks for arm64 but its images publish only amd64"]
+    );
+
+    let mut not_in = simple_pod();
+    not_in["spec"]["affinity"] = json!({"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+        "nodeSelectorTerms": [{"matchExpressions": [{"key": "kubernetes.io/arch", "operator": "NotIn", "values": ["s390x"]}]}]
+    }}});
+    let d = run(
+        not_in,
+        &policy(Mode::Enforce, 0),
+        &[found(&["amd64"])],
+        false,
+    );
+    assert_eq!((d.kind, d.warnings.len()), (DecisionKind::UserChoice, 0));
+}
+
+#[test]
+fn other_affinity_does_not_count_as_an_arch_choice() {
+    let mut p = simple_pod();
+    p["spec"]["nodeSelector"] = json!({"kubernetes.io/os": "linux"});
+    p["spec"]["affinity"] = json!({"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+        "nodeSelectorTerms": [{"matchExpressions": [{"key": "zone", "operator": "In", "values": ["a"]}]}]
+    }}});
+    assert_eq!(user_architectures(&pod(p)), None);
+}
+
+#[test]
+fn prescreen_reasons_need_no_lookup() {
+    let cases: Vec<(Value, DecisionKind)> = vec![
+        (
+            json!({"metadata": {"annotations": {"archway.dev/skip": "true"}}}),
+            DecisionKind::Skipped,
+        ),
+        (
+            json!({"metadata": {"annotations": {"archway.dev/skip": "True"}}}),
+            DecisionKind::Skipped,
+        ),
+        (
+            json!({"metadata": {"annotations": {"kubernetes.io/config.mirror": "abc"}}}),
+            DecisionKind::MirrorPod,
+        ),
+        (
+            json!({"metadata": {"annotations": {"archway.dev/decision": "arm64: rollout 100%, bucket 3"}}}),
+            DecisionKind::AlreadyDecided,
+        ),
+        (
+            json!({"spec": {"nodeName": "node-1", "containers": []}}),
+            DecisionKind::NodeNameSet,
+        ),
+    ];
+    for (value, kind) in cases {
+        let mut base = simple_pod();
+        json_merge(&mut base, value);
+        let p = pod(base);
+        let d = prescreen(&p, Some(&policy(Mode::Enforce, 100))).expect("prescreened");
+        assert_eq!((d.kind, d.outcome), (kind, Outcome::Unchanged));
+    }
+    let p = pod(simple_pod());
+    assert_eq!(prescreen(&p, None).unwrap().kind, DecisionKind::NotOptedIn);
+    assert_eq!(prescreen(&p, Some(&policy(Mode::Enforce, 100))), None);
+    let mut not_skipped = simple_pod();
+    json_merge(
+        &mut not_skipped,
+        json!({"metadata": {"annotations": {"archway.dev/skip": "false"}}}),
+    );
+    assert_eq!(
+        prescreen(&pod(not_skipped), Some(&policy(Mode::Enforce, 100))),
+        None
+    );
+}
+
+fn json_merge(base: &mut Value, patch: Value) {
+    match (base, patch) {
+        (Value::Object(base), Value::Object(patch)) => {
+            for (k, v) in patch {
+                json_merge(base.entry(k).or_insert(Value::Null), v);
+            }
+        }
+        (base, patch) => *base = patch,
+    }
+}
+
+#[test]
+fn namespace_policy_problems_become_warnings() {
+    let mut p = policy(Mode::Enforce, 0);
+    p.problems.push("archway.dev/rollout: bad".into());
+    let d = run(simple_pod(), &p, &[found(&["amd64", "arm64"])], false);
+    assert_eq!(d.warnings, ["namespace policy: archway.dev/rollout: bad"]);
+}
+
+fn replica_set_pod(rs: &str, hash: &str, name: Option<&str>) -> Pod {
+    let mut value = json!({
+        "metadata": {
+            "generateName": format!("{rs}-"),
+            "namespace": "shop",
+            "labels": {"pod-template-hash": hash},
+            "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": rs, "uid": "u", "controller": true}]
+        },
+        "spec": {"containers": [{"name": "web", "image": "r/web:1"}]}
+    });
+    if let Some(name) = name {
+        value["metadata"]["name"] = json!(name);
+    }
+    pod(value)
+}
+
+#[test]
+fn workload_buckets_follow_the_deployment_across_replica_sets() {
+    let a = replica_set_pod("web-5d8f7c9b6", "5d8f7c9b6", None);
+    let b = replica_set_pod("web-7f6d5c4b3", "7f6d5c4b3", None);
+    assert_eq!(
+        bucket_key(&a, RolloutBy::Workload, "uid-a"),
+        "shop/Deployment/web"
+    );
+    assert_eq!(
+        bucket_key(&a, RolloutBy::Workload, "uid-a"),
+        bucket_key(&b, RolloutBy::Workload, "uid-b")
+    );
+    // Per pod, a pod without a name yet is keyed by the review.
+    assert_eq!(bucket_key(&a, RolloutBy::Pod, "uid-a"), "shop/Pod/uid-a");
+    let named = replica_set_pod("web-5d8f7c9b6", "5d8f7c9b6", Some("web-5d8f7c9b6-x1"));
+    assert_eq!(
+        bucket_key(&named, RolloutBy::Pod, "uid"),
+        "shop/Pod/web-5d8f7c9b6-x1"
+    );
+    // A ReplicaSet whose name does not end in its hash stays itself.
+    let bare = replica_set_pod("standalone", "abc", None);
+    assert_eq!(
+        bucket_key(&bare, RolloutBy::Workload, "u"),
+        "shop/ReplicaSet/standalone"
+    );
+    // No owner: per pod.
+    assert_eq!(
+        bucket_key(&pod(simple_pod()), RolloutBy::Workload, "u"),
+        "shop/Pod/web-1"
+    );
+    let job = pod(
+        json!({"metadata": {"name": "j-1", "namespace": "ci", "ownerReferences": [
+        {"apiVersion": "batch/v1", "kind": "Job", "name": "build", "uid": "u", "controller": true}]}}),
+    );
+    assert_eq!(bucket_key(&job, RolloutBy::Workload, "u"), "ci/Job/build");
+}
+
+#[test]
+fn workload_rollout_puts_every_pod_of_a_deployment_on_one_side() {
+    let mut p = policy(Mode::Enforce, 50);
+    p.rollout_by = RolloutBy::Workload;
+    let sides: BTreeSet<BTreeSet<String>> = (0..20)
+        .map(|i| {
+            let pod = replica_set_pod(&format!("web-{i}abc"), &format!("{i}abc"), None);
+            let lookups = lookups_for(&pod, &[found(&["amd64", "arm64"])]);
+            let uid = format!("uid-{i}");
+            let d = decide(&DecisionInput {
+                pod: &pod,
+                policy: &p,
+                lookups: &lookups,
+                settings: &settings(false),
+                request_uid: &uid,
+            });
+            injection(&d).required.clone()
+        })
+        .collect();
+    assert_eq!(sides.len(), 1, "one Deployment, one side: {sides:?}");
+}
+
+#[test]
+fn buckets_are_stable_uniform_and_monotone_in_the_rollout() {
+    assert_eq!(
+        rollout_bucket("shop/Pod/web-1"),
+        rollout_bucket("shop/Pod/web-1")
+    );
+    let mut counts = [0u32; 100];
+    for i in 0..100_000 {
+        counts[rollout_bucket(&format!("ns/Pod/p-{i}")) as usize] += 1;
+    }
+    // 1,000 expected per bucket; a fair hash stays well inside ±20%.
+    assert!(
+        counts.iter().all(|&c| (800..1200).contains(&c)),
+        "{counts:?}"
+    );
+    // Raising the rollout only moves pods toward the target.
+    let pods: Vec<Pod> = (0..300)
+        .map(|i| {
+            pod(
+                json!({"metadata": {"name": format!("p-{i}"), "namespace": "shop"},
+            "spec": {"containers": [{"name": "c", "image": "r/c:1"}]}}),
+            )
+        })
+        .collect();
+    let mut previous: BTreeSet<usize> = BTreeSet::new();
+    for rollout in [0, 10, 25, 50, 75, 100] {
+        let steered: BTreeSet<usize> = pods
+            .iter()
+            .enumerate()
+            .filter(|(_, pod)| {
+                let lookups = lookups_for(pod, &[found(&["amd64", "arm64"])]);
+                let d = decide(&DecisionInput {
+                    pod,
+                    policy: &policy(Mode::Enforce, rollout),
+                    lookups: &lookups,
+                    settings: &settings(false),
+                    request_uid: "u",
+                });
+                d.kind == DecisionKind::Steered
+            })
+            .map(|(i, _)| i)
+            .collect();
+        assert!(
+            previous.is_subset(&steered),
+            "rollout {rollout} moved a pod back"
+        );
+        let share = steered.len() as f64 / pods.len() as f64 * 100.0;
+        assert!(
+            (share - rollout as f64).abs() <= 8.0,
+            "rollout {rollout}: {share}%"
+        );
+        previous = steered;
+    }
+    assert_eq!(previous.len(), pods.len());
+}
+
+#[test]
+fn audit_mode_decides_the_same() {
+    let enforce = run(
+        simple_pod(),
+        &policy(Mode::Enforce, 100),
+        &[found(&["amd64", "arm64"])],
+        false,
+    );
+    let audit = run(
+        simple_pod(),
+        &policy(Mode::Audit, 100),
+        &[found(&["amd64", "arm64"])],
+        false,
+    );
+    assert_eq!(
+        enforce, audit,
+        "the admission layer, not the decision, makes audit a dry run"
+    );
+}
+
+#[test]
+fn pods_without_spec_or_images_do_not_panic() {
+    let empty = pod(json!({"metadata": {}}));
+    assert!(container_images(&empty).is_empty());
+    let d = decide(&DecisionInput {
+        pod: &empty,
+        policy: &policy(Mode::Enforce, 50),
+        lookups: &[],
+        settings: &settings(false),
+        request_uid: "u",
+    });
+    assert_eq!(
+        (d.kind, d.outcome),
+        (DecisionKind::Skipped, Outcome::Unchanged)
+    );
+}
