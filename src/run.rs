@@ -1,0 +1,78 @@
+//! `archway serve`: everything wired together.
+
+use std::future::Future;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::admission::Reviewer;
+use crate::certs::{self, ReloadingCertificate};
+use crate::config::Config;
+use crate::server::{self, AppState, Listeners};
+
+/// Starts archway with `config` and serves until `shutdown` completes.
+/// Without a certificate in the configuration, a self-signed one is made
+/// and its CA written to `self_signed_dir` (for trying archway locally).
+pub async fn serve(
+    config: Config,
+    self_signed_dir: &Path,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let certificate = Arc::new(serving_certificate(&config, self_signed_dir)?);
+    let policies = Arc::new(config.static_policies());
+    let reviewer = Reviewer::from_config(&config, policies)?;
+    let listeners = Listeners::bind(config.server.listen, config.server.admin_listen).await?;
+    tracing::info!(
+        webhook = %listeners.webhook.local_addr()?,
+        admin = %listeners.admin.local_addr()?,
+        target = %config.target_architecture,
+        static_namespaces = config.namespaces.len(),
+        startup_ms = started.elapsed().as_secs_f64() * 1000.0,
+        "archway serving"
+    );
+    let state = AppState::new(reviewer);
+    server::serve(
+        listeners,
+        state,
+        certificate,
+        config.server.max_body_bytes,
+        shutdown,
+    )
+    .await;
+    tracing::info!("archway stopped");
+    Ok(())
+}
+
+fn serving_certificate(
+    config: &Config,
+    self_signed_dir: &Path,
+) -> anyhow::Result<ReloadingCertificate> {
+    if let (Some(cert), Some(key)) = (&config.server.cert_file, &config.server.key_file) {
+        return Ok(ReloadingCertificate::from_files(cert, key)?);
+    }
+    let mut names = certs::service_names("archway", "archway");
+    names.extend(["localhost".to_string(), "127.0.0.1".to_string()]);
+    let generated = certs::generate(&names, 30)?;
+    let key = certs::certified_key(
+        generated.cert_pem.as_bytes(),
+        generated.key_pem.as_bytes(),
+        Path::new("self-signed"),
+    )?;
+    let ca_path = self_signed_dir.join("ca.crt");
+    match std::fs::create_dir_all(self_signed_dir)
+        .and_then(|_| std::fs::write(&ca_path, &generated.ca_pem))
+    {
+        Ok(()) => {
+            tracing::info!(ca = %ca_path.display(), "no certificate configured: serving a self-signed one for localhost; trust its CA with curl --cacert")
+        }
+        Err(error) => {
+            tracing::warn!(%error, "no certificate configured: serving a self-signed one; could not write its CA, printing it")
+        }
+    }
+    eprintln!(
+        "archway self-signed CA (for local use):\n{}",
+        generated.ca_pem
+    );
+    Ok(ReloadingCertificate::fixed(key))
+}
