@@ -33,11 +33,35 @@ pub struct Config {
     pub time_budget: Duration,
     /// Namespaces never touched, whatever their labels say.
     pub excluded_namespaces: Vec<String>,
+    /// Where namespace policy comes from: the namespaces' labels and
+    /// annotations (`cluster`), the `namespaces` map below (`static`), or
+    /// `auto`: the cluster when running in one, else static.
+    pub policy_source: PolicySourceKind,
     /// Static namespace policy, for running without a cluster.
     pub namespaces: BTreeMap<String, StaticNamespace>,
     pub cache: CacheConfig,
     pub registry: RegistryConfig,
     pub server: ServerConfig,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PolicySourceKind {
+    #[default]
+    Auto,
+    Static,
+    Cluster,
+}
+
+impl PolicySourceKind {
+    /// `auto` means the cluster when archway runs in a pod.
+    pub fn uses_cluster(self) -> bool {
+        match self {
+            PolicySourceKind::Auto => std::env::var_os("KUBERNETES_SERVICE_HOST").is_some(),
+            PolicySourceKind::Static => false,
+            PolicySourceKind::Cluster => true,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -113,6 +137,7 @@ impl Default for Config {
                 "kube-public".into(),
                 "kube-node-lease".into(),
             ],
+            policy_source: PolicySourceKind::Auto,
             namespaces: BTreeMap::new(),
             cache: CacheConfig::default(),
             registry: RegistryConfig::default(),

@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use crate::admission::Reviewer;
 use crate::certs::{self, ReloadingCertificate};
+use crate::cluster::{ClusterPolicies, PullSecrets};
 use crate::config::Config;
 use crate::server::{self, AppState, Listeners};
 
@@ -20,8 +21,19 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let started = Instant::now();
     let certificate = Arc::new(serving_certificate(&config, self_signed_dir)?);
-    let policies = Arc::new(config.static_policies());
-    let reviewer = Reviewer::from_config(&config, policies)?;
+    let reviewer = if config.policy_source.uses_cluster() {
+        // In-cluster service account, or the current kubeconfig context.
+        let client = kube::Client::try_default().await?;
+        let policies = Arc::new(ClusterPolicies::start(
+            client.clone(),
+            config.default_rollout,
+        ));
+        let mut reviewer = Reviewer::from_config(&config, policies)?;
+        reviewer.pull_secrets = Some(PullSecrets::new(client));
+        reviewer
+    } else {
+        Reviewer::from_config(&config, Arc::new(config.static_policies()))?
+    };
     let listeners = Listeners::bind(config.server.listen, config.server.admin_listen).await?;
     tracing::info!(
         webhook = %listeners.webhook.local_addr()?,

@@ -1,0 +1,251 @@
+//! The cluster view, through kube-rs: namespaces' archway labels and
+//! annotations, the architectures nodes offer, and pods' pull secrets.
+//!
+//! Namespaces and nodes are watched (metadata only) into in-memory stores,
+//! so a review makes no API call for them; pull secrets are read with one
+//! `get` each, when a pod names them, and kept briefly.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Namespace, Node, Secret};
+use kube::api::{Api, PartialObjectMeta};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+
+use crate::placement::ARCH_LABEL;
+use crate::policy::{MODE_LABEL, NamespacePolicy, PolicySource, Rollout};
+use crate::registry::Keyring;
+
+/// How long a pull secret's content is reused: short, so a rotated
+/// secret is seen soon, long enough that a burst of pods reads it once.
+const SECRET_TTL: Duration = Duration::from_secs(30);
+
+/// Namespace policies from the namespaces' own labels and annotations.
+#[derive(Clone)]
+pub struct ClusterPolicies {
+    namespaces: Store<PartialObjectMeta<Namespace>>,
+    default_rollout: Rollout,
+    namespaces_synced: Arc<AtomicBool>,
+    /// The architectures that have nodes; `None` until nodes have synced.
+    node_architectures: Arc<RwLock<Option<Arc<BTreeSet<String>>>>>,
+}
+
+impl ClusterPolicies {
+    /// Starts watching namespaces that carry the mode label, and nodes.
+    /// Returns at once; `is_ready` tells when both have synced.
+    pub fn start(client: kube::Client, default_rollout: Rollout) -> Self {
+        let (namespaces, namespace_writer) = reflector::store();
+        let namespaces_synced = Arc::new(AtomicBool::new(false));
+        let node_architectures = Arc::new(RwLock::new(None));
+
+        // Only namespaces that opted in (or out) are kept: the label selector
+        // keeps the store small in clusters of thousands of namespaces, and
+        // the API server sends a DELETED event when the label is removed.
+        let namespace_config = watcher::Config::default().labels(MODE_LABEL);
+        let namespace_api: Api<PartialObjectMeta<Namespace>> = Api::all(client.clone());
+        tokio::spawn(run_reflector(
+            "namespaces",
+            reflector::reflector(namespace_writer, watcher(namespace_api, namespace_config)),
+        ));
+        let node_api: Api<PartialObjectMeta<Node>> = Api::all(client);
+        tokio::spawn(watch_node_architectures(
+            node_api,
+            node_architectures.clone(),
+        ));
+        tokio::spawn(mark_when_synced(
+            namespaces.clone(),
+            namespaces_synced.clone(),
+        ));
+        ClusterPolicies {
+            namespaces,
+            default_rollout,
+            namespaces_synced,
+            node_architectures,
+        }
+    }
+}
+
+/// Keeps the set of architectures that have nodes. Reviews read the set,
+/// published only when it changes, instead of scanning every node: node
+/// objects change often (heartbeats) and large clusters have thousands.
+async fn watch_node_architectures(
+    api: Api<PartialObjectMeta<Node>>,
+    published: Arc<RwLock<Option<Arc<BTreeSet<String>>>>>,
+) {
+    let arch_of = |node: &PartialObjectMeta<Node>| {
+        let name = node.metadata.name.clone().unwrap_or_default();
+        let arch = node
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(ARCH_LABEL))
+            .cloned();
+        (name, arch)
+    };
+    let mut nodes: BTreeMap<String, String> = BTreeMap::new();
+    let mut relisting: BTreeMap<String, String> = BTreeMap::new();
+    let mut synced = false;
+    let stream = watcher(api, watcher::Config::default()).default_backoff();
+    futures::pin_mut!(stream);
+    while let Some(event) = stream.next().await {
+        match event {
+            Err(error) => {
+                tracing::warn!(what = "nodes", %error, "watch failed; retrying");
+                continue;
+            }
+            Ok(watcher::Event::Init) => relisting.clear(),
+            Ok(watcher::Event::InitApply(node)) => {
+                if let (name, Some(arch)) = arch_of(&node) {
+                    relisting.insert(name, arch);
+                }
+            }
+            Ok(watcher::Event::InitDone) => {
+                nodes = std::mem::take(&mut relisting);
+                synced = true;
+            }
+            Ok(watcher::Event::Apply(node)) => match arch_of(&node) {
+                (name, Some(arch)) => {
+                    nodes.insert(name, arch);
+                }
+                (name, None) => {
+                    nodes.remove(&name);
+                }
+            },
+            Ok(watcher::Event::Delete(node)) => {
+                nodes.remove(&arch_of(&node).0);
+            }
+        }
+        if synced {
+            let architectures: BTreeSet<String> = nodes.values().cloned().collect();
+            let mut current = published.write().unwrap_or_else(|e| e.into_inner());
+            if current.as_deref() != Some(&architectures) {
+                tracing::info!(?architectures, nodes = nodes.len(), "node architectures");
+                *current = Some(Arc::new(architectures));
+            }
+        }
+    }
+}
+
+/// Readiness waits for the first complete list of namespaces.
+async fn mark_when_synced<K>(store: Store<K>, flag: Arc<AtomicBool>)
+where
+    K: kube::Resource + Clone + 'static,
+    K::DynamicType: std::hash::Hash + Eq + Clone,
+{
+    if store.wait_until_ready().await.is_ok() {
+        flag.store(true, Ordering::Release);
+        tracing::info!("namespaces synced");
+    }
+}
+
+/// Drives a reflector forever. The watcher resumes or relists by itself on
+/// errors; backoff keeps an unreachable API server from being hammered.
+async fn run_reflector<S, T>(what: &'static str, stream: S)
+where
+    S: futures::Stream<Item = Result<watcher::Event<T>, watcher::Error>> + Send,
+{
+    let stream = stream.default_backoff();
+    futures::pin_mut!(stream);
+    while let Some(event) = stream.next().await {
+        if let Err(error) = event {
+            tracing::warn!(what, %error, "watch failed; retrying");
+        }
+    }
+}
+
+impl PolicySource for ClusterPolicies {
+    fn policy(&self, namespace: &str) -> Option<NamespacePolicy> {
+        let object = self.namespaces.get(&ObjectRef::new(namespace))?;
+        let empty = BTreeMap::new();
+        let labels = object.metadata.labels.as_ref().unwrap_or(&empty);
+        let annotations = object.metadata.annotations.as_ref().unwrap_or(&empty);
+        NamespacePolicy::from_metadata(labels, annotations, self.default_rollout)
+    }
+
+    fn is_ready(&self) -> bool {
+        self.namespaces_synced.load(Ordering::Acquire) && self.node_architectures().is_some()
+    }
+
+    fn node_architectures(&self) -> Option<Arc<BTreeSet<String>>> {
+        self.node_architectures
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+/// Reads the pull secrets pods name. Never lists or watches secrets: one
+/// `get` per secret a pod names, in the pod's own namespace.
+#[derive(Clone)]
+pub struct PullSecrets {
+    client: kube::Client,
+    cache: moka::future::Cache<(String, String), Result<Arc<Keyring>, String>>,
+}
+
+impl PullSecrets {
+    pub fn new(client: kube::Client) -> Self {
+        PullSecrets {
+            client,
+            cache: moka::future::Cache::builder()
+                .max_capacity(10_000)
+                .time_to_live(SECRET_TTL)
+                .build(),
+        }
+    }
+
+    /// The keyring of the named secrets, in order (the first match wins, as
+    /// in the kubelet), and a warning for each that could not be used.
+    pub async fn keyring(&self, namespace: &str, names: &[String]) -> (Keyring, Vec<String>) {
+        let mut keyring = Keyring::default();
+        let mut warnings = Vec::new();
+        for name in names {
+            let key = (namespace.to_string(), name.clone());
+            let client = self.client.clone();
+            let read = self
+                .cache
+                .get_with(key, async move {
+                    read_secret(client, namespace, name).await.map(Arc::new)
+                })
+                .await;
+            match read {
+                Ok(found) => keyring.extend(&found),
+                Err(reason) => warnings.push(format!("pull secret {name}: {reason}")),
+            }
+        }
+        (keyring, warnings)
+    }
+}
+
+async fn read_secret(client: kube::Client, namespace: &str, name: &str) -> Result<Keyring, String> {
+    let api: Api<Secret> = Api::namespaced(client, namespace);
+    let secret = match api.get_opt(name).await {
+        Ok(Some(secret)) => secret,
+        Ok(None) => return Err("not found".into()),
+        Err(kube::Error::Api(status)) if status.code == 403 => {
+            return Err("archway may not read it (forbidden)".into());
+        }
+        // The error text is the API server's, which never holds secret data.
+        Err(error) => return Err(format!("cannot be read: {error}")),
+    };
+    keyring_from_secret(&secret)
+}
+
+/// A `kubernetes.io/dockerconfigjson` or `kubernetes.io/dockercfg` Secret
+/// as a keyring.
+pub fn keyring_from_secret(secret: &Secret) -> Result<Keyring, String> {
+    let key = match secret.type_.as_deref() {
+        Some("kubernetes.io/dockerconfigjson") => ".dockerconfigjson",
+        Some("kubernetes.io/dockercfg") => ".dockercfg",
+        other => return Err(format!("type {other:?} is not a registry credential")),
+    };
+    let data = secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get(key))
+        .ok_or_else(|| format!("has no {key}"))?;
+    Keyring::from_docker_config(&data.0).map_err(|e| e.to_string())
+}
