@@ -25,7 +25,7 @@ use crate::placement::{
     Outcome,
 };
 use crate::policy::{Mode, PolicySource};
-use crate::registry::{Credential, InspectError};
+use crate::registry::{InspectError, Keyring};
 
 pub const API_VERSION: &str = "admission.k8s.io/v1";
 
@@ -153,6 +153,8 @@ pub struct ReviewRecord {
 pub struct Reviewer {
     pub inspector: Inspector,
     pub policies: Arc<dyn PolicySource>,
+    /// Reads pods' pull secrets; `None` without a cluster.
+    pub pull_secrets: Option<crate::cluster::PullSecrets>,
     pub settings: Arc<ReviewSettings>,
 }
 
@@ -199,6 +201,7 @@ impl Reviewer {
         Ok(Reviewer {
             inspector: Inspector::new(client, config.cache_settings()),
             policies,
+            pull_secrets: None,
             settings: Arc::new(ReviewSettings::from_config(config)),
         })
     }
@@ -331,7 +334,10 @@ impl Reviewer {
                 .collect();
             self.decide(&pod, &policy, &failed, request)
         } else {
-            let (lookups, hits, misses) = self.look_up(&images, deadline).await;
+            let keyring = self
+                .pull_secret_keyring(&pod, &record.namespace, deadline, response)
+                .await;
+            let (lookups, hits, misses) = self.look_up(&images, &keyring, deadline).await;
             record.cache_hits = hits;
             record.cache_misses = misses;
             self.decide(&pod, &policy, &lookups, request)
@@ -349,13 +355,53 @@ impl Reviewer {
         lookups: &[(ContainerImage, ImageLookup)],
         request: &RequestIn<'_>,
     ) -> Decision {
+        let nodes = self.policies.node_architectures();
         placement::decide(&DecisionInput {
             pod,
             policy,
             lookups,
             settings: &self.settings.decision,
             request_uid: request.uid.as_deref().unwrap_or_default(),
+            node_architectures: nodes.as_deref(),
         })
+    }
+
+    /// The credentials of the pull secrets the pod names (the ServiceAccount
+    /// admission plugin has already copied the ServiceAccount's into it).
+    async fn pull_secret_keyring(
+        &self,
+        pod: &Pod,
+        namespace: &str,
+        deadline: tokio::time::Instant,
+        response: &mut ResponseOut,
+    ) -> Keyring {
+        let (Some(secrets), Some(spec)) = (&self.pull_secrets, &pod.spec) else {
+            return Keyring::default();
+        };
+        let names: Vec<String> = spec
+            .image_pull_secrets
+            .iter()
+            .flatten()
+            .map(|r| r.name.clone())
+            .filter(|n| !n.is_empty())
+            .collect();
+        if names.is_empty() {
+            return Keyring::default();
+        }
+        match tokio::time::timeout_at(deadline, secrets.keyring(namespace, &names)).await {
+            Ok((keyring, warnings)) => {
+                response
+                    .warnings
+                    .extend(warnings.iter().map(|w| warning(&format!("archway: {w}"))));
+                keyring
+            }
+            Err(_) => {
+                response
+                    .warnings
+                    .push("archway: pull secrets not read within the time budget".into());
+                Keyring::default()
+            }
+        }
     }
 
     /// Every distinct image looked up at once, each bounded by the review's
@@ -363,6 +409,7 @@ impl Reviewer {
     async fn look_up(
         &self,
         images: &[ContainerImage],
+        keyring: &Keyring,
         deadline: tokio::time::Instant,
     ) -> (Vec<(ContainerImage, ImageLookup)>, usize, usize) {
         let distinct: BTreeSet<&str> = images.iter().map(|c| c.image.as_str()).collect();
@@ -370,9 +417,10 @@ impl Reviewer {
             let result = match image.parse::<ImageRef>() {
                 Err(e) => (Err(InspectError::InvalidReference(e.to_string())), None),
                 Ok(reference) => {
-                    let lookup = self
-                        .inspector
-                        .inspect_detached(&reference, &Credential::Anonymous);
+                    // The pod's own credential for the image, else anonymous
+                    // (the registry client then tries the cluster's own).
+                    let credential = keyring.lookup(&reference);
+                    let lookup = self.inspector.inspect_detached(&reference, &credential);
                     match tokio::time::timeout_at(deadline, lookup).await {
                         Ok((result, outcome)) => (result, Some(outcome)),
                         Err(_) => (Err(InspectError::Deadline), Some(CacheOutcome::Miss)),

@@ -54,6 +54,8 @@ pub struct DecisionInput<'a> {
     /// Identifies this pod for its rollout bucket when it has no name yet
     /// (pods of a ReplicaSet are named after admission): the review's uid.
     pub request_uid: &'a str,
+    /// The architectures that have nodes, when known (with a cluster).
+    pub node_architectures: Option<&'a BTreeSet<String>>,
 }
 
 /// What archway does with a pod.
@@ -67,6 +69,8 @@ pub struct Decision {
     pub warnings: Vec<String>,
     /// The architectures every image runs on, once known.
     pub supported: Option<BTreeSet<String>>,
+    /// Architectures the rollout chose that have no node in the cluster.
+    pub without_nodes: BTreeSet<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -134,6 +138,7 @@ impl Decision {
             reason: reason.into(),
             warnings: Vec::new(),
             supported: None,
+            without_nodes: BTreeSet::new(),
         }
     }
 }
@@ -279,7 +284,7 @@ pub fn decide(input: &DecisionInput<'_>) -> Decision {
 
     let target = input.settings.target_architecture.as_str();
     let eligible = supported.contains(target) && supported.len() > 1;
-    let (kind, chosen, reason) = if eligible {
+    let (kind, mut chosen, mut reason) = if eligible {
         let rollout = input.policy.rollout.percent();
         let bucket = rollout_bucket(&bucket_key(
             input.pod,
@@ -307,6 +312,41 @@ pub fn decide(input: &DecisionInput<'_>) -> Decision {
         (DecisionKind::OnlyOption, supported.clone(), reason)
     };
 
+    // Never send a pod where no node can take it while another
+    // architecture its images run on has nodes.
+    let mut without_nodes = BTreeSet::new();
+    if let Some(nodes) = input.node_architectures {
+        without_nodes = chosen
+            .iter()
+            .filter(|a| !nodes.contains(*a))
+            .cloned()
+            .collect();
+        if !without_nodes.is_empty() {
+            let with_nodes: BTreeSet<String> = chosen.intersection(nodes).cloned().collect();
+            let alternatives: BTreeSet<String> = supported.intersection(nodes).cloned().collect();
+            if !with_nodes.is_empty() {
+                chosen = with_nodes;
+            } else if !alternatives.is_empty() {
+                warnings.push(format!(
+                    "no {} node in the cluster; placed on {} instead",
+                    join(&without_nodes),
+                    join(&alternatives)
+                ));
+                reason = format!(
+                    "{} ({} has no node)",
+                    join(&alternatives),
+                    join(&without_nodes)
+                );
+                chosen = alternatives;
+            } else {
+                warnings.push(format!(
+                    "no {} node in the cluster: the pod stays Pending until one joins",
+                    join(&without_nodes)
+                ));
+            }
+        }
+    }
+
     let (required, preferred) = match input.policy.placement {
         Placement::Required => (chosen, None),
         // A preference only means something when there is a choice.
@@ -328,6 +368,7 @@ pub fn decide(input: &DecisionInput<'_>) -> Decision {
         reason,
         warnings,
         supported: Some(supported),
+        without_nodes,
     }
 }
 
@@ -351,6 +392,7 @@ fn refuse(
         reason: reason.to_string(),
         warnings,
         supported,
+        without_nodes: BTreeSet::new(),
     }
 }
 

@@ -21,6 +21,7 @@ fn reviewer(config_yaml: &str) -> Reviewer {
             namespaces: config.namespaces.clone(),
             default_rollout: config.default_rollout,
         }),
+        pull_secrets: None,
         settings: Arc::new(ReviewSettings::from_config(&config)),
     }
 }

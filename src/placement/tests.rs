@@ -64,6 +64,7 @@ fn run(
         lookups: &lookups,
         settings: &settings(fail_closed),
         request_uid: "uid-1",
+        node_architectures: None,
     })
 }
 
@@ -456,6 +457,7 @@ fn workload_rollout_puts_every_pod_of_a_deployment_on_one_side() {
                 lookups: &lookups,
                 settings: &settings(false),
                 request_uid: &uid,
+                node_architectures: None,
             });
             injection(&d).required.clone()
         })
@@ -500,6 +502,7 @@ fn buckets_are_stable_uniform_and_monotone_in_the_rollout() {
                     lookups: &lookups,
                     settings: &settings(false),
                     request_uid: "u",
+                    node_architectures: None,
                 });
                 d.kind == DecisionKind::Steered
             })
@@ -549,9 +552,47 @@ fn pods_without_spec_or_images_do_not_panic() {
         lookups: &[],
         settings: &settings(false),
         request_uid: "u",
+        node_architectures: None,
     });
     assert_eq!(
         (d.kind, d.outcome),
         (DecisionKind::Skipped, Outcome::Unchanged)
     );
+}
+
+fn with_nodes(rollout: u8, images: &[ImageLookup], nodes: &[&str]) -> Decision {
+    let pod = pod(simple_pod());
+    let lookups = lookups_for(&pod, images);
+    let nodes = set(nodes);
+    decide(&DecisionInput {
+        pod: &pod,
+        policy: &policy(Mode::Enforce, rollout),
+        lookups: &lookups,
+        settings: &settings(false),
+        request_uid: "u",
+        node_architectures: Some(&nodes),
+    })
+}
+
+#[test]
+fn never_chooses_an_architecture_without_nodes_when_another_has_some() {
+    // Steered to arm64, but the cluster has no arm64 node yet.
+    let d = with_nodes(100, &[found(&["amd64", "arm64"])], &["amd64"]);
+    assert_eq!(injection(&d).required, set(&["amd64"]));
+    assert_eq!(d.without_nodes, set(&["arm64"]));
+    assert_eq!(
+        d.warnings,
+        ["no arm64 node in the cluster; placed on amd64 instead"]
+    );
+    assert_eq!(d.reason, "amd64 (arm64 has no node)");
+    // Both sides have nodes: the rollout decides.
+    let d = with_nodes(100, &[found(&["amd64", "arm64"])], &["amd64", "arm64"]);
+    assert_eq!(
+        (injection(&d).required.clone(), d.warnings.len()),
+        (set(&["arm64"]), 0)
+    );
+    // No node for the only architecture the images run on: say so, keep it.
+    let d = with_nodes(0, &[found(&["arm64"])], &["amd64"]);
+    assert_eq!(injection(&d).required, set(&["arm64"]));
+    assert!(d.warnings[0].contains("stays Pending"), "{:?}", d.warnings);
 }
