@@ -9,6 +9,7 @@
 //! `multi_thread` flavor.
 #![allow(dead_code, unused_imports)]
 
+pub mod apiserver;
 pub mod http;
 pub mod images;
 pub mod process;
