@@ -140,6 +140,11 @@ pub struct ReviewRecord {
     pub outcome: &'static str,
     pub reason: String,
     pub architectures: Option<BTreeSet<String>>,
+    /// Where the pod was (or in audit, would be) placed, e.g. `arm64`.
+    pub placed: Option<String>,
+    /// Architectures chosen that have no node in the cluster.
+    pub without_nodes: BTreeSet<String>,
+    pub warnings: usize,
     pub cache_hits: usize,
     pub cache_misses: usize,
     /// The API server's dry run: answered the same (archway has no side
@@ -227,6 +232,9 @@ impl Reviewer {
             outcome: "allowed",
             reason: String::new(),
             architectures: None,
+            placed: None,
+            without_nodes: BTreeSet::new(),
+            warnings: 0,
             cache_hits: 0,
             cache_misses: 0,
             dry_run: request.dry_run.unwrap_or(false),
@@ -244,6 +252,7 @@ impl Reviewer {
         self.answer(&request, &mut response, &mut record, deadline)
             .await;
         record.elapsed = started.elapsed();
+        record.warnings = response.warnings.len();
         let out = ReviewOut {
             api_version: API_VERSION,
             kind: "AdmissionReview",
@@ -345,6 +354,17 @@ impl Reviewer {
         record.kind = decision.kind;
         record.reason = decision.reason.clone();
         record.architectures = decision.supported.clone();
+        record.without_nodes = decision.without_nodes.clone();
+        if let Outcome::Inject(injection) = &decision.outcome {
+            record.placed = Some(
+                injection
+                    .required
+                    .iter()
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(","),
+            );
+        }
         self.respond(&pod, policy.mode, decision, response, record);
     }
 

@@ -111,6 +111,7 @@ impl Inspector {
         } else {
             CacheOutcome::Hit
         };
+        crate::metrics::global().cache_lookup(outcome == CacheOutcome::Hit);
         (entry.into_value().lookup, outcome)
     }
 

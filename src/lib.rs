@@ -13,6 +13,7 @@ pub mod cli;
 pub mod cluster;
 pub mod config;
 pub mod image;
+pub mod metrics;
 pub mod patch;
 pub mod placement;
 pub mod platform;

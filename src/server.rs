@@ -22,6 +22,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::admission::{ReviewRecord, Reviewer};
 use crate::certs::ReloadingCertificate;
+use crate::metrics;
 
 /// A TLS handshake that has not finished by then is dropped: it holds a
 /// connection slot and no review.
@@ -62,6 +63,7 @@ pub fn admin_router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready))
+        .route("/metrics", get(render_metrics))
         .with_state(state)
 }
 
@@ -69,6 +71,7 @@ async fn mutate(State(state): State<AppState>, body: Bytes) -> Response {
     match state.reviewer.review(&body).await {
         Ok((review, record)) => {
             log_review(&record);
+            count_review(&record);
             match serde_json::to_vec(&review) {
                 Ok(json) => ([(header::CONTENT_TYPE, "application/json")], json).into_response(),
                 Err(e) => (
@@ -80,6 +83,12 @@ async fn mutate(State(state): State<AppState>, body: Bytes) -> Response {
         }
         Err(bad) => {
             tracing::warn!(reason = %bad, label = bad.metric_label(), "bad admission request");
+            metrics::global()
+                .bad_requests
+                .get_or_create(&metrics::ReasonLabels {
+                    reason: bad.metric_label().into(),
+                })
+                .inc();
             (StatusCode::BAD_REQUEST, format!("{bad}\n")).into_response()
         }
     }
@@ -100,6 +109,46 @@ async fn ready(State(state): State<AppState>) -> Response {
     }
 }
 
+fn count_review(record: &ReviewRecord) {
+    let metrics = metrics::global();
+    metrics
+        .reviews
+        .get_or_create(&metrics::ReviewLabels {
+            namespace: record.namespace.clone(),
+            decision: record.kind.label().into(),
+            outcome: record.outcome.into(),
+            architecture: record.placed.clone().unwrap_or_else(|| "none".into()),
+        })
+        .inc();
+    metrics
+        .review_duration
+        .observe(record.elapsed.as_secs_f64());
+    metrics.review_warnings.inc_by(record.warnings as u64);
+    for architecture in &record.without_nodes {
+        metrics
+            .no_nodes
+            .get_or_create(&metrics::ArchitectureLabels {
+                architecture: architecture.clone(),
+            })
+            .inc();
+    }
+}
+
+async fn render_metrics(State(state): State<AppState>) -> Response {
+    let metrics = metrics::global();
+    metrics
+        .cache_entries
+        .set(state.reviewer.inspector.entry_count() as i64);
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        metrics.render(),
+    )
+        .into_response()
+}
+
 fn log_review(record: &ReviewRecord) {
     tracing::info!(
         uid = %record.uid,
@@ -110,6 +159,7 @@ fn log_review(record: &ReviewRecord) {
         outcome = record.outcome,
         reason = %record.reason,
         archs = ?record.architectures,
+        placed = record.placed.as_deref().unwrap_or("-"),
         cache_hits = record.cache_hits,
         cache_misses = record.cache_misses,
         dry_run = record.dry_run,

@@ -486,3 +486,62 @@ async fn shutdown_finishes_reviews_in_flight() {
     // No longer accepting.
     assert!(tokio::net::TcpStream::connect(addr).await.is_err());
 }
+
+#[tokio::test]
+async fn the_admin_port_serves_health_readiness_and_metrics() {
+    let webhook = webhook("").await;
+    let admin = format!("http://{}", webhook.admin);
+    let http = reqwest::Client::new();
+    assert_eq!(
+        http.get(format!("{admin}/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        http.get(format!("{admin}/readyz"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap(),
+        "ready"
+    );
+    webhook
+        .review(&pod_review("m1", "r100", &pod("web", &["multi:v1"])))
+        .await;
+    webhook
+        .review(&pod_review("m2", "r0", &pod("web", &["amd:v1"])))
+        .await;
+    let (status, _, _) = webhook.post(&webhook.client, b"{}".to_vec()).await;
+    assert_eq!(status, 400);
+    let response = http.get(format!("{admin}/metrics")).send().await.unwrap();
+    assert!(
+        response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("application/openmetrics-text")
+    );
+    let text = response.text().await.unwrap();
+    for expected in [
+        r#"archway_reviews_total{namespace="r100",decision="steered",outcome="patched",architecture="arm64"}"#,
+        r#"archway_reviews_total{namespace="r0",decision="only_option",outcome="patched",architecture="amd64"}"#,
+        r#"archway_bad_requests_total{reason="not_review"}"#,
+        "archway_review_duration_seconds_count",
+        "archway_cache_entries ",
+        "archway_cache_lookups_total{result=",
+    ] {
+        assert!(text.contains(expected), "missing {expected} in\n{text}");
+    }
+    let registry = fixture().registry.host();
+    assert!(
+        text.contains(&format!(
+            r#"archway_registry_requests_total{{registry="{registry}",result="200"}}"#
+        )),
+        "{text}"
+    );
+    webhook.stop().await;
+}

@@ -299,10 +299,7 @@ impl RegistryClient {
             if let Some(value) = &authorization {
                 request = request.header(AUTHORIZATION, header_of(value));
             }
-            let response = request
-                .send()
-                .await
-                .map_err(|e| transport_error(&endpoint.host, e))?;
+            let response = send(&endpoint.host, request).await?;
             let status = response.status();
             if status == StatusCode::UNAUTHORIZED && attempt == 0 {
                 let challenge = response
@@ -446,10 +443,7 @@ impl RegistryClient {
                 format!("Basic {}", basic_value(username, password)),
             );
         }
-        let response = request
-            .send()
-            .await
-            .map_err(|e| transport_error(&endpoint.host, e))?;
+        let response = send(&endpoint.host, request).await?;
         let status = response.status();
         if status == StatusCode::TOO_MANY_REQUESTS {
             return Err(InspectError::RateLimited {
@@ -529,6 +523,19 @@ fn header_of(stored: &str) -> &str {
 
 fn basic_value(username: &str, password: &str) -> String {
     base64::engine::general_purpose::STANDARD.encode(format!("{username}:{password}"))
+}
+
+/// Sends one request, recording it in the metrics by registry and result
+/// (the status code, or why there was none).
+async fn send(host: &str, request: reqwest::RequestBuilder) -> Result<Response, InspectError> {
+    let started = std::time::Instant::now();
+    let result = request.send().await.map_err(|e| transport_error(host, e));
+    let label = match &result {
+        Ok(response) => response.status().as_str().to_string(),
+        Err(error) => error.metric_label().to_string(),
+    };
+    crate::metrics::global().registry_request(host, &label, started.elapsed());
+    result
 }
 
 /// Reads at most `limit` bytes, refusing more without reading them.
