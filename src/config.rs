@@ -12,6 +12,7 @@ use serde::Deserialize;
 
 use crate::cache::CacheSettings;
 use crate::policy::{Rollout, StaticNamespace, StaticPolicies};
+use crate::registry::guard::Cidr;
 use crate::registry::{Keyring, RegistrySettings};
 
 #[derive(Debug, Clone, Deserialize)]
@@ -93,6 +94,14 @@ pub struct RegistryConfig {
     /// mirrors). Pods' own pull secrets take precedence.
     pub credentials_file: Option<PathBuf>,
     pub max_manifest_bytes: usize,
+    /// Internal hosts or address ranges (CIDR) registries may be reached
+    /// at. Everything internal (loopback, link-local, private, unique-local)
+    /// is refused otherwise, except hosts named in `insecure` and `mirrors`.
+    pub allow_private: Vec<String>,
+    /// Hosts a registry may send token requests and redirects to, besides
+    /// itself (`*.domain` globs). Absent: a built-in list of the common
+    /// auth and blob-storage hosts (Docker Hub, GitHub, the clouds).
+    pub trusted_hosts: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -169,6 +178,8 @@ impl Default for RegistryConfig {
             mirrors: BTreeMap::new(),
             credentials_file: None,
             max_manifest_bytes: d.max_manifest_bytes,
+            allow_private: Vec::new(),
+            trusted_hosts: None,
         }
     }
 }
@@ -246,6 +257,16 @@ impl Config {
         if self.server.cert_file.is_some() != self.server.key_file.is_some() {
             return invalid("server.certFile and server.keyFile go together".into());
         }
+        for entry in self
+            .registry
+            .allow_private
+            .iter()
+            .filter(|e| e.contains('/'))
+        {
+            if let Err(reason) = entry.parse::<Cidr>() {
+                return invalid(format!("registry.allowPrivate: {reason}"));
+            }
+        }
         if self.server.max_body_bytes < 1024 {
             return invalid("server.maxBodyBytes is too small for any pod".into());
         }
@@ -284,7 +305,20 @@ impl Config {
                 })?
             }
         };
+        let mut guard = RegistrySettings::default().guard;
+        for entry in &self.registry.allow_private {
+            match entry.parse::<Cidr>() {
+                Ok(range) if entry.contains('/') || entry.parse::<std::net::IpAddr>().is_ok() => {
+                    guard.allowed_networks.push(range)
+                }
+                _ => guard.allowed_hosts.push(entry.clone()),
+            }
+        }
+        if let Some(trusted) = &self.registry.trusted_hosts {
+            guard.trusted_hosts = trusted.clone();
+        }
         Ok(RegistrySettings {
+            guard,
             connect_timeout: self.registry.connect_timeout,
             request_timeout: self.registry.request_timeout,
             insecure_hosts: self.registry.insecure.clone(),
@@ -378,6 +412,7 @@ tolerations:
             ("server: { certFile: /x }", "go together"),
             ("targetArchitecture: linux/arm64", "targetArchitecture"),
             ("cache: { tagTtl: soon }", "tagTtl"),
+            ("registry: { allowPrivate: [10.0.0.0/40] }", "allowPrivate"),
         ] {
             let err = Config::from_yaml(yaml).unwrap_err().to_string();
             assert!(err.contains(expected), "{yaml}: {err}");

@@ -196,7 +196,9 @@ async fn failures_name_their_cause() {
     );
 
     // Not configured as insecure: archway speaks HTTPS to it and fails.
-    let strict = self::inspector(RegistrySettings::default());
+    let mut settings = RegistrySettings::default();
+    settings.guard.allowed_hosts.push("127.0.0.1".into());
+    let strict = self::inspector(settings);
     let (tls, _) = strict
         .inspect(&image(&format!("{host}/demo:v1")), &Credential::Anonymous)
         .await;
@@ -401,7 +403,20 @@ async fn bearer_token_flow_with_credentials_from_a_docker_config() {
 
     install_crypto();
     registry.token_server().unwrap().reset(); // forget skopeo's push
-    let client = RegistryClient::new(settings_for(std::slice::from_ref(&host))).unwrap();
+    // The realm is another host (another port): untrusted, it is refused
+    // and never sees the credential.
+    let untrusted = RegistryClient::new(settings_for(std::slice::from_ref(&host))).unwrap();
+    let refused = untrusted.inspect(&app, &credential).await.unwrap_err();
+    assert_eq!(refused.metric_label(), "refused", "{refused}");
+    assert!(refused.to_string().contains("token realm"), "{refused}");
+    assert!(
+        registry.token_requests().is_empty(),
+        "no request reached the realm"
+    );
+    let realm = registry.token_server().unwrap().addr().to_string();
+    let mut settings = settings_for(&[host.clone(), realm.clone()]);
+    settings.guard.trusted_hosts.push(realm);
+    let client = RegistryClient::new(settings).unwrap();
     let found = client.inspect(&app, &credential).await.unwrap();
     assert_eq!(platforms(&found), ["linux/amd64", "linux/arm64"]);
     let tokens = registry.token_requests();
@@ -430,7 +445,9 @@ async fn tls_registry_needs_its_ca() {
     push_demo(&registry);
     let app = image(&format!("{}/private/app:v1", registry.host()));
 
-    let untrusting = inspector(RegistrySettings::default());
+    let mut local = RegistrySettings::default();
+    local.guard.allowed_hosts.push("127.0.0.1".into());
+    let untrusting = inspector(local.clone());
     let (refused, _) = untrusting.inspect(&app, &Credential::Anonymous).await;
     let refused = refused.unwrap_err();
     assert_eq!(refused.metric_label(), "connect");
@@ -441,7 +458,7 @@ async fn tls_registry_needs_its_ca() {
 
     let trusting = inspector(RegistrySettings {
         extra_ca_pems: vec![registry.ca_pem().unwrap().into_bytes()],
-        ..RegistrySettings::default()
+        ..local
     });
     let (found, _) = trusting.inspect(&app, &Credential::Anonymous).await;
     assert_eq!(platforms(&found.unwrap()), ["linux/amd64", "linux/arm64"]);
@@ -535,4 +552,73 @@ fn archway_inspect_prints_platforms_and_fails_on_a_bad_image() {
     assert_eq!(rows[1]["reason"], "not_found");
     assert_eq!(rows[2]["reason"], "invalid_reference");
     assert!(rows[2]["error"].as_str().unwrap().contains("lowercase"));
+}
+
+#[tokio::test]
+async fn internal_addresses_are_refused_unless_allowed() {
+    let fx = fixture();
+    let port = fx.registry.port();
+    let strict = inspector(RegistrySettings::default());
+    for (reference, expected) in [
+        // A name that resolves to loopback: refused by the resolver.
+        (
+            format!("localhost:{port}/demo:v1"),
+            "resolves to 127.0.0.1, a loopback address",
+        ),
+        // IP literals never reach the resolver: refused before connecting.
+        (format!("127.0.0.1:{port}/demo:v1"), "a loopback address"),
+        (
+            "169.254.169.254/latest/meta-data:v1".to_string(),
+            "a link-local address",
+        ),
+        ("10.0.0.1:5000/app:v1".to_string(), "a private address"),
+    ] {
+        let (result, _) = strict
+            .inspect(&image(&reference), &Credential::Anonymous)
+            .await;
+        let error = result.unwrap_err();
+        assert_eq!(error.metric_label(), "refused", "{reference}: {error}");
+        assert!(error.to_string().contains(expected), "{reference}: {error}");
+    }
+    // Allowed by name: the same registry answers.
+    let mut allowed = RegistrySettings::default();
+    allowed.guard.allowed_hosts.push("localhost".into());
+    allowed.insecure_hosts.push(format!("localhost:{port}"));
+    let (found, _) = inspector(allowed)
+        .inspect(
+            &image(&format!("localhost:{port}/demo:v1")),
+            &Credential::Anonymous,
+        )
+        .await;
+    assert_eq!(platforms(&found.unwrap()), ["linux/amd64", "linux/arm64"]);
+}
+
+#[tokio::test]
+async fn redirects_to_other_hosts_are_refused() {
+    let fx = fixture();
+    let proxy = CountingProxy::start(fx.registry.addr()).await;
+    let inspector = inspector(settings_for(&[proxy.host()]));
+    for location in [
+        "http://169.254.169.254/latest/meta-data/",
+        "https://metadata.google.internal/computeMetadata/v1/",
+        &format!("http://{}/v2/demo/manifests/v1", fx.registry.host()),
+    ] {
+        proxy.set_fault(support::Fault::Status(
+            307,
+            vec![("Location".into(), location.to_string())],
+        ));
+        let (result, _) = inspector
+            .inspect(
+                &image(&format!("{}/redirect{}:v1", proxy.host(), location.len())),
+                &Credential::Anonymous,
+            )
+            .await;
+        let error = result.unwrap_err();
+        assert_eq!(error.metric_label(), "refused", "{location}: {error}");
+        let reason = error.to_string();
+        assert!(
+            reason.contains("another host not trusted") || reason.contains("is not HTTPS"),
+            "{reason}"
+        );
+    }
 }

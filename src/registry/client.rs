@@ -21,6 +21,7 @@ use reqwest::{Response, StatusCode};
 use serde::Deserialize;
 
 use super::credentials::{Credential, Keyring};
+use super::guard::{DEFAULT_TRUSTED_HOSTS, GuardedResolver, NetworkGuard, Refusal};
 use super::manifest::{self, MANIFEST_ACCEPT, ManifestContent};
 use super::{ImagePlatforms, InspectError, ManifestShape};
 use crate::image::ImageRef;
@@ -44,6 +45,9 @@ pub struct RegistrySettings {
     pub keyring: Keyring,
     pub max_manifest_bytes: usize,
     pub max_token_bytes: usize,
+    /// Where connections may go. Hosts named in `insecure_hosts` and
+    /// `mirrors` are added to its allowed hosts: the configuration names them.
+    pub guard: NetworkGuard,
 }
 
 impl Default for RegistrySettings {
@@ -57,6 +61,13 @@ impl Default for RegistrySettings {
             keyring: Keyring::default(),
             max_manifest_bytes: 4 * 1024 * 1024,
             max_token_bytes: 1024 * 1024,
+            guard: NetworkGuard {
+                trusted_hosts: DEFAULT_TRUSTED_HOSTS
+                    .iter()
+                    .map(|h| h.to_string())
+                    .collect(),
+                ..NetworkGuard::default()
+            },
         }
     }
 }
@@ -66,6 +77,7 @@ impl Default for RegistrySettings {
 pub struct RegistryClient {
     http: reqwest::Client,
     settings: Arc<RegistrySettings>,
+    guard: Arc<NetworkGuard>,
     /// Authorization header values by (endpoint, repository, credential):
     /// a bearer token is scoped to a repository, and one credential's token
     /// must never be used for another's request.
@@ -102,6 +114,27 @@ pub struct ClientBuildError(String);
 
 impl RegistryClient {
     pub fn new(settings: RegistrySettings) -> Result<Self, ClientBuildError> {
+        let mut guard = settings.guard.clone();
+        guard
+            .allowed_hosts
+            .extend(settings.insecure_hosts.iter().cloned());
+        guard
+            .allowed_hosts
+            .extend(settings.mirrors.values().flatten().cloned());
+        let guard = Arc::new(guard);
+        let redirect_guard = guard.clone();
+        let insecure = settings.insecure_hosts.clone();
+        let redirects = reqwest::redirect::Policy::custom(move |attempt| {
+            match check_redirect(
+                &redirect_guard,
+                &insecure,
+                attempt.url(),
+                attempt.previous(),
+            ) {
+                Ok(()) => attempt.follow(),
+                Err(refusal) => attempt.error(refusal),
+            }
+        });
         let mut builder = reqwest::Client::builder()
             .connect_timeout(settings.connect_timeout)
             .read_timeout(settings.request_timeout)
@@ -110,7 +143,10 @@ impl RegistryClient {
             // Proxy variables of the process must not reroute registry
             // traffic unseen; mirrors are the configured way to do that.
             .no_proxy()
-            .redirect(reqwest::redirect::Policy::limited(5));
+            .dns_resolver(Arc::new(GuardedResolver {
+                guard: guard.clone(),
+            }))
+            .redirect(redirects);
         let mut certs = Vec::new();
         for pem in &settings.extra_ca_pems {
             let found = reqwest::Certificate::from_pem_bundle(pem)
@@ -129,6 +165,7 @@ impl RegistryClient {
         Ok(RegistryClient {
             http,
             settings: Arc::new(settings),
+            guard,
             auth: moka::future::Cache::builder()
                 .max_capacity(10_000)
                 .expire_after(AuthExpiry)
@@ -290,6 +327,9 @@ impl RegistryClient {
             Credential::Bearer(token) => Some(Arc::from(format!("0|Bearer {token}"))),
             _ => self.auth.get(&key).await,
         };
+        self.guard
+            .check_literal(&endpoint.host)
+            .map_err(|refusal| refused(&endpoint.host, refusal))?;
         for attempt in 0..2 {
             let mut request = self
                 .http
@@ -426,9 +466,30 @@ impl RegistryClient {
         };
         let mut url =
             reqwest::Url::parse(realm).map_err(|_| token_error("realm is not a URL".into()))?;
-        if !matches!(url.scheme(), "https" | "http") {
-            return Err(token_error("realm is not an http(s) URL".into()));
+        let realm_host = match (url.host_str(), url.port()) {
+            (Some(host), Some(port)) => format!("{host}:{port}"),
+            (Some(host), None) => host.to_string(),
+            (None, _) => return Err(token_error("realm has no host".into())),
+        };
+        // The realm gets the credential, so it must be the registry itself
+        // or a host trusted to act for it (auth.docker.io for Docker Hub).
+        if !self.guard.may_follow(&endpoint.host, &realm_host) {
+            return Err(refused(
+                &endpoint.host,
+                Refusal(format!(
+                    "token realm {realm_host} is another host and not trusted (registry.trustedHosts)"
+                )),
+            ));
         }
+        let plain_allowed = self.settings.insecure_hosts.contains(&realm_host);
+        if !(url.scheme() == "https" || url.scheme() == "http" && plain_allowed) {
+            return Err(token_error(format!(
+                "realm {realm_host} is not HTTPS (only hosts in registry.insecure may be plain HTTP)"
+            )));
+        }
+        self.guard
+            .check_literal(&realm_host)
+            .map_err(|refusal| refused(&endpoint.host, refusal))?;
         {
             let mut query = url.query_pairs_mut();
             if let Some(service) = service {
@@ -584,6 +645,14 @@ fn retry_after(headers: &HeaderMap) -> Option<Duration> {
 /// A reqwest error as a reason a person can act on: the innermost cause
 /// (connection refused, certificate unknown) without the URL.
 fn transport_error(host: &str, error: reqwest::Error) -> InspectError {
+    // A refusal of the guard (resolver or redirect policy) is said as such.
+    let mut source = std::error::Error::source(&error);
+    while let Some(inner) = source {
+        if let Some(refusal) = inner.downcast_ref::<Refusal>() {
+            return refused(host, refusal.clone());
+        }
+        source = inner.source();
+    }
     if error.is_timeout() {
         return InspectError::Timeout {
             host: host.to_string(),
@@ -602,6 +671,47 @@ fn transport_error(host: &str, error: reqwest::Error) -> InspectError {
         host: host.to_string(),
         reason,
     }
+}
+
+fn refused(host: &str, refusal: Refusal) -> InspectError {
+    InspectError::Refused {
+        host: host.to_string(),
+        reason: refusal.0,
+    }
+}
+
+/// Redirects stay on the registry's host or go to a trusted one, over
+/// HTTPS (plain HTTP only to an insecure host), and never to an internal
+/// IP literal; at most five hops. reqwest drops the Authorization header
+/// on any cross-host hop.
+fn check_redirect(
+    guard: &NetworkGuard,
+    insecure: &[String],
+    next: &reqwest::Url,
+    previous: &[reqwest::Url],
+) -> Result<(), Refusal> {
+    if previous.len() > 5 {
+        return Err(Refusal("more than 5 redirects".into()));
+    }
+    let host_of = |url: &reqwest::Url| match (url.host_str(), url.port()) {
+        (Some(host), Some(port)) => format!("{host}:{port}"),
+        (Some(host), None) => host.to_string(),
+        (None, _) => String::new(),
+    };
+    let to = host_of(next);
+    let from = previous.first().map(host_of).unwrap_or_default();
+    if next.scheme() != "https" && !(next.scheme() == "http" && insecure.contains(&to)) {
+        return Err(Refusal(format!(
+            "redirect to {}://{to} is not HTTPS",
+            next.scheme()
+        )));
+    }
+    if !guard.may_follow(&from, &to) {
+        return Err(Refusal(format!(
+            "redirect from {from} to {to}, another host not trusted (registry.trustedHosts)"
+        )));
+    }
+    guard.check_literal(&to)
 }
 
 /// A `WWW-Authenticate` header, as much as the distribution flows use.

@@ -2,6 +2,7 @@
 
 pub mod client;
 pub mod credentials;
+pub mod guard;
 pub mod manifest;
 
 use std::collections::BTreeSet;
@@ -76,6 +77,8 @@ pub enum InspectError {
         host: String,
         error: manifest::ManifestError,
     },
+    #[error("refused to connect for registry {host}: {reason}")]
+    Refused { host: String, reason: String },
     #[error("token request for {host} failed: {reason}")]
     Token { host: String, reason: String },
     #[error("lookup still running when the review's time budget ran out")]
@@ -99,6 +102,7 @@ impl InspectError {
             InspectError::DigestMismatch { .. } => "digest_mismatch",
             InspectError::Manifest { .. } => "bad_manifest",
             InspectError::Token { .. } => "token",
+            InspectError::Refused { .. } => "refused",
             InspectError::Deadline => "deadline",
             InspectError::Internal(_) => "internal",
         }
