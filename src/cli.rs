@@ -78,6 +78,16 @@ pub enum Command {
         #[arg(long, short = 'o', default_value = "table")]
         output: Output,
     },
+    /// Scan the cluster of the current kubeconfig context: what each
+    /// workload's images support, where it runs, what archway would do, and
+    /// what blocks a move to the target architecture.
+    Audit {
+        /// Only this namespace (default: all).
+        #[arg(long, short = 'n')]
+        namespace: Option<String>,
+        #[arg(long, short = 'o', default_value = "table")]
+        output: crate::audit::AuditOutput,
+    },
     /// Make a CA and a serving certificate for the webhook's Service.
     Certs {
         #[arg(long, default_value = "archway")]
@@ -161,6 +171,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             rollout,
             output,
         } => crate::review::run(&config, &file, &namespace, rollout, output).await,
+        Command::Audit { namespace, output } => {
+            crate::audit::run(&config, namespace.as_deref(), output).await
+        }
         Command::Certs {
             service,
             namespace,

@@ -7,6 +7,7 @@
 //! `registry` (what images publish).
 
 pub mod admission;
+pub mod audit;
 pub mod cache;
 pub mod certs;
 pub mod cli;

@@ -371,3 +371,158 @@ async fn not_ready_until_the_cluster_view_has_synced() {
     assert!(!policies.is_ready());
     assert!(policies.node_architectures().is_none());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_reports_what_runs_where_and_what_blocks_the_move() {
+    let registry = Registry::start(RegistryOptions::plain());
+    push_multi_arch(&registry, "web:v1");
+    let dir = tempfile::tempdir().unwrap();
+    let amd = build_layout(dir.path(), &ImageSpec::single("amd64"));
+    registry.push(&amd.dir, "legacy:v1", Format::Oci);
+    let host = registry.host();
+    install_crypto();
+    let api = FakeApiServer::start().await;
+    api.put("nodes", &node("amd-1", "amd64"));
+    api.put("nodes", &node("arm-1", "arm64"));
+    api.put(
+        "namespaces",
+        &namespace(
+            "shop",
+            &[("archway.dev/mode", "enforce")],
+            &[("archway.dev/rollout", "100")],
+        ),
+    );
+    api.put("namespaces", &namespace("legacy", &[], &[]));
+    let template = |image: &str| {
+        json!({"metadata": {"labels": {"app": "x"}},
+        "spec": {"containers": [{"name": "main", "image": format!("{host}/{image}")}]}})
+    };
+    let put_json = |resource: &'static str, value: Value| api.put(resource, &value);
+    put_json(
+        "deployments",
+        json!({"apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "web", "namespace": "shop"},
+        "spec": {"selector": {"matchLabels": {"app": "x"}}, "template": template("web:v1")}}),
+    );
+    put_json(
+        "replicasets",
+        json!({"apiVersion": "apps/v1", "kind": "ReplicaSet",
+        "metadata": {"name": "web-5d8f", "namespace": "shop", "ownerReferences": [
+            {"apiVersion": "apps/v1", "kind": "Deployment", "name": "web", "uid": "d1", "controller": true}]},
+        "spec": {"selector": {"matchLabels": {"app": "x"}}, "template": template("web:v1")}}),
+    );
+    put_json(
+        "pods",
+        json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "web-5d8f-a", "namespace": "shop", "ownerReferences": [
+            {"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "web-5d8f", "uid": "r1", "controller": true}]},
+        "spec": {"nodeName": "amd-1", "containers": [{"name": "main", "image": format!("{host}/web:v1")}]}}),
+    );
+    put_json(
+        "deployments",
+        json!({"apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "billing", "namespace": "legacy"},
+        "spec": {"selector": {"matchLabels": {"app": "x"}}, "template": template("legacy:v1")}}),
+    );
+    put_json(
+        "pods",
+        json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "debug", "namespace": "legacy"},
+        "spec": {"nodeName": "arm-1", "containers": [{"name": "sh", "image": format!("{host}/web:v1")}]}}),
+    );
+    put_json(
+        "cronjobs",
+        json!({"apiVersion": "batch/v1", "kind": "CronJob",
+        "metadata": {"name": "report", "namespace": "legacy"},
+        "spec": {"schedule": "@daily", "jobTemplate": {"spec": {"template": {
+            "spec": {"restartPolicy": "Never", "containers": [{"name": "r", "image": format!("{host}/missing:v1")}]}}}}}}),
+    );
+    put_json(
+        "jobs",
+        json!({"apiVersion": "batch/v1", "kind": "Job",
+        "metadata": {"name": "report-123", "namespace": "legacy", "ownerReferences": [
+            {"apiVersion": "batch/v1", "kind": "CronJob", "name": "report", "uid": "c1", "controller": true}]},
+        "spec": {"template": {"spec": {"restartPolicy": "Never", "containers": [{"name": "r", "image": format!("{host}/missing:v1")}]}}}}),
+    );
+
+    let config = Config::from_yaml(&format!("registry: {{ insecure: [\"{host}\"] }}")).unwrap();
+    let report = archway::audit::scan(api.client(), &config, None, false)
+        .await
+        .unwrap();
+    let rows: Vec<(String, bool, String, String, String)> = report
+        .workloads
+        .iter()
+        .map(|w| {
+            (
+                format!("{}/{}/{}", w.namespace, w.kind, w.name),
+                w.target_ready,
+                w.supported.join(","),
+                w.runs_on.join(","),
+                w.would_inject.clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            (
+                "legacy/CronJob/report".into(),
+                false,
+                "".into(),
+                "".into(),
+                "-".into()
+            ),
+            (
+                "legacy/Deployment/billing".into(),
+                false,
+                "amd64".into(),
+                "".into(),
+                "amd64".into()
+            ),
+            (
+                "legacy/Pod/debug".into(),
+                true,
+                "amd64,arm64".into(),
+                "arm64".into(),
+                "amd64".into()
+            ),
+            (
+                "shop/Deployment/web".into(),
+                true,
+                "amd64,arm64".into(),
+                "amd64".into(),
+                "arm64".into()
+            ),
+        ],
+        "{report:#?}"
+    );
+    let billing = &report.workloads[1];
+    assert_eq!(billing.mode, "off");
+    assert!(
+        billing.blockers[0].contains("publishes only linux/amd64"),
+        "{:?}",
+        billing.blockers
+    );
+    assert!(
+        report.workloads[0].blockers[0].contains("not found"),
+        "{:?}",
+        report.workloads[0].blockers
+    );
+    assert_eq!(
+        report.node_architectures,
+        BTreeMap::from([("amd64".into(), 1), ("arm64".into(), 1)])
+    );
+
+    let table = archway::audit::render_table(&report);
+    assert!(
+        table.contains("4 workloads, 2 ready for arm64, 2 blocked; nodes: 1 amd64, 1 arm64"),
+        "{table}"
+    );
+    let html = archway::audit::render_html(&report);
+    assert!(
+        html.starts_with("<!doctype html>")
+            && html.contains("<td>shop</td><td>Deployment/web</td>")
+    );
+    assert!(!html.contains("<script"), "self-contained, no scripts");
+    // The audit only reads: lists and gets, never a write.
+    assert!(api.requests().iter().all(|r| r.method == "GET"));
+}

@@ -398,9 +398,17 @@ async fn handle(
     };
     json_response(
         200,
-        &json!({"kind": kind, "apiVersion": if metadata_only { "meta.k8s.io/v1" } else { "v1" },
+        &json!({"kind": kind, "apiVersion": if metadata_only { "meta.k8s.io/v1" } else { api_version(&resource) },
                 "metadata": {"resourceVersion": state.resource_version.to_string()}, "items": items}),
     )
+}
+
+fn api_version(resource: &str) -> &'static str {
+    match resource {
+        "deployments" | "statefulsets" | "daemonsets" | "replicasets" => "apps/v1",
+        "jobs" | "cronjobs" => "batch/v1",
+        _ => "v1",
+    }
 }
 
 fn list_kind(resource: &str) -> &'static str {

@@ -1,0 +1,604 @@
+//! `archway audit`: scan a cluster's workloads and report, per workload,
+//! which architectures its images support, where it runs now, what archway
+//! would inject, and what blocks a move to the target architecture.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{IsTerminal, Write};
+
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
+use k8s_openapi::api::batch::v1::{CronJob, Job};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod, PodTemplateSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::api::{Api, ListParams};
+use serde::Serialize;
+
+use crate::cache::Inspector;
+use crate::cluster::PullSecrets;
+use crate::config::Config;
+use crate::image::ImageRef;
+use crate::placement::{
+    self, ContainerImage, DecisionInput, DecisionSettings, ImageLookup, Outcome,
+};
+use crate::policy::{Mode, NamespacePolicy};
+use crate::registry::{InspectError, Keyring, RegistryClient};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum AuditOutput {
+    Table,
+    Json,
+    Html,
+}
+
+/// One workload's line in the report.
+#[derive(Debug, Clone, Serialize)]
+pub struct WorkloadRow {
+    pub namespace: String,
+    pub kind: String,
+    pub name: String,
+    /// `enforce`, `audit`, or `off` (not opted in).
+    pub mode: String,
+    /// S: the architectures every image supports; empty when unknown.
+    pub supported: Vec<String>,
+    /// Architectures of the nodes its pods run on now.
+    pub runs_on: Vec<String>,
+    /// What archway would require (`arm64`, `amd64,arm64`), or why nothing.
+    pub would_inject: String,
+    pub reason: String,
+    /// Whether its images all publish the target architecture.
+    pub target_ready: bool,
+    /// Images that do not publish the target architecture, or could not be
+    /// inspected, with what they publish or why.
+    pub blockers: Vec<String>,
+    pub warnings: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct AuditReport {
+    pub target_architecture: String,
+    pub node_architectures: BTreeMap<String, usize>,
+    pub workloads: Vec<WorkloadRow>,
+}
+
+/// A pod template and who owns it.
+struct Workload {
+    kind: &'static str,
+    meta: ObjectMeta,
+    template: PodTemplateSpec,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuditError {
+    #[error("listing {what}: {source}")]
+    List {
+        what: &'static str,
+        source: kube::Error,
+    },
+    #[error(transparent)]
+    Setup(#[from] crate::admission::SetupError),
+}
+
+/// Scans `namespace` (or all) through `client`.
+pub async fn scan(
+    client: kube::Client,
+    config: &Config,
+    namespace: Option<&str>,
+    progress: bool,
+) -> Result<AuditReport, AuditError> {
+    let registry = RegistryClient::new(
+        config
+            .registry_settings()
+            .map_err(crate::admission::SetupError::from)?,
+    )
+    .map_err(crate::admission::SetupError::from)?;
+    let inspector = Inspector::new(registry, config.cache_settings());
+    let secrets = PullSecrets::new(client.clone());
+
+    let nodes: Vec<Node> = list(Api::all(client.clone()), "nodes").await?;
+    let node_arch: BTreeMap<String, String> = nodes
+        .iter()
+        .filter_map(|n| {
+            let arch = n
+                .metadata
+                .labels
+                .as_ref()?
+                .get(placement::ARCH_LABEL)?
+                .clone();
+            Some((n.metadata.name.clone()?, arch))
+        })
+        .collect();
+    let mut node_architectures = BTreeMap::new();
+    for arch in node_arch.values() {
+        *node_architectures.entry(arch.clone()).or_insert(0) += 1;
+    }
+    let namespaces: Vec<Namespace> = list(Api::all(client.clone()), "namespaces").await?;
+    let policies: BTreeMap<String, Option<NamespacePolicy>> = namespaces
+        .iter()
+        .filter_map(|ns| {
+            let empty = BTreeMap::new();
+            let labels = ns.metadata.labels.as_ref().unwrap_or(&empty);
+            let annotations = ns.metadata.annotations.as_ref().unwrap_or(&empty);
+            Some((
+                ns.metadata.name.clone()?,
+                NamespacePolicy::from_metadata(labels, annotations, config.default_rollout),
+            ))
+        })
+        .collect();
+
+    let workloads = workloads(&client, namespace).await?;
+    let pods: Vec<Pod> = match namespace {
+        Some(ns) => list(Api::namespaced(client.clone(), ns), "pods").await?,
+        None => list(Api::all(client.clone()), "pods").await?,
+    };
+    let replica_sets: Vec<ReplicaSet> = match namespace {
+        Some(ns) => list(Api::namespaced(client.clone(), ns), "replicasets").await?,
+        None => list(Api::all(client.clone()), "replicasets").await?,
+    };
+    let runs_on = placement_of_pods(&pods, &replica_sets, &node_arch);
+
+    // Every distinct (image, credential) once, a few at a time.
+    let total = workloads.len();
+    let settings = DecisionSettings {
+        target_architecture: config.target_architecture.clone(),
+        fail_closed: false,
+    };
+    let node_set: BTreeSet<String> = node_architectures.keys().cloned().collect();
+    let mut rows = Vec::new();
+    let mut done = 0usize;
+    let mut stream = futures::stream::iter(workloads.into_iter().map(|w| {
+        let inspector = inspector.clone();
+        let secrets = secrets.clone();
+        async move {
+            let lookups = inspect_workload(&inspector, &secrets, &w).await;
+            (w, lookups)
+        }
+    }))
+    .buffer_unordered(8);
+    while let Some((workload, (lookups, warnings))) = stream.next().await {
+        done += 1;
+        if progress {
+            eprint!("\rinspecting workloads: {done}/{total}");
+            let _ = std::io::stderr().flush();
+        }
+        let namespace = workload.meta.namespace.clone().unwrap_or_default();
+        let key = (
+            namespace.clone(),
+            workload.kind,
+            workload.meta.name.clone().unwrap_or_default(),
+        );
+        rows.push(row(
+            &workload,
+            &lookups,
+            warnings,
+            policies.get(&namespace).cloned().flatten(),
+            config,
+            &settings,
+            &node_set,
+            runs_on.get(&key).cloned().unwrap_or_default(),
+        ));
+    }
+    if progress && total > 0 {
+        eprintln!();
+    }
+    rows.sort_by(|a, b| (&a.namespace, &a.kind, &a.name).cmp(&(&b.namespace, &b.kind, &b.name)));
+    Ok(AuditReport {
+        target_architecture: config.target_architecture.clone(),
+        node_architectures,
+        workloads: rows,
+    })
+}
+
+async fn list<K>(api: Api<K>, what: &'static str) -> Result<Vec<K>, AuditError>
+where
+    K: Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    api.list(&ListParams::default())
+        .await
+        .map(|l| l.items)
+        .map_err(|source| AuditError::List { what, source })
+}
+
+/// The pod templates of workloads, and pods that no controller owns.
+async fn workloads(
+    client: &kube::Client,
+    namespace: Option<&str>,
+) -> Result<Vec<Workload>, AuditError> {
+    macro_rules! templates {
+        ($type:ty, $kind:literal, $what:literal, |$o:ident| $template:expr) => {{
+            let api: Api<$type> = match namespace {
+                Some(ns) => Api::namespaced(client.clone(), ns),
+                None => Api::all(client.clone()),
+            };
+            list(api, $what)
+                .await?
+                .into_iter()
+                .filter_map(|$o| {
+                    let template = $template?;
+                    Some(Workload {
+                        kind: $kind,
+                        meta: $o.metadata.clone(),
+                        template,
+                    })
+                })
+                .collect::<Vec<_>>()
+        }};
+    }
+    let mut all = Vec::new();
+    all.extend(templates!(Deployment, "Deployment", "deployments", |o| o
+        .spec
+        .map(|s| s.template)));
+    all.extend(templates!(
+        StatefulSet,
+        "StatefulSet",
+        "statefulsets",
+        |o| o.spec.map(|s| s.template)
+    ));
+    all.extend(templates!(DaemonSet, "DaemonSet", "daemonsets", |o| o
+        .spec
+        .map(|s| s.template)));
+    // Jobs a CronJob made are reported with their CronJob.
+    all.extend(templates!(Job, "Job", "jobs", |o| {
+        let owned = o
+            .metadata
+            .owner_references
+            .iter()
+            .flatten()
+            .any(|r| r.kind == "CronJob");
+        o.spec.filter(|_| !owned).map(|s| s.template)
+    }));
+    all.extend(templates!(CronJob, "CronJob", "cronjobs", |o| o
+        .spec
+        .and_then(|s| s.job_template.spec)
+        .map(|s| s.template)));
+    all.extend(templates!(Pod, "Pod", "pods", |o| {
+        let owned = o
+            .metadata
+            .owner_references
+            .as_ref()
+            .is_some_and(|r| !r.is_empty());
+        (!owned).then(|| PodTemplateSpec {
+            metadata: Some(o.metadata.clone()),
+            spec: o.spec.clone(),
+        })
+    }));
+    Ok(all)
+}
+
+/// (namespace, kind, name) of each workload -> architectures its pods run on.
+fn placement_of_pods(
+    pods: &[Pod],
+    replica_sets: &[ReplicaSet],
+    node_arch: &BTreeMap<String, String>,
+) -> BTreeMap<(String, &'static str, String), Vec<String>> {
+    let rs_owner: BTreeMap<(String, String), String> = replica_sets
+        .iter()
+        .filter_map(|rs| {
+            let owner = rs
+                .metadata
+                .owner_references
+                .iter()
+                .flatten()
+                .find(|o| o.kind == "Deployment")?;
+            Some((
+                (rs.metadata.namespace.clone()?, rs.metadata.name.clone()?),
+                owner.name.clone(),
+            ))
+        })
+        .collect();
+    let mut placed: BTreeMap<(String, &'static str, String), BTreeSet<String>> = BTreeMap::new();
+    for pod in pods {
+        let namespace = pod.metadata.namespace.clone().unwrap_or_default();
+        let Some(arch) = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.node_name.as_ref())
+            .and_then(|n| node_arch.get(n))
+        else {
+            continue;
+        };
+        let owner = pod
+            .metadata
+            .owner_references
+            .iter()
+            .flatten()
+            .find(|o| o.controller == Some(true));
+        let key = match owner {
+            None => (
+                namespace,
+                "Pod",
+                pod.metadata.name.clone().unwrap_or_default(),
+            ),
+            Some(o) if o.kind == "ReplicaSet" => {
+                match rs_owner.get(&(namespace.clone(), o.name.clone())) {
+                    Some(deployment) => (namespace, "Deployment", deployment.clone()),
+                    None => continue,
+                }
+            }
+            Some(o) => {
+                let kind = match o.kind.as_str() {
+                    "StatefulSet" => "StatefulSet",
+                    "DaemonSet" => "DaemonSet",
+                    "Job" => "Job",
+                    _ => continue,
+                };
+                (namespace, kind, o.name.clone())
+            }
+        };
+        placed.entry(key).or_default().insert(arch.clone());
+    }
+    placed
+        .into_iter()
+        .map(|(k, v)| (k, v.into_iter().collect()))
+        .collect()
+}
+
+async fn inspect_workload(
+    inspector: &Inspector,
+    secrets: &PullSecrets,
+    workload: &Workload,
+) -> (Vec<(ContainerImage, ImageLookup)>, Vec<String>) {
+    let pod = pod_of(workload);
+    let namespace = workload.meta.namespace.clone().unwrap_or_default();
+    let names: Vec<String> = pod
+        .spec
+        .iter()
+        .flat_map(|s| s.image_pull_secrets.iter().flatten())
+        .map(|r| r.name.clone())
+        .collect();
+    let (keyring, warnings) = if names.is_empty() {
+        (Keyring::default(), Vec::new())
+    } else {
+        secrets.keyring(&namespace, &names).await
+    };
+    let mut lookups = Vec::new();
+    for container in placement::container_images(&pod) {
+        let lookup = match container.image.parse::<ImageRef>() {
+            Err(e) => {
+                ImageLookup::Failed(InspectError::InvalidReference(e.to_string()).to_string())
+            }
+            Ok(image) => match inspector.inspect(&image, &keyring.lookup(&image)).await.0 {
+                Ok(found) => ImageLookup::Found(found.platforms.clone()),
+                Err(error) => ImageLookup::Failed(error.to_string()),
+            },
+        };
+        lookups.push((container, lookup));
+    }
+    (lookups, warnings)
+}
+
+fn pod_of(workload: &Workload) -> Pod {
+    let mut metadata = workload.template.metadata.clone().unwrap_or_default();
+    metadata.namespace = workload.meta.namespace.clone();
+    if metadata.name.is_none() {
+        metadata.name = workload.meta.name.clone();
+    }
+    Pod {
+        metadata,
+        spec: workload.template.spec.clone(),
+        status: None,
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn row(
+    workload: &Workload,
+    lookups: &[(ContainerImage, ImageLookup)],
+    mut warnings: Vec<String>,
+    policy: Option<NamespacePolicy>,
+    config: &Config,
+    settings: &DecisionSettings,
+    nodes: &BTreeSet<String>,
+    runs_on: Vec<String>,
+) -> WorkloadRow {
+    let target = &config.target_architecture;
+    let mode = match policy.as_ref().map(|p| p.mode) {
+        Some(Mode::Enforce) => "enforce",
+        Some(Mode::Audit) => "audit",
+        None => "off",
+    };
+    // A namespace not opted in is judged as if it were, at its would-be
+    // rollout: the report is for planning the move.
+    let policy = policy.unwrap_or(NamespacePolicy {
+        mode: Mode::Audit,
+        rollout: config.default_rollout,
+        rollout_by: Default::default(),
+        placement: Default::default(),
+        problems: Vec::new(),
+    });
+    let mut pod = pod_of(workload);
+    // The audit judges the template as at creation: not a pod archway
+    // already decided, nor one the scheduler already placed.
+    if let Some(annotations) = pod.metadata.annotations.as_mut() {
+        annotations.remove(placement::DECISION_ANNOTATION);
+    }
+    if let Some(spec) = pod.spec.as_mut() {
+        spec.node_name = None;
+    }
+    let uid = format!("audit/{}", workload.meta.name.clone().unwrap_or_default());
+    let decision = placement::decide(&DecisionInput {
+        pod: &pod,
+        policy: &policy,
+        lookups,
+        settings,
+        request_uid: &uid,
+        node_architectures: (!nodes.is_empty()).then_some(nodes),
+    });
+    warnings.extend(decision.warnings.iter().cloned());
+    let would_inject = match &decision.outcome {
+        Outcome::Inject(i) => i.required.iter().cloned().collect::<Vec<_>>().join(","),
+        Outcome::Unchanged | Outcome::Deny => "-".to_string(),
+    };
+    let blockers: Vec<String> = lookups
+        .iter()
+        .filter_map(|(c, lookup)| match lookup {
+            ImageLookup::Found(p) if crate::platform::linux_architectures(p).contains(target) => {
+                None
+            }
+            ImageLookup::Found(p) => Some(format!(
+                "{} ({}): publishes only {}",
+                c.image,
+                c.container,
+                p.iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(",")
+            )),
+            ImageLookup::Failed(reason) => Some(format!("{} ({}): {reason}", c.image, c.container)),
+        })
+        .collect();
+    WorkloadRow {
+        namespace: workload.meta.namespace.clone().unwrap_or_default(),
+        kind: workload.kind.to_string(),
+        name: workload.meta.name.clone().unwrap_or_default(),
+        mode: mode.to_string(),
+        supported: decision.supported.iter().flatten().cloned().collect(),
+        runs_on,
+        would_inject,
+        reason: decision.reason,
+        target_ready: blockers.is_empty() && !lookups.is_empty(),
+        blockers,
+        warnings,
+    }
+}
+
+/// The report as a table.
+pub fn render_table(report: &AuditReport) -> String {
+    let rows: Vec<[String; 7]> = report
+        .workloads
+        .iter()
+        .map(|w| {
+            [
+                w.namespace.clone(),
+                format!("{}/{}", w.kind, w.name),
+                w.mode.clone(),
+                list_or_dash(&w.supported),
+                list_or_dash(&w.runs_on),
+                w.would_inject.clone(),
+                if w.target_ready {
+                    "ready".into()
+                } else {
+                    format!("blocked: {}", w.blockers.join("; "))
+                },
+            ]
+        })
+        .collect();
+    let mut out = crate::report::table(
+        &[
+            "NAMESPACE",
+            "WORKLOAD",
+            "MODE",
+            "SUPPORTED",
+            "RUNS ON",
+            "WOULD REQUIRE",
+            report.target_architecture.as_str(),
+        ],
+        &rows,
+    );
+    let blocked = report.workloads.iter().filter(|w| !w.target_ready).count();
+    out.push_str(&format!(
+        "\n{} workloads, {} ready for {}, {} blocked; nodes: {}\n",
+        report.workloads.len(),
+        report.workloads.len() - blocked,
+        report.target_architecture,
+        blocked,
+        report
+            .node_architectures
+            .iter()
+            .map(|(a, n)| format!("{n} {a}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    ));
+    out
+}
+
+fn list_or_dash(items: &[String]) -> String {
+    if items.is_empty() {
+        "-".into()
+    } else {
+        items.join(",")
+    }
+}
+
+fn escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+/// The report as one self-contained HTML page (no scripts, no external
+/// resources), blocked workloads first.
+pub fn render_html(report: &AuditReport) -> String {
+    let mut rows = report.workloads.clone();
+    rows.sort_by_key(|w| w.target_ready);
+    let blocked = rows.iter().filter(|w| !w.target_ready).count();
+    let mut html = String::new();
+    html.push_str(&format!(
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>archway audit</title>\
+<style>body{{font:14px system-ui,sans-serif;margin:2em;color:#222}}table{{border-collapse:collapse;width:100%}}\
+th,td{{border-bottom:1px solid #ddd;padding:.4em .6em;text-align:left;vertical-align:top}}th{{background:#f4f4f4}}\
+.blocked{{background:#fff4f2}}.ready{{color:#17692b}}.no{{color:#a1260d}}code{{font-size:12px}}</style></head><body>\
+<h1>archway audit</h1><p>Target architecture <b>{target}</b>. {total} workloads: <span class=\"ready\">{ready} ready</span>, \
+<span class=\"no\">{blocked} blocked</span>. Nodes: {nodes}.</p>\
+<table><thead><tr><th>Namespace</th><th>Workload</th><th>Mode</th><th>Supported</th><th>Runs on</th>\
+<th>Would require</th><th>Why</th><th>{target}</th></tr></thead><tbody>",
+        target = escape(&report.target_architecture),
+        total = rows.len(),
+        ready = rows.len() - blocked,
+        blocked = blocked,
+        nodes = escape(
+            &report
+                .node_architectures
+                .iter()
+                .map(|(a, n)| format!("{n} {a}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    ));
+    for w in &rows {
+        let status = if w.target_ready {
+            "<span class=\"ready\">ready</span>".to_string()
+        } else {
+            format!(
+                "<span class=\"no\">blocked</span><br><code>{}</code>",
+                w.blockers
+                    .iter()
+                    .map(|b| escape(b))
+                    .collect::<Vec<_>>()
+                    .join("<br>")
+            )
+        };
+        html.push_str(&format!(
+            "<tr class=\"{class}\"><td>{ns}</td><td>{kind}/{name}</td><td>{mode}</td><td>{supported}</td><td>{runs}</td>\
+<td>{inject}</td><td>{reason}</td><td>{status}</td></tr>",
+            class = if w.target_ready { "" } else { "blocked" },
+            ns = escape(&w.namespace),
+            kind = escape(&w.kind),
+            name = escape(&w.name),
+            mode = escape(&w.mode),
+            supported = escape(&list_or_dash(&w.supported)),
+            runs = escape(&list_or_dash(&w.runs_on)),
+            inject = escape(&w.would_inject),
+            reason = escape(&w.reason),
+        ));
+    }
+    html.push_str("</tbody></table></body></html>\n");
+    html
+}
+
+/// `archway audit`: scans and prints.
+pub async fn run(
+    config: &Config,
+    namespace: Option<&str>,
+    output: AuditOutput,
+) -> anyhow::Result<std::process::ExitCode> {
+    let client = kube::Client::try_default().await?;
+    let progress = std::io::stderr().is_terminal();
+    let report = scan(client, config, namespace, progress).await?;
+    match output {
+        AuditOutput::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+        AuditOutput::Html => print!("{}", render_html(&report)),
+        AuditOutput::Table => print!("{}", render_table(&report)),
+    }
+    Ok(std::process::ExitCode::SUCCESS)
+}
