@@ -11,7 +11,7 @@ use crate::config::Config;
 use crate::image::ImageRef;
 use crate::registry::{Credential, InspectError, RegistryClient};
 
-#[derive(Parser, Debug)]
+#[derive(Parser, Debug, Clone)]
 #[command(
     name = "archway",
     version,
@@ -45,7 +45,7 @@ pub struct Cli {
     pub command: Command,
 }
 
-#[derive(Subcommand, Debug)]
+#[derive(Subcommand, Debug, Clone)]
 pub enum Command {
     /// Run the webhook: HTTPS /mutate and the admin port.
     Serve {
@@ -147,7 +147,7 @@ impl Cli {
 
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let config = cli.load_config()?;
-    match cli.command {
+    match cli.command.clone() {
         Command::Serve {
             listen,
             admin_listen,
@@ -155,14 +155,30 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             tls_key,
             self_signed_dir,
         } => {
-            let mut config = config;
-            config.server.listen = listen.unwrap_or(config.server.listen);
-            config.server.admin_listen = admin_listen.unwrap_or(config.server.admin_listen);
-            if let (Some(cert), Some(key)) = (tls_cert, tls_key) {
-                config.server.cert_file = Some(cert);
-                config.server.key_file = Some(key);
-            }
-            crate::run::serve(config, &self_signed_dir, crate::server::shutdown_signal()).await?;
+            let apply_flags = move |mut config: Config| {
+                config.server.listen = listen.unwrap_or(config.server.listen);
+                config.server.admin_listen = admin_listen.unwrap_or(config.server.admin_listen);
+                if let (Some(cert), Some(key)) = (&tls_cert, &tls_key) {
+                    config.server.cert_file = Some(cert.clone());
+                    config.server.key_file = Some(key.clone());
+                }
+                config
+            };
+            let config = apply_flags(config);
+            // The file is watched and reloaded with the same flags over it.
+            let reload = cli.config.clone().map(|path| {
+                let cli = cli.clone();
+                let loader: crate::reload::Loader =
+                    std::sync::Arc::new(move || cli.load_config().map(&apply_flags));
+                (path, loader)
+            });
+            crate::run::serve(
+                config,
+                &self_signed_dir,
+                reload,
+                crate::server::shutdown_signal(),
+            )
+            .await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Review {

@@ -28,7 +28,8 @@ const SECRET_TTL: Duration = Duration::from_secs(30);
 #[derive(Clone)]
 pub struct ClusterPolicies {
     namespaces: Store<PartialObjectMeta<Namespace>>,
-    default_rollout: Rollout,
+    /// Changes when the configuration is reloaded.
+    default_rollout: Arc<std::sync::atomic::AtomicU8>,
     namespaces_synced: Arc<AtomicBool>,
     /// The architectures that have nodes; `None` until nodes have synced.
     node_architectures: Arc<RwLock<Option<Arc<BTreeSet<String>>>>>,
@@ -62,10 +63,18 @@ impl ClusterPolicies {
         ));
         ClusterPolicies {
             namespaces,
-            default_rollout,
+            default_rollout: Arc::new(std::sync::atomic::AtomicU8::new(default_rollout.percent())),
             namespaces_synced,
             node_architectures,
         }
+    }
+}
+
+impl ClusterPolicies {
+    /// For a reloaded configuration's `defaultRollout`.
+    pub fn set_default_rollout(&self, rollout: Rollout) {
+        self.default_rollout
+            .store(rollout.percent(), Ordering::Relaxed);
     }
 }
 
@@ -163,7 +172,9 @@ impl PolicySource for ClusterPolicies {
         let empty = BTreeMap::new();
         let labels = object.metadata.labels.as_ref().unwrap_or(&empty);
         let annotations = object.metadata.annotations.as_ref().unwrap_or(&empty);
-        NamespacePolicy::from_metadata(labels, annotations, self.default_rollout)
+        let default_rollout =
+            Rollout::new(self.default_rollout.load(Ordering::Relaxed)).unwrap_or(Rollout::NONE);
+        NamespacePolicy::from_metadata(labels, annotations, default_rollout)
     }
 
     fn is_ready(&self) -> bool {

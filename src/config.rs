@@ -65,7 +65,7 @@ impl PolicySourceKind {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct CacheConfig {
     pub max_entries: u64,
@@ -77,7 +77,7 @@ pub struct CacheConfig {
     pub failure_ttl: Duration,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct RegistryConfig {
     #[serde(with = "humantime_serde")]
@@ -104,7 +104,7 @@ pub struct RegistryConfig {
     pub trusted_hosts: Option<Vec<String>>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct ServerConfig {
     pub listen: SocketAddr,

@@ -20,6 +20,7 @@ pub mod placement;
 pub mod platform;
 pub mod policy;
 pub mod registry;
+pub mod reload;
 pub mod report;
 pub mod review;
 pub mod run;

@@ -1,7 +1,7 @@
 //! `archway serve`: everything wired together.
 
 use std::future::Future;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -9,26 +9,29 @@ use crate::admission::Reviewer;
 use crate::certs::{self, ReloadingCertificate};
 use crate::cluster::{ClusterPolicies, PullSecrets};
 use crate::config::Config;
+use crate::reload::{ConfigReloader, Loader};
 use crate::server::{self, AppState, Listeners};
 
 /// Starts archway with `config` and serves until `shutdown` completes.
 /// Without a certificate in the configuration, a self-signed one is made
 /// and its CA written to `self_signed_dir` (for trying archway locally).
+/// With `reload`, the configuration file at that path is watched and
+/// re-read through the loader when it changes.
 pub async fn serve(
     config: Config,
     self_signed_dir: &Path,
+    reload: Option<(PathBuf, Loader)>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let started = Instant::now();
     let certificate = Arc::new(serving_certificate(&config, self_signed_dir)?);
+    let mut cluster = None;
     let reviewer = if config.policy_source.uses_cluster() {
         // In-cluster service account, or the current kubeconfig context.
         let client = kube::Client::try_default().await?;
-        let policies = Arc::new(ClusterPolicies::start(
-            client.clone(),
-            config.default_rollout,
-        ));
-        let mut reviewer = Reviewer::from_config(&config, policies)?;
+        let policies = ClusterPolicies::start(client.clone(), config.default_rollout);
+        cluster = Some(policies.clone());
+        let mut reviewer = Reviewer::from_config(&config, Arc::new(policies))?;
         reviewer.pull_secrets = Some(PullSecrets::new(client));
         reviewer
     } else {
@@ -44,6 +47,15 @@ pub async fn serve(
         "archway serving"
     );
     let state = AppState::new(reviewer);
+    let reloader = reload.map(|(path, loader)| {
+        let reloader = ConfigReloader {
+            path,
+            loader,
+            current: config.clone(),
+            cluster,
+        };
+        tokio::spawn(reloader.run(state.clone()))
+    });
     server::serve(
         listeners,
         state,
@@ -52,6 +64,9 @@ pub async fn serve(
         shutdown,
     )
     .await;
+    if let Some(task) = reloader {
+        task.abort();
+    }
     tracing::info!("archway stopped");
     Ok(())
 }

@@ -3,8 +3,8 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use axum::Router;
@@ -36,7 +36,9 @@ const CERT_POLL: Duration = Duration::from_secs(2);
 /// What the handlers share.
 #[derive(Clone)]
 pub struct AppState {
-    pub reviewer: Reviewer,
+    /// Replaced whole when the configuration is reloaded; each review
+    /// works with the one it started with.
+    reviewer: Arc<RwLock<Reviewer>>,
     /// Set once the HTTPS listener is bound.
     pub serving: Arc<AtomicBool>,
 }
@@ -44,9 +46,21 @@ pub struct AppState {
 impl AppState {
     pub fn new(reviewer: Reviewer) -> Self {
         AppState {
-            reviewer,
+            reviewer: Arc::new(RwLock::new(reviewer)),
             serving: Arc::new(AtomicBool::new(false)),
         }
+    }
+
+    /// The current reviewer (a cheap clone of shared parts).
+    pub fn reviewer(&self) -> Reviewer {
+        self.reviewer
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub fn replace_reviewer(&self, reviewer: Reviewer) {
+        *self.reviewer.write().unwrap_or_else(|e| e.into_inner()) = reviewer;
     }
 }
 
@@ -68,7 +82,7 @@ pub fn admin_router(state: AppState) -> Router {
 }
 
 async fn mutate(State(state): State<AppState>, body: Bytes) -> Response {
-    match state.reviewer.review(&body).await {
+    match state.reviewer().review(&body).await {
         Ok((review, record)) => {
             log_review(&record);
             count_review(&record);
@@ -96,7 +110,7 @@ async fn mutate(State(state): State<AppState>, body: Bytes) -> Response {
 
 async fn ready(State(state): State<AppState>) -> Response {
     let serving = state.serving.load(Ordering::Acquire);
-    let synced = state.reviewer.policies.is_ready();
+    let synced = state.reviewer().policies.is_ready();
     if serving && synced {
         (StatusCode::OK, "ready").into_response()
     } else {
@@ -138,7 +152,7 @@ async fn render_metrics(State(state): State<AppState>) -> Response {
     let metrics = metrics::global();
     metrics
         .cache_entries
-        .set(state.reviewer.inspector.entry_count() as i64);
+        .set(state.reviewer().inspector.entry_count() as i64);
     (
         [(
             header::CONTENT_TYPE,
