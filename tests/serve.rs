@@ -49,13 +49,12 @@ impl Served {
         let sink = logs.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Ok(event) = serde_json::from_str::<Value>(&line) {
-                    if event["message"] == "archway serving" {
-                        let _ = tx.send((
-                            event["webhook"].as_str().unwrap().to_string(),
-                            event["admin"].as_str().unwrap().to_string(),
-                        ));
-                    }
+                let event = serde_json::from_str::<Value>(&line).unwrap_or_default();
+                if event["message"] == "archway serving" {
+                    let _ = tx.send((
+                        event["webhook"].as_str().unwrap().to_string(),
+                        event["admin"].as_str().unwrap().to_string(),
+                    ));
                 }
                 sink.lock().unwrap().push(line);
             }
