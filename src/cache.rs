@@ -123,6 +123,15 @@ impl Inspector {
         image: &ImageRef,
         credential: &Credential,
     ) -> (Lookup, CacheOutcome) {
+        // The common case, a cached answer, needs no task.
+        let key = CacheKey {
+            image: image.to_string(),
+            credential: credential.fingerprint(),
+        };
+        if let Some(entry) = self.cache.get(&key).await {
+            crate::metrics::global().cache_lookup(true);
+            return (entry.lookup, CacheOutcome::Hit);
+        }
         let this = self.clone();
         let image = image.clone();
         let credential = credential.clone();
