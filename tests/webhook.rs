@@ -545,3 +545,47 @@ async fn the_admin_port_serves_health_readiness_and_metrics() {
     );
     webhook.stop().await;
 }
+
+#[tokio::test]
+async fn the_patch_is_base64_json_patch_exactly_as_documented() {
+    let webhook = webhook("").await;
+    let pod = pod("web", &["multi:v1"]);
+    let answer = webhook.review(&pod_review("exact-1", "r100", &pod)).await;
+    let response = answer["response"].as_object().unwrap();
+    let keys: Vec<&str> = response.keys().map(String::as_str).collect();
+    assert_eq!(
+        keys,
+        ["allowed", "auditAnnotations", "patch", "patchType", "uid"]
+    );
+    assert_eq!(answer["apiVersion"], "admission.k8s.io/v1");
+    assert_eq!(answer["kind"], "AdmissionReview");
+    assert_eq!(response["patchType"], "JSONPatch");
+    let patch = response["patch"]
+        .as_str()
+        .expect("the patch is a string, not an array of numbers");
+    use base64::Engine;
+    let ops: Value = serde_json::from_slice(
+        &base64::engine::general_purpose::STANDARD
+            .decode(patch)
+            .unwrap(),
+    )
+    .unwrap();
+    let bucket = archway::placement::rollout_bucket("r100/Pod/web");
+    assert_eq!(
+        ops,
+        json!([
+            {"op": "add", "path": "/spec/affinity", "value": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+                "nodeSelectorTerms": [{"matchExpressions": [{"key": "kubernetes.io/arch", "operator": "In", "values": ["arm64"]}]}]}}}},
+            {"op": "add", "path": "/spec/tolerations", "value": [
+                {"key": "kubernetes.io/arch", "operator": "Equal", "value": "arm64", "effect": "NoSchedule"}]},
+            {"op": "add", "path": "/metadata/annotations", "value": {
+                "archway.dev/archs": "amd64,arm64",
+                "archway.dev/decision": format!("arm64: rollout 100%, bucket {bucket}")}}
+        ])
+    );
+    assert_eq!(
+        response["auditAnnotations"],
+        json!({"archs": "amd64,arm64", "decision": format!("arm64: rollout 100%, bucket {bucket}"), "kind": "steered"})
+    );
+    webhook.stop().await;
+}
