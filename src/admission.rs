@@ -356,14 +356,7 @@ impl Reviewer {
         record.architectures = decision.supported.clone();
         record.without_nodes = decision.without_nodes.clone();
         if let Outcome::Inject(injection) = &decision.outcome {
-            record.placed = Some(
-                injection
-                    .required
-                    .iter()
-                    .cloned()
-                    .collect::<Vec<_>>()
-                    .join(","),
-            );
+            record.placed = Some(placement::join(&injection.required));
         }
         self.respond(&pod, policy.mode, decision, response, record);
     }
@@ -497,10 +490,9 @@ impl Reviewer {
                 .audit_annotations
                 .insert("kind".into(), decision.kind.label().into());
             if let Some(archs) = &decision.supported {
-                response.audit_annotations.insert(
-                    "archs".into(),
-                    archs.iter().cloned().collect::<Vec<_>>().join(","),
-                );
+                response
+                    .audit_annotations
+                    .insert("archs".into(), placement::join(archs));
             }
         };
         match (&decision.outcome, mode) {
@@ -522,19 +514,11 @@ impl Reviewer {
             (Outcome::Inject(injection), Mode::Audit) => {
                 response.warnings.push(warning(&format!(
                     "archway audit: would require kubernetes.io/arch in {}{} ({})",
-                    injection
-                        .required
-                        .iter()
-                        .cloned()
-                        .collect::<Vec<_>>()
-                        .join(","),
+                    placement::join(&injection.required),
                     injection
                         .preferred
                         .as_ref()
-                        .map(|p| format!(
-                            ", preferring {}",
-                            p.iter().cloned().collect::<Vec<_>>().join(",")
-                        ))
+                        .map(|p| format!(", preferring {}", placement::join(p)))
                         .unwrap_or_default(),
                     decision.reason
                 )));

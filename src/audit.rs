@@ -425,7 +425,7 @@ fn row(
     });
     warnings.extend(decision.warnings.iter().cloned());
     let would_inject = match &decision.outcome {
-        Outcome::Inject(i) => i.required.iter().cloned().collect::<Vec<_>>().join(","),
+        Outcome::Inject(i) => placement::join(&i.required),
         Outcome::Unchanged | Outcome::Deny => "-".to_string(),
     };
     let blockers: Vec<String> = lookups

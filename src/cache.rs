@@ -49,6 +49,15 @@ struct CacheKey {
     credential: String,
 }
 
+impl CacheKey {
+    fn new(image: &ImageRef, credential: &Credential) -> Self {
+        CacheKey {
+            image: image.to_string(),
+            credential: credential.fingerprint(),
+        }
+    }
+}
+
 #[derive(Clone)]
 struct Entry {
     lookup: Lookup,
@@ -91,10 +100,7 @@ impl Inspector {
         image: &ImageRef,
         credential: &Credential,
     ) -> (Lookup, CacheOutcome) {
-        let key = CacheKey {
-            image: image.to_string(),
-            credential: credential.fingerprint(),
-        };
+        let key = CacheKey::new(image, credential);
         // moka runs one init future per key and hands its value to every
         // caller waiting on the same key: the single flight.
         let entry = self
@@ -124,10 +130,7 @@ impl Inspector {
         credential: &Credential,
     ) -> (Lookup, CacheOutcome) {
         // The common case, a cached answer, needs no task.
-        let key = CacheKey {
-            image: image.to_string(),
-            credential: credential.fingerprint(),
-        };
+        let key = CacheKey::new(image, credential);
         if let Some(entry) = self.cache.get(&key).await {
             crate::metrics::global().cache_lookup(true);
             return (entry.lookup, CacheOutcome::Hit);

@@ -509,7 +509,8 @@ pub fn rollout_bucket(key: &str) -> u8 {
     (u64::from_be_bytes(first) % 100) as u8
 }
 
-fn join<'a>(items: impl IntoIterator<Item = &'a String>) -> String {
+/// `amd64,arm64`: architectures as annotations, warnings and logs show them.
+pub fn join<'a>(items: impl IntoIterator<Item = &'a String>) -> String {
     items
         .into_iter()
         .map(String::as_str)
