@@ -622,3 +622,43 @@ async fn redirects_to_other_hosts_are_refused() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_rate_limited_registry_is_left_alone_until_retry_after() {
+    let fx = fixture();
+    let proxy = CountingProxy::start(fx.registry.addr()).await;
+    let inspector = inspector(settings_for(&[proxy.host()]));
+    proxy.set_fault(support::Fault::Status(
+        429,
+        vec![("Retry-After".into(), "1".into())],
+    ));
+    let (first, _) = inspector
+        .inspect(
+            &image(&format!("{}/demo:v1", proxy.host())),
+            &Credential::Anonymous,
+        )
+        .await;
+    let first = first.unwrap_err();
+    assert_eq!(first.metric_label(), "rate_limited");
+    assert!(first.to_string().contains("retry after 1s"), "{first}");
+    assert_eq!(proxy.requests().len(), 1);
+    // Another image on the same registry: no request is sent meanwhile.
+    proxy.clear_fault();
+    let (other, _) = inspector
+        .inspect(
+            &image(&format!("{}/docker-list:v1", proxy.host())),
+            &Credential::Anonymous,
+        )
+        .await;
+    assert_eq!(other.unwrap_err().metric_label(), "rate_limited");
+    assert_eq!(proxy.requests().len(), 1, "the host backs off as a whole");
+    // After Retry-After, the registry is asked again.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let (later, _) = inspector
+        .inspect(
+            &image(&format!("{}/oci-single:amd64", proxy.host())),
+            &Credential::Anonymous,
+        )
+        .await;
+    assert_eq!(platforms(&later.unwrap()), ["linux/amd64"]);
+}

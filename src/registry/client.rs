@@ -82,7 +82,16 @@ pub struct RegistryClient {
     /// a bearer token is scoped to a repository, and one credential's token
     /// must never be used for another's request.
     auth: moka::future::Cache<AuthKey, Arc<str>>,
+    /// Hosts that answered 429, and until when no request goes to them.
+    /// Rate limits are per client (Docker Hub counts per address), so the
+    /// whole host backs off, not just the image that was refused.
+    backoff: Arc<std::sync::Mutex<BTreeMap<String, std::time::Instant>>>,
 }
+
+/// How long a host backs off after a 429 without `Retry-After`, and the
+/// most a `Retry-After` is believed.
+const DEFAULT_BACKOFF: Duration = Duration::from_secs(10);
+const MAX_BACKOFF: Duration = Duration::from_secs(300);
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct AuthKey {
@@ -166,6 +175,7 @@ impl RegistryClient {
             http,
             settings: Arc::new(settings),
             guard,
+            backoff: Arc::default(),
             auth: moka::future::Cache::builder()
                 .max_capacity(10_000)
                 .expire_after(AuthExpiry)
@@ -305,6 +315,47 @@ impl RegistryClient {
         })
     }
 
+    /// Sends one request, unless the host is backing off after a 429, and
+    /// records it in the metrics by registry and result (the status code,
+    /// or why there was none).
+    async fn send(
+        &self,
+        host: &str,
+        request: reqwest::RequestBuilder,
+    ) -> Result<Response, InspectError> {
+        let now = std::time::Instant::now();
+        let until = self
+            .backoff
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(host)
+            .copied();
+        if let Some(until) = until.filter(|until| *until > now) {
+            crate::metrics::global().registry_request(host, "backing_off", Duration::ZERO);
+            return Err(InspectError::RateLimited {
+                host: host.to_string(),
+                retry_after: Some(until - now),
+            });
+        }
+        let result = request.send().await.map_err(|e| transport_error(host, e));
+        let label = match &result {
+            Ok(response) => response.status().as_str().to_string(),
+            Err(error) => error.metric_label().to_string(),
+        };
+        crate::metrics::global().registry_request(host, &label, now.elapsed());
+        if let Ok(response) = &result
+            && response.status() == StatusCode::TOO_MANY_REQUESTS
+        {
+            let wait = retry_after(response.headers())
+                .unwrap_or(DEFAULT_BACKOFF)
+                .min(MAX_BACKOFF);
+            let mut backoff = self.backoff.lock().unwrap_or_else(|e| e.into_inner());
+            backoff.retain(|_, until| *until > now);
+            backoff.insert(host.to_string(), now + wait);
+        }
+        result
+    }
+
     /// GET `/v2/<repository>/<path>`, authenticating once on a 401.
     async fn get(
         &self,
@@ -339,7 +390,7 @@ impl RegistryClient {
             if let Some(value) = &authorization {
                 request = request.header(AUTHORIZATION, header_of(value));
             }
-            let response = send(&endpoint.host, request).await?;
+            let response = self.send(&endpoint.host, request).await?;
             let status = response.status();
             if status == StatusCode::UNAUTHORIZED && attempt == 0 {
                 let challenge = response
@@ -504,7 +555,7 @@ impl RegistryClient {
                 format!("Basic {}", basic_value(username, password)),
             );
         }
-        let response = send(&endpoint.host, request).await?;
+        let response = self.send(&endpoint.host, request).await?;
         let status = response.status();
         if status == StatusCode::TOO_MANY_REQUESTS {
             return Err(InspectError::RateLimited {
@@ -584,19 +635,6 @@ fn header_of(stored: &str) -> &str {
 
 fn basic_value(username: &str, password: &str) -> String {
     base64::engine::general_purpose::STANDARD.encode(format!("{username}:{password}"))
-}
-
-/// Sends one request, recording it in the metrics by registry and result
-/// (the status code, or why there was none).
-async fn send(host: &str, request: reqwest::RequestBuilder) -> Result<Response, InspectError> {
-    let started = std::time::Instant::now();
-    let result = request.send().await.map_err(|e| transport_error(host, e));
-    let label = match &result {
-        Ok(response) => response.status().as_str().to_string(),
-        Err(error) => error.metric_label().to_string(),
-    };
-    crate::metrics::global().registry_request(host, &label, started.elapsed());
-    result
 }
 
 /// Reads at most `limit` bytes, refusing more without reading them.
