@@ -32,8 +32,10 @@ pub const API_VERSION: &str = "admission.k8s.io/v1";
 /// More distinct images than any real pod has; each costs a lookup.
 pub const MAX_IMAGES_PER_POD: usize = 64;
 
-/// Warnings longer than this are cut: the API server caps what it relays.
-const MAX_WARNING_CHARS: usize = 256;
+/// The API server relays at most about 4 KiB of warnings per response
+/// (beyond that it cuts each to 256 characters): archway stays under both.
+const MAX_WARNING_CHARS: usize = 512;
+const MAX_WARNINGS_TOTAL_CHARS: usize = 4000;
 
 /// The AdmissionReview as the API server sends it; only what archway reads.
 #[derive(Deserialize)]
@@ -42,7 +44,30 @@ struct ReviewIn<'a> {
     api_version: Option<String>,
     kind: Option<String>,
     #[serde(borrow)]
-    request: Option<RequestIn<'a>>,
+    request: Option<MapOnly<RequestIn<'a>>>,
+}
+
+/// A struct read only from a JSON object. serde's derive also accepts an
+/// array of the fields in order, which no API server sends: such a body is
+/// not an AdmissionReview.
+struct MapOnly<T>(T);
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for MapOnly<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor<T>(std::marker::PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for Visitor<T> {
+            type Value = T;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
+                T::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+            }
+        }
+        deserializer
+            .deserialize_map(Visitor(std::marker::PhantomData))
+            .map(MapOnly)
+    }
 }
 
 #[derive(Deserialize)]
@@ -216,7 +241,7 @@ impl Reviewer {
         let started = Instant::now();
         let deadline = tokio::time::Instant::now() + self.settings.time_budget;
         let review = parse(body)?;
-        let request = review.request.ok_or(BadReview::NoRequest)?;
+        let request = review.request.ok_or(BadReview::NoRequest)?.0;
         let uid = request
             .uid
             .clone()
@@ -428,7 +453,7 @@ impl Reviewer {
         let distinct: BTreeSet<&str> = images.iter().map(|c| c.image.as_str()).collect();
         let lookups = distinct.into_iter().map(|image| async move {
             let result = match image.parse::<ImageRef>() {
-                Err(e) => (Err(InspectError::InvalidReference(e.to_string())), None),
+                Err(e) => (Err(InspectError::InvalidReference(e.reason)), None),
                 Ok(reference) => {
                     // The pod's own credential for the image, else anonymous
                     // (the registry client then tries the cluster's own).
@@ -481,6 +506,7 @@ impl Reviewer {
                 .iter()
                 .map(|w| warning(&format!("archway: {w}"))),
         );
+        budget_warnings(&mut response.warnings);
         let annotate = |response: &mut ResponseOut, would: bool| {
             let prefix = if would { "would " } else { "" };
             response
@@ -552,13 +578,17 @@ impl Reviewer {
 fn parse(body: &[u8]) -> Result<ReviewIn<'_>, BadReview> {
     let text =
         std::str::from_utf8(body).map_err(|e| BadReview::NotJson(format!("invalid UTF-8: {e}")))?;
-    let review: ReviewIn<'_> = serde_json::from_str(text).map_err(|e| {
-        if e.classify() == serde_json::error::Category::Data {
-            BadReview::NotReview(e.to_string())
-        } else {
-            BadReview::NotJson(e.to_string())
-        }
-    })?;
+    // serde quotes the offending value, which may be megabytes: cut it.
+    let review: ReviewIn<'_> = serde_json::from_str::<MapOnly<ReviewIn<'_>>>(text)
+        .map(|review| review.0)
+        .map_err(|e| {
+            let message = truncate_for_message(&e.to_string());
+            if e.classify() == serde_json::error::Category::Data {
+                BadReview::NotReview(message)
+            } else {
+                BadReview::NotJson(message)
+            }
+        })?;
     if review.kind.as_deref() != Some("AdmissionReview") {
         return Err(BadReview::NotReview(format!(
             "kind is {:?}, not AdmissionReview",
@@ -574,6 +604,24 @@ fn parse(body: &[u8]) -> Result<ReviewIn<'_>, BadReview> {
         other => Err(BadReview::ApiVersion(
             other.map(truncate_for_message).unwrap_or_default(),
         )),
+    }
+}
+
+/// Keeps the warnings within what the API server relays: a pod of
+/// thousands of failing containers gets the first few and a count.
+fn budget_warnings(warnings: &mut Vec<String>) {
+    let mut total = 0;
+    let keep = warnings
+        .iter()
+        .position(|w| {
+            total += w.chars().count();
+            total > MAX_WARNINGS_TOTAL_CHARS - 64
+        })
+        .unwrap_or(warnings.len());
+    if keep < warnings.len() {
+        let dropped = warnings.len() - keep;
+        warnings.truncate(keep);
+        warnings.push(format!("archway: and {dropped} more warnings"));
     }
 }
 

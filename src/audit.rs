@@ -353,9 +353,7 @@ async fn inspect_workload(
     let mut lookups = Vec::new();
     for container in placement::container_images(&pod) {
         let lookup = match container.image.parse::<ImageRef>() {
-            Err(e) => {
-                ImageLookup::Failed(InspectError::InvalidReference(e.to_string()).to_string())
-            }
+            Err(e) => ImageLookup::Failed(InspectError::InvalidReference(e.reason).to_string()),
             Ok(image) => match inspector.inspect(&image, &keyring.lookup(&image)).await.0 {
                 Ok(found) => ImageLookup::Found(found.platforms.clone()),
                 Err(error) => ImageLookup::Failed(error.to_string()),

@@ -241,7 +241,7 @@ async fn inspect(
         async move {
             let result = match input.parse::<ImageRef>() {
                 Ok(image) => inspector.inspect(&image, &Credential::Anonymous).await.0,
-                Err(e) => Err(InspectError::InvalidReference(e.to_string())),
+                Err(e) => Err(InspectError::InvalidReference(e.reason)),
             };
             (input.clone(), result)
         }

@@ -88,7 +88,7 @@ impl FromStr for ImageRef {
 
     fn from_str(input: &str) -> Result<Self, Self::Err> {
         let error = |reason: &str| ImageRefError {
-            reference: truncate_for_message(input),
+            reference: short_image(input),
             reason: reason.to_string(),
         };
         if input.is_empty() {
@@ -96,6 +96,13 @@ impl FromStr for ImageRef {
         }
         if input.trim() != input {
             return Err(error("leading or trailing whitespace"));
+        }
+        // Checked before the grammar's regex, which would otherwise spend
+        // seconds on a megabyte-long string a pod author wrote.
+        if input.len() > MAX_REFERENCE_LEN {
+            return Err(error(&format!(
+                "longer than {MAX_REFERENCE_LEN} characters"
+            )));
         }
         let parsed = Reference::from_str(input).map_err(|e| {
             // As in Docker: when the lowercased reference would parse, the
@@ -108,17 +115,32 @@ impl FromStr for ImageRef {
                 error(&describe(&e))
             }
         })?;
-        let registry = match parsed.registry() {
-            // Docker Hub's legacy spellings all mean docker.io, as in the kubelet.
-            "index.docker.io" | "registry-1.docker.io" => DOCKER_HUB.to_string(),
-            other => other.to_string(),
+        // Repository names are lowercase (distribution spec); the parser
+        // lets some uppercase through (`HHH/app` on Docker Hub), whose
+        // printed form would not read back. Refuse it, as Docker does.
+        if parsed.repository().chars().any(|c| c.is_ascii_uppercase()) {
+            return Err(error("repository name must be lowercase"));
+        }
+        let (registry, repository) = match parsed.registry() {
+            // Docker Hub's legacy spellings all mean docker.io, as in the
+            // kubelet, official images included (`library/`).
+            "index.docker.io" | "registry-1.docker.io" | DOCKER_HUB => {
+                let repository = parsed.repository();
+                let repository = if repository.contains('/') {
+                    repository.to_string()
+                } else {
+                    format!("library/{repository}")
+                };
+                (DOCKER_HUB.to_string(), repository)
+            }
+            other => (other.to_string(), parsed.repository().to_string()),
         };
         let digest = parsed.digest().map(str::to_string);
         // oci-spec fills in `latest` only when there is neither tag nor digest.
         let tag = parsed.tag().map(str::to_string);
         Ok(ImageRef {
             registry,
-            repository: parsed.repository().to_string(),
+            repository,
             tag,
             digest,
         })
@@ -135,13 +157,25 @@ fn describe(error: &ParseError) -> String {
     }
 }
 
-/// Image strings come from pod authors; keep error messages and logs short.
-pub(crate) fn truncate_for_message(input: &str) -> String {
-    const MAX: usize = 256;
-    if input.len() <= MAX {
+/// Longer than any real reference (Docker caps names at 255 characters).
+pub const MAX_REFERENCE_LEN: usize = 1024;
+
+/// Strings from pod authors, kept short in messages and logs.
+pub fn truncate_for_message(input: &str) -> String {
+    truncate_to(input, 256)
+}
+
+/// An image as messages name it: long enough to recognise, short enough
+/// that the reason after it survives the API server's warning limits.
+pub fn short_image(image: &str) -> String {
+    truncate_to(image, 96)
+}
+
+fn truncate_to(input: &str, max: usize) -> String {
+    if input.len() <= max {
         return input.to_string();
     }
-    let mut end = MAX;
+    let mut end = max;
     while !input.is_char_boundary(end) {
         end -= 1;
     }
@@ -212,6 +246,48 @@ mod tests {
                 err.reason.to_lowercase().contains(reason),
                 "{input:?}: {err}"
             );
+        }
+    }
+
+    #[test]
+    fn docker_hub_aliases_and_uppercase_hosts() {
+        assert_eq!(
+            parse("registry-1.docker.io/nginx").to_string(),
+            "docker.io/library/nginx:latest"
+        );
+        assert_eq!(
+            parse("docker.io/nginx").to_string(),
+            "docker.io/library/nginx:latest"
+        );
+        assert!(
+            "HHH/app:v1"
+                .parse::<ImageRef>()
+                .unwrap_err()
+                .reason
+                .contains("lowercase")
+        );
+        assert_eq!(
+            parse("Registry.Example.com/app").registry(),
+            "Registry.Example.com"
+        );
+        let long = format!("r.io/{}", "a".repeat(2_000_000));
+        let started = std::time::Instant::now();
+        assert!(
+            long.parse::<ImageRef>()
+                .unwrap_err()
+                .reason
+                .contains("longer than")
+        );
+        assert!(started.elapsed() < std::time::Duration::from_millis(50));
+        // What is printed reads back as the same image.
+        for s in [
+            "nginx",
+            "bitnami/redis:7",
+            "127.0.0.1:5000/a/b:c",
+            "index.docker.io/x",
+        ] {
+            let image = parse(s);
+            assert_eq!(parse(&image.to_string()), image, "{s}");
         }
     }
 

@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use json_patch::jsonptr::PointerBuf;
 use json_patch::{AddOperation, Patch, PatchOperation};
 use k8s_openapi::api::core::v1::{Pod, Toleration};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde_json::{Value, json};
 
 use crate::placement::{ARCH_LABEL, Injection};
@@ -166,6 +167,22 @@ pub fn build(
     }
 
     match &pod.metadata.annotations {
+        // No metadata at all in the object (the typed pod reads it as
+        // empty, but for the namespace admission fills in from the
+        // request): adding /metadata/annotations could not apply.
+        // Replacing an empty metadata object loses nothing.
+        None if pod.metadata
+            == (ObjectMeta {
+                namespace: pod.metadata.namespace.clone(),
+                ..Default::default()
+            }) =>
+        {
+            add(
+                &mut ops,
+                &["metadata"],
+                json!({"annotations": injection.annotations}),
+            )
+        }
         None => add(
             &mut ops,
             &["metadata", "annotations"],

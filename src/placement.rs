@@ -226,7 +226,8 @@ pub fn decide(input: &DecisionInput<'_>) -> Decision {
         .filter_map(|(c, lookup)| match lookup {
             ImageLookup::Failed(reason) => Some(format!(
                 "image {} (container {}): {reason}",
-                c.image, c.container
+                crate::image::short_image(&c.image),
+                crate::image::short_image(&c.container)
             )),
             ImageLookup::Found(_) => None,
         })

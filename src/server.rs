@@ -32,6 +32,10 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(25);
 /// How often the serving certificate files are checked for rotation.
 const CERT_POLL: Duration = Duration::from_secs(2);
+/// The longest a client may take to send a request's headers, or its body:
+/// the API server sends a review at once; a slower client is holding a
+/// connection open, not sending a review.
+const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What the handlers share.
 #[derive(Clone)]
@@ -69,6 +73,10 @@ pub fn webhook_router(state: AppState, max_body_bytes: usize) -> Router {
     Router::new()
         .route("/mutate", post(mutate))
         .layer(DefaultBodyLimit::max(max_body_bytes))
+        .layer(axum::middleware::from_fn_with_state(
+            max_body_bytes,
+            body_deadline,
+        ))
         .with_state(state)
 }
 
@@ -79,6 +87,52 @@ pub fn admin_router(state: AppState) -> Router {
         .route("/readyz", get(ready))
         .route("/metrics", get(render_metrics))
         .with_state(state)
+}
+
+/// A client that stops sending its body holds a task and a connection;
+/// it gets 408 after `BODY_TIMEOUT` instead. The body is read here, under
+/// the deadline and the size limit (413 past it), and handed on whole.
+async fn body_deadline(
+    State(limit): State<usize>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let too_large = || {
+        (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("body larger than {limit} bytes\n"),
+        )
+            .into_response()
+    };
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > limit as u64) {
+        return too_large();
+    }
+    let (parts, body) = request.into_parts();
+    match tokio::time::timeout(BODY_TIMEOUT, axum::body::to_bytes(body, limit)).await {
+        Ok(Ok(bytes)) => {
+            next.run(axum::extract::Request::from_parts(
+                parts,
+                axum::body::Body::from(bytes),
+            ))
+            .await
+        }
+        Ok(Err(error)) if error.to_string().contains("length limit") => too_large(),
+        Ok(Err(error)) => (
+            StatusCode::BAD_REQUEST,
+            format!("cannot read the body: {error}\n"),
+        )
+            .into_response(),
+        Err(_) => (
+            StatusCode::REQUEST_TIMEOUT,
+            "request body not received in time\n",
+        )
+            .into_response(),
+    }
 }
 
 async fn mutate(State(state): State<AppState>, body: Bytes) -> Response {
@@ -263,7 +317,11 @@ async fn accept_loop(
         let watcher = graceful.watcher();
         let tls = tls.clone();
         tokio::spawn(async move {
-            let builder = auto::Builder::new(TokioExecutor::new());
+            let mut builder = auto::Builder::new(TokioExecutor::new());
+            builder
+                .http1()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(BODY_TIMEOUT);
             match tls {
                 Some(tls) => {
                     let stream =

@@ -208,3 +208,13 @@ fn annotation_keys_are_escaped_in_pointers() {
         "{paths:?}"
     );
 }
+
+#[test]
+fn a_pod_without_metadata_still_gets_its_annotations() {
+    let pod = json!({"spec": {"containers": [{"name": "web", "image": "r/web:1"}]}});
+    let (patched, _) = apply(pod, &injection(&["arm64"], None));
+    assert_eq!(
+        patched["metadata"]["annotations"]["archway.dev/archs"],
+        "amd64,arm64"
+    );
+}
