@@ -3,12 +3,13 @@
 //! (cache hits, retries) and simulate a misbehaving registry.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt, Full};
-use hyper::body::{Bytes, Incoming};
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Bytes, Frame, Incoming};
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpStream};
@@ -49,7 +50,28 @@ pub enum Fault {
     Delay(Duration),
     /// Drop the connection without a response (client sees EOF / reset).
     Reset,
+    /// Answer with this status, headers and body; upstream never sees it.
+    /// Serves crafted manifests, configs or tokens (and lies about digests:
+    /// the bytes need not match what was asked for).
+    Body(u16, Vec<(String, String)>, Bytes),
+    /// Never answer: the request is held (headers unanswered) until the
+    /// client gives up, the proxy is dropped, or `STALL_LIMIT` passes.
+    Stall,
+    /// Answer `status` and `headers` at once, then a body of `total` bytes
+    /// (`b'x'`) sent `chunk` bytes at a time every `interval`. Chunked
+    /// unless `headers` set a Content-Length (which may lie). The bytes
+    /// handed to the connection are counted: `CountingProxy::dripped_bytes`.
+    Drip {
+        status: u16,
+        headers: Vec<(String, String)>,
+        chunk: usize,
+        interval: Duration,
+        total: u64,
+    },
 }
+
+/// The longest a `Fault::Stall` holds a request, so no test can hang on it.
+pub const STALL_LIMIT: Duration = Duration::from_secs(120);
 
 type Rule = Box<dyn FnMut(&Recorded) -> Fault + Send>;
 
@@ -57,12 +79,17 @@ struct State {
     upstream: SocketAddr,
     requests: Mutex<Vec<Recorded>>,
     rule: Mutex<Option<Rule>>,
+    /// Body bytes of `Fault::Drip` answers handed to hyper so far.
+    dripped: AtomicU64,
+    /// Set when the proxy is dropped: stalled requests end then.
+    closed: tokio::sync::watch::Receiver<bool>,
 }
 
 pub struct CountingProxy {
     addr: SocketAddr,
     state: Arc<State>,
     task: JoinHandle<()>,
+    close: tokio::sync::watch::Sender<bool>,
 }
 
 type ProxyBody = BoxBody<Bytes, hyper::Error>;
@@ -72,10 +99,13 @@ impl CountingProxy {
     pub async fn start(upstream: SocketAddr) -> CountingProxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
         let addr = listener.local_addr().unwrap();
+        let (close, closed) = tokio::sync::watch::channel(false);
         let state = Arc::new(State {
             upstream,
             requests: Mutex::new(Vec::new()),
             rule: Mutex::new(None),
+            dripped: AtomicU64::new(0),
+            closed,
         });
         let accept_state = state.clone();
         let task = tokio::spawn(async move {
@@ -92,7 +122,12 @@ impl CountingProxy {
                 });
             }
         });
-        CountingProxy { addr, state, task }
+        CountingProxy {
+            addr,
+            state,
+            task,
+            close,
+        }
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -144,10 +179,17 @@ impl CountingProxy {
     pub fn clear_fault(&self) {
         *self.state.rule.lock().unwrap() = None;
     }
+
+    /// Body bytes of `Fault::Drip` answers handed to the connection so far
+    /// (what the client read, plus what socket buffers hold).
+    pub fn dripped_bytes(&self) -> u64 {
+        self.state.dripped.load(Ordering::Relaxed)
+    }
 }
 
 impl Drop for CountingProxy {
     fn drop(&mut self) {
+        let _ = self.close.send(true);
         self.task.abort();
     }
 }
@@ -203,6 +245,42 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Pr
         }
         // An error from the service makes hyper drop the connection unanswered.
         Fault::Reset => return Err("injected reset".to_string()),
+        Fault::Body(code, headers, body) => {
+            let mut resp = Response::builder().status(code);
+            for (k, v) in headers {
+                resp = resp.header(k, v);
+            }
+            set_status(code);
+            return Ok(resp.body(full(body)).unwrap());
+        }
+        Fault::Stall => {
+            let mut closed = state.closed.clone();
+            let dropped = async move {
+                // The guard is dropped inside, so this future stays `Send`.
+                let _ = closed.wait_for(|closed| *closed).await.is_ok();
+            };
+            tokio::select! {
+                _ = dropped => {}
+                _ = tokio::time::sleep(STALL_LIMIT) => {}
+            }
+            return Err("stalled request ended".to_string());
+        }
+        Fault::Drip {
+            status,
+            headers,
+            chunk,
+            interval,
+            total,
+        } => {
+            let mut resp = Response::builder().status(status);
+            for (k, v) in headers {
+                resp = resp.header(k, v);
+            }
+            set_status(status);
+            return Ok(resp
+                .body(drip(state.clone(), chunk, interval, total))
+                .unwrap());
+        }
     }
 
     let resp = match forward(state.upstream, req).await {
@@ -232,6 +310,32 @@ async fn forward(
     tokio::spawn(conn);
     req.headers_mut().remove("connection");
     sender.send_request(req).await.map_err(|e| e.to_string())
+}
+
+/// A body of `total` bytes sent `chunk` at a time every `interval`; it
+/// stops when the client stops reading (hyper stops polling it).
+fn drip(state: Arc<State>, chunk: usize, interval: Duration, total: u64) -> ProxyBody {
+    let chunk = chunk.max(1);
+    let piece = Bytes::from(vec![b'x'; chunk]);
+    let stream = futures::stream::unfold(0u64, move |sent| {
+        let state = state.clone();
+        let piece = piece.clone();
+        async move {
+            if sent >= total {
+                return None;
+            }
+            if sent > 0 {
+                tokio::time::sleep(interval).await;
+            }
+            let len = (total - sent).min(piece.len() as u64);
+            state.dripped.fetch_add(len, Ordering::Relaxed);
+            let frame = Frame::data(piece.slice(..len as usize));
+            Some((Ok::<_, std::convert::Infallible>(frame), sent + len))
+        }
+    });
+    StreamBody::new(stream)
+        .map_err(|never| match never {})
+        .boxed()
 }
 
 fn full(bytes: Bytes) -> ProxyBody {
