@@ -3,7 +3,8 @@
 //! target runs (`fuzz/src/checks.rs`, included here), which panics when an
 //! invariant fails. `fuzz/run.sh` adds what fuzzing finds: a minimized
 //! corpus next to the hand-written seeds, and crashing inputs under
-//! `crashes/`, replayed by the ignored tests below until they are fixed.
+//! `crashes/<class>/`, one class per bug, each replayed by a test below
+//! (ignored while the bug is open).
 
 #[path = "../fuzz/src/checks.rs"]
 #[allow(dead_code)]
@@ -36,11 +37,11 @@ fn files_in(dir: &Path) -> Vec<PathBuf> {
 
 /// Runs `target`'s check on every file; returns the failures, each with
 /// its file name and panic message.
-fn replay(target: &str, files: &[PathBuf], known: checks::Known) -> Vec<String> {
+fn replay(target: &str, files: &[PathBuf]) -> Vec<String> {
     let mut failures = Vec::new();
     for file in files {
         let data = std::fs::read(file).unwrap();
-        let outcome = std::panic::catch_unwind(|| checks::run_with(target, &data, known));
+        let outcome = std::panic::catch_unwind(|| checks::run(target, &data));
         if let Err(panic) = outcome {
             let message = panic
                 .downcast_ref::<String>()
@@ -61,7 +62,7 @@ fn corpus_passes(target: &str) {
         "{target}: the corpus in {} is missing",
         data_dir(target).display()
     );
-    let failures = replay(target, &files, checks::Known::Tolerated);
+    let failures = replay(target, &files);
     eprintln!(
         "{target}: {} corpus files, {} failed",
         files.len(),
@@ -70,14 +71,14 @@ fn corpus_passes(target: &str) {
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
 }
 
-/// The crashes fuzzing found for `target` (under `crashes/<class>/`),
-/// replayed strictly (the fuzz targets step around known bugs): they pass
-/// once the bug is fixed; then move them into the corpus.
+/// The inputs fuzzing found for one bug of `target` (`crashes/<class>/`).
+/// The test that replays them is ignored while the bug is open, and stays
+/// as a regression test once it is fixed.
 fn crashes_pass(target: &str, class: &str) {
     let dir = data_dir(target).join("crashes").join(class);
     let files = files_in(&dir);
     assert!(!files.is_empty(), "no crash inputs in {}", dir.display());
-    let failures = replay(target, &files, checks::Known::Fail);
+    let failures = replay(target, &files);
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
 }
 
@@ -123,20 +124,19 @@ fn every_crash_class_has_a_test() {
     }
 }
 
-/// `registry-1.docker.io/x` is read as registry `docker.io`, repository
+/// Was a bug: `registry-1.docker.io/x` was read as registry `docker.io`, repository
 /// `x` (oci-spec adds `library/` only for `docker.io` and
-/// `index.docker.io`), and printed as `docker.io/x:latest`, which reads back
-/// as `docker.io/library/x`: two different images, and the message and cache
-/// key name the wrong one.
+/// `index.docker.io`), and printed as `docker.io/x:latest`, which reads
+/// back as `docker.io/library/x`: two different images.
 #[test]
 fn image_reference_crashes_registry_1_alias() {
     crashes_pass("image_reference", "registry-1-alias");
 }
 
-/// A Pod object without `metadata` (the API server always sends it; any
-/// other client can leave it out) is patched with `add
+/// Was a bug: a Pod object without `metadata` (the API server always sends
+/// it; any other client can leave it out) was patched with `add
 /// /metadata/annotations`, which JSON Patch cannot apply: the parent is
-/// missing. The pod was decided from `Pod::default()` metadata.
+/// missing.
 #[test]
 fn admission_review_crashes_metadata_absent() {
     crashes_pass("admission_review", "metadata-absent");
@@ -147,12 +147,11 @@ fn patch_crashes_metadata_absent() {
     crashes_pass("patch", "metadata-absent");
 }
 
-/// `HHH/app:v1` parses: oci-spec's grammar allows uppercase in what could
-/// be a domain, then `HHH` (no `.` or `:`) turns out to be part of the
-/// Docker Hub repository `HHH/app`, whose case nobody checks. Docker and
-/// containerd refuse it ("repository name must be lowercase"), so the
-/// kubelet never pulls it, while archway asks Docker Hub for it; and its
-/// printed form `docker.io/HHH/app:v1` does not parse.
+/// Was a bug: `HHH/app:v1` parsed (oci-spec's grammar allows uppercase in
+/// what could be a domain, then `HHH`, without `.` or `:`, is part of the
+/// Docker Hub repository `HHH/app`, whose case nobody checked). Docker and
+/// containerd refuse it ("repository name must be lowercase"), and its
+/// printed form `docker.io/HHH/app:v1` did not parse.
 #[test]
 fn image_reference_crashes_uppercase_repository() {
     crashes_pass("image_reference", "uppercase-repository");
