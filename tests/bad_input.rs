@@ -507,16 +507,16 @@ fn cases() -> Vec<Case> {
             AllowedWarning(&["invalid image reference"]),
         ),
         case(
-            // A 2 MB tag, refused early by the reference grammar. The warning
-            // is cut at 256 characters, inside the image (see
-            // `a_warning_about_a_huge_image_keeps_its_reason`); a 2 MB name
-            // the grammar accepts is `a_huge_image_string_is_answered_within_the_time_budget`.
+            // A 2 MB tag: the warning shortens the image and keeps the reason
+            // (see `a_warning_about_a_huge_image_keeps_its_reason`); a 2 MB
+            // name the grammar accepts is
+            // `a_huge_image_string_is_answered_within_the_time_budget`.
             "2 MB image tag",
             bytes(&review_of(pod_with(&[format!(
                 "{image}{}",
                 "t".repeat(2 * 1000 * 1000)
             )]))),
-            AllowedWarning(&["archway: image 127.0.0.1:"]),
+            AllowedWarning(&["archway: image 127.0.0.1:", "invalid image reference"]),
         ),
         case(
             "2 MB multibyte image name",
@@ -638,10 +638,11 @@ fn check(case: &Case, status: u16, text: &str) {
                     warnings.iter().map(|w| short(w)).collect::<Vec<_>>()
                 );
             }
+            // Each warning is cut at 512 characters (src/admission.rs).
             for warning in &warnings {
                 assert!(
-                    warning.chars().count() <= 256,
-                    "{name}: a warning over 256 characters: {}",
+                    warning.chars().count() <= 512,
+                    "{name}: a warning over 512 characters: {}",
                     short(warning)
                 );
             }
@@ -763,6 +764,13 @@ async fn the_router_answers_the_same_without_a_socket() {
         let response = router.clone().oneshot(request).await.unwrap();
         assert_eq!(response.status(), expected, "{method} {path}");
     }
+    // A declared length over the limit is refused on the header alone.
+    let request = Request::post("/mutate")
+        .header("content-length", (4 * MIB).to_string())
+        .body(Body::from(bytes(&pod_review("u", "ns", &good_pod()))))
+        .unwrap();
+    let response = router.clone().oneshot(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
 }
 
 /// A TLS connection to the webhook speaking raw HTTP/1.1, for what a
@@ -879,6 +887,25 @@ async fn a_body_over_the_limit_is_refused_without_reading_all_of_it() {
     webhook.stop().await;
 }
 
+#[tokio::test]
+async fn a_declared_length_over_the_limit_is_refused_before_any_body() {
+    let webhook = TestWebhook::start(config()).await;
+    let mut stream = raw_connection(&webhook).await;
+    // 100 MiB announced, nothing sent: the answer cannot wait for the body.
+    stream.write_all(head(100 * MIB).as_bytes()).await.unwrap();
+    stream.flush().await.unwrap();
+    let started = Instant::now();
+    let (answer, ended) = read_until_closed(&mut stream, Duration::from_secs(5)).await;
+    eprintln!(
+        "declared 100 MiB, sent none: {:?}: {answer:?}",
+        started.elapsed()
+    );
+    assert!(ended, "no answer within 5 s: {answer:?}");
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert_alive(&webhook, "a 100 MiB Content-Length and no body").await;
+    webhook.stop().await;
+}
+
 /// How long a client that stops sending mid-request may hold a connection.
 /// The webhook's own budget for a review is 2.5 s and the API server gives
 /// up at `timeoutSeconds` (at most 30 s); a connection stalled longer than
@@ -969,10 +996,9 @@ async fn an_array_shaped_body_is_not_a_review() {
     webhook.stop().await;
 }
 
-/// serde's "invalid type" errors quote the offending string whole, and
-/// BadReview::NotReview carries that message untruncated into the 400
-/// body and the WARN log line: a 2 MB string comes back (and is logged)
-/// whole. The other reasons are cut at 256 characters.
+/// serde's "invalid type" errors quote the offending string whole; the 400
+/// body (and the WARN log line) once carried it untruncated: a 2 MB string
+/// came back whole. It must be cut like the other reasons.
 #[tokio::test]
 async fn a_400_answer_does_not_echo_a_huge_value() {
     let webhook = TestWebhook::start(config()).await;
@@ -1008,8 +1034,9 @@ async fn a_400_answer_does_not_echo_a_huge_value() {
 }
 
 /// The failure warning is `archway: image <image> (container <name>):
-/// <reason>`, cut at 256 characters: with a long image, the container and
-/// the reason are cut away and the warning says only the image's start.
+/// <reason>`. It was once cut at 256 characters at its end, so a long image
+/// cut the container and the reason away; the image must be the part that
+/// is shortened.
 #[tokio::test]
 async fn a_warning_about_a_huge_image_keeps_its_reason() {
     let webhook = TestWebhook::start(config()).await;
