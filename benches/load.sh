@@ -318,9 +318,9 @@ done
 if [ "$PROFILE" = 1 ]; then
   for server in archway floor; do
     [ -f "$OUT/perf-$server.data" ] || continue
-    perf report -i "$OUT/perf-$server.data" --no-children --percent-limit 0.7 --stdio \
-      --sort symbol 2>/dev/null | grep -v '^$' >"$OUT/perf-$server-flat.txt" || true
-    perf report -i "$OUT/perf-$server.data" --children --percent-limit 2 --stdio \
+    perf report -i "$OUT/perf-$server.data" --no-children --percent-limit 0.5 --stdio \
+      --sort symbol -g none 2>/dev/null | grep -v '^$' >"$OUT/perf-$server-flat.txt" || true
+    perf report -i "$OUT/perf-$server.data" --children --percent-limit 1 --stdio \
       --sort symbol -g none 2>/dev/null | grep -v '^$' >"$OUT/perf-$server-children.txt" || true
   done
 fi
@@ -427,6 +427,7 @@ ok() { if [ "$1" = 1 ]; then echo "MET"; else echo "MISSED"; fi; }
 {
   echo
   echo "archway load results ($(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, h2load -t 1 on the same machine)"
+  echo "source: $(git describe --always --dirty 2>/dev/null || echo unknown)"
   [ -z "$ARCHWAY_ENV" ] || echo "servers run with: $ARCHWAY_ENV"
   echo "bodies: $(for s in small typical large; do printf '%s %s B  ' "$s" "${BODY_BYTES[$s]}"; done)"
   echo
