@@ -19,7 +19,7 @@ use serde_json::value::RawValue;
 
 use crate::cache::{CacheOutcome, Inspector};
 use crate::config::Config;
-use crate::image::{ImageRef, truncate_for_message};
+use crate::image::truncate_for_message;
 use crate::placement::{
     self, ContainerImage, Decision, DecisionInput, DecisionKind, DecisionSettings, ImageLookup,
     Outcome,
@@ -83,6 +83,43 @@ struct RequestIn<'a> {
     dry_run: Option<bool>,
     #[serde(borrow)]
     object: Option<&'a RawValue>,
+}
+
+/// The same review with the pod read in the same pass, only the fields the
+/// decision and the patch read (`pod.rs`). When this fails, the review is
+/// read again the careful way (`ReviewIn`) for the exact answer.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct FastReviewIn {
+    api_version: Option<String>,
+    kind: Option<String>,
+    request: Option<MapOnly<FastRequestIn>>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct FastRequestIn {
+    uid: Option<String>,
+    kind: Option<GroupVersionKind>,
+    operation: Option<String>,
+    namespace: Option<String>,
+    name: Option<String>,
+    sub_resource: Option<String>,
+    #[serde(default)]
+    dry_run: Option<bool>,
+    object: Option<pod::PodView>,
+}
+
+/// The request, its pod read (or why it could not be).
+struct Request {
+    uid: Option<String>,
+    kind: Option<GroupVersionKind>,
+    operation: Option<String>,
+    namespace: Option<String>,
+    name: Option<String>,
+    sub_resource: Option<String>,
+    dry_run: Option<bool>,
+    object: Option<Result<Pod, String>>,
 }
 
 #[derive(Deserialize)]
@@ -240,8 +277,7 @@ impl Reviewer {
     pub async fn review(&self, body: &[u8]) -> Result<(ReviewOut, ReviewRecord), BadReview> {
         let started = Instant::now();
         let deadline = tokio::time::Instant::now() + self.settings.time_budget;
-        let review = parse(body)?;
-        let request = review.request.ok_or(BadReview::NoRequest)?.0;
+        let mut request = parse(body)?.ok_or(BadReview::NoRequest)?;
         let uid = request
             .uid
             .clone()
@@ -274,7 +310,7 @@ impl Reviewer {
             warnings: Vec::new(),
             audit_annotations: BTreeMap::new(),
         };
-        self.answer(&request, &mut response, &mut record, deadline)
+        self.answer(&mut request, &mut response, &mut record, deadline)
             .await;
         record.elapsed = started.elapsed();
         record.warnings = response.warnings.len();
@@ -288,7 +324,7 @@ impl Reviewer {
 
     async fn answer(
         &self,
-        request: &RequestIn<'_>,
+        request: &mut Request,
         response: &mut ResponseOut,
         record: &mut ReviewRecord,
         deadline: tokio::time::Instant,
@@ -316,7 +352,7 @@ impl Reviewer {
         }
         let policy = self.policies.policy(&record.namespace);
         record.mode = policy.as_ref().map(|p| p.mode);
-        let Some(object) = request.object else {
+        let Some(object) = request.object.take() else {
             record.kind = DecisionKind::Skipped;
             record.reason = "review has no object".into();
             if policy.is_some() {
@@ -326,7 +362,7 @@ impl Reviewer {
             }
             return;
         };
-        let mut pod: Pod = match serde_json::from_str(object.get()) {
+        let mut pod: Pod = match object {
             Ok(pod) => pod,
             Err(e) => {
                 record.kind = DecisionKind::Skipped;
@@ -391,7 +427,7 @@ impl Reviewer {
         pod: &Pod,
         policy: &crate::policy::NamespacePolicy,
         lookups: &[(ContainerImage, ImageLookup)],
-        request: &RequestIn<'_>,
+        request: &Request,
     ) -> Decision {
         let nodes = self.policies.node_architectures();
         placement::decide(&DecisionInput {
@@ -452,7 +488,7 @@ impl Reviewer {
     ) -> (Vec<(ContainerImage, ImageLookup)>, usize, usize) {
         let distinct: BTreeSet<&str> = images.iter().map(|c| c.image.as_str()).collect();
         let lookups = distinct.into_iter().map(|image| async move {
-            let result = match image.parse::<ImageRef>() {
+            let result = match self.inspector.parse_reference(image) {
                 Err(e) => (Err(InspectError::InvalidReference(e.reason)), None),
                 Ok(reference) => {
                     // The pod's own credential for the image, else anonymous
@@ -575,9 +611,25 @@ impl Reviewer {
     }
 }
 
-fn parse(body: &[u8]) -> Result<ReviewIn<'_>, BadReview> {
+fn parse(body: &[u8]) -> Result<Option<Request>, BadReview> {
     let text =
         std::str::from_utf8(body).map_err(|e| BadReview::NotJson(format!("invalid UTF-8: {e}")))?;
+    // One pass over the body, the pod included: what nearly every review takes.
+    if let Ok(MapOnly(review)) = serde_json::from_str::<MapOnly<FastReviewIn>>(text) {
+        check_envelope(review.api_version.as_deref(), review.kind.as_deref())?;
+        return Ok(review.request.map(|MapOnly(r)| Request {
+            uid: r.uid,
+            kind: r.kind,
+            operation: r.operation,
+            namespace: r.namespace,
+            name: r.name,
+            sub_resource: r.sub_resource,
+            dry_run: r.dry_run,
+            object: r.object.map(|pod| Ok(pod.into_pod())),
+        }));
+    }
+    // Something is off: read the envelope alone, then the pod, for the
+    // exact answer (a bad envelope is a 400; an unreadable pod a warning).
     // serde quotes the offending value, which may be megabytes: cut it.
     let review: ReviewIn<'_> = serde_json::from_str::<MapOnly<ReviewIn<'_>>>(text)
         .map(|review| review.0)
@@ -589,18 +641,32 @@ fn parse(body: &[u8]) -> Result<ReviewIn<'_>, BadReview> {
                 BadReview::NotJson(message)
             }
         })?;
-    if review.kind.as_deref() != Some("AdmissionReview") {
+    check_envelope(review.api_version.as_deref(), review.kind.as_deref())?;
+    Ok(review.request.map(|MapOnly(r)| Request {
+        uid: r.uid,
+        kind: r.kind,
+        operation: r.operation,
+        namespace: r.namespace,
+        name: r.name,
+        sub_resource: r.sub_resource,
+        dry_run: r.dry_run,
+        object: r.object.map(|raw| {
+            serde_json::from_str::<pod::PodView>(raw.get())
+                .map(pod::PodView::into_pod)
+                .map_err(|e| e.to_string())
+        }),
+    }))
+}
+
+fn check_envelope(api_version: Option<&str>, kind: Option<&str>) -> Result<(), BadReview> {
+    if kind != Some("AdmissionReview") {
         return Err(BadReview::NotReview(format!(
             "kind is {:?}, not AdmissionReview",
-            review
-                .kind
-                .as_deref()
-                .map(truncate_for_message)
-                .unwrap_or_default()
+            kind.map(truncate_for_message).unwrap_or_default()
         )));
     }
-    match review.api_version.as_deref() {
-        Some(API_VERSION) => Ok(review),
+    match api_version {
+        Some(API_VERSION) => Ok(()),
         other => Err(BadReview::ApiVersion(
             other.map(truncate_for_message).unwrap_or_default(),
         )),
@@ -633,5 +699,6 @@ fn warning(text: &str) -> String {
     format!("{cut}…")
 }
 
+mod pod;
 #[cfg(test)]
 mod tests;
