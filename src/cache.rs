@@ -78,7 +78,11 @@ pub struct Inspector {
     client: RegistryClient,
     cache: moka::future::Cache<CacheKey, Entry>,
     settings: CacheSettings,
+    references: Arc<std::sync::RwLock<std::collections::HashMap<Box<str>, Arc<ImageRef>>>>,
 }
+
+/// Image references parsed lately; the memo is cleared when it holds this many.
+const MAX_REFERENCES: usize = 4096;
 
 impl Inspector {
     pub fn new(client: RegistryClient, settings: CacheSettings) -> Self {
@@ -90,7 +94,32 @@ impl Inspector {
             client,
             cache,
             settings,
+            references: Arc::default(),
         }
+    }
+
+    /// `image` parsed, remembered: parsing with oci-client's grammar (a
+    /// regex) costs about a microsecond, and pods name the same images
+    /// over and over.
+    pub fn parse_reference(
+        &self,
+        image: &str,
+    ) -> Result<Arc<ImageRef>, crate::image::ImageRefError> {
+        if let Some(found) = self
+            .references
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(image)
+        {
+            return Ok(found.clone());
+        }
+        let parsed = Arc::new(image.parse::<ImageRef>()?);
+        let mut memo = self.references.write().unwrap_or_else(|e| e.into_inner());
+        if memo.len() >= MAX_REFERENCES {
+            memo.clear();
+        }
+        memo.insert(image.into(), parsed.clone());
+        Ok(parsed)
     }
 
     /// The platforms of `image` as seen with `credential`, from the cache or
