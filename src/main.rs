@@ -4,9 +4,10 @@ use clap::Parser;
 
 /// mimalloc rather than glibc's malloc: a review allocates and frees many
 /// small strings across tokio's worker threads, where glibc's per-thread
-/// arenas keep freed memory. Measured with benches/load.sh: RSS with
-/// 10,000 cached images 53.5 MiB -> 46 MiB, and about 6 µs less CPU per
-/// review.
+/// arenas keep freed memory. Version 2 without transparent huge pages
+/// (Cargo.toml): with huge pages, or with version 3, a full cache costs
+/// 7 to 17 MiB more. Measured with benches/load.sh, 10,000 cached images:
+/// RSS 53.5 MiB with glibc, 64 MiB (v3), 54 MiB (v2), 47 MiB (v2, no THP).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
