@@ -9,7 +9,7 @@
 //! - `envelope`: where a review's parsing time goes, next to what the floor
 //!   (benches/floor.rs) parses: the uid alone; archway's envelope (the
 //!   object kept raw); that plus the full k8s-openapi `Pod`; that plus only
-//!   the fields the decision reads (`common/podview.rs`, a prototype that is
+//!   the fields the decision reads (`archway::admission::pod::PodView`,
 //!   checked here to give the same patch);
 //! - `lookup`: the cached image lookups of a typical pod (reference parsing,
 //!   then the cache), and `respond`: the response's serialisation.
@@ -23,8 +23,6 @@
 
 #[path = "common/pods.rs"]
 mod pods;
-#[path = "common/podview.rs"]
-mod podview;
 #[path = "../tests/support/mod.rs"]
 mod support;
 
@@ -35,6 +33,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use archway::admission::Reviewer;
+use archway::admission::pod::PodView;
 use archway::config::Config;
 use archway::image::ImageRef;
 use archway::patch;
@@ -256,7 +255,7 @@ struct OnePassRequest {
     name: Option<String>,
     sub_resource: Option<String>,
     dry_run: Option<bool>,
-    object: Option<podview::PodView>,
+    object: Option<PodView>,
 }
 
 fn object(body: &[u8]) -> &RawValue {
@@ -300,9 +299,9 @@ fn envelope(c: &mut Criterion) {
     let mut group = c.benchmark_group("envelope");
     for shape in SHAPES {
         let body = pods::review_body(&shape, &images, "0b5e1c6a-7f00-4d2e-9c1a-000000000001");
-        // The prototype must decide and patch exactly as the full pod does.
+        // The view must decide and patch exactly as the full pod does.
         let full: Pod = serde_json::from_str(object(&body).get()).unwrap();
-        let skinny = serde_json::from_str::<podview::PodView>(object(&body).get())
+        let skinny = serde_json::from_str::<PodView>(object(&body).get())
             .unwrap()
             .into_pod();
         assert_eq!(patch_json(&full, "u"), patch_json(&skinny, "u"));
@@ -321,7 +320,7 @@ fn envelope(c: &mut Criterion) {
         });
         group.bench_function(format!("{}/skinny_pod", shape.name), |b| {
             b.iter(|| {
-                serde_json::from_str::<podview::PodView>(object(black_box(&body)).get())
+                serde_json::from_str::<PodView>(object(black_box(&body)).get())
                     .unwrap()
                     .into_pod()
             })

@@ -38,13 +38,14 @@ const MAX_WARNING_CHARS: usize = 512;
 const MAX_WARNINGS_TOTAL_CHARS: usize = 4000;
 
 /// The AdmissionReview as the API server sends it; only what archway reads.
+/// `O` is how the object is read: straight into the pod view on the fast
+/// path, kept raw (`&RawValue`) on the careful one.
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct ReviewIn<'a> {
+struct ReviewIn<O> {
     api_version: Option<String>,
     kind: Option<String>,
-    #[serde(borrow)]
-    request: Option<MapOnly<RequestIn<'a>>>,
+    request: Option<MapOnly<RequestIn<O>>>,
 }
 
 /// A struct read only from a JSON object. serde's derive also accepts an
@@ -72,7 +73,7 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for MapOnly<T> {
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct RequestIn<'a> {
+struct RequestIn<O> {
     uid: Option<String>,
     kind: Option<GroupVersionKind>,
     operation: Option<String>,
@@ -81,33 +82,23 @@ struct RequestIn<'a> {
     sub_resource: Option<String>,
     #[serde(default)]
     dry_run: Option<bool>,
-    #[serde(borrow)]
-    object: Option<&'a RawValue>,
+    object: Option<O>,
 }
 
-/// The same review with the pod read in the same pass, only the fields the
-/// decision and the patch read (`pod.rs`). When this fails, the review is
-/// read again the careful way (`ReviewIn`) for the exact answer.
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct FastReviewIn {
-    api_version: Option<String>,
-    kind: Option<String>,
-    request: Option<MapOnly<FastRequestIn>>,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct FastRequestIn {
-    uid: Option<String>,
-    kind: Option<GroupVersionKind>,
-    operation: Option<String>,
-    namespace: Option<String>,
-    name: Option<String>,
-    sub_resource: Option<String>,
-    #[serde(default)]
-    dry_run: Option<bool>,
-    object: Option<pod::PodView>,
+impl<O> RequestIn<O> {
+    /// The request, its object read by `read`.
+    fn into_request(self, read: impl FnOnce(O) -> Result<Pod, String>) -> Request {
+        Request {
+            uid: self.uid,
+            kind: self.kind,
+            operation: self.operation,
+            namespace: self.namespace,
+            name: self.name,
+            sub_resource: self.sub_resource,
+            dry_run: self.dry_run,
+            object: self.object.map(read),
+        }
+    }
 }
 
 /// The request, its pod read (or why it could not be).
@@ -615,23 +606,16 @@ fn parse(body: &[u8]) -> Result<Option<Request>, BadReview> {
     let text =
         std::str::from_utf8(body).map_err(|e| BadReview::NotJson(format!("invalid UTF-8: {e}")))?;
     // One pass over the body, the pod included: what nearly every review takes.
-    if let Ok(MapOnly(review)) = serde_json::from_str::<MapOnly<FastReviewIn>>(text) {
+    if let Ok(MapOnly(review)) = serde_json::from_str::<MapOnly<ReviewIn<pod::PodView>>>(text) {
         check_envelope(review.api_version.as_deref(), review.kind.as_deref())?;
-        return Ok(review.request.map(|MapOnly(r)| Request {
-            uid: r.uid,
-            kind: r.kind,
-            operation: r.operation,
-            namespace: r.namespace,
-            name: r.name,
-            sub_resource: r.sub_resource,
-            dry_run: r.dry_run,
-            object: r.object.map(|pod| Ok(pod.into_pod())),
-        }));
+        return Ok(review
+            .request
+            .map(|MapOnly(r)| r.into_request(|pod| Ok(pod.into_pod()))));
     }
     // Something is off: read the envelope alone, then the pod, for the
     // exact answer (a bad envelope is a 400; an unreadable pod a warning).
     // serde quotes the offending value, which may be megabytes: cut it.
-    let review: ReviewIn<'_> = serde_json::from_str::<MapOnly<ReviewIn<'_>>>(text)
+    let review = serde_json::from_str::<MapOnly<ReviewIn<&RawValue>>>(text)
         .map(|review| review.0)
         .map_err(|e| {
             let message = truncate_for_message(&e.to_string());
@@ -642,19 +626,12 @@ fn parse(body: &[u8]) -> Result<Option<Request>, BadReview> {
             }
         })?;
     check_envelope(review.api_version.as_deref(), review.kind.as_deref())?;
-    Ok(review.request.map(|MapOnly(r)| Request {
-        uid: r.uid,
-        kind: r.kind,
-        operation: r.operation,
-        namespace: r.namespace,
-        name: r.name,
-        sub_resource: r.sub_resource,
-        dry_run: r.dry_run,
-        object: r.object.map(|raw| {
+    Ok(review.request.map(|MapOnly(r)| {
+        r.into_request(|raw| {
             serde_json::from_str::<pod::PodView>(raw.get())
                 .map(pod::PodView::into_pod)
                 .map_err(|e| e.to_string())
-        }),
+        })
     }))
 }
 
@@ -699,6 +676,6 @@ fn warning(text: &str) -> String {
     format!("{cut}…")
 }
 
-mod pod;
+pub mod pod;
 #[cfg(test)]
 mod tests;

@@ -17,7 +17,7 @@ use super::MapOnly;
 
 /// A pod: a JSON object (an array is refused at once, as k8s-openapi
 /// refuses it, rather than read as a tuple of fields).
-pub(super) struct PodView(MapOnly<PodFields>);
+pub struct PodView(MapOnly<PodFields>);
 
 impl<'de> Deserialize<'de> for PodView {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
@@ -88,7 +88,7 @@ impl From<ContainerView> for Container {
 }
 
 impl PodView {
-    pub(super) fn into_pod(self) -> Pod {
+    pub fn into_pod(self) -> Pod {
         let PodFields { metadata, spec } = self.0.0;
         let m = metadata.unwrap_or_default();
         Pod {
