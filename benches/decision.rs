@@ -47,6 +47,11 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use support::{Format, ImageSpec, Registry, RegistryOptions, build_layout};
 
+/// The allocator of the `archway` binary (src/main.rs), so the figures are
+/// the server's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const SHAPES: [pods::Shape; 4] = [pods::SMALL, pods::TYPICAL, pods::LARGE, pods::VERY_LARGE];
 
 fn policy() -> NamespacePolicy {
