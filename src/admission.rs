@@ -85,10 +85,13 @@ struct RequestIn<O> {
     object: Option<O>,
 }
 
+/// The request, its pod read (or why it could not be).
+type Request = RequestIn<Result<Pod, String>>;
+
 impl<O> RequestIn<O> {
     /// The request, its object read by `read`.
     fn into_request(self, read: impl FnOnce(O) -> Result<Pod, String>) -> Request {
-        Request {
+        RequestIn {
             uid: self.uid,
             kind: self.kind,
             operation: self.operation,
@@ -99,18 +102,6 @@ impl<O> RequestIn<O> {
             object: self.object.map(read),
         }
     }
-}
-
-/// The request, its pod read (or why it could not be).
-struct Request {
-    uid: Option<String>,
-    kind: Option<GroupVersionKind>,
-    operation: Option<String>,
-    namespace: Option<String>,
-    name: Option<String>,
-    sub_resource: Option<String>,
-    dry_run: Option<bool>,
-    object: Option<Result<Pod, String>>,
 }
 
 #[derive(Deserialize)]
