@@ -11,7 +11,6 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use serde::Deserialize;
-use serde::de::IgnoredAny;
 
 use super::MapOnly;
 
@@ -25,10 +24,9 @@ impl<'de> Deserialize<'de> for PodView {
     }
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct PodFields {
-    #[serde(default)]
     metadata: Option<MetaView>,
     spec: Option<SpecView>,
 }
@@ -57,17 +55,12 @@ struct SpecView {
     containers: Vec<ContainerView>,
 }
 
-/// Pod (anti-)affinity only matter as "an affinity is present".
+/// Pod (anti-)affinity only matter as "an affinity is present", which
+/// `SpecView::affinity` already says: they are skipped like any other field.
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct AffinityView {
     node_affinity: Option<NodeAffinity>,
-    #[serde(default)]
-    #[allow(dead_code)]
-    pod_affinity: Option<IgnoredAny>,
-    #[serde(default)]
-    #[allow(dead_code)]
-    pod_anti_affinity: Option<IgnoredAny>,
 }
 
 #[derive(Deserialize)]
