@@ -534,6 +534,31 @@ async fn a_private_image_is_placed_with_its_pull_secret_and_no_more_access() {
         node_arch(&wait_for_node(&client, ns, "with").await),
         "arm64"
     );
+    // The answer the secret obtained is cached for that credential only: a
+    // pod without it still gets none.
+    let (stored, _) = create_pod_with_warnings(&client, ns, &pod("after", &image), false).await;
+    assert!(required_arch_values(&stored).is_empty(), "{stored:#}");
+
+    // archway itself only ever got the secret: the audit log of its calls
+    // (before this test makes calls as archway's ServiceAccount below).
+    let secret_verbs: BTreeMap<String, usize> = plane
+        .audit_events()
+        .iter()
+        .filter(|e| {
+            e["user"]["username"] == "system:serviceaccount:archway:archway"
+                && e["objectRef"]["resource"] == "secrets"
+                && e["stage"] == "ResponseComplete"
+        })
+        .fold(BTreeMap::new(), |mut verbs, e| {
+            *verbs
+                .entry(e["verb"].as_str().unwrap().to_string())
+                .or_default() += 1;
+            verbs
+        });
+    assert!(
+        secret_verbs.keys().all(|v| v == "get") && secret_verbs.contains_key("get"),
+        "{secret_verbs:?}"
+    );
 
     // What archway's ServiceAccount may do with secrets: get, and no more.
     let archway_sa = client_from_kubeconfig(&env.archway.kubeconfig).await;
@@ -557,28 +582,6 @@ async fn a_private_image_is_placed_with_its_pull_secret_and_no_more_access() {
         [can_i("get"), can_i("list"), can_i("watch")],
         ["yes", "no", "no"]
     );
-    // archway itself only ever got the secret: the audit log of its calls.
-    let secret_verbs: BTreeMap<String, usize> = plane
-        .audit_events()
-        .iter()
-        .filter(|e| {
-            e["user"]["username"] == "system:serviceaccount:archway:archway"
-                && e["objectRef"]["resource"] == "secrets"
-                && e["stage"] == "ResponseComplete"
-                && e["userAgent"]
-                    .as_str()
-                    .is_some_and(|a| !a.contains("kubectl"))
-        })
-        .fold(BTreeMap::new(), |mut verbs, e| {
-            *verbs
-                .entry(e["verb"].as_str().unwrap().to_string())
-                .or_default() += 1;
-            verbs
-        });
-    assert!(
-        secret_verbs.keys().all(|v| v == "get") && secret_verbs.contains_key("get"),
-        "{secret_verbs:?}"
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -598,7 +601,16 @@ async fn archway_audit_reads_the_cluster() {
         d["metadata"]["namespace"] = ns.into();
         objects.push(d);
     }
+    objects.push(json!({
+        "apiVersion": "batch/v1", "kind": "CronJob",
+        "metadata": {"name": "report", "namespace": ns},
+        "spec": {"schedule": "@yearly", "jobTemplate": {"spec": {"template": {"spec": {
+            "restartPolicy": "Never",
+            "containers": [{"name": "r", "image": env.image("missing:v1")}]}}}}},
+    }));
     plane.apply(&objects);
+    create_pod(&client, ns, &pod("debug", &env.image("multi:v1"))).await;
+    wait_for_node(&client, ns, "debug").await;
     rolled_out(&client, ns, "web").await;
     rolled_out(&client, ns, "billing").await;
 
@@ -615,7 +627,11 @@ async fn archway_audit_reads_the_cluster() {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_archway"))
         .args(["audit", "-n", ns, "-o", "json", "--config"])
         .arg(&config)
-        .env("KUBECONFIG", &plane.admin_kubeconfig)
+        // A user of its own, so that its calls stand out in the audit log.
+        .env(
+            "KUBECONFIG",
+            plane.kubeconfig_for("auditor", &["system:masters"]),
+        )
         .output()
         .unwrap();
     assert!(
@@ -653,6 +669,12 @@ async fn archway_audit_reads_the_cluster() {
         rows,
         [
             (
+                "CronJob/report".to_string(),
+                false,
+                "".to_string(),
+                "".to_string()
+            ),
+            (
                 "Deployment/billing".to_string(),
                 false,
                 "amd64".to_string(),
@@ -664,11 +686,22 @@ async fn archway_audit_reads_the_cluster() {
                 "amd64,arm64".to_string(),
                 "amd64".to_string()
             ),
+            (
+                "Pod/debug".to_string(),
+                true,
+                "amd64,arm64".to_string(),
+                "amd64".to_string()
+            ),
         ],
         "{report:#}"
     );
+    let blockers = report["workloads"][1]["blockers"].to_string();
+    assert!(
+        blockers.contains("publishes only linux/amd64"),
+        "{blockers}"
+    );
     let blockers = report["workloads"][0]["blockers"].to_string();
-    assert!(blockers.contains("amd64-only"), "{blockers}");
+    assert!(blockers.contains("not found"), "{blockers}");
     // Every node of the cluster was counted.
     assert_eq!(
         report["node_architectures"],

@@ -430,6 +430,21 @@ impl ControlPlane {
         self.wait_until_api_ready();
     }
 
+    /// A kubeconfig for the user `user` in `groups`, by client certificate.
+    pub fn kubeconfig_for(&self, user: &str, groups: &[&str]) -> PathBuf {
+        let cert = self.ca.issue_client(user, groups);
+        let path = self.dir.join(format!("{user}.kubeconfig"));
+        write(
+            &path,
+            &kubeconfig_yaml(
+                &self.server_url(),
+                &self.ca.cert_pem,
+                ClientAuth::Cert(&cert.cert_pem, &cert.key_pem),
+            ),
+        );
+        path
+    }
+
     pub fn server_url(&self) -> String {
         format!("https://127.0.0.1:{}", self.api_port)
     }
