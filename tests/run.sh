@@ -1,27 +1,34 @@
 #!/usr/bin/env bash
 # archway's whole test suite, from a fresh machine: installs what the tests
-# run for real (a CNCF registry, skopeo, htpasswd, kubectl, kubernetes-validate),
+# run for real (a CNCF registry, skopeo, htpasswd, kubectl 1.20 for
+# kustomize v2, kubernetes-validate), builds the Kubernetes control plane
+# from its Go modules (cached per version: only a machine's first run pays),
 # then checks formatting, lints, and runs every test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-missing=()
-command -v docker-registry >/dev/null 2>&1 || missing+=(docker-registry)
-command -v skopeo >/dev/null 2>&1 || missing+=(skopeo)
-command -v htpasswd >/dev/null 2>&1 || missing+=(apache2-utils)
-# kubectl renders deploy/ (kustomize); any kubectl will do, Debian's is 1.20.
-command -v kubectl >/dev/null 2>&1 || missing+=(kubernetes-client)
-if [ "${#missing[@]}" -gt 0 ]; then
-  sudo=""
-  [ "$(id -u)" -eq 0 ] || sudo="sudo"
-  echo "tests/run.sh: installing ${missing[*]}"
-  $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+tests/deps.sh
+
+# kubernetes-validate in a virtual environment of its own: Debian's Python
+# refuses a system-wide pip install (externally-managed-environment).
+venv="$PWD/target/tools/venv"
+if [ ! -x "$venv/bin/kubernetes-validate" ]; then
+  echo "tests/run.sh: installing kubernetes-validate into $venv"
+  rm -rf "$venv"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install -q kubernetes-validate
 fi
-if ! command -v kubernetes-validate >/dev/null 2>&1; then
-  echo "tests/run.sh: installing kubernetes-validate"
-  python3 -m pip install -q kubernetes-validate
-fi
+export PATH="$venv/bin:$PATH"
+
+# etcd, kube-apiserver, kube-controller-manager, kube-scheduler and kubectl
+# (tests/controlplane/). Built here rather than inside a test so that a cold
+# build is shown as it happens and no test's time is spent on it.
+start=$(date +%s)
+controlplane="$(tests/controlplane/build.sh | tail -n 1)"
+echo "tests/run.sh: control plane binaries in $controlplane ($(( $(date +%s) - start )) s)"
+# deploy/ is rendered by Debian's kubectl 1.20 (kustomize v2) and by the
+# control plane's kubectl (kustomize v5).
+export ARCHWAY_TEST_KUBECTL="${ARCHWAY_TEST_KUBECTL:-/usr/bin/kubectl:$controlplane/kubectl}"
 
 cargo fmt --check
 cargo clippy --all-targets -- -D warnings

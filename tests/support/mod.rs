@@ -10,8 +10,11 @@
 #![allow(dead_code, unused_imports)]
 
 pub mod apiserver;
+pub mod controlplane;
 pub mod http;
 pub mod images;
+pub mod install;
+pub mod kubelet;
 pub mod process;
 pub mod proxy;
 pub mod registry;

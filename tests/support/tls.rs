@@ -37,6 +37,28 @@ impl TestCa {
         }
     }
 
+    /// Client certificate for `common_name` in the `groups` (organizations),
+    /// the way Kubernetes reads an X.509 client identity.
+    pub fn issue_client(&self, common_name: &str, groups: &[&str]) -> IssuedCert {
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("client params");
+        params
+            .distinguished_name
+            .push(DnType::CommonName, common_name);
+        for group in groups {
+            params
+                .distinguished_name
+                .push(DnType::OrganizationName, *group);
+        }
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        let key = KeyPair::generate().expect("client key");
+        let cert = params.signed_by(&key, &self.issuer).expect("sign client");
+        IssuedCert {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        }
+    }
+
     /// Server certificate for the given SANs (IP literals become IP SANs).
     pub fn issue_server(&self, sans: &[&str]) -> IssuedCert {
         let sans: Vec<String> = sans.iter().map(|s| s.to_string()).collect();
