@@ -8,14 +8,12 @@
 //! on a machine takes minutes); kubectl and kubernetes-validate come from
 //! tests/run.sh, as for tests/deploy.rs.
 //!
-//! Still to come, once the control-plane harness (tests/support/
-//! controlplane.rs, install.rs) is on main: the chart installed on the real
-//! control plane. `template(RELEASE, &["--set", "namespace.create=true",
-//! "--set-file", "tls.caCert=..."])` gives the objects; the harness applies
-//! them with server-side apply as it does deploy/'s, points the webhook at
-//! archway running on the host, and a pod created in a namespace labelled
-//! archway.dev/mode=enforce comes back with archway's node affinity.
+//! And the chart installs on the real control plane (tests/support/
+//! controlplane.rs) with server-side apply, and archway, run with what the
+//! chart installed (its configuration, its Secret, its ServiceAccount's
+//! RBAC), places a pod.
 
+mod support;
 #[path = "support/tools.rs"]
 mod tools;
 
@@ -25,7 +23,7 @@ use std::process::Command;
 
 use archway::config::Config;
 use serde_yaml::Value;
-use tools::{documents, kind, kustomize, name, run, run_ok, validate};
+use tools::{documents, kind, kubectls, kustomize_with, name, run, run_ok, validate};
 
 const RELEASE: &str = "archway";
 
@@ -263,17 +261,20 @@ fn the_chart_lints_with_default_and_other_values() {
 #[test]
 fn default_values_render_the_kustomize_base() {
     let copy = deploy_copy();
-    let kustomized = kustomize(&copy.path().join("deploy"));
-
-    // As `helm template | kubectl apply` needs it: with the namespace.
-    let helm = template(RELEASE, &["--set", "namespace.create=true"]);
-    validate(&helm);
-    assert_same(helm, kustomized.clone());
-
-    // As `helm install --create-namespace` needs it: Helm makes the namespace.
-    let helm = template(RELEASE, &[]);
-    validate(&helm);
-    assert_same(helm, without(kustomized, ("Namespace", RELEASE)));
+    // As `helm template | kubectl apply` needs it: with the namespace; and
+    // as `helm install --create-namespace` needs it: Helm makes it.
+    let with_namespace = template(RELEASE, &["--set", "namespace.create=true"]);
+    validate(&with_namespace);
+    let without_namespace = template(RELEASE, &[]);
+    validate(&without_namespace);
+    for kubectl in kubectls() {
+        let kustomized = kustomize_with(&kubectl, &copy.path().join("deploy"));
+        assert_same(with_namespace.clone(), kustomized.clone());
+        assert_same(
+            without_namespace.clone(),
+            without(kustomized, ("Namespace", RELEASE)),
+        );
+    }
 }
 
 #[test]
@@ -282,7 +283,6 @@ fn certificate_files_render_the_self_signed_overlay() {
     let overlay = copy.path().join("deploy/overlays/self-signed");
     let certs = overlay.join("certs");
     archway_certs(&certs, RELEASE);
-    let kustomized = kustomize(&overlay);
     let file = |name: &str| certs.join(name).to_str().unwrap().to_string();
     let (ca, cert, key) = (file("ca.crt"), file("tls.crt"), file("tls.key"));
     let helm = template(
@@ -301,7 +301,13 @@ fn certificate_files_render_the_self_signed_overlay() {
     validate(&helm);
     // The overlay's Secret archway-ca-bundle only carries the CA to
     // kustomize's var; Helm reads the file directly.
-    assert_same(helm, without(kustomized, ("Secret", "archway-ca-bundle")));
+    for kubectl in kubectls() {
+        let kustomized = kustomize_with(&kubectl, &overlay);
+        assert_same(
+            helm.clone(),
+            without(kustomized, ("Secret", "archway-ca-bundle")),
+        );
+    }
 
     // Only the CA: the Secret is the operator's to make (as in 2c of
     // deploy/README.md), the caBundle is set.
@@ -327,7 +333,6 @@ fn certificate_files_render_the_self_signed_overlay() {
 #[test]
 fn cert_manager_values_render_the_cert_manager_overlay() {
     let copy = deploy_copy();
-    let kustomized = kustomize(&copy.path().join("deploy/overlays/cert-manager"));
     let helm = template(
         RELEASE,
         &[
@@ -338,7 +343,11 @@ fn cert_manager_values_render_the_cert_manager_overlay() {
         ],
     );
     validate(&helm);
-    assert_same(helm, kustomized);
+    for kubectl in kubectls() {
+        let kustomized =
+            kustomize_with(&kubectl, &copy.path().join("deploy/overlays/cert-manager"));
+        assert_same(helm.clone(), kustomized);
+    }
 }
 
 /// Every value of the chart set to something other than its default.
@@ -627,4 +636,218 @@ fn the_chart_refuses_values_that_would_install_a_broken_archway() {
     );
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("kubeVersion"));
+}
+
+// ---------------------------------------------------------------------------
+// On the real control plane
+
+/// The chart, rendered with a certificate from `archway certs`, applied
+/// with server-side apply to a real control plane; archway then runs with
+/// the chart's configuration, the chart's Secret and the chart's
+/// ServiceAccount, and places a pod in an opted-in namespace.
+///
+/// There is no service network or kubelet here (as for deploy/ in
+/// tests/support/install.rs): archway runs on the host, the webhook's
+/// clientConfig points at it by URL (keeping the chart's caBundle), and the
+/// Deployment is scaled to 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_chart_installs_on_a_real_control_plane_and_archway_places_a_pod() {
+    use support::controlplane::{
+        ClientAuth, ControlPlane, NodePool, free_port, http_get, kubeconfig_yaml, wait_for,
+    };
+    use support::{Format, ImageSpec, Registry, RegistryOptions, build_layout};
+
+    support::webhook::install_crypto();
+    let plane = ControlPlane::start();
+    plane.create_nodes(&NodePool::standard());
+    let registry = Registry::start(RegistryOptions::plain());
+    let dir = tempfile::tempdir().unwrap();
+    let layout = build_layout(&dir.path().join("multi"), &ImageSpec::multi_arch());
+    registry.push(&layout.dir, "multi:v1", Format::Oci);
+
+    // `archway certs` (its certificate is also valid for 127.0.0.1, where
+    // archway runs here), given to the chart as deploy/README.md says.
+    let certs = dir.path().join("certs");
+    archway_certs(&certs, RELEASE);
+    let file = |name: &str| format!("{}", certs.join(name).display());
+    let webhook_port = free_port();
+    let admin_port = free_port();
+    let rendered = template(
+        RELEASE,
+        &[
+            "--set",
+            "namespace.create=true",
+            "--set-file",
+            &format!("tls.caCert={}", file("ca.crt")),
+            "--set-file",
+            &format!("tls.cert={}", file("tls.crt")),
+            "--set-file",
+            &format!("tls.key={}", file("tls.key")),
+            "--set",
+            &format!("config.registry.insecure={{{}}}", registry.host()),
+            "--set",
+            &format!("config.server.listen=127.0.0.1:{webhook_port}"),
+            "--set",
+            &format!("config.server.adminListen=127.0.0.1:{admin_port}"),
+        ],
+    );
+    let mut objects: Vec<serde_json::Value> = rendered
+        .iter()
+        .map(|o| serde_json::to_value(o).unwrap())
+        .collect();
+    for object in &mut objects {
+        if object["kind"] == "MutatingWebhookConfiguration" {
+            let client = &mut object["webhooks"][0]["clientConfig"];
+            let bundle = client["caBundle"].clone();
+            assert!(bundle.is_string(), "the chart set the caBundle");
+            *client = serde_json::json!({
+                "url": format!("https://127.0.0.1:{webhook_port}/mutate"),
+                "caBundle": bundle,
+            });
+        }
+    }
+    plane.apply(&objects);
+    plane.kubectl(
+        &[
+            "-n",
+            RELEASE,
+            "scale",
+            "deployment",
+            "archway",
+            "--replicas=0",
+        ],
+        None,
+    );
+
+    // What the pod would mount, read back from the cluster.
+    let read = |kind: &str, name: &str| -> serde_json::Value {
+        serde_json::from_str(
+            &plane.kubectl(&["-n", RELEASE, "get", kind, name, "-o", "json"], None),
+        )
+        .unwrap()
+    };
+    let config = dir.path().join("archway.yaml");
+    std::fs::write(
+        &config,
+        read("configmap", "archway-config")["data"]["archway.yaml"]
+            .as_str()
+            .unwrap(),
+    )
+    .unwrap();
+    let tls = read("secret", "archway-tls");
+    use base64::Engine;
+    for key in ["tls.crt", "tls.key"] {
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(tls["data"][key].as_str().unwrap())
+            .unwrap();
+        std::fs::write(dir.path().join(key), bytes).unwrap();
+    }
+    // The chart's ServiceAccount, with a token from the TokenRequest API:
+    // archway runs with exactly the chart's RBAC.
+    let token = plane.kubectl(
+        &["-n", RELEASE, "create", "token", "archway", "--duration=1h"],
+        None,
+    );
+    let kubeconfig = dir.path().join("archway.kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        kubeconfig_yaml(
+            &plane.server_url(),
+            &plane.ca.cert_pem,
+            ClientAuth::Token(token.trim()),
+        ),
+    )
+    .unwrap();
+    let log = std::fs::File::create(dir.path().join("archway.log")).unwrap();
+    let mut archway = Command::new(env!("CARGO_BIN_EXE_archway"));
+    archway
+        .args(["serve", "--config"])
+        .arg(&config)
+        .arg("--tls-cert")
+        .arg(dir.path().join("tls.crt"))
+        .arg("--tls-key")
+        .arg(dir.path().join("tls.key"))
+        .env("KUBECONFIG", &kubeconfig)
+        .stdout(log.try_clone().unwrap())
+        .stderr(log);
+    for (name, _) in std::env::vars() {
+        if name.starts_with("ARCHWAY_") {
+            archway.env_remove(name);
+        }
+    }
+    struct Killed(std::process::Child);
+    impl Drop for Killed {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _archway = Killed(support::process::spawn_tied(archway).unwrap());
+    let logs = || std::fs::read_to_string(dir.path().join("archway.log")).unwrap_or_default();
+    wait_for(
+        "archway /readyz",
+        std::time::Duration::from_secs(30),
+        || {
+            http_get(admin_port, "/readyz")
+                .ok()
+                .filter(|(status, _)| *status == 200)
+        },
+    );
+
+    // A pod in an opted-in namespace comes back placed, once the API
+    // server's informer has the webhook configuration.
+    plane.create_namespace(
+        "shop",
+        &[("archway.dev/mode", "enforce")],
+        &[("archway.dev/rollout", "100")],
+    );
+    let pod = serde_json::json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "web"},
+        "spec": {"containers": [{"name": "web", "image": format!("{}/multi:v1", registry.host())}]},
+    })
+    .to_string();
+    let placed = wait_for(
+        "archway to place the pod",
+        std::time::Duration::from_secs(30),
+        || {
+            let stored = plane
+                .try_kubectl(
+                    &[
+                        "-n",
+                        "shop",
+                        "create",
+                        "--dry-run=server",
+                        "-f",
+                        "-",
+                        "-o",
+                        "json",
+                    ],
+                    Some(&pod),
+                )
+                .ok()?;
+            let stored: serde_json::Value = serde_json::from_str(&stored).ok()?;
+            stored["metadata"]["annotations"]
+                .get("archway.dev/decision")
+                .is_some()
+                .then_some(stored)
+        },
+    );
+    let terms = &placed["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+        ["nodeSelectorTerms"];
+    assert_eq!(
+        terms[0]["matchExpressions"][0],
+        serde_json::json!({"key": "kubernetes.io/arch", "operator": "In", "values": ["arm64"]}),
+        "{placed:#}\narchway's log:\n{}",
+        logs()
+    );
+    // The chart's configuration's tolerations for arm64 came with it.
+    assert!(
+        placed["spec"]["tolerations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["key"] == "kubernetes.io/arch" && t["value"] == "arm64"),
+        "{placed:#}"
+    );
 }

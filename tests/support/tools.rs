@@ -88,11 +88,33 @@ pub fn documents(text: &str) -> Vec<Value> {
         .collect()
 }
 
-/// `kubectl kustomize DIR`, split into its objects.
-pub fn kustomize(dir: &Path) -> Vec<Value> {
-    let objects = documents(&run_ok("kubectl", &["kustomize", dir.to_str().unwrap()]));
-    assert!(!objects.is_empty(), "kustomize rendered nothing");
+/// The kubectl binaries to render kustomizations with: those listed in
+/// `ARCHWAY_TEST_KUBECTL` (separated by `:`, as tests/deploy.rs reads it,
+/// e.g. one with kustomize v2 and one with v5), else `kubectl` from PATH.
+pub fn kubectls() -> Vec<String> {
+    let list = std::env::var("ARCHWAY_TEST_KUBECTL").unwrap_or_else(|_| "kubectl".into());
+    let kubectls: Vec<String> = list
+        .split(':')
+        .filter(|s| !s.is_empty())
+        .map(String::from)
+        .collect();
+    assert!(
+        !kubectls.is_empty(),
+        "ARCHWAY_TEST_KUBECTL names no kubectl"
+    );
+    kubectls
+}
+
+/// `KUBECTL kustomize DIR`, split into its objects.
+pub fn kustomize_with(kubectl: &str, dir: &Path) -> Vec<Value> {
+    let objects = documents(&run_ok(kubectl, &["kustomize", dir.to_str().unwrap()]));
+    assert!(!objects.is_empty(), "{kubectl} kustomize rendered nothing");
     objects
+}
+
+/// `kubectl kustomize DIR` with the first of `kubectls()`.
+pub fn kustomize(dir: &Path) -> Vec<Value> {
+    kustomize_with(&kubectls()[0], dir)
 }
 
 pub fn kind(object: &Value) -> &str {
