@@ -7,7 +7,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use base64::Engine;
 use k8s_openapi::api::core::v1::{Pod, Toleration};
 
 use crate::cache::Inspector;
@@ -73,6 +72,29 @@ pub struct ReviewRecord {
     pub elapsed: Duration,
 }
 
+impl ReviewRecord {
+    /// One log line, with plain values: `mode=enforce`, `archs=amd64,arm64`,
+    /// `elapsed_us=105`.
+    pub fn log(&self) {
+        tracing::info!(
+            uid = %self.uid,
+            namespace = %self.namespace,
+            pod = %self.pod,
+            mode = self.mode.map_or("off", Mode::label),
+            decision = self.kind.label(),
+            outcome = self.outcome,
+            reason = %self.reason,
+            archs = %self.architectures.as_ref().map_or("-".into(), placement::join),
+            placed = self.placed.as_deref().unwrap_or("-"),
+            cache_hits = self.cache_hits,
+            cache_misses = self.cache_misses,
+            dry_run = self.dry_run,
+            elapsed_us = self.elapsed.as_micros() as u64,
+            "review"
+        );
+    }
+}
+
 /// Everything a review needs, shared by all requests.
 #[derive(Clone)]
 pub struct Reviewer {
@@ -106,6 +128,15 @@ impl ReviewSettings {
     }
 }
 
+/// The configuration for reviewing away from the API server (`review`,
+/// `audit`): no webhook timeout to meet, so each lookup gets the registry's
+/// own timeouts.
+pub fn offline(config: &Config) -> Config {
+    let mut config = config.clone();
+    config.time_budget = config.registry.request_timeout * 2;
+    config
+}
+
 /// Why a reviewer could not be built from a configuration.
 #[derive(Debug, thiserror::Error)]
 pub enum SetupError {
@@ -134,8 +165,28 @@ impl Reviewer {
     /// Answers one review body.
     pub async fn review(&self, body: &[u8]) -> Result<(ReviewOut, ReviewRecord), BadReview> {
         let started = Instant::now();
-        let deadline = tokio::time::Instant::now() + self.settings.time_budget;
         let request = wire::parse(body)?.ok_or(BadReview::NoRequest)?;
+        self.review_request(request, started).await
+    }
+
+    /// Answers the creation of `pod` in `namespace` as if the API server
+    /// had asked: what `archway review` shows.
+    pub async fn review_pod(
+        &self,
+        pod: Result<Pod, String>,
+        namespace: &str,
+        uid: &str,
+    ) -> Result<(ReviewOut, ReviewRecord), BadReview> {
+        let request = Request::create_pod(pod, namespace, uid);
+        self.review_request(request, Instant::now()).await
+    }
+
+    async fn review_request(
+        &self,
+        request: Request,
+        started: Instant,
+    ) -> Result<(ReviewOut, ReviewRecord), BadReview> {
+        let deadline = tokio::time::Instant::from_std(started) + self.settings.time_budget;
         let uid = request
             .uid
             .clone()
@@ -253,13 +304,10 @@ impl Reviewer {
             cache_hits,
             cache_misses,
         } = evaluation;
-        let mut warnings = lookup_warnings;
-        warnings.extend(
-            decision
-                .warnings
-                .iter()
-                .map(|w| warning(&format!("archway: {w}"))),
-        );
+        let mut warnings: Vec<String> = (lookup_warnings.iter())
+            .chain(&decision.warnings)
+            .map(|w| warning(&format!("archway: {w}")))
+            .collect();
         budget_warnings(&mut warnings);
         let mut response = Response {
             warnings,
@@ -309,7 +357,7 @@ impl Reviewer {
         match crate::patch::encode(pod, injection, &self.settings.tolerations, MAX_PATCH_BYTES) {
             Ok(bytes) => {
                 response.patch_type = Some("JSONPatch");
-                response.patch = Some(base64::engine::general_purpose::STANDARD.encode(bytes));
+                response.patch = Some(bytes);
                 ReviewOutcome::Patched
             }
             Err(e) => {
@@ -345,7 +393,7 @@ struct Screened {
 struct Response {
     allowed: bool,
     patch_type: Option<&'static str>,
-    patch: Option<String>,
+    patch: Option<Vec<u8>>,
     status: Option<StatusOut>,
     warnings: Vec<String>,
     audit_annotations: BTreeMap<String, String>,

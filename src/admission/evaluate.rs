@@ -8,7 +8,6 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::core::v1::Pod;
 
 use super::Reviewer;
-use super::warnings::warning;
 use crate::cache::CacheOutcome;
 use crate::placement::{self, ContainerImage, Decision, DecisionInput, ImageLookup};
 use crate::policy::NamespacePolicy;
@@ -24,14 +23,15 @@ pub struct Evaluation {
     /// One per container, in `placement::container_images` order; empty
     /// when the decision needed no lookup.
     pub lookups: Vec<(ContainerImage, ImageLookup)>,
-    /// About the pod's pull secrets, ready for the pod's author.
+    /// About the pod's pull secrets, for the pod's author.
     pub warnings: Vec<String>,
     pub cache_hits: usize,
     pub cache_misses: usize,
 }
 
 impl Evaluation {
-    fn without_lookups(decision: Decision) -> Evaluation {
+    /// A decision made without a lookup.
+    pub fn unchanged(decision: Decision) -> Evaluation {
         Evaluation {
             decision,
             lookups: Vec::new(),
@@ -54,10 +54,10 @@ impl Reviewer {
         request_uid: &str,
     ) -> Evaluation {
         if let Some(decision) = placement::screen(pod) {
-            return Evaluation::without_lookups(decision);
+            return Evaluation::unchanged(decision);
         }
         let images = placement::container_images(pod);
-        let mut evaluation = Evaluation::without_lookups(placement::not_opted_in());
+        let mut evaluation = Evaluation::unchanged(placement::not_opted_in());
         let distinct = images.iter().map(|c| c.image.as_str()).collect::<Vec<_>>();
         let distinct = {
             let mut d = distinct;
@@ -125,12 +125,9 @@ impl Reviewer {
         }
         let namespace = pod.metadata.namespace.as_deref().unwrap_or_default();
         match tokio::time::timeout_at(deadline, secrets.keyring(namespace, &names)).await {
-            Ok((keyring, warnings)) => {
-                let warnings = warnings.iter().map(|w| warning(&format!("archway: {w}")));
-                (keyring, warnings.collect())
-            }
+            Ok((keyring, warnings)) => (keyring, warnings),
             Err(_) => {
-                let timeout = "archway: pull secrets not read within the time budget";
+                let timeout = "pull secrets not read within the time budget";
                 (Keyring::default(), vec![timeout.into()])
             }
         }

@@ -86,6 +86,25 @@ impl<O> RequestIn<O> {
     }
 }
 
+impl Request {
+    /// A Pod CREATE in `namespace`, as the API server would send it.
+    pub(super) fn create_pod(pod: Result<Pod, String>, namespace: &str, uid: &str) -> Request {
+        RequestIn {
+            uid: Some(uid.to_string()),
+            kind: Some(GroupVersionKind {
+                group: String::new(),
+                kind: "Pod".into(),
+            }),
+            operation: Some("CREATE".into()),
+            namespace: Some(namespace.to_string()),
+            name: pod.as_ref().ok().and_then(|p| p.metadata.name.clone()),
+            sub_resource: None,
+            dry_run: None,
+            object: Some(pod),
+        }
+    }
+}
+
 #[derive(Deserialize)]
 pub(super) struct GroupVersionKind {
     #[serde(default)]
@@ -110,9 +129,12 @@ pub struct ResponseOut {
     pub allowed: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub patch_type: Option<&'static str>,
-    /// base64 of the JSON Patch.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub patch: Option<String>,
+    /// The JSON Patch; base64 on the wire.
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "base64_bytes"
+    )]
+    pub patch: Option<Vec<u8>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub status: Option<StatusOut>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -126,6 +148,18 @@ pub struct StatusOut {
     pub code: u16,
     pub message: String,
     pub reason: &'static str,
+}
+
+/// Writes the bytes as base64 straight into the output, without a string
+/// in between.
+fn base64_bytes<S: serde::Serializer>(bytes: &Option<Vec<u8>>, out: S) -> Result<S::Ok, S::Error> {
+    match bytes {
+        Some(bytes) => out.collect_str(&base64::display::Base64Display::new(
+            bytes,
+            &base64::engine::general_purpose::STANDARD,
+        )),
+        None => out.serialize_none(),
+    }
 }
 
 /// A body that is not an AdmissionReview: answered with HTTP 400.
