@@ -49,8 +49,49 @@ use support::{Format, ImageSpec, Registry, RegistryOptions, build_layout};
 
 /// The allocator of the `archway` binary (src/main.rs), so the figures are
 /// the server's.
+/// The binary's allocator, counted: the review bench prints allocations
+/// per review on the cached path.
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: Counting = Counting;
+
+static ALLOCATIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+static ALLOCATED_BYTES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+struct Counting;
+
+// SAFETY: every call is forwarded unchanged to mimalloc; the counters are
+// plain atomics that do not allocate.
+unsafe impl std::alloc::GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+        use std::sync::atomic::Ordering::Relaxed;
+        ALLOCATIONS.fetch_add(1, Relaxed);
+        ALLOCATED_BYTES.fetch_add(layout.size() as u64, Relaxed);
+        unsafe { mimalloc::MiMalloc.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+        unsafe { mimalloc::MiMalloc.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, size: usize) -> *mut u8 {
+        use std::sync::atomic::Ordering::Relaxed;
+        ALLOCATIONS.fetch_add(1, Relaxed);
+        ALLOCATED_BYTES.fetch_add(size as u64, Relaxed);
+        unsafe { mimalloc::MiMalloc.realloc(ptr, layout, size) }
+    }
+}
+
+/// Allocations and bytes per call of `f`, over `rounds` calls.
+fn allocations_per_call(rounds: u64, mut f: impl FnMut()) -> (f64, f64) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let (count, bytes) = (ALLOCATIONS.load(Relaxed), ALLOCATED_BYTES.load(Relaxed));
+    for _ in 0..rounds {
+        f();
+    }
+    let per = |now: u64, before: u64| (now - before) as f64 / rounds as f64;
+    (
+        per(ALLOCATIONS.load(Relaxed), count),
+        per(ALLOCATED_BYTES.load(Relaxed), bytes),
+    )
+}
 
 const SHAPES: [pods::Shape; 4] = [pods::SMALL, pods::TYPICAL, pods::LARGE, pods::VERY_LARGE];
 
@@ -177,6 +218,18 @@ fn review(c: &mut Criterion) {
                 assert_eq!(record.cache_misses, 0);
             }
         }
+        // Review and response bytes, as the server does it.
+        let (allocations, bytes) = allocations_per_call(200, || {
+            let (out, _) = filled
+                .runtime
+                .block_on(filled.reviewer.review(&body))
+                .unwrap();
+            black_box(serde_json::to_vec(&out).unwrap());
+        });
+        println!(
+            "review/{}: {allocations:.0} allocations, {bytes:.0} bytes allocated per cached review",
+            shape.name
+        );
         group.throughput(Throughput::Bytes(body.len() as u64));
         group.bench_function(shape.name, |b| {
             b.iter(|| {

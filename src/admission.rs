@@ -1,174 +1,48 @@
-//! Review in, response out: parse the AdmissionReview, look up what the
-//! decision needs (namespace policy, image platforms) within the time
-//! budget, decide, and answer with a patch, a warning or a denial.
-//!
-//! The review is parsed with archway's own small types rather than
-//! kube-core's: the pod is read once, straight from the request bytes, and
-//! only when the request is a Pod CREATE; and the response's patch must be
-//! base64 as the Kubernetes API documents, where kube-core writes an array
-//! of numbers.
+//! Review in, response out: read the AdmissionReview (`wire`), screen out
+//! what archway leaves alone, evaluate the pod (`evaluate`: lookups within
+//! the time budget, then the decision), and respond with a patch, a
+//! warning or a denial.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use base64::Engine;
 use k8s_openapi::api::core::v1::{Pod, Toleration};
-use serde::{Deserialize, Serialize};
-use serde_json::value::RawValue;
 
-use crate::cache::{CacheOutcome, Inspector};
+use crate::cache::Inspector;
 use crate::config::Config;
 use crate::image::truncate_for_message;
-use crate::placement::{
-    self, ContainerImage, Decision, DecisionInput, DecisionKind, DecisionSettings, ImageLookup,
-    Outcome,
-};
-use crate::policy::{Mode, PolicySource};
-use crate::registry::{InspectError, Keyring};
+use crate::placement::{self, Decision, DecisionKind, DecisionSettings, Injection, Outcome};
+use crate::policy::{Mode, NamespacePolicy, PolicySource};
+pub use evaluate::{Evaluation, MAX_IMAGES_PER_POD};
+use warnings::{budget_warnings, warning};
+use wire::Request;
+pub use wire::{API_VERSION, BadReview, ResponseOut, ReviewOut, StatusOut};
 
-pub const API_VERSION: &str = "admission.k8s.io/v1";
+/// The largest patch archway sends, before base64 (which the response
+/// carries, a third larger): a pod whose patch would be bigger is admitted
+/// unchanged with a warning, so no pod makes archway answer megabytes.
+pub const MAX_PATCH_BYTES: usize = 768 * 1024;
 
-/// More distinct images than any real pod has; each costs a lookup.
-pub const MAX_IMAGES_PER_POD: usize = 64;
-
-/// The API server relays at most about 4 KiB of warnings per response
-/// (beyond that it cuts each to 256 characters): archway stays under both.
-const MAX_WARNING_CHARS: usize = 512;
-const MAX_WARNINGS_TOTAL_CHARS: usize = 4000;
-
-/// The AdmissionReview as the API server sends it; only what archway reads.
-/// `O` is how the object is read: straight into the pod view on the fast
-/// path, kept raw (`&RawValue`) on the careful one.
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct ReviewIn<O> {
-    api_version: Option<String>,
-    kind: Option<String>,
-    request: Option<MapOnly<RequestIn<O>>>,
+/// How a review was answered, for metrics and logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReviewOutcome {
+    /// Admitted as it came.
+    Allowed,
+    /// Admitted with archway's patch.
+    Patched,
+    /// In an audit namespace: admitted unchanged, with what archway would do.
+    Audited,
+    Denied,
 }
 
-/// A struct read only from a JSON object. serde's derive also accepts an
-/// array of the fields in order, which no API server sends: such a body is
-/// not an AdmissionReview.
-struct MapOnly<T>(T);
-
-impl<'de, T: Deserialize<'de>> Deserialize<'de> for MapOnly<T> {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct Visitor<T>(std::marker::PhantomData<T>);
-        impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for Visitor<T> {
-            type Value = T;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("a JSON object")
-            }
-            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
-                T::deserialize(serde::de::value::MapAccessDeserializer::new(map))
-            }
-        }
-        deserializer
-            .deserialize_map(Visitor(std::marker::PhantomData))
-            .map(MapOnly)
-    }
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct RequestIn<O> {
-    uid: Option<String>,
-    kind: Option<GroupVersionKind>,
-    operation: Option<String>,
-    namespace: Option<String>,
-    name: Option<String>,
-    sub_resource: Option<String>,
-    #[serde(default)]
-    dry_run: Option<bool>,
-    object: Option<O>,
-}
-
-/// The request, its pod read (or why it could not be).
-type Request = RequestIn<Result<Pod, String>>;
-
-impl<O> RequestIn<O> {
-    /// The request, its object read by `read`.
-    fn into_request(self, read: impl FnOnce(O) -> Result<Pod, String>) -> Request {
-        RequestIn {
-            uid: self.uid,
-            kind: self.kind,
-            operation: self.operation,
-            namespace: self.namespace,
-            name: self.name,
-            sub_resource: self.sub_resource,
-            dry_run: self.dry_run,
-            object: self.object.map(read),
-        }
-    }
-}
-
-#[derive(Deserialize)]
-struct GroupVersionKind {
-    #[serde(default)]
-    group: String,
-    #[serde(default)]
-    kind: String,
-}
-
-/// The response review, serialised exactly as the API server reads it.
-#[derive(Serialize, Debug, Clone, PartialEq)]
-#[serde(rename_all = "camelCase")]
-pub struct ReviewOut {
-    pub api_version: &'static str,
-    pub kind: &'static str,
-    pub response: ResponseOut,
-}
-
-#[derive(Serialize, Debug, Clone, PartialEq)]
-#[serde(rename_all = "camelCase")]
-pub struct ResponseOut {
-    pub uid: String,
-    pub allowed: bool,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub patch_type: Option<&'static str>,
-    /// base64 of the JSON Patch.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub patch: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub status: Option<StatusOut>,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub warnings: Vec<String>,
-    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
-    pub audit_annotations: BTreeMap<String, String>,
-}
-
-#[derive(Serialize, Debug, Clone, PartialEq)]
-pub struct StatusOut {
-    pub code: u16,
-    pub message: String,
-    pub reason: &'static str,
-}
-
-/// A body that is not an AdmissionReview: answered with HTTP 400.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum BadReview {
-    #[error("body is not JSON: {0}")]
-    NotJson(String),
-    #[error("not an AdmissionReview: {0}")]
-    NotReview(String),
-    #[error("unsupported apiVersion {0:?}: archway answers {API_VERSION} only")]
-    ApiVersion(String),
-    #[error("AdmissionReview has no request")]
-    NoRequest,
-    #[error("AdmissionReview request has no uid")]
-    NoUid,
-}
-
-impl BadReview {
-    pub fn metric_label(&self) -> &'static str {
+impl ReviewOutcome {
+    pub fn label(self) -> &'static str {
         match self {
-            BadReview::NotJson(_) => "not_json",
-            BadReview::NotReview(_) => "not_review",
-            BadReview::ApiVersion(_) => "api_version",
-            BadReview::NoRequest => "no_request",
-            BadReview::NoUid => "no_uid",
+            ReviewOutcome::Allowed => "allowed",
+            ReviewOutcome::Patched => "patched",
+            ReviewOutcome::Audited => "audited",
+            ReviewOutcome::Denied => "denied",
         }
     }
 }
@@ -181,6 +55,7 @@ pub struct ReviewRecord {
     pub pod: String,
     pub mode: Option<Mode>,
     pub kind: DecisionKind,
+    /// `ReviewOutcome::label`, as metrics and logs take it.
     pub outcome: &'static str,
     pub reason: String,
     pub architectures: Option<BTreeSet<String>>,
@@ -195,6 +70,29 @@ pub struct ReviewRecord {
     /// effects beyond its cache), but worth telling apart in logs.
     pub dry_run: bool,
     pub elapsed: Duration,
+}
+
+impl ReviewRecord {
+    /// One log line, with plain values: `mode=enforce`, `archs=amd64,arm64`,
+    /// `elapsed_us=105`.
+    pub fn log(&self) {
+        tracing::info!(
+            uid = %self.uid,
+            namespace = %self.namespace,
+            pod = %self.pod,
+            mode = self.mode.map_or("off", Mode::label),
+            decision = self.kind.label(),
+            outcome = self.outcome,
+            reason = %self.reason,
+            archs = %self.architectures.as_ref().map_or("-".into(), placement::join),
+            placed = self.placed.as_deref().unwrap_or("-"),
+            cache_hits = self.cache_hits,
+            cache_misses = self.cache_misses,
+            dry_run = self.dry_run,
+            elapsed_us = self.elapsed.as_micros() as u64,
+            "review"
+        );
+    }
 }
 
 /// Everything a review needs, shared by all requests.
@@ -230,6 +128,15 @@ impl ReviewSettings {
     }
 }
 
+/// The configuration for reviewing away from the API server (`review`,
+/// `audit`): no webhook timeout to meet, so each lookup gets the registry's
+/// own timeouts.
+pub fn offline(config: &Config) -> Config {
+    let mut config = config.clone();
+    config.time_budget = config.registry.request_timeout * 2;
+    config
+}
+
 /// Why a reviewer could not be built from a configuration.
 #[derive(Debug, thiserror::Error)]
 pub enum SetupError {
@@ -258,44 +165,55 @@ impl Reviewer {
     /// Answers one review body.
     pub async fn review(&self, body: &[u8]) -> Result<(ReviewOut, ReviewRecord), BadReview> {
         let started = Instant::now();
-        let deadline = tokio::time::Instant::now() + self.settings.time_budget;
-        let mut request = parse(body)?.ok_or(BadReview::NoRequest)?;
+        let request = wire::parse(body)?.ok_or(BadReview::NoRequest)?;
+        self.review_request(request, started).await
+    }
+
+    /// Answers the creation of `pod` in `namespace` as if the API server
+    /// had asked: what `archway review` shows.
+    pub async fn review_pod(
+        &self,
+        pod: Result<Pod, String>,
+        namespace: &str,
+        uid: &str,
+    ) -> Result<(ReviewOut, ReviewRecord), BadReview> {
+        let request = Request::create_pod(pod, namespace, uid);
+        self.review_request(request, Instant::now()).await
+    }
+
+    async fn review_request(
+        &self,
+        request: Request,
+        started: Instant,
+    ) -> Result<(ReviewOut, ReviewRecord), BadReview> {
+        let deadline = tokio::time::Instant::from_std(started) + self.settings.time_budget;
         let uid = request
             .uid
             .clone()
             .filter(|u| !u.is_empty())
             .ok_or(BadReview::NoUid)?;
         let namespace = request.namespace.clone().unwrap_or_default();
-        let mut record = ReviewRecord {
+        let name = request.name.clone().unwrap_or_default();
+        let dry_run = request.dry_run.unwrap_or(false);
+        let answer = self.answer(request, &uid, &namespace, deadline).await;
+        let record = ReviewRecord {
             uid: uid.clone(),
-            namespace: namespace.clone(),
-            pod: request.name.clone().unwrap_or_default(),
-            mode: None,
-            kind: DecisionKind::NotOptedIn,
-            outcome: "allowed",
-            reason: String::new(),
-            architectures: None,
-            placed: None,
-            without_nodes: BTreeSet::new(),
-            warnings: 0,
-            cache_hits: 0,
-            cache_misses: 0,
-            dry_run: request.dry_run.unwrap_or(false),
-            elapsed: Duration::ZERO,
+            namespace,
+            pod: answer.pod.unwrap_or(name),
+            mode: answer.mode,
+            kind: answer.kind,
+            outcome: answer.outcome.label(),
+            reason: answer.reason,
+            architectures: answer.architectures,
+            placed: answer.placed,
+            without_nodes: answer.without_nodes,
+            warnings: answer.response.warnings.len(),
+            cache_hits: answer.cache_hits,
+            cache_misses: answer.cache_misses,
+            dry_run,
+            elapsed: started.elapsed(),
         };
-        let mut response = ResponseOut {
-            uid,
-            allowed: true,
-            patch_type: None,
-            patch: None,
-            status: None,
-            warnings: Vec::new(),
-            audit_annotations: BTreeMap::new(),
-        };
-        self.answer(&mut request, &mut response, &mut record, deadline)
-            .await;
-        record.elapsed = started.elapsed();
-        record.warnings = response.warnings.len();
+        let response = answer.response.into_wire(uid);
         let out = ReviewOut {
             api_version: API_VERSION,
             kind: "AdmissionReview",
@@ -304,13 +222,30 @@ impl Reviewer {
         Ok((out, record))
     }
 
+    /// Screen, evaluate, respond.
     async fn answer(
         &self,
-        request: &mut Request,
-        response: &mut ResponseOut,
-        record: &mut ReviewRecord,
+        request: Request,
+        uid: &str,
+        namespace: &str,
         deadline: tokio::time::Instant,
-    ) {
+    ) -> Answer {
+        let screened = match self.screen(request, namespace) {
+            Screen::Pod(screened) => screened,
+            Screen::Answered(answer) => return answer,
+        };
+        let evaluation = self
+            .evaluate(&screened.pod, &screened.policy, deadline, uid)
+            .await;
+        Answer {
+            pod: screened.name,
+            ..self.respond(&screened.pod, screened.policy.mode, evaluation)
+        }
+    }
+
+    /// The pod to evaluate, or the answer for a request archway leaves
+    /// alone without looking anything up.
+    fn screen(&self, request: Request, namespace: &str) -> Screen {
         let is_pod = request
             .kind
             .as_ref()
@@ -319,354 +254,286 @@ impl Reviewer {
             || request.operation.as_deref() != Some("CREATE")
             || request.sub_resource.is_some()
         {
-            record.kind = DecisionKind::Skipped;
-            record.reason = "not a pod CREATE".into();
-            return;
+            return Screen::Answered(Answer::skip(DecisionKind::Skipped, "not a pod CREATE"));
         }
         if self
             .settings
             .excluded_namespaces
-            .contains(&record.namespace)
+            .iter()
+            .any(|n| n == namespace)
         {
-            record.kind = DecisionKind::NotOptedIn;
-            record.reason = "namespace excluded by configuration".into();
-            return;
+            let reason = "namespace excluded by configuration";
+            return Screen::Answered(Answer::skip(DecisionKind::NotOptedIn, reason));
         }
-        let policy = self.policies.policy(&record.namespace);
-        record.mode = policy.as_ref().map(|p| p.mode);
-        let Some(object) = request.object.take() else {
-            record.kind = DecisionKind::Skipped;
-            record.reason = "review has no object".into();
-            if policy.is_some() {
-                response
-                    .warnings
-                    .push("archway: the review carries no pod; admitted unchanged".into());
-            }
-            return;
-        };
-        let mut pod: Pod = match object {
+        let policy = self.policies.policy(namespace);
+        let mode = policy.as_ref().map(|p| p.mode);
+        let mut pod = match read_pod(request.object) {
             Ok(pod) => pod,
-            Err(e) => {
-                record.kind = DecisionKind::Skipped;
-                record.reason = format!("object is not a Pod: {e}");
-                if policy.is_some() {
-                    response.warnings.push(warning(&format!(
-                        "archway could not read the pod ({e}); admitted unchanged"
-                    )));
-                }
-                return;
+            Err((reason, warning)) => {
+                let mut answer = Answer::skip(DecisionKind::Skipped, reason);
+                answer.mode = mode;
+                // Only a namespace that asked for archway hears about it.
+                answer.response.warnings.extend(mode.map(|_| warning));
+                return Screen::Answered(answer);
             }
         };
-        if let Some(name) = pod.metadata.name.as_ref().filter(|n| !n.is_empty()) {
-            record.pod = name.clone();
-        } else if let Some(generate) = &pod.metadata.generate_name {
-            record.pod = format!("{generate}*");
-        }
         // The namespace of the request is authoritative; the object's may
         // be empty at CREATE.
-        pod.metadata.namespace = Some(record.namespace.clone());
-
-        if let Some(decision) = placement::prescreen(&pod, policy.as_ref()) {
-            record.kind = decision.kind;
-            record.reason = decision.reason;
-            return;
-        }
-        let policy = policy.expect("prescreen passes only opted-in namespaces");
-
-        let images = placement::container_images(&pod);
-        let distinct: BTreeSet<&str> = images.iter().map(|c| c.image.as_str()).collect();
-        let decision = if distinct.len() > MAX_IMAGES_PER_POD {
-            let reason = format!(
-                "the pod has {} distinct images, more than archway inspects ({MAX_IMAGES_PER_POD})",
-                distinct.len()
-            );
-            let failed: Vec<(ContainerImage, ImageLookup)> = images
-                .into_iter()
-                .map(|c| (c, ImageLookup::Failed(reason.clone())))
-                .collect();
-            self.decide(&pod, &policy, &failed, request)
-        } else {
-            let keyring = self
-                .pull_secret_keyring(&pod, &record.namespace, deadline, response)
-                .await;
-            let (lookups, hits, misses) = self.look_up(&images, &keyring, deadline).await;
-            record.cache_hits = hits;
-            record.cache_misses = misses;
-            self.decide(&pod, &policy, &lookups, request)
+        pod.metadata.namespace = Some(namespace.to_string());
+        let name = display_name(&pod);
+        let decision = match policy {
+            None => placement::not_opted_in(),
+            Some(policy) => match placement::screen(&pod) {
+                None => return Screen::Pod(Screened { pod, policy, name }),
+                Some(decision) => decision,
+            },
         };
-        record.kind = decision.kind;
-        record.reason = decision.reason.clone();
-        record.architectures = decision.supported.clone();
-        record.without_nodes = decision.without_nodes.clone();
-        if let Outcome::Inject(injection) = &decision.outcome {
-            record.placed = Some(placement::join(&injection.required));
-        }
-        self.respond(&pod, policy.mode, decision, response, record);
-    }
-
-    fn decide(
-        &self,
-        pod: &Pod,
-        policy: &crate::policy::NamespacePolicy,
-        lookups: &[(ContainerImage, ImageLookup)],
-        request: &Request,
-    ) -> Decision {
-        let nodes = self.policies.node_architectures();
-        placement::decide(&DecisionInput {
-            pod,
-            policy,
-            lookups,
-            settings: &self.settings.decision,
-            request_uid: request.uid.as_deref().unwrap_or_default(),
-            node_architectures: nodes.as_deref(),
+        Screen::Answered(Answer {
+            mode,
+            pod: name,
+            ..Answer::skip(decision.kind, decision.reason)
         })
     }
 
-    /// The credentials of the pull secrets the pod names (the ServiceAccount
-    /// admission plugin has already copied the ServiceAccount's into it).
-    async fn pull_secret_keyring(
-        &self,
-        pod: &Pod,
-        namespace: &str,
-        deadline: tokio::time::Instant,
-        response: &mut ResponseOut,
-    ) -> Keyring {
-        let (Some(secrets), Some(spec)) = (&self.pull_secrets, &pod.spec) else {
-            return Keyring::default();
+    /// The response that carries `evaluation` out in the namespace's mode.
+    fn respond(&self, pod: &Pod, mode: Mode, evaluation: Evaluation) -> Answer {
+        let Evaluation {
+            decision,
+            lookups: _,
+            warnings: lookup_warnings,
+            cache_hits,
+            cache_misses,
+        } = evaluation;
+        let mut warnings: Vec<String> = (lookup_warnings.iter())
+            .chain(&decision.warnings)
+            .map(|w| warning(&format!("archway: {w}")))
+            .collect();
+        budget_warnings(&mut warnings);
+        let mut response = Response {
+            warnings,
+            ..Response::default()
         };
-        let names: Vec<String> = spec
-            .image_pull_secrets
-            .iter()
-            .flatten()
-            .map(|r| r.name.clone())
-            .filter(|n| !n.is_empty())
-            .collect();
-        if names.is_empty() {
-            return Keyring::default();
-        }
-        match tokio::time::timeout_at(deadline, secrets.keyring(namespace, &names)).await {
-            Ok((keyring, warnings)) => {
-                response
-                    .warnings
-                    .extend(warnings.iter().map(|w| warning(&format!("archway: {w}"))));
-                keyring
-            }
-            Err(_) => {
-                response
-                    .warnings
-                    .push("archway: pull secrets not read within the time budget".into());
-                Keyring::default()
-            }
-        }
-    }
-
-    /// Every distinct image looked up at once, each bounded by the review's
-    /// deadline; a lookup still running then goes on filling the cache.
-    async fn look_up(
-        &self,
-        images: &[ContainerImage],
-        keyring: &Keyring,
-        deadline: tokio::time::Instant,
-    ) -> (Vec<(ContainerImage, ImageLookup)>, usize, usize) {
-        let distinct: BTreeSet<&str> = images.iter().map(|c| c.image.as_str()).collect();
-        let lookups = distinct.into_iter().map(|image| async move {
-            let result = match self.inspector.parse_reference(image) {
-                Err(e) => (Err(InspectError::InvalidReference(e.reason)), None),
-                Ok(reference) => {
-                    // The pod's own credential for the image, else anonymous
-                    // (the registry client then tries the cluster's own).
-                    let credential = keyring.lookup(&reference);
-                    let lookup = self.inspector.inspect_detached(&reference, &credential);
-                    match tokio::time::timeout_at(deadline, lookup).await {
-                        Ok((result, outcome)) => (result, Some(outcome)),
-                        Err(_) => (Err(InspectError::Deadline), Some(CacheOutcome::Miss)),
-                    }
-                }
-            };
-            (image, result)
-        });
-        let results: BTreeMap<&str, _> = futures::future::join_all(lookups)
-            .await
-            .into_iter()
-            .collect();
-        let hits = results
-            .values()
-            .filter(|(_, o)| *o == Some(CacheOutcome::Hit))
-            .count();
-        let misses = results
-            .values()
-            .filter(|(_, o)| *o == Some(CacheOutcome::Miss))
-            .count();
-        let lookups = images
-            .iter()
-            .map(|c| {
-                let lookup = match &results[c.image.as_str()].0 {
-                    Ok(found) => ImageLookup::Found(found.platforms.clone()),
-                    Err(error) => ImageLookup::Failed(error.to_string()),
-                };
-                (c.clone(), lookup)
-            })
-            .collect();
-        (lookups, hits, misses)
-    }
-
-    fn respond(
-        &self,
-        pod: &Pod,
-        mode: Mode,
-        decision: Decision,
-        response: &mut ResponseOut,
-        record: &mut ReviewRecord,
-    ) {
-        response.warnings.extend(
-            decision
-                .warnings
-                .iter()
-                .map(|w| warning(&format!("archway: {w}"))),
-        );
-        budget_warnings(&mut response.warnings);
-        let annotate = |response: &mut ResponseOut, would: bool| {
-            let prefix = if would { "would " } else { "" };
-            response
-                .audit_annotations
-                .insert("decision".into(), format!("{prefix}{}", decision.reason));
-            response
-                .audit_annotations
-                .insert("kind".into(), decision.kind.label().into());
-            if let Some(archs) = &decision.supported {
-                response
-                    .audit_annotations
-                    .insert("archs".into(), placement::join(archs));
-            }
-        };
-        match (&decision.outcome, mode) {
+        let (outcome, would) = match (&decision.outcome, mode) {
             (Outcome::Inject(injection), Mode::Enforce) => {
-                let patch = crate::patch::build(pod, injection, &self.settings.tolerations);
-                match serde_json::to_vec(&patch) {
-                    Ok(bytes) => {
-                        response.patch_type = Some("JSONPatch");
-                        response.patch =
-                            Some(base64::engine::general_purpose::STANDARD.encode(bytes));
-                        record.outcome = "patched";
-                    }
-                    Err(e) => response
-                        .warnings
-                        .push(warning(&format!("archway could not encode its patch: {e}"))),
-                }
-                annotate(response, false);
+                let outcome = self.patch(pod, injection, &mut response);
+                (outcome, false)
             }
             (Outcome::Inject(injection), Mode::Audit) => {
-                response.warnings.push(warning(&format!(
-                    "archway audit: would require kubernetes.io/arch in {}{} ({})",
-                    placement::join(&injection.required),
-                    injection
-                        .preferred
-                        .as_ref()
-                        .map(|p| format!(", preferring {}", placement::join(p)))
-                        .unwrap_or_default(),
-                    decision.reason
-                )));
-                record.outcome = "audited";
-                annotate(response, true);
+                response
+                    .warnings
+                    .push(audit_warning(injection, &decision.reason));
+                (ReviewOutcome::Audited, true)
             }
             (Outcome::Deny, _) => {
                 response.allowed = false;
-                response.status = Some(StatusOut {
-                    code: 403,
-                    reason: "Forbidden",
-                    message: truncate_for_message(&format!(
-                        "archway: {}: {}",
-                        decision.reason,
-                        decision.warnings.join("; ")
-                    )),
-                });
-                record.outcome = "denied";
-                annotate(response, false);
+                response.status = Some(denial(&decision));
+                (ReviewOutcome::Denied, false)
             }
-            (Outcome::Unchanged, _) => {
-                if mode == Mode::Audit {
-                    record.outcome = "audited";
-                }
-                annotate(response, mode == Mode::Audit);
+            (Outcome::Unchanged, Mode::Audit) => (ReviewOutcome::Audited, false),
+            (Outcome::Unchanged, Mode::Enforce) => (ReviewOutcome::Allowed, false),
+        };
+        response.audit_annotations = audit_annotations(&decision, would);
+        Answer {
+            outcome,
+            mode: Some(mode),
+            kind: decision.kind,
+            placed: match &decision.outcome {
+                Outcome::Inject(injection) => Some(placement::join(&injection.required)),
+                _ => None,
+            },
+            reason: decision.reason,
+            architectures: decision.supported,
+            without_nodes: decision.without_nodes,
+            cache_hits,
+            cache_misses,
+            pod: None,
+            response,
+        }
+    }
+
+    /// Puts the patch for `injection` in `response`, unless it would be
+    /// larger than `MAX_PATCH_BYTES`: then the pod is admitted unchanged.
+    fn patch(&self, pod: &Pod, injection: &Injection, response: &mut Response) -> ReviewOutcome {
+        match crate::patch::encode(pod, injection, &self.settings.tolerations, MAX_PATCH_BYTES) {
+            Ok(bytes) => {
+                response.patch_type = Some("JSONPatch");
+                response.patch = Some(bytes);
+                ReviewOutcome::Patched
+            }
+            Err(e) => {
+                response
+                    .warnings
+                    .push(warning(&format!("archway: {e}; admitted unchanged")));
+                ReviewOutcome::Allowed
             }
         }
     }
 }
 
-fn parse(body: &[u8]) -> Result<Option<Request>, BadReview> {
-    let text =
-        std::str::from_utf8(body).map_err(|e| BadReview::NotJson(format!("invalid UTF-8: {e}")))?;
-    // One pass over the body, the pod included: what nearly every review takes.
-    if let Ok(MapOnly(review)) = serde_json::from_str::<MapOnly<ReviewIn<pod::PodView>>>(text) {
-        check_envelope(review.api_version.as_deref(), review.kind.as_deref())?;
-        return Ok(review
-            .request
-            .map(|MapOnly(r)| r.into_request(|pod| Ok(pod.into_pod()))));
-    }
-    // Something is off: read the envelope alone, then the pod, for the
-    // exact answer (a bad envelope is a 400; an unreadable pod a warning).
-    // serde quotes the offending value, which may be megabytes: cut it.
-    let review = serde_json::from_str::<MapOnly<ReviewIn<&RawValue>>>(text)
-        .map(|review| review.0)
-        .map_err(|e| {
-            let message = truncate_for_message(&e.to_string());
-            if e.classify() == serde_json::error::Category::Data {
-                BadReview::NotReview(message)
-            } else {
-                BadReview::NotJson(message)
-            }
-        })?;
-    check_envelope(review.api_version.as_deref(), review.kind.as_deref())?;
-    Ok(review.request.map(|MapOnly(r)| {
-        r.into_request(|raw| {
-            serde_json::from_str::<pod::PodView>(raw.get())
-                .map(pod::PodView::into_pod)
-                .map_err(|e| e.to_string())
-        })
-    }))
+// Made once per review and matched at once: boxing the pod would cost an
+// allocation for nothing.
+#[allow(clippy::large_enum_variant)]
+enum Screen {
+    /// A pod to evaluate.
+    Pod(Screened),
+    /// Left alone without a lookup.
+    Answered(Answer),
 }
 
-fn check_envelope(api_version: Option<&str>, kind: Option<&str>) -> Result<(), BadReview> {
-    if kind != Some("AdmissionReview") {
-        return Err(BadReview::NotReview(format!(
-            "kind is {:?}, not AdmissionReview",
-            kind.map(truncate_for_message).unwrap_or_default()
-        )));
+/// A pod that passed the screen, with the policy of its namespace.
+struct Screened {
+    pod: Pod,
+    policy: NamespacePolicy,
+    /// The pod's name as logs show it, when it has one.
+    name: Option<String>,
+}
+
+/// The response's fields that the review decides (the uid is the request's).
+#[derive(Debug, Clone)]
+struct Response {
+    allowed: bool,
+    patch_type: Option<&'static str>,
+    patch: Option<Vec<u8>>,
+    status: Option<StatusOut>,
+    warnings: Vec<String>,
+    audit_annotations: BTreeMap<String, String>,
+}
+
+impl Default for Response {
+    fn default() -> Self {
+        Response {
+            allowed: true,
+            patch_type: None,
+            patch: None,
+            status: None,
+            warnings: Vec::new(),
+            audit_annotations: BTreeMap::new(),
+        }
     }
-    match api_version {
-        Some(API_VERSION) => Ok(()),
-        other => Err(BadReview::ApiVersion(
-            other.map(truncate_for_message).unwrap_or_default(),
+}
+
+impl Response {
+    fn into_wire(self, uid: String) -> ResponseOut {
+        ResponseOut {
+            uid,
+            allowed: self.allowed,
+            patch_type: self.patch_type,
+            patch: self.patch,
+            status: self.status,
+            warnings: self.warnings,
+            audit_annotations: self.audit_annotations,
+        }
+    }
+}
+
+/// How one review is answered, before it goes on the wire.
+#[derive(Debug, Clone)]
+struct Answer {
+    response: Response,
+    outcome: ReviewOutcome,
+    mode: Option<Mode>,
+    kind: DecisionKind,
+    reason: String,
+    /// The pod's name as logs show it, once the object was read.
+    pod: Option<String>,
+    architectures: Option<BTreeSet<String>>,
+    placed: Option<String>,
+    without_nodes: BTreeSet<String>,
+    cache_hits: usize,
+    cache_misses: usize,
+}
+
+impl Answer {
+    /// Admitted unchanged before any lookup.
+    fn skip(kind: DecisionKind, reason: impl Into<String>) -> Answer {
+        Answer {
+            response: Response::default(),
+            outcome: ReviewOutcome::Allowed,
+            mode: None,
+            kind,
+            reason: reason.into(),
+            pod: None,
+            architectures: None,
+            placed: None,
+            without_nodes: BTreeSet::new(),
+            cache_hits: 0,
+            cache_misses: 0,
+        }
+    }
+}
+
+/// The pod the review carries, or why it cannot be read (for the record,
+/// and for the pod's author).
+fn read_pod(object: Option<Result<Pod, String>>) -> Result<Pod, (String, String)> {
+    match object {
+        None => Err((
+            "review has no object".into(),
+            "archway: the review carries no pod; admitted unchanged".into(),
+        )),
+        Some(Err(e)) => Err((
+            format!("object is not a Pod: {e}"),
+            warning(&format!(
+                "archway could not read the pod ({e}); admitted unchanged"
+            )),
+        )),
+        Some(Ok(pod)) => Ok(pod),
+    }
+}
+
+/// `web-7d4b9c-x2x`, or `web-7d4b9c-*` for a pod named after admission.
+fn display_name(pod: &Pod) -> Option<String> {
+    match (&pod.metadata.name, &pod.metadata.generate_name) {
+        (Some(name), _) if !name.is_empty() => Some(name.clone()),
+        (_, Some(generate)) => Some(format!("{generate}*")),
+        _ => None,
+    }
+}
+
+/// In an audit namespace: what archway would have required.
+fn audit_warning(injection: &Injection, reason: &str) -> String {
+    let preferring = injection
+        .preferred
+        .as_ref()
+        .map(|p| format!(", preferring {}", placement::join(p)))
+        .unwrap_or_default();
+    warning(&format!(
+        "archway audit: would require kubernetes.io/arch in {}{preferring} ({reason})",
+        placement::join(&injection.required),
+    ))
+}
+
+fn denial(decision: &Decision) -> StatusOut {
+    StatusOut {
+        code: 403,
+        reason: "Forbidden",
+        message: truncate_for_message(&format!(
+            "archway: {}: {}",
+            decision.reason,
+            decision.warnings.join("; ")
         )),
     }
 }
 
-/// Keeps the warnings within what the API server relays: a pod of
-/// thousands of failing containers gets the first few and a count.
-fn budget_warnings(warnings: &mut Vec<String>) {
-    let mut total = 0;
-    let keep = warnings
-        .iter()
-        .position(|w| {
-            total += w.chars().count();
-            total > MAX_WARNINGS_TOTAL_CHARS - 64
-        })
-        .unwrap_or(warnings.len());
-    if keep < warnings.len() {
-        let dropped = warnings.len() - keep;
-        warnings.truncate(keep);
-        warnings.push(format!("archway: and {dropped} more warnings"));
+/// The API server's audit log entry: the decision, prefixed `would` for
+/// what an audit namespace would have had injected.
+fn audit_annotations(decision: &Decision, would: bool) -> BTreeMap<String, String> {
+    let prefix = if would { "would " } else { "" };
+    let mut annotations = BTreeMap::from([
+        (
+            "decision".to_string(),
+            format!("{prefix}{}", decision.reason),
+        ),
+        ("kind".to_string(), decision.kind.label().to_string()),
+    ]);
+    if let Some(archs) = &decision.supported {
+        annotations.insert("archs".into(), placement::join(archs));
     }
+    annotations
 }
 
-fn warning(text: &str) -> String {
-    if text.chars().count() <= MAX_WARNING_CHARS {
-        return text.to_string();
-    }
-    let cut: String = text.chars().take(MAX_WARNING_CHARS - 1).collect();
-    format!("{cut}…")
-}
-
+mod evaluate;
 pub mod pod;
 #[cfg(test)]
 mod tests;
+mod warnings;
+mod wire;

@@ -4,6 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{IsTerminal, Write};
+use std::sync::Arc;
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
@@ -13,22 +14,12 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, ListParams};
 use serde::Serialize;
 
-use crate::cache::Inspector;
+use crate::admission::{Evaluation, Reviewer};
 use crate::cluster::PullSecrets;
 use crate::config::Config;
-use crate::image::ImageRef;
-use crate::placement::{
-    self, ContainerImage, DecisionInput, DecisionSettings, ImageLookup, Outcome,
-};
-use crate::policy::{Mode, NamespacePolicy};
-use crate::registry::{InspectError, Keyring, RegistryClient};
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum AuditOutput {
-    Table,
-    Json,
-    Html,
-}
+use crate::placement::{self, ImageLookup, Outcome};
+use crate::policy::{Mode, NamespacePolicy, PolicySource, Rollout};
+use crate::report::Format;
 
 /// One workload's line in the report.
 #[derive(Debug, Clone, Serialize)]
@@ -78,6 +69,29 @@ pub enum AuditError {
     Setup(#[from] crate::admission::SetupError),
 }
 
+/// The namespaces as listed at the start of the scan. A namespace not opted
+/// in is judged as if it were, in audit mode at the default rollout: the
+/// report is for planning the move.
+struct AuditPolicies {
+    namespaces: BTreeMap<String, Option<NamespacePolicy>>,
+    default_rollout: Rollout,
+    nodes: Arc<BTreeSet<String>>,
+}
+
+impl PolicySource for AuditPolicies {
+    fn policy(&self, namespace: &str) -> Option<NamespacePolicy> {
+        let configured = self.namespaces.get(namespace).cloned().flatten();
+        Some(
+            configured
+                .unwrap_or_else(|| NamespacePolicy::opted_in(Mode::Audit, self.default_rollout)),
+        )
+    }
+
+    fn node_architectures(&self) -> Option<Arc<BTreeSet<String>>> {
+        (!self.nodes.is_empty()).then(|| self.nodes.clone())
+    }
+}
+
 /// Scans `namespace` (or all) through `client`.
 pub async fn scan(
     client: kube::Client,
@@ -85,15 +99,6 @@ pub async fn scan(
     namespace: Option<&str>,
     progress: bool,
 ) -> Result<AuditReport, AuditError> {
-    let registry = RegistryClient::new(
-        config
-            .registry_settings()
-            .map_err(crate::admission::SetupError::from)?,
-    )
-    .map_err(crate::admission::SetupError::from)?;
-    let inspector = Inspector::new(registry, config.cache_settings());
-    let secrets = PullSecrets::new(client.clone());
-
     let nodes: Vec<Node> = list(Api::all(client.clone()), "nodes").await?;
     let node_arch: BTreeMap<String, String> = nodes
         .iter()
@@ -112,18 +117,29 @@ pub async fn scan(
         *node_architectures.entry(arch.clone()).or_insert(0) += 1;
     }
     let namespaces: Vec<Namespace> = list(Api::all(client.clone()), "namespaces").await?;
-    let policies: BTreeMap<String, Option<NamespacePolicy>> = namespaces
-        .iter()
-        .filter_map(|ns| {
-            let empty = BTreeMap::new();
-            let labels = ns.metadata.labels.as_ref().unwrap_or(&empty);
-            let annotations = ns.metadata.annotations.as_ref().unwrap_or(&empty);
-            Some((
-                ns.metadata.name.clone()?,
-                NamespacePolicy::from_metadata(labels, annotations, config.default_rollout),
-            ))
-        })
+    let policies = AuditPolicies {
+        namespaces: namespaces
+            .iter()
+            .filter_map(|ns| {
+                let empty = BTreeMap::new();
+                let labels = ns.metadata.labels.as_ref().unwrap_or(&empty);
+                let annotations = ns.metadata.annotations.as_ref().unwrap_or(&empty);
+                let policy =
+                    NamespacePolicy::from_metadata(labels, annotations, config.default_rollout);
+                Some((ns.metadata.name.clone()?, policy))
+            })
+            .collect(),
+        default_rollout: config.default_rollout,
+        nodes: Arc::new(node_architectures.keys().cloned().collect()),
+    };
+    let modes: BTreeMap<String, Option<Mode>> = (policies.namespaces.iter())
+        .map(|(ns, policy)| (ns.clone(), policy.as_ref().map(|p| p.mode)))
         .collect();
+    // The audit judges every namespace, and never denies: it plans a move.
+    let mut config = crate::admission::offline(config);
+    config.fail_closed = false;
+    let mut reviewer = Reviewer::from_config(&config, Arc::new(policies))?;
+    reviewer.pull_secrets = Some(PullSecrets::new(client.clone()));
 
     let workloads = workloads(&client, namespace).await?;
     let pods: Vec<Pod> = match namespace {
@@ -136,28 +152,20 @@ pub async fn scan(
     };
     let runs_on = placement_of_pods(&pods, &replica_sets, &node_arch);
 
-    // Every distinct (image, credential) once, a few at a time.
+    // A few workloads at a time; each image once (the cache remembers it).
     let total = workloads.len();
-    let settings = DecisionSettings {
-        target_architecture: config.target_architecture.clone(),
-        fail_closed: false,
-    };
-    let node_set: BTreeSet<String> = node_architectures.keys().cloned().collect();
     let mut rows = Vec::new();
-    let mut done = 0usize;
     let mut stream = futures::stream::iter(workloads.into_iter().map(|w| {
-        let inspector = inspector.clone();
-        let secrets = secrets.clone();
+        let reviewer = reviewer.clone();
         async move {
-            let lookups = inspect_workload(&inspector, &secrets, &w).await;
-            (w, lookups)
+            let evaluation = evaluate(&reviewer, &w).await;
+            (w, evaluation)
         }
     }))
     .buffer_unordered(8);
-    while let Some((workload, (lookups, warnings))) = stream.next().await {
-        done += 1;
+    while let Some((workload, evaluation)) = stream.next().await {
         if progress {
-            eprint!("\rinspecting workloads: {done}/{total}");
+            eprint!("\rinspecting workloads: {}/{total}", rows.len() + 1);
             let _ = std::io::stderr().flush();
         }
         let namespace = workload.meta.namespace.clone().unwrap_or_default();
@@ -166,15 +174,14 @@ pub async fn scan(
             workload.kind,
             workload.meta.name.clone().unwrap_or_default(),
         );
+        let mode = modes.get(&namespace).copied().flatten();
+        let runs_on = runs_on.get(&key).cloned().unwrap_or_default();
         rows.push(row(
             &workload,
-            &lookups,
-            warnings,
-            policies.get(&namespace).cloned().flatten(),
-            config,
-            &settings,
-            &node_set,
-            runs_on.get(&key).cloned().unwrap_or_default(),
+            evaluation,
+            mode,
+            &config.target_architecture,
+            runs_on,
         ));
     }
     if progress && total > 0 {
@@ -332,36 +339,25 @@ fn placement_of_pods(
         .collect()
 }
 
-async fn inspect_workload(
-    inspector: &Inspector,
-    secrets: &PullSecrets,
-    workload: &Workload,
-) -> (Vec<(ContainerImage, ImageLookup)>, Vec<String>) {
-    let pod = pod_of(workload);
-    let namespace = workload.meta.namespace.clone().unwrap_or_default();
-    let names: Vec<String> = pod
-        .spec
-        .iter()
-        .flat_map(|s| s.image_pull_secrets.iter().flatten())
-        .map(|r| r.name.clone())
-        .collect();
-    let (keyring, warnings) = if names.is_empty() {
-        (Keyring::default(), Vec::new())
-    } else {
-        secrets.keyring(&namespace, &names).await
-    };
-    let mut lookups = Vec::new();
-    for container in placement::container_images(&pod) {
-        let lookup = match container.image.parse::<ImageRef>() {
-            Err(e) => ImageLookup::Failed(InspectError::InvalidReference(e.reason).to_string()),
-            Ok(image) => match inspector.inspect(&image, &keyring.lookup(&image)).await.0 {
-                Ok(found) => ImageLookup::Found(found.platforms.clone()),
-                Err(error) => ImageLookup::Failed(error.to_string()),
-            },
-        };
-        lookups.push((container, lookup));
+/// The workload's pod template, evaluated as the webhook would evaluate a
+/// pod made from it.
+async fn evaluate(reviewer: &Reviewer, workload: &Workload) -> Evaluation {
+    let mut pod = pod_of(workload);
+    // Judged as at creation: not a pod archway already decided, nor one
+    // the scheduler already placed.
+    if let Some(annotations) = pod.metadata.annotations.as_mut() {
+        annotations.remove(placement::DECISION_ANNOTATION);
     }
-    (lookups, warnings)
+    if let Some(spec) = pod.spec.as_mut() {
+        spec.node_name = None;
+    }
+    let namespace = pod.metadata.namespace.as_deref().unwrap_or_default();
+    let Some(policy) = reviewer.policies.policy(namespace) else {
+        return Evaluation::unchanged(placement::not_opted_in());
+    };
+    let uid = format!("audit/{}", workload.meta.name.clone().unwrap_or_default());
+    let deadline = tokio::time::Instant::now() + reviewer.settings.time_budget;
+    reviewer.evaluate(&pod, &policy, deadline, &uid).await
 }
 
 fn pod_of(workload: &Workload) -> Pod {
@@ -377,50 +373,20 @@ fn pod_of(workload: &Workload) -> Pod {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
 fn row(
     workload: &Workload,
-    lookups: &[(ContainerImage, ImageLookup)],
-    mut warnings: Vec<String>,
-    policy: Option<NamespacePolicy>,
-    config: &Config,
-    settings: &DecisionSettings,
-    nodes: &BTreeSet<String>,
+    evaluation: Evaluation,
+    mode: Option<Mode>,
+    target: &str,
     runs_on: Vec<String>,
 ) -> WorkloadRow {
-    let target = &config.target_architecture;
-    let mode = match policy.as_ref().map(|p| p.mode) {
-        Some(Mode::Enforce) => "enforce",
-        Some(Mode::Audit) => "audit",
-        None => "off",
-    };
-    // A namespace not opted in is judged as if it were, at its would-be
-    // rollout: the report is for planning the move.
-    let policy = policy.unwrap_or(NamespacePolicy {
-        mode: Mode::Audit,
-        rollout: config.default_rollout,
-        rollout_by: Default::default(),
-        placement: Default::default(),
-        problems: Vec::new(),
-    });
-    let mut pod = pod_of(workload);
-    // The audit judges the template as at creation: not a pod archway
-    // already decided, nor one the scheduler already placed.
-    if let Some(annotations) = pod.metadata.annotations.as_mut() {
-        annotations.remove(placement::DECISION_ANNOTATION);
-    }
-    if let Some(spec) = pod.spec.as_mut() {
-        spec.node_name = None;
-    }
-    let uid = format!("audit/{}", workload.meta.name.clone().unwrap_or_default());
-    let decision = placement::decide(&DecisionInput {
-        pod: &pod,
-        policy: &policy,
+    let mode = mode.map_or("off", Mode::label);
+    let Evaluation {
+        decision,
         lookups,
-        settings,
-        request_uid: &uid,
-        node_architectures: (!nodes.is_empty()).then_some(nodes),
-    });
+        mut warnings,
+        ..
+    } = evaluation;
     warnings.extend(decision.warnings.iter().cloned());
     let would_inject = match &decision.outcome {
         Outcome::Inject(i) => placement::join(&i.required),
@@ -588,15 +554,15 @@ th,td{{border-bottom:1px solid #ddd;padding:.4em .6em;text-align:left;vertical-a
 pub async fn run(
     config: &Config,
     namespace: Option<&str>,
-    output: AuditOutput,
+    format: Format,
 ) -> anyhow::Result<std::process::ExitCode> {
     let client = kube::Client::try_default().await?;
     let progress = std::io::stderr().is_terminal();
     let report = scan(client, config, namespace, progress).await?;
-    match output {
-        AuditOutput::Json => println!("{}", serde_json::to_string_pretty(&report)?),
-        AuditOutput::Html => print!("{}", render_html(&report)),
-        AuditOutput::Table => print!("{}", render_table(&report)),
+    match format {
+        Format::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+        Format::Html => print!("{}", render_html(&report)),
+        Format::Table => print!("{}", render_table(&report)),
     }
     Ok(std::process::ExitCode::SUCCESS)
 }

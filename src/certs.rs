@@ -243,6 +243,45 @@ pub fn server_config(certificate: Arc<ReloadingCertificate>) -> rustls::ServerCo
     config
 }
 
+/// `archway certs`: writes the CA, certificate and key to `out` and prints
+/// the CA bundle for the webhook configuration. A key already there is
+/// kept unless `force`: it may be the one a running webhook serves.
+pub fn run(
+    service: &str,
+    namespace: &str,
+    out: &Path,
+    days: u32,
+    force: bool,
+) -> anyhow::Result<std::process::ExitCode> {
+    let existing: Vec<&str> = ["ca.crt", "tls.crt", "tls.key"]
+        .into_iter()
+        .filter(|file| out.join(file).exists())
+        .collect();
+    if !existing.is_empty() && !force {
+        anyhow::bail!(
+            "{} already has {}: pass --force to replace them",
+            out.display(),
+            existing.join(", ")
+        );
+    }
+    let mut names = service_names(service, namespace);
+    names.extend(["localhost".to_string(), "127.0.0.1".to_string()]);
+    let certs = generate(&names, days)?;
+    write(out, &certs)?;
+    eprintln!(
+        "wrote {0}/ca.crt, {0}/tls.crt and {0}/tls.key for {1}",
+        out.display(),
+        names.join(", ")
+    );
+    eprintln!("caBundle for the MutatingWebhookConfiguration:");
+    use base64::Engine;
+    println!(
+        "{}",
+        base64::engine::general_purpose::STANDARD.encode(&certs.ca_pem)
+    );
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

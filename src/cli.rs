@@ -1,15 +1,16 @@
-//! The command line: `archway serve | inspect | review | certs`.
+//! The command line: `archway serve | review | audit | inspect | certs`.
+//! Each command's work lives in its own module; this one parses the flags
+//! and lays them over the configuration.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::builder::TypedValueParser as _;
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::cache::Inspector;
 use crate::config::Config;
-use crate::image::ImageRef;
-use crate::registry::{Credential, InspectError, RegistryClient};
+use crate::report::Format;
 
 #[derive(Parser, Debug, Clone)]
 #[command(
@@ -32,23 +33,42 @@ pub struct Cli {
     /// Log filter, e.g. `info` or `archway=debug`.
     #[arg(long, global = true, env = "ARCHWAY_LOG", default_value = "info")]
     pub log: String,
-    /// Target architecture, over the configuration file's.
-    #[arg(long, global = true, env = "ARCHWAY_TARGET_ARCHITECTURE")]
-    pub target_architecture: Option<String>,
-    /// Deny what cannot be decided instead of admitting it unchanged.
-    #[arg(long, global = true, env = "ARCHWAY_FAIL_CLOSED")]
-    pub fail_closed: Option<bool>,
-    /// Time budget of one review, e.g. `2500ms`.
-    #[arg(long, global = true, env = "ARCHWAY_TIME_BUDGET", value_parser = humantime::parse_duration)]
-    pub time_budget: Option<Duration>,
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// The settings of the decision, for the commands that decide.
+#[derive(Args, Debug, Clone, Default)]
+pub struct DecisionFlags {
+    /// Target architecture, over the configuration file's.
+    #[arg(long, env = "ARCHWAY_TARGET_ARCHITECTURE")]
+    pub target_architecture: Option<String>,
+    /// Deny what cannot be decided instead of admitting it unchanged.
+    #[arg(long, env = "ARCHWAY_FAIL_CLOSED")]
+    pub fail_closed: Option<bool>,
+    /// Time budget of one review, e.g. `2500ms`.
+    #[arg(long, env = "ARCHWAY_TIME_BUDGET", value_parser = humantime::parse_duration)]
+    pub time_budget: Option<Duration>,
+}
+
+/// Registry access, for the commands that look images up.
+#[derive(Args, Debug, Clone, Default)]
+pub struct RegistryFlags {
+    /// A registry that speaks plain HTTP, e.g. a local one on
+    /// 127.0.0.1:5000 (repeatable; added to registry.insecure, which also
+    /// lets archway connect to its private address).
+    #[arg(long = "insecure-registry", value_name = "HOST:PORT")]
+    pub insecure_registries: Vec<String>,
 }
 
 #[derive(Subcommand, Debug, Clone)]
 pub enum Command {
     /// Run the webhook: HTTPS /mutate and the admin port.
     Serve {
+        #[command(flatten)]
+        decision: DecisionFlags,
+        #[command(flatten)]
+        registry: RegistryFlags,
         /// Webhook address, over the configuration's server.listen.
         #[arg(long, env = "ARCHWAY_LISTEN")]
         listen: Option<std::net::SocketAddr>,
@@ -58,6 +78,7 @@ pub enum Command {
         /// Serving certificate (PEM chain); reloaded when it changes.
         #[arg(long, env = "ARCHWAY_TLS_CERT", requires = "tls_key")]
         tls_cert: Option<PathBuf>,
+        /// Private key of the serving certificate (PEM).
         #[arg(long, env = "ARCHWAY_TLS_KEY", requires = "tls_cert")]
         tls_key: Option<PathBuf>,
         /// Without a certificate, where the self-signed CA is written so a
@@ -67,6 +88,11 @@ pub enum Command {
     },
     /// Show what archway would do to the pods and pod templates in a YAML file.
     Review {
+        #[command(flatten)]
+        decision: DecisionFlags,
+        #[command(flatten)]
+        registry: RegistryFlags,
+        /// YAML file of pods, workloads or Lists (several documents allowed).
         #[arg(long, short = 'f')]
         file: PathBuf,
         /// Namespace for objects that name none.
@@ -75,41 +101,65 @@ pub enum Command {
         /// Rollout to assume, over the namespace's.
         #[arg(long)]
         rollout: Option<crate::policy::Rollout>,
-        #[arg(long, short = 'o', default_value = "table")]
-        output: Output,
+        /// Output format.
+        #[arg(long, short = 'o', default_value = "table", value_parser = table_or_json())]
+        output: Format,
     },
     /// Scan the cluster of the current kubeconfig context: what each
     /// workload's images support, where it runs, what archway would do, and
     /// what blocks a move to the target architecture.
     Audit {
+        #[command(flatten)]
+        decision: DecisionFlags,
+        #[command(flatten)]
+        registry: RegistryFlags,
         /// Only this namespace (default: all).
         #[arg(long, short = 'n')]
         namespace: Option<String>,
+        /// Output format.
         #[arg(long, short = 'o', default_value = "table")]
-        output: crate::audit::AuditOutput,
+        output: Format,
     },
     /// Make a CA and a serving certificate for the webhook's Service.
     Certs {
+        /// Name of the webhook's Service.
         #[arg(long, default_value = "archway")]
         service: String,
+        /// Namespace of the webhook's Service.
         #[arg(long, default_value = "archway")]
         namespace: String,
         /// Where ca.crt, tls.crt and tls.key are written.
         #[arg(long, default_value = "certs/generated")]
         out: PathBuf,
+        /// How long the certificates are valid, in days.
         #[arg(long, default_value_t = 365)]
         days: u32,
+        /// Overwrite certificates and a key already in the directory.
+        #[arg(long)]
+        force: bool,
     },
     /// Show the platforms each image publishes.
     Inspect {
-        #[arg(required = true)]
+        #[command(flatten)]
+        registry: RegistryFlags,
+        /// Image references, e.g. `nginx:1.27` or `ghcr.io/org/app@sha256:...`.
+        #[arg(required = true, value_name = "IMAGE")]
         images: Vec<String>,
-        #[arg(long, short = 'o', default_value = "table")]
-        output: Output,
+        /// Output format.
+        #[arg(long, short = 'o', default_value = "table", value_parser = table_or_json())]
+        output: Format,
         /// Docker config.json with credentials (as in a pull secret).
         #[arg(long, env = "ARCHWAY_CREDENTIALS")]
         credentials: Option<PathBuf>,
     },
+}
+
+/// `table` or `json`: HTML is the audit's alone.
+fn table_or_json() -> impl clap::builder::TypedValueParser<Value = Format> {
+    clap::builder::PossibleValuesParser::new(["table", "json"]).map(|s| match s.as_str() {
+        "json" => Format::Json,
+        _ => Format::Table,
+    })
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -118,10 +168,39 @@ pub enum LogFormat {
     Json,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum Output {
-    Table,
-    Json,
+impl Command {
+    /// Lays the command's flags over `config`.
+    fn apply(&self, config: &mut Config) {
+        let (decision, registry) = match self {
+            Command::Serve {
+                decision, registry, ..
+            }
+            | Command::Review {
+                decision, registry, ..
+            }
+            | Command::Audit {
+                decision, registry, ..
+            } => (Some(decision), Some(registry)),
+            Command::Inspect { registry, .. } => (None, Some(registry)),
+            Command::Certs { .. } => (None, None),
+        };
+        if let Some(flags) = decision {
+            if let Some(arch) = &flags.target_architecture {
+                config.target_architecture = arch.clone();
+            }
+            if let Some(fail_closed) = flags.fail_closed {
+                config.fail_closed = fail_closed;
+            }
+            if let Some(budget) = flags.time_budget {
+                config.time_budget = budget;
+            }
+        }
+        for host in registry.iter().flat_map(|r| &r.insecure_registries) {
+            if !config.registry.insecure.contains(host) {
+                config.registry.insecure.push(host.clone());
+            }
+        }
+    }
 }
 
 impl Cli {
@@ -131,15 +210,7 @@ impl Cli {
             Some(path) => Config::from_file(path)?,
             None => Config::default(),
         };
-        if let Some(arch) = &self.target_architecture {
-            config.target_architecture = arch.clone();
-        }
-        if let Some(fail_closed) = self.fail_closed {
-            config.fail_closed = fail_closed;
-        }
-        if let Some(budget) = self.time_budget {
-            config.time_budget = budget;
-        }
+        self.command.apply(&mut config);
         config.validate()?;
         Ok(config)
     }
@@ -154,6 +225,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             tls_cert,
             tls_key,
             self_signed_dir,
+            ..
         } => {
             let apply_flags = move |mut config: Config| {
                 config.server.listen = listen.unwrap_or(config.server.listen);
@@ -186,114 +258,23 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             namespace,
             rollout,
             output,
+            ..
         } => crate::review::run(&config, &file, &namespace, rollout, output).await,
-        Command::Audit { namespace, output } => {
-            crate::audit::run(&config, namespace.as_deref(), output).await
-        }
+        Command::Audit {
+            namespace, output, ..
+        } => crate::audit::run(&config, namespace.as_deref(), output).await,
         Command::Certs {
             service,
             namespace,
             out,
             days,
-        } => {
-            let mut names = crate::certs::service_names(&service, &namespace);
-            names.extend(["localhost".to_string(), "127.0.0.1".to_string()]);
-            let certs = crate::certs::generate(&names, days)?;
-            crate::certs::write(&out, &certs)?;
-            eprintln!(
-                "wrote {0}/ca.crt, {0}/tls.crt and {0}/tls.key for {1}",
-                out.display(),
-                names.join(", ")
-            );
-            eprintln!("caBundle for the MutatingWebhookConfiguration:");
-            use base64::Engine;
-            println!(
-                "{}",
-                base64::engine::general_purpose::STANDARD.encode(&certs.ca_pem)
-            );
-            Ok(ExitCode::SUCCESS)
-        }
+            force,
+        } => crate::certs::run(&service, &namespace, &out, days, force),
         Command::Inspect {
             images,
             output,
             credentials,
-        } => inspect(&config, &images, output, credentials).await,
+            ..
+        } => crate::inspect::run(&config, &images, output, credentials.as_deref()).await,
     }
-}
-
-async fn inspect(
-    config: &Config,
-    images: &[String],
-    output: Output,
-    credentials: Option<PathBuf>,
-) -> anyhow::Result<ExitCode> {
-    let mut settings = config.registry_settings()?;
-    if let Some(path) = credentials {
-        let keyring = crate::registry::Keyring::from_docker_config(&std::fs::read(&path)?)
-            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-        let mut merged = keyring;
-        merged.extend(&settings.keyring);
-        settings.keyring = merged;
-    }
-    let inspector = Inspector::new(RegistryClient::new(settings)?, config.cache_settings());
-    let lookups = images.iter().map(|input| {
-        let inspector = inspector.clone();
-        async move {
-            let result = match input.parse::<ImageRef>() {
-                Ok(image) => inspector.inspect(&image, &Credential::Anonymous).await.0,
-                Err(e) => Err(InspectError::InvalidReference(e.reason)),
-            };
-            (input.clone(), result)
-        }
-    });
-    let results = futures::future::join_all(lookups).await;
-    let failed = results.iter().any(|(_, r)| r.is_err());
-    match output {
-        Output::Json => {
-            let rows: Vec<_> = results
-                .iter()
-                .map(|(image, result)| match result {
-                    Ok(found) => serde_json::json!({
-                        "image": image,
-                        "digest": found.digest,
-                        "shape": found.shape,
-                        "platforms": found.platforms.iter().map(ToString::to_string).collect::<Vec<_>>(),
-                    }),
-                    Err(error) => serde_json::json!({
-                        "image": image,
-                        "error": error.to_string(),
-                        "reason": error.metric_label(),
-                    }),
-                })
-                .collect();
-            println!("{}", serde_json::to_string_pretty(&rows)?);
-        }
-        Output::Table => {
-            let rows: Vec<[String; 3]> = results
-                .iter()
-                .map(|(image, result)| match result {
-                    Ok(found) => [
-                        image.clone(),
-                        found
-                            .platforms
-                            .iter()
-                            .map(ToString::to_string)
-                            .collect::<Vec<_>>()
-                            .join(","),
-                        found.digest.clone(),
-                    ],
-                    Err(error) => [image.clone(), "-".into(), format!("error: {error}")],
-                })
-                .collect();
-            print!(
-                "{}",
-                crate::report::table(&["IMAGE", "PLATFORMS", "DIGEST"], &rows)
-            );
-        }
-    }
-    Ok(if failed {
-        ExitCode::FAILURE
-    } else {
-        ExitCode::SUCCESS
-    })
 }

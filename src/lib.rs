@@ -4,7 +4,10 @@
 //! The path of a review, top to bottom: `server` (HTTPS) -> `admission`
 //! (review in, response out) -> `placement` (the pure decision) -> `patch`;
 //! the lookups it needs come from `policy` (namespaces) and `cache` over
-//! `registry` (what images publish).
+//! `registry` (what images publish). `admission::Reviewer::evaluate` is the
+//! one path of a pod through lookups and decision, for the webhook and for
+//! the `review` and `audit` commands; `report` holds how commands show
+//! results, `cli` only parses flags.
 
 pub mod admission;
 pub mod audit;
@@ -14,6 +17,7 @@ pub mod cli;
 pub mod cluster;
 pub mod config;
 pub mod image;
+pub mod inspect;
 pub mod metrics;
 pub mod patch;
 pub mod placement;

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use json_patch::jsonptr::PointerBuf;
 use json_patch::{AddOperation, Patch, PatchOperation};
-use k8s_openapi::api::core::v1::{Pod, Toleration};
+use k8s_openapi::api::core::v1::{NodeAffinity, NodeSelectorTerm, Pod, Toleration};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde_json::{Value, json};
 
@@ -16,6 +16,49 @@ use crate::placement::{ARCH_LABEL, Injection};
 /// namespace owner's rollout choice; the user's own preferences still count.
 const PREFERRED_WEIGHT: i32 = 100;
 
+/// A patch archway will not send.
+#[derive(Debug, thiserror::Error)]
+pub enum PatchError {
+    #[error(
+        "the patch would be {bytes} bytes or more ({terms} required node selector terms), over the limit of {limit}"
+    )]
+    TooLarge {
+        bytes: usize,
+        limit: usize,
+        terms: usize,
+    },
+    #[error("could not encode the patch: {0}")]
+    Encode(#[from] serde_json::Error),
+}
+
+/// The patch as JSON bytes, refused when it would exceed `limit` bytes.
+/// The pod sets its size (each required term gets the arch expression):
+/// a pod of a million terms is refused before anything is built.
+pub fn encode(
+    pod: &Pod,
+    injection: &Injection,
+    tolerations: &BTreeMap<String, Vec<Toleration>>,
+    limit: usize,
+) -> Result<Vec<u8>, PatchError> {
+    let terms = required_terms(pod).map_or(0, <[NodeSelectorTerm]>::len);
+    let expression = serde_json::to_vec(&arch_expression(&injection.required))?.len();
+    let too_large = |bytes| PatchError::TooLarge {
+        bytes,
+        limit,
+        terms,
+    };
+    // A lower bound: every term carries one expression and a comma.
+    let least = terms.saturating_mul(expression + 1);
+    if least > limit {
+        return Err(too_large(least));
+    }
+    let bytes = serde_json::to_vec(&build(pod, injection, tolerations))?;
+    if bytes.len() > limit {
+        return Err(too_large(bytes.len()));
+    }
+    Ok(bytes)
+}
+
 /// The patch that applies `injection` to `pod`. `tolerations` are the
 /// configured tolerations per architecture.
 pub fn build(
@@ -23,115 +66,107 @@ pub fn build(
     injection: &Injection,
     tolerations: &BTreeMap<String, Vec<Toleration>>,
 ) -> Patch {
-    let mut ops = Vec::new();
-    let spec = pod.spec.as_ref();
+    let mut ops = vec![required_affinity(pod, &injection.required)];
+    ops.extend(preferred_affinity(pod, injection.preferred.as_ref()));
+    ops.extend(add_tolerations(pod, injection, tolerations));
+    ops.extend(add_annotations(pod, &injection.annotations));
+    Patch(ops)
+}
 
-    // Required node affinity: the arch expression ANDed into every term.
-    // Terms are ORed, so a new term of our own would let the pod escape
-    // through it; with no term, ours is the only one.
-    let expression = arch_expression(&injection.required);
-    let affinity = spec.and_then(|s| s.affinity.as_ref());
-    let node_affinity = affinity.and_then(|a| a.node_affinity.as_ref());
-    let required = node_affinity.and_then(|n| {
-        n.required_during_scheduling_ignored_during_execution
-            .as_ref()
-    });
-    let new_term = json!({"matchExpressions": [expression.clone()]});
-    let required_value = json!({"nodeSelectorTerms": [new_term]});
-    let node_affinity_path = ["spec", "affinity", "nodeAffinity"];
-    match (affinity, node_affinity, required) {
-        (None, _, _) => add(
-            &mut ops,
+const NODE_AFFINITY: [&str; 3] = ["spec", "affinity", "nodeAffinity"];
+const REQUIRED: &str = "requiredDuringSchedulingIgnoredDuringExecution";
+const PREFERRED: &str = "preferredDuringSchedulingIgnoredDuringExecution";
+
+fn node_affinity(pod: &Pod) -> Option<&NodeAffinity> {
+    let affinity = pod.spec.as_ref()?.affinity.as_ref()?;
+    affinity.node_affinity.as_ref()
+}
+
+fn required_terms(pod: &Pod) -> Option<&[NodeSelectorTerm]> {
+    let required = node_affinity(pod)?
+        .required_during_scheduling_ignored_during_execution
+        .as_ref();
+    required.map(|r| r.node_selector_terms.as_slice())
+}
+
+/// The arch expression ANDed into every required term, in one operation.
+/// Terms are ORed, so a new term of our own would let the pod escape
+/// through it; with no term, ours is the only one.
+fn required_affinity(pod: &Pod, archs: &BTreeSet<String>) -> PatchOperation {
+    let expression = arch_expression(archs);
+    let ours = || json!([{"matchExpressions": [expression.clone()]}]);
+    let has_affinity = pod.spec.as_ref().is_some_and(|s| s.affinity.is_some());
+    let node_affinity = node_affinity(pod);
+    match (has_affinity, node_affinity, required_terms(pod)) {
+        (false, _, _) => add(
             &["spec", "affinity"],
-            json!({"nodeAffinity": {
-            "requiredDuringSchedulingIgnoredDuringExecution": required_value}}),
+            json!({"nodeAffinity": {REQUIRED: {"nodeSelectorTerms": ours()}}}),
         ),
-        (Some(_), None, _) => add(
-            &mut ops,
-            &node_affinity_path,
-            json!({
-            "requiredDuringSchedulingIgnoredDuringExecution": required_value}),
+        (true, None, _) => add(
+            &NODE_AFFINITY,
+            json!({REQUIRED: {"nodeSelectorTerms": ours()}}),
         ),
-        (Some(_), Some(_), None) => add(
-            &mut ops,
-            &[
-                &node_affinity_path[..],
-                &["requiredDuringSchedulingIgnoredDuringExecution"],
-            ]
-            .concat(),
-            required_value,
+        (true, Some(_), None) => add(
+            &[&NODE_AFFINITY[..], &[REQUIRED]].concat(),
+            json!({"nodeSelectorTerms": ours()}),
         ),
         // The API server rejects an empty term list; treat it as absent.
-        (Some(_), Some(_), Some(r)) if r.node_selector_terms.is_empty() => add(
-            &mut ops,
-            &[
-                &node_affinity_path[..],
-                &[
-                    "requiredDuringSchedulingIgnoredDuringExecution",
-                    "nodeSelectorTerms",
-                ],
-            ]
-            .concat(),
-            json!([new_term]),
+        (true, Some(_), Some([])) => add(
+            &[&NODE_AFFINITY[..], &[REQUIRED, "nodeSelectorTerms"]].concat(),
+            ours(),
         ),
-        (Some(_), Some(_), Some(r)) => {
-            for (index, term) in r.node_selector_terms.iter().enumerate() {
-                let index = index.to_string();
-                let term_path = [
-                    &node_affinity_path[..],
-                    &[
-                        "requiredDuringSchedulingIgnoredDuringExecution",
-                        "nodeSelectorTerms",
-                        &index,
-                    ],
-                ]
-                .concat();
-                match &term.match_expressions {
-                    None => add(
-                        &mut ops,
-                        &[&term_path[..], &["matchExpressions"]].concat(),
-                        json!([expression]),
-                    ),
-                    Some(_) => add(
-                        &mut ops,
-                        &[&term_path[..], &["matchExpressions", "-"]].concat(),
-                        expression.clone(),
-                    ),
-                }
+        // One `add` that writes the terms back merged, rather than one per
+        // term: the patch grows with the pod, not by a path per term.
+        (true, Some(_), Some(terms)) => add(
+            &[&NODE_AFFINITY[..], &[REQUIRED, "nodeSelectorTerms"]].concat(),
+            Value::Array(
+                terms
+                    .iter()
+                    .map(|t| with_expression(t, &expression))
+                    .collect(),
+            ),
+        ),
+    }
+}
+
+/// `term` with `expression` appended to its match expressions.
+fn with_expression(term: &NodeSelectorTerm, expression: &Value) -> Value {
+    let mut value = serde_json::to_value(term).unwrap_or_else(|_| json!({}));
+    if let Value::Object(fields) = &mut value {
+        match fields.get_mut("matchExpressions") {
+            Some(Value::Array(expressions)) => expressions.push(expression.clone()),
+            _ => {
+                fields.insert("matchExpressions".into(), json!([expression]));
             }
         }
     }
+    value
+}
 
-    if let Some(preferred) = &injection.preferred {
-        let term = json!({"weight": PREFERRED_WEIGHT, "preference": {"matchExpressions": [arch_expression(preferred)]}});
-        let has_preferred = node_affinity.and_then(|n| {
-            n.preferred_during_scheduling_ignored_during_execution
-                .as_ref()
-        });
-        // The required part above already created nodeAffinity when absent.
-        match has_preferred {
-            Some(_) => add(
-                &mut ops,
-                &[
-                    &node_affinity_path[..],
-                    &["preferredDuringSchedulingIgnoredDuringExecution", "-"],
-                ]
-                .concat(),
-                term,
-            ),
-            None => add(
-                &mut ops,
-                &[
-                    &node_affinity_path[..],
-                    &["preferredDuringSchedulingIgnoredDuringExecution"],
-                ]
-                .concat(),
-                json!([term]),
-            ),
-        }
-    }
+/// A preferred term for `archs`, beside the user's own preferences.
+fn preferred_affinity(pod: &Pod, archs: Option<&BTreeSet<String>>) -> Option<PatchOperation> {
+    let archs = archs?;
+    let term = json!({"weight": PREFERRED_WEIGHT, "preference": {"matchExpressions": [arch_expression(archs)]}});
+    let has_preferred = node_affinity(pod).is_some_and(|n| {
+        n.preferred_during_scheduling_ignored_during_execution
+            .is_some()
+    });
+    // The required part already created nodeAffinity when absent.
+    Some(if has_preferred {
+        add(&[&NODE_AFFINITY[..], &[PREFERRED, "-"]].concat(), term)
+    } else {
+        add(&[&NODE_AFFINITY[..], &[PREFERRED]].concat(), json!([term]))
+    })
+}
 
-    let existing = spec.and_then(|s| s.tolerations.as_ref());
+/// The configured tolerations of the architectures the pod may land on
+/// that it does not already have.
+fn add_tolerations(
+    pod: &Pod,
+    injection: &Injection,
+    tolerations: &BTreeMap<String, Vec<Toleration>>,
+) -> Vec<PatchOperation> {
+    let existing = pod.spec.as_ref().and_then(|s| s.tolerations.as_ref());
     let mut missing: Vec<&Toleration> = Vec::new();
     for toleration in injection
         .tolerate
@@ -147,54 +182,39 @@ pub fn build(
             missing.push(toleration);
         }
     }
-    if !missing.is_empty() {
-        match existing {
-            Some(_) => {
-                for toleration in missing {
-                    add(
-                        &mut ops,
-                        &["spec", "tolerations", "-"],
-                        to_value(toleration),
-                    );
-                }
-            }
-            None => add(
-                &mut ops,
-                &["spec", "tolerations"],
-                Value::Array(missing.into_iter().map(to_value).collect()),
-            ),
-        }
+    match existing {
+        _ if missing.is_empty() => Vec::new(),
+        Some(_) => missing
+            .into_iter()
+            .map(|t| add(&["spec", "tolerations", "-"], to_value(t)))
+            .collect(),
+        None => vec![add(
+            &["spec", "tolerations"],
+            Value::Array(missing.into_iter().map(to_value).collect()),
+        )],
     }
+}
 
+/// archway's annotations, beside the pod's own.
+fn add_annotations(pod: &Pod, annotations: &BTreeMap<String, String>) -> Vec<PatchOperation> {
+    let bare = ObjectMeta {
+        namespace: pod.metadata.namespace.clone(),
+        ..Default::default()
+    };
     match &pod.metadata.annotations {
         // No metadata at all in the object (the typed pod reads it as
         // empty, but for the namespace admission fills in from the
         // request): adding /metadata/annotations could not apply.
         // Replacing an empty metadata object loses nothing.
-        None if pod.metadata
-            == (ObjectMeta {
-                namespace: pod.metadata.namespace.clone(),
-                ..Default::default()
-            }) =>
-        {
-            add(
-                &mut ops,
-                &["metadata"],
-                json!({"annotations": injection.annotations}),
-            )
+        None if pod.metadata == bare => {
+            vec![add(&["metadata"], json!({"annotations": annotations}))]
         }
-        None => add(
-            &mut ops,
-            &["metadata", "annotations"],
-            json!(injection.annotations),
-        ),
-        Some(_) => {
-            for (key, value) in &injection.annotations {
-                add(&mut ops, &["metadata", "annotations", key], json!(value));
-            }
-        }
+        None => vec![add(&["metadata", "annotations"], json!(annotations))],
+        Some(_) => annotations
+            .iter()
+            .map(|(key, value)| add(&["metadata", "annotations", key], json!(value)))
+            .collect(),
     }
-    Patch(ops)
 }
 
 fn arch_expression(archs: &BTreeSet<String>) -> Value {
@@ -221,11 +241,11 @@ fn to_value(toleration: &Toleration) -> Value {
 
 /// One `add`; the pointer is built from tokens so `/` and `~` in keys
 /// (`archway.dev/archs`) are escaped.
-fn add(ops: &mut Vec<PatchOperation>, tokens: &[&str], value: Value) {
-    ops.push(PatchOperation::Add(AddOperation {
+fn add(tokens: &[&str], value: Value) -> PatchOperation {
+    PatchOperation::Add(AddOperation {
         path: PointerBuf::from_tokens(tokens.iter().copied()),
         value,
-    }));
+    })
 }
 
 #[cfg(test)]

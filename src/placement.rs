@@ -163,14 +163,21 @@ pub fn container_images(pod: &Pod) -> Vec<ContainerImage> {
 /// The reasons to leave a pod alone that need no registry lookup. `None`
 /// when the decision needs the images' platforms.
 pub fn prescreen(pod: &Pod, policy: Option<&NamespacePolicy>) -> Option<Decision> {
+    match policy {
+        None => Some(not_opted_in()),
+        Some(_) => screen(pod),
+    }
+}
+
+/// The decision for a pod whose namespace has not asked for archway.
+pub fn not_opted_in() -> Decision {
+    Decision::unchanged(DecisionKind::NotOptedIn, "namespace not opted in")
+}
+
+/// The reasons in the pod itself to leave it alone, before any lookup.
+pub fn screen(pod: &Pod) -> Option<Decision> {
     let annotations = pod.metadata.annotations.as_ref();
     let annotation = |key: &str| annotations.and_then(|a| a.get(key));
-    if policy.is_none() {
-        return Some(Decision::unchanged(
-            DecisionKind::NotOptedIn,
-            "namespace not opted in",
-        ));
-    }
     if annotation(SKIP_ANNOTATION).is_some_and(|v| v.trim().eq_ignore_ascii_case("true")) {
         return Some(Decision::unchanged(
             DecisionKind::Skipped,
@@ -204,11 +211,13 @@ pub fn prescreen(pod: &Pod, policy: Option<&NamespacePolicy>) -> Option<Decision
     None
 }
 
-/// The decision for a pod that passed `prescreen`.
+/// The decision for a pod in an opted-in namespace.
 pub fn decide(input: &DecisionInput<'_>) -> Decision {
-    if let Some(decision) = prescreen(input.pod, Some(input.policy)) {
-        return decision;
-    }
+    screen(input.pod).unwrap_or_else(|| decide_screened(input))
+}
+
+/// The decision for a pod that `screen` let through.
+pub fn decide_screened(input: &DecisionInput<'_>) -> Decision {
     if input.lookups.is_empty() {
         // The API server rejects such a pod after admission; nothing to do.
         return Decision::unchanged(DecisionKind::Skipped, "the pod has no containers");
@@ -219,36 +228,11 @@ pub fn decide(input: &DecisionInput<'_>) -> Decision {
         .iter()
         .map(|p| format!("namespace policy: {p}"))
         .collect();
-
-    let failures: Vec<String> = input
-        .lookups
-        .iter()
-        .filter_map(|(c, lookup)| match lookup {
-            ImageLookup::Failed(reason) => Some(format!(
-                "image {} (container {}): {reason}",
-                crate::image::short_image(&c.image),
-                crate::image::short_image(&c.container)
-            )),
-            ImageLookup::Found(_) => None,
-        })
-        .collect();
     let supported = supported_architectures(input.lookups);
-    let user_choice = user_architectures(input.pod);
-
-    if let Some(choice) = user_choice {
+    if let Some(choice) = user_architectures(input.pod) {
         // The pod's author chose; archway only checks the choice.
-        if let Some(supported) = &supported {
-            let unsupported: Vec<&String> =
-                choice.iter().filter(|a| !supported.contains(*a)).collect();
-            if !unsupported.is_empty() {
-                warnings.push(format!(
-                    "the pod asks for {} but its images publish only {}",
-                    join(unsupported),
-                    describe_set(supported)
-                ));
-            }
-        }
-        warnings.extend(failures);
+        warnings.extend(check_choice(&choice, supported.as_ref()));
+        warnings.extend(failures(input.lookups));
         return Decision {
             warnings,
             supported,
@@ -258,9 +242,8 @@ pub fn decide(input: &DecisionInput<'_>) -> Decision {
             )
         };
     }
-
     let Some(supported) = supported else {
-        warnings.extend(failures);
+        warnings.extend(failures(input.lookups));
         return refuse(
             input,
             DecisionKind::InspectionFailed,
@@ -282,81 +265,143 @@ pub fn decide(input: &DecisionInput<'_>) -> Decision {
             Some(supported),
         );
     }
+    let choice = choose(input, &supported);
+    let choice = avoid_missing_nodes(choice, &supported, input.node_architectures);
+    warnings.extend(choice.warnings.iter().cloned());
+    inject(input.policy.placement, choice, supported, warnings)
+}
 
+/// Why each image that could not be inspected could not be.
+fn failures(lookups: &[(ContainerImage, ImageLookup)]) -> Vec<String> {
+    lookups
+        .iter()
+        .filter_map(|(c, lookup)| match lookup {
+            ImageLookup::Failed(reason) => Some(format!(
+                "image {} (container {}): {reason}",
+                crate::image::short_image(&c.image),
+                crate::image::short_image(&c.container)
+            )),
+            ImageLookup::Found(_) => None,
+        })
+        .collect()
+}
+
+/// A warning when the pod asks for architectures its images do not publish.
+fn check_choice(choice: &BTreeSet<String>, supported: Option<&BTreeSet<String>>) -> Option<String> {
+    let supported = supported?;
+    let unsupported: Vec<&String> = choice.iter().filter(|a| !supported.contains(*a)).collect();
+    (!unsupported.is_empty()).then(|| {
+        format!(
+            "the pod asks for {} but its images publish only {}",
+            join(unsupported),
+            describe_set(supported)
+        )
+    })
+}
+
+/// Where the rollout sends a pod, before the nodes have a say.
+struct Choice {
+    kind: DecisionKind,
+    archs: BTreeSet<String>,
+    reason: String,
+    /// Architectures chosen that have no node in the cluster.
+    without_nodes: BTreeSet<String>,
+    warnings: Vec<String>,
+}
+
+/// The target when the pod's rollout bucket is in, the other architectures
+/// when it is out, or all it runs on when there is no choice to make.
+fn choose(input: &DecisionInput<'_>, supported: &BTreeSet<String>) -> Choice {
     let target = input.settings.target_architecture.as_str();
-    let eligible = supported.contains(target) && supported.len() > 1;
-    let (kind, mut chosen, mut reason) = if eligible {
-        let rollout = input.policy.rollout.percent();
-        let bucket = rollout_bucket(&bucket_key(
-            input.pod,
-            input.policy.rollout_by,
-            input.request_uid,
-        ));
-        if bucket < rollout {
-            (
-                DecisionKind::Steered,
-                BTreeSet::from([target.to_string()]),
-                format!("{target}: rollout {rollout}%, bucket {bucket}"),
-            )
-        } else {
-            let others: BTreeSet<String> =
-                supported.iter().filter(|a| *a != target).cloned().collect();
-            let reason = format!("{}: rollout {rollout}%, bucket {bucket}", join(&others));
-            (DecisionKind::Held, others, reason)
-        }
-    } else {
+    let choice = |kind, archs, reason| Choice {
+        kind,
+        archs,
+        reason,
+        without_nodes: BTreeSet::new(),
+        warnings: Vec::new(),
+    };
+    if !(supported.contains(target) && supported.len() > 1) {
         let reason = format!(
             "{}: the only architecture{} its images publish",
-            join(&supported),
-            plural(&supported)
+            join(supported),
+            plural(supported)
         );
-        (DecisionKind::OnlyOption, supported.clone(), reason)
-    };
-
-    // Never send a pod where no node can take it while another
-    // architecture its images run on has nodes.
-    let mut without_nodes = BTreeSet::new();
-    if let Some(nodes) = input.node_architectures {
-        without_nodes = chosen
-            .iter()
-            .filter(|a| !nodes.contains(*a))
-            .cloned()
-            .collect();
-        if !without_nodes.is_empty() {
-            let with_nodes: BTreeSet<String> = chosen.intersection(nodes).cloned().collect();
-            let alternatives: BTreeSet<String> = supported.intersection(nodes).cloned().collect();
-            if !with_nodes.is_empty() {
-                chosen = with_nodes;
-            } else if !alternatives.is_empty() {
-                warnings.push(format!(
-                    "no {} node in the cluster; placed on {} instead",
-                    join(&without_nodes),
-                    join(&alternatives)
-                ));
-                reason = format!(
-                    "{} ({} has no node)",
-                    join(&alternatives),
-                    join(&without_nodes)
-                );
-                chosen = alternatives;
-            } else {
-                warnings.push(format!(
-                    "no {} node in the cluster: the pod stays Pending until one joins",
-                    join(&without_nodes)
-                ));
-            }
-        }
+        return choice(DecisionKind::OnlyOption, supported.clone(), reason);
     }
+    let rollout = input.policy.rollout.percent();
+    let key = bucket_key(input.pod, input.policy.rollout_by, input.request_uid);
+    let bucket = rollout_bucket(&key);
+    if bucket < rollout {
+        let reason = format!("{target}: rollout {rollout}%, bucket {bucket}");
+        return choice(
+            DecisionKind::Steered,
+            BTreeSet::from([target.to_string()]),
+            reason,
+        );
+    }
+    let others: BTreeSet<String> = supported.iter().filter(|a| *a != target).cloned().collect();
+    let reason = format!("{}: rollout {rollout}%, bucket {bucket}", join(&others));
+    choice(DecisionKind::Held, others, reason)
+}
 
-    let (required, preferred) = match input.policy.placement {
-        Placement::Required => (chosen, None),
+/// Never send a pod where no node can take it while another architecture
+/// its images run on has nodes.
+fn avoid_missing_nodes(
+    mut choice: Choice,
+    supported: &BTreeSet<String>,
+    nodes: Option<&BTreeSet<String>>,
+) -> Choice {
+    let Some(nodes) = nodes else {
+        return choice;
+    };
+    let without_nodes: BTreeSet<String> = choice.archs.difference(nodes).cloned().collect();
+    if without_nodes.is_empty() {
+        return choice;
+    }
+    let with_nodes: BTreeSet<String> = choice.archs.intersection(nodes).cloned().collect();
+    let alternatives: BTreeSet<String> = supported.intersection(nodes).cloned().collect();
+    if !with_nodes.is_empty() {
+        choice.archs = with_nodes;
+    } else if !alternatives.is_empty() {
+        choice.warnings.push(format!(
+            "no {} node in the cluster; placed on {} instead",
+            join(&without_nodes),
+            join(&alternatives)
+        ));
+        choice.reason = format!(
+            "{} ({} has no node)",
+            join(&alternatives),
+            join(&without_nodes)
+        );
+        choice.archs = alternatives;
+    } else {
+        choice.warnings.push(format!(
+            "no {} node in the cluster: the pod stays Pending until one joins",
+            join(&without_nodes)
+        ));
+    }
+    choice.without_nodes = without_nodes;
+    choice
+}
+
+/// The injection that carries `choice` out under the namespace's placement.
+fn inject(
+    placement: Placement,
+    choice: Choice,
+    supported: BTreeSet<String>,
+    warnings: Vec<String>,
+) -> Decision {
+    let (required, preferred) = match placement {
+        Placement::Required => (choice.archs, None),
         // A preference only means something when there is a choice.
-        Placement::Preferred if chosen != supported => (supported.clone(), Some(chosen)),
-        Placement::Preferred => (chosen, None),
+        Placement::Preferred if choice.archs != supported => {
+            (supported.clone(), Some(choice.archs))
+        }
+        Placement::Preferred => (choice.archs, None),
     };
     let annotations = BTreeMap::from([
         (ARCHS_ANNOTATION.to_string(), join(&supported)),
-        (DECISION_ANNOTATION.to_string(), reason.clone()),
+        (DECISION_ANNOTATION.to_string(), choice.reason.clone()),
     ]);
     Decision {
         outcome: Outcome::Inject(Injection {
@@ -365,11 +410,11 @@ pub fn decide(input: &DecisionInput<'_>) -> Decision {
             preferred,
             annotations,
         }),
-        kind,
-        reason,
+        kind: choice.kind,
+        reason: choice.reason,
         warnings,
         supported: Some(supported),
-        without_nodes,
+        without_nodes: choice.without_nodes,
     }
 }
 

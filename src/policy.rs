@@ -23,6 +23,16 @@ pub enum Mode {
     Audit,
 }
 
+impl Mode {
+    /// `enforce` or `audit`, as the namespace label writes it.
+    pub fn label(self) -> &'static str {
+        match self {
+            Mode::Enforce => "enforce",
+            Mode::Audit => "audit",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(try_from = "String")]
 pub enum RolloutBy {
@@ -129,6 +139,20 @@ pub struct NamespacePolicy {
     /// falls back to the safe value (no steering; per pod; required), and
     /// the review warns so the namespace owner sees it.
     pub problems: Vec<String>,
+}
+
+impl NamespacePolicy {
+    /// The policy of a namespace that opted in with nothing but a mode:
+    /// how `review` and `audit` judge namespaces that have not (yet).
+    pub fn opted_in(mode: Mode, rollout: Rollout) -> NamespacePolicy {
+        NamespacePolicy {
+            mode,
+            rollout,
+            rollout_by: RolloutBy::default(),
+            placement: Placement::default(),
+            problems: Vec::new(),
+        }
+    }
 }
 
 /// A namespace as the configuration file writes it.

@@ -1,4 +1,13 @@
-//! Plain-text tables for the command line.
+//! How the commands show their results: the output formats and
+//! plain-text tables.
+
+/// An output format of `inspect`, `review` and `audit` (HTML: audit only).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    Table,
+    Json,
+    Html,
+}
 
 /// Columns padded to their widest cell, two spaces apart.
 pub fn table<const N: usize>(header: &[&str; N], rows: &[[String; N]]) -> String {

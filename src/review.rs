@@ -1,19 +1,19 @@
 //! `archway review -f FILE`: what archway would do to the pods and pod
 //! templates of a YAML file, through the very code path of the webhook.
 
-use std::collections::BTreeMap;
+use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use base64::Engine;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::admission::Reviewer;
-use crate::cli::Output;
+use crate::admission::pod::PodView;
 use crate::config::Config;
 use crate::policy::{Mode, NamespacePolicy, PolicySource, Rollout, StaticPolicies};
+use crate::report::Format;
 
 /// Offline, every namespace is treated as enforced (the file's namespaces
 /// need not exist), with the configured policy where there is one.
@@ -24,16 +24,9 @@ struct ReviewPolicies {
 
 impl PolicySource for ReviewPolicies {
     fn policy(&self, namespace: &str) -> Option<NamespacePolicy> {
-        let mut policy = self
-            .configured
-            .policy(namespace)
-            .unwrap_or(NamespacePolicy {
-                mode: Mode::Enforce,
-                rollout: self.configured.default_rollout,
-                rollout_by: Default::default(),
-                placement: Default::default(),
-                problems: Vec::new(),
-            });
+        let mut policy = self.configured.policy(namespace).unwrap_or_else(|| {
+            NamespacePolicy::opted_in(Mode::Enforce, self.configured.default_rollout)
+        });
         // Offline there is nothing to dry-run: show what enforce would do.
         policy.mode = Mode::Enforce;
         if let Some(rollout) = self.rollout {
@@ -41,6 +34,25 @@ impl PolicySource for ReviewPolicies {
         }
         Some(policy)
     }
+}
+
+/// One pod or pod template of the file, and what archway would do to it.
+/// Fields in alphabetical order: the JSON output keeps the order it had.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReviewRow {
+    pub allowed: bool,
+    pub architectures: Option<BTreeSet<String>>,
+    /// `DecisionKind::label`.
+    pub decision: &'static str,
+    pub kind: String,
+    pub name: String,
+    pub namespace: String,
+    pub patched: bool,
+    pub reason: String,
+    /// What archway touches, after its patch: annotations, affinity,
+    /// tolerations.
+    pub spec: Value,
+    pub warnings: Vec<String>,
 }
 
 /// Where a kind keeps its pod template.
@@ -63,7 +75,7 @@ pub async fn run(
     file: &Path,
     default_namespace: &str,
     rollout: Option<Rollout>,
-    output: Output,
+    format: Format,
 ) -> anyhow::Result<ExitCode> {
     let text =
         std::fs::read_to_string(file).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
@@ -71,11 +83,8 @@ pub async fn run(
         configured: config.static_policies(),
         rollout,
     });
-    let mut config = config.clone();
-    // An offline review has no webhook timeout to meet.
-    config.time_budget = config.registry.request_timeout * 2;
-    let reviewer = Reviewer::from_config(&config, policies)?;
-    let mut results = Vec::new();
+    let reviewer = Reviewer::from_config(&crate::admission::offline(config), policies)?;
+    let mut rows = Vec::new();
     for (index, document) in serde_yaml::Deserializer::from_str(&text).enumerate() {
         let value = Value::deserialize(document)
             .map_err(|e| anyhow::anyhow!("{}: document {}: {e}", file.display(), index + 1))?;
@@ -83,48 +92,42 @@ pub async fn run(
             continue;
         }
         for object in flatten_lists(value) {
-            if let Some(result) =
-                review_object(&reviewer, &object, default_namespace, index).await?
-            {
-                results.push(result);
+            if let Some(row) = review_object(&reviewer, &object, default_namespace, index).await? {
+                rows.push(row);
             }
         }
     }
-    let denied = results.iter().any(|r| r["allowed"] == false);
-    match output {
-        Output::Json => println!("{}", serde_json::to_string_pretty(&results)?),
-        Output::Table => {
-            for result in &results {
-                println!(
-                    "{} {}/{}: {} ({})",
-                    result["kind"].as_str().unwrap_or(""),
-                    result["namespace"].as_str().unwrap_or(""),
-                    result["name"].as_str().unwrap_or(""),
-                    result["decision"].as_str().unwrap_or(""),
-                    result["reason"].as_str().unwrap_or("")
-                );
-                for warning in result["warnings"].as_array().into_iter().flatten() {
-                    println!("  warning: {}", warning.as_str().unwrap_or(""));
-                }
-                if result["patched"] == true {
-                    println!(
-                        "{}",
-                        serde_yaml::to_string(&result["spec"])?
-                            .trim_end()
-                            .lines()
-                            .map(|l| format!("  {l}"))
-                            .collect::<Vec<_>>()
-                            .join("\n")
-                    );
-                }
-            }
-        }
+    let denied = rows.iter().any(|r| !r.allowed);
+    match format {
+        Format::Json => println!("{}", serde_json::to_string_pretty(&rows)?),
+        Format::Table => print!("{}", render_table(&rows)?),
+        Format::Html => anyhow::bail!("review writes a table or JSON, not HTML"),
     }
     Ok(if denied {
         ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// One line per object, its warnings, and what a patch would set.
+fn render_table(rows: &[ReviewRow]) -> anyhow::Result<String> {
+    let mut out = String::new();
+    for row in rows {
+        out.push_str(&format!(
+            "{} {}/{}: {} ({})\n",
+            row.kind, row.namespace, row.name, row.decision, row.reason
+        ));
+        for warning in &row.warnings {
+            out.push_str(&format!("  warning: {warning}\n"));
+        }
+        if row.patched {
+            for line in serde_yaml::to_string(&row.spec)?.trim_end().lines() {
+                out.push_str(&format!("  {line}\n"));
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// A `kind: List` holds its objects in `items`.
@@ -141,7 +144,7 @@ async fn review_object(
     object: &Value,
     default_namespace: &str,
     index: usize,
-) -> anyhow::Result<Option<Value>> {
+) -> anyhow::Result<Option<ReviewRow>> {
     let kind = object["kind"].as_str().unwrap_or_default().to_string();
     let Some(path) = template_path(&kind) else {
         return Ok(None);
@@ -158,50 +161,34 @@ async fn review_object(
     if !pod.is_object() {
         return Ok(None);
     }
-    if kind != "Pod" {
-        pod["apiVersion"] = json!("v1");
-        pod["kind"] = json!("Pod");
-        if pod["metadata"]["name"].is_null() {
-            pod["metadata"]["generateName"] = json!(format!("{name}-"));
-        }
+    if kind != "Pod" && pod["metadata"]["name"].is_null() {
+        pod["metadata"]["generateName"] = json!(format!("{name}-"));
     }
-    let review = json!({
-        "apiVersion": crate::admission::API_VERSION,
-        "kind": "AdmissionReview",
-        "request": {
-            "uid": format!("review-{index}-{name}"),
-            "kind": {"group": "", "version": "v1", "kind": "Pod"},
-            "operation": "CREATE",
-            "namespace": namespace,
-            "name": if kind == "Pod" { name.clone() } else { String::new() },
-            "object": pod,
-        }
-    });
+    // Read as the webhook reads it, so the answer is the webhook's.
+    let typed = serde_json::from_value::<PodView>(pod.clone())
+        .map(PodView::into_pod)
+        .map_err(|e| e.to_string());
+    let uid = format!("review-{index}-{name}");
     let (answer, record) = reviewer
-        .review(&serde_json::to_vec(&review)?)
+        .review_pod(typed, &namespace, &uid)
         .await
         .map_err(|e| anyhow::anyhow!("{kind} {name}: {e}"))?;
-    let response = &answer.response;
-    let mut patched = pod.clone();
+    let response = answer.response;
     if let Some(patch) = &response.patch {
-        let bytes = base64::engine::general_purpose::STANDARD.decode(patch)?;
-        let patch: json_patch::Patch = serde_json::from_slice(&bytes)?;
-        json_patch::patch(&mut patched, &patch)?;
+        let patch: json_patch::Patch = serde_json::from_slice(patch)?;
+        json_patch::patch(&mut pod, &patch)?;
     }
-    let mut result = BTreeMap::new();
-    result.insert("kind", json!(kind));
-    result.insert("namespace", json!(namespace));
-    result.insert("name", json!(name));
-    result.insert("decision", json!(record.kind.label()));
-    result.insert("reason", json!(record.reason));
-    result.insert("allowed", json!(response.allowed));
-    result.insert("patched", json!(response.patch.is_some()));
-    result.insert("warnings", json!(response.warnings));
-    result.insert("architectures", json!(record.architectures));
-    result.insert(
-        "spec",
-        json!({"metadata": {"annotations": patched["metadata"]["annotations"]}, "spec": {
-        "affinity": patched["spec"]["affinity"], "tolerations": patched["spec"]["tolerations"]}}),
-    );
-    Ok(Some(json!(result)))
+    Ok(Some(ReviewRow {
+        allowed: response.allowed,
+        architectures: record.architectures,
+        decision: record.kind.label(),
+        kind,
+        name,
+        namespace,
+        patched: response.patch.is_some(),
+        reason: record.reason,
+        spec: json!({"metadata": {"annotations": pod["metadata"]["annotations"]}, "spec": {
+        "affinity": pod["spec"]["affinity"], "tolerations": pod["spec"]["tolerations"]}}),
+        warnings: response.warnings,
+    }))
 }

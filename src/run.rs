@@ -91,7 +91,11 @@ fn serving_certificate(
         .and_then(|_| std::fs::write(&ca_path, &generated.ca_pem))
     {
         Ok(()) => {
-            tracing::info!(ca = %ca_path.display(), "no certificate configured: serving a self-signed one for localhost; trust its CA with curl --cacert")
+            tracing::info!(
+                ca = %ca_path.display(),
+                "no certificate configured: serving a self-signed one for localhost; trust it with `curl --cacert {}`",
+                ca_path.display()
+            )
         }
         Err(error) => {
             tracing::warn!(%error, "no certificate configured: serving a self-signed one; could not write its CA, printing it")

@@ -589,3 +589,29 @@ async fn the_patch_is_base64_json_patch_exactly_as_documented() {
     );
     webhook.stop().await;
 }
+
+/// Issue 14: a pod of a million empty required terms (3 MB) made a 284 MB
+/// answer, one `add` per term. Now the answer stays small: the pod is
+/// admitted unchanged, with a warning that says why. (50,000 terms here,
+/// 11 MB of answer before, so as not to load the machine under the timing
+/// tests running beside it.)
+#[tokio::test]
+async fn a_pod_of_many_terms_gets_a_small_answer() {
+    let webhook = webhook("").await;
+    let mut pod = pod("terms", &["multi:v1"]);
+    pod["spec"]["affinity"] = json!({"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution":
+        {"nodeSelectorTerms": vec![json!({}); 50_000]}}});
+    let answer = webhook.review(&pod_review("terms-1", "r100", &pod)).await;
+    let size = serde_json::to_vec(&answer).unwrap().len();
+    assert!(size < 16 * 1024, "the answer is {size} bytes");
+    let response = &answer["response"];
+    assert_eq!(response["allowed"], true);
+    assert!(response.get("patch").is_none(), "{response}");
+    let warnings = response["warnings"].to_string();
+    assert!(
+        warnings.contains("50000 required node selector terms")
+            && warnings.contains("admitted unchanged"),
+        "{warnings}"
+    );
+    webhook.stop().await;
+}

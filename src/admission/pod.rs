@@ -12,7 +12,7 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use serde::Deserialize;
 
-use super::MapOnly;
+use super::wire::MapOnly;
 
 /// A pod: a JSON object (an array is refused at once, as k8s-openapi
 /// refuses it, rather than read as a tuple of fields).

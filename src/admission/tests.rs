@@ -1,5 +1,6 @@
 use serde_json::{Value, json};
 
+use super::warnings::MAX_WARNING_CHARS;
 use super::*;
 use crate::cache::CacheSettings;
 use crate::config::Config;

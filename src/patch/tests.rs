@@ -218,3 +218,61 @@ fn a_pod_without_metadata_still_gets_its_annotations() {
         "amd64,arm64"
     );
 }
+
+/// Issue 14: one `add` per term let a pod of a million empty terms make a
+/// 284 MB answer. The terms go back in one operation, and `encode` refuses
+/// a patch over its limit before building it.
+#[test]
+fn many_terms_make_one_operation_and_an_oversized_patch_is_refused() {
+    let mut pod = base();
+    let terms: Vec<Value> = (0..1000)
+        .map(|i| json!({"matchExpressions": [{"key": "zone", "operator": "In", "values": [format!("z{i}")]}]}))
+        .collect();
+    pod["spec"]["affinity"] = json!({"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": terms}}});
+    let typed: Pod = serde_json::from_value(pod.clone()).unwrap();
+    let injection = injection(&["arm64"], None);
+    let patch = build(&typed, &injection, &Config::default().tolerations);
+    assert_eq!(
+        patch.0.len(),
+        3,
+        "affinity, tolerations, annotations: {:?}",
+        patch.0.len()
+    );
+    let (patched, _) = apply(pod, &injection);
+    let terms = patched["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+        ["nodeSelectorTerms"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert_eq!(terms.len(), 1000);
+    for (i, term) in terms.iter().enumerate() {
+        assert_eq!(
+            term["matchExpressions"],
+            json!([{"key": "zone", "operator": "In", "values": [format!("z{i}")]}, arch_expr(&["arm64"])])
+        );
+    }
+
+    let mut huge = base();
+    huge["spec"]["affinity"] = json!({"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution":
+        {"nodeSelectorTerms": vec![json!({}); 1_000_000]}}});
+    let huge: Pod = serde_json::from_value(huge).unwrap();
+    let started = std::time::Instant::now();
+    let refused = encode(&huge, &injection, &Config::default().tolerations, 1 << 20);
+    assert!(
+        matches!(
+            refused,
+            Err(PatchError::TooLarge {
+                terms: 1_000_000,
+                ..
+            })
+        ),
+        "{refused:?}"
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(1),
+        "refused without building"
+    );
+    // Under the limit, `encode` is `build` serialised.
+    let small = encode(&typed, &injection, &Config::default().tolerations, 1 << 20).unwrap();
+    assert_eq!(small, serde_json::to_vec(&patch).unwrap());
+}

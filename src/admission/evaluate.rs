@@ -1,0 +1,170 @@
+//! One pod, evaluated: the platforms of its images looked up (with the
+//! credentials of its pull secrets, within a deadline), then the decision.
+//! The webhook, `archway review` and `archway audit` all come through here
+//! and differ only in how they show the result.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::Pod;
+
+use super::Reviewer;
+use crate::cache::CacheOutcome;
+use crate::placement::{self, ContainerImage, Decision, DecisionInput, ImageLookup};
+use crate::policy::NamespacePolicy;
+use crate::registry::{InspectError, Keyring};
+
+/// More distinct images than any real pod has; each costs a lookup.
+pub const MAX_IMAGES_PER_POD: usize = 64;
+
+/// What the lookups found and what the decision made of it.
+#[derive(Debug, Clone)]
+pub struct Evaluation {
+    pub decision: Decision,
+    /// One per container, in `placement::container_images` order; empty
+    /// when the decision needed no lookup.
+    pub lookups: Vec<(ContainerImage, ImageLookup)>,
+    /// About the pod's pull secrets, for the pod's author.
+    pub warnings: Vec<String>,
+    pub cache_hits: usize,
+    pub cache_misses: usize,
+}
+
+impl Evaluation {
+    /// A decision made without a lookup.
+    pub fn unchanged(decision: Decision) -> Evaluation {
+        Evaluation {
+            decision,
+            lookups: Vec::new(),
+            warnings: Vec::new(),
+            cache_hits: 0,
+            cache_misses: 0,
+        }
+    }
+}
+
+impl Reviewer {
+    /// Evaluates `pod` (its namespace set) under `policy`: every distinct
+    /// image looked up once, all bounded by `deadline`. `request_uid` names
+    /// the pod for its rollout bucket while it has no name.
+    pub async fn evaluate(
+        &self,
+        pod: &Pod,
+        policy: &NamespacePolicy,
+        deadline: tokio::time::Instant,
+        request_uid: &str,
+    ) -> Evaluation {
+        if let Some(decision) = placement::screen(pod) {
+            return Evaluation::unchanged(decision);
+        }
+        let images = placement::container_images(pod);
+        let mut evaluation = Evaluation::unchanged(placement::not_opted_in());
+        let distinct = images.iter().map(|c| c.image.as_str()).collect::<Vec<_>>();
+        let distinct = {
+            let mut d = distinct;
+            d.sort_unstable();
+            d.dedup();
+            d
+        };
+        let lookups: Vec<_> = if distinct.len() > MAX_IMAGES_PER_POD {
+            let reason = format!(
+                "the pod has {} distinct images, more than archway inspects ({MAX_IMAGES_PER_POD})",
+                distinct.len()
+            );
+            let failed = |c: &ContainerImage| (c.clone(), ImageLookup::Failed(reason.clone()));
+            images.iter().map(failed).collect()
+        } else {
+            let (keyring, warnings) = self.pull_secret_keyring(pod, deadline).await;
+            evaluation.warnings = warnings;
+            let found = self.look_up(&distinct, &keyring, deadline).await;
+            evaluation.cache_hits = found
+                .values()
+                .filter(|(_, o)| *o == Some(CacheOutcome::Hit))
+                .count();
+            evaluation.cache_misses = found
+                .values()
+                .filter(|(_, o)| *o == Some(CacheOutcome::Miss))
+                .count();
+            images
+                .iter()
+                .map(|c| (c.clone(), found[c.image.as_str()].0.clone()))
+                .collect()
+        };
+        let nodes = self.policies.node_architectures();
+        evaluation.decision = placement::decide_screened(&DecisionInput {
+            pod,
+            policy,
+            lookups: &lookups,
+            settings: &self.settings.decision,
+            request_uid,
+            node_architectures: nodes.as_deref(),
+        });
+        evaluation.lookups = lookups;
+        evaluation
+    }
+
+    /// The credentials of the pull secrets the pod names (the ServiceAccount
+    /// admission plugin has already copied the ServiceAccount's into it),
+    /// and warnings about those it could not read.
+    async fn pull_secret_keyring(
+        &self,
+        pod: &Pod,
+        deadline: tokio::time::Instant,
+    ) -> (Keyring, Vec<String>) {
+        let (Some(secrets), Some(spec)) = (&self.pull_secrets, &pod.spec) else {
+            return (Keyring::default(), Vec::new());
+        };
+        let names: Vec<String> = spec
+            .image_pull_secrets
+            .iter()
+            .flatten()
+            .map(|r| r.name.clone())
+            .filter(|n| !n.is_empty())
+            .collect();
+        if names.is_empty() {
+            return (Keyring::default(), Vec::new());
+        }
+        let namespace = pod.metadata.namespace.as_deref().unwrap_or_default();
+        match tokio::time::timeout_at(deadline, secrets.keyring(namespace, &names)).await {
+            Ok((keyring, warnings)) => (keyring, warnings),
+            Err(_) => {
+                let timeout = "pull secrets not read within the time budget";
+                (Keyring::default(), vec![timeout.into()])
+            }
+        }
+    }
+
+    /// Every image looked up at once, each bounded by the deadline; a lookup
+    /// still running then goes on filling the cache. `None` for an image
+    /// not looked up (an invalid reference).
+    async fn look_up<'a>(
+        &self,
+        images: &[&'a str],
+        keyring: &Keyring,
+        deadline: tokio::time::Instant,
+    ) -> BTreeMap<&'a str, (ImageLookup, Option<CacheOutcome>)> {
+        let lookups = images.iter().map(|&image| async move {
+            let (result, outcome) = match self.inspector.parse_reference(image) {
+                Err(e) => (Err(InspectError::InvalidReference(e.reason)), None),
+                Ok(reference) => {
+                    // The pod's own credential for the image, else anonymous
+                    // (the registry client then tries the cluster's own).
+                    let credential = keyring.lookup(&reference);
+                    let lookup = self.inspector.inspect_detached(&reference, &credential);
+                    match tokio::time::timeout_at(deadline, lookup).await {
+                        Ok((result, outcome)) => (result, Some(outcome)),
+                        Err(_) => (Err(InspectError::Deadline), Some(CacheOutcome::Miss)),
+                    }
+                }
+            };
+            let lookup = match result {
+                Ok(found) => ImageLookup::Found(found.platforms.clone()),
+                Err(error) => ImageLookup::Failed(error.to_string()),
+            };
+            (image, (lookup, outcome))
+        });
+        futures::future::join_all(lookups)
+            .await
+            .into_iter()
+            .collect()
+    }
+}
