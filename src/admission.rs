@@ -14,6 +14,7 @@ use crate::config::Config;
 use crate::image::truncate_for_message;
 use crate::placement::{self, Decision, DecisionKind, DecisionSettings, Injection, Outcome};
 use crate::policy::{Mode, NamespacePolicy, PolicySource};
+pub use draws::RolloutDraws;
 pub use evaluate::{Evaluation, MAX_IMAGES_PER_POD};
 use warnings::{budget_warnings, warning};
 use wire::Request;
@@ -103,6 +104,9 @@ pub struct Reviewer {
     /// Reads pods' pull secrets; `None` without a cluster.
     pub pull_secrets: Option<crate::cluster::PullSecrets>,
     pub settings: Arc<ReviewSettings>,
+    /// Where each workload's unnamed pods are in their sequence of rollout
+    /// buckets; kept across configuration reloads.
+    pub draws: Arc<RolloutDraws>,
 }
 
 /// The parts of the configuration a review reads.
@@ -159,6 +163,7 @@ impl Reviewer {
             policies,
             pull_secrets: None,
             settings: Arc::new(ReviewSettings::from_config(config)),
+            draws: Arc::default(),
         })
     }
 
@@ -195,7 +200,9 @@ impl Reviewer {
         let namespace = request.namespace.clone().unwrap_or_default();
         let name = request.name.clone().unwrap_or_default();
         let dry_run = request.dry_run.unwrap_or(false);
-        let answer = self.answer(request, &uid, &namespace, deadline).await;
+        let answer = self
+            .answer(request, &uid, &namespace, dry_run, deadline)
+            .await;
         let record = ReviewRecord {
             uid: uid.clone(),
             namespace,
@@ -228,14 +235,19 @@ impl Reviewer {
         request: Request,
         uid: &str,
         namespace: &str,
+        dry_run: bool,
         deadline: tokio::time::Instant,
     ) -> Answer {
         let screened = match self.screen(request, namespace) {
             Screen::Pod(screened) => screened,
             Screen::Answered(answer) => return answer,
         };
+        let draw = match placement::spread_owner(&screened.pod, screened.policy.rollout_by) {
+            Some(owner) => Some(self.draws.next(&owner, dry_run).await),
+            None => None,
+        };
         let evaluation = self
-            .evaluate(&screened.pod, &screened.policy, deadline, uid)
+            .evaluate(&screened.pod, &screened.policy, deadline, uid, draw)
             .await;
         Answer {
             pod: screened.name,
@@ -531,6 +543,7 @@ fn audit_annotations(decision: &Decision, would: bool) -> BTreeMap<String, Strin
     annotations
 }
 
+mod draws;
 mod evaluate;
 pub mod pod;
 #[cfg(test)]

@@ -357,7 +357,7 @@ async fn evaluate(reviewer: &Reviewer, workload: &Workload) -> Evaluation {
     };
     let uid = format!("audit/{}", workload.meta.name.clone().unwrap_or_default());
     let deadline = tokio::time::Instant::now() + reviewer.settings.time_budget;
-    reviewer.evaluate(&pod, &policy, deadline, &uid).await
+    reviewer.evaluate(&pod, &policy, deadline, &uid, None).await
 }
 
 fn pod_of(workload: &Workload) -> Pod {

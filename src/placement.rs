@@ -54,6 +54,9 @@ pub struct DecisionInput<'a> {
     /// Identifies this pod for its rollout bucket when it has no name yet
     /// (pods of a ReplicaSet are named after admission): the review's uid.
     pub request_uid: &'a str,
+    /// This pod's place in its owner's sequence of unnamed pods, as archway
+    /// counted them (see [`spread_owner`]); `None` draws from `request_uid`.
+    pub draw: Option<u64>,
     /// The architectures that have nodes, when known (with a cluster).
     pub node_architectures: Option<&'a BTreeSet<String>>,
 }
@@ -329,8 +332,14 @@ fn choose(input: &DecisionInput<'_>, supported: &BTreeSet<String>) -> Choice {
         return choice(DecisionKind::OnlyOption, supported.clone(), reason);
     }
     let rollout = input.policy.rollout.percent();
-    let key = bucket_key(input.pod, input.policy.rollout_by, input.request_uid);
-    let bucket = rollout_bucket(&key);
+    let bucket = match (input.draw, spread_owner(input.pod, input.policy.rollout_by)) {
+        (Some(index), Some(owner)) => spread_bucket(&owner, index),
+        _ => rollout_bucket(&bucket_key(
+            input.pod,
+            input.policy.rollout_by,
+            input.request_uid,
+        )),
+    };
     if bucket < rollout {
         let reason = format!("{target}: rollout {rollout}%, bucket {bucket}");
         return choice(
@@ -545,6 +554,40 @@ fn workload_of<'a>(pod: &Pod, kind: &'a str, name: &'a str) -> (&'a str, &'a str
         _ => (kind, name),
     }
 }
+
+/// The workload whose pods draw their buckets in sequence: with
+/// `rollout-by: pod`, a pod that has no name yet (a ReplicaSet's, a Job's:
+/// `generateName`) and a controlling owner. Its own name would be stable,
+/// but it has none at admission, and the review's uid is random: drawn at
+/// random, a 10-replica Deployment at rollout 10% would get no arm64 pod at
+/// all one time in three. Drawn in sequence (see [`spread_bucket`]), it gets
+/// exactly one.
+pub fn spread_owner(pod: &Pod, rollout_by: RolloutBy) -> Option<String> {
+    let unnamed = pod.metadata.name.as_deref().is_none_or(str::is_empty);
+    if rollout_by != RolloutBy::Pod || !unnamed {
+        return None;
+    }
+    let owner = pod
+        .metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .find(|o| o.controller == Some(true))?;
+    let namespace = pod.metadata.namespace.as_deref().unwrap_or_default();
+    let (kind, name) = workload_of(pod, &owner.kind, &owner.name);
+    Some(format!("{namespace}/{kind}/{name}"))
+}
+
+/// The bucket of the `index`-th unnamed pod of `owner`: the owner's own
+/// bucket, then steps of 61 around 0..=99. 61 shares no factor with 100, so
+/// any 100 pods in a row take every bucket once, and since 61/100 is close
+/// to the golden ratio's 0.618, the first few are already spread evenly:
+/// at rollout N%, any run of pods has within a pod or two of N% steered.
+pub fn spread_bucket(owner: &str, index: u64) -> u8 {
+    ((u64::from(rollout_bucket(owner)) + (index % 100) * SPREAD_STEP) % 100) as u8
+}
+
+const SPREAD_STEP: u64 = 61;
 
 /// A bucket 0..=99 from a stable hash: the same key gets the same bucket
 /// in every replica of archway, across restarts and versions.

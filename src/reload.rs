@@ -96,6 +96,7 @@ impl ConfigReloader {
             policies,
             pull_secrets: old.pull_secrets.clone(),
             settings: Arc::new(ReviewSettings::from_config(config)),
+            draws: old.draws.clone(),
         })
     }
 }

@@ -207,6 +207,7 @@ pub fn patch(data: &[u8]) {
                 lookups: &lookups,
                 settings: &settings,
                 request_uid: "fuzz-uid",
+                draw: None,
                 node_architectures,
             });
             let Outcome::Inject(injection) = &decision.outcome else {

@@ -45,13 +45,15 @@ impl Evaluation {
 impl Reviewer {
     /// Evaluates `pod` (its namespace set) under `policy`: every distinct
     /// image looked up once, all bounded by `deadline`. `request_uid` names
-    /// the pod for its rollout bucket while it has no name.
+    /// the pod for its rollout bucket while it has no name, unless `draw`
+    /// gives its place in its workload's sequence (`RolloutDraws`).
     pub async fn evaluate(
         &self,
         pod: &Pod,
         policy: &NamespacePolicy,
         deadline: tokio::time::Instant,
         request_uid: &str,
+        draw: Option<u64>,
     ) -> Evaluation {
         if let Some(decision) = placement::screen(pod) {
             return Evaluation::unchanged(decision);
@@ -96,6 +98,7 @@ impl Reviewer {
             lookups: &lookups,
             settings: &self.settings.decision,
             request_uid,
+            draw,
             node_architectures: nodes.as_deref(),
         });
         evaluation.lookups = lookups;

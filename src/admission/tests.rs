@@ -24,6 +24,7 @@ fn reviewer(config_yaml: &str) -> Reviewer {
         }),
         pull_secrets: None,
         settings: Arc::new(ReviewSettings::from_config(&config)),
+        draws: Arc::default(),
     }
 }
 

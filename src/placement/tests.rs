@@ -64,6 +64,7 @@ fn run(
         lookups: &lookups,
         settings: &settings(fail_closed),
         request_uid: "uid-1",
+        draw: None,
         node_architectures: None,
     })
 }
@@ -457,6 +458,7 @@ fn workload_rollout_puts_every_pod_of_a_deployment_on_one_side() {
                 lookups: &lookups,
                 settings: &settings(false),
                 request_uid: &uid,
+                draw: None,
                 node_architectures: None,
             });
             injection(&d).required.clone()
@@ -502,6 +504,7 @@ fn buckets_are_stable_uniform_and_monotone_in_the_rollout() {
                     lookups: &lookups,
                     settings: &settings(false),
                     request_uid: "u",
+                    draw: None,
                     node_architectures: None,
                 });
                 d.kind == DecisionKind::Steered
@@ -552,6 +555,7 @@ fn pods_without_spec_or_images_do_not_panic() {
         lookups: &[],
         settings: &settings(false),
         request_uid: "u",
+        draw: None,
         node_architectures: None,
     });
     assert_eq!(
@@ -570,6 +574,7 @@ fn with_nodes(rollout: u8, images: &[ImageLookup], nodes: &[&str]) -> Decision {
         lookups: &lookups,
         settings: &settings(false),
         request_uid: "u",
+        draw: None,
         node_architectures: Some(&nodes),
     })
 }
