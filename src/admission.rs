@@ -389,7 +389,9 @@ impl Reviewer {
             let keyring = self
                 .pull_secret_keyring(&pod, &record.namespace, deadline, response)
                 .await;
-            let (lookups, hits, misses) = self.look_up(&images, &keyring, deadline).await;
+            let requester = self.inspector.requester(&record.namespace);
+            let (lookups, hits, misses) =
+                self.look_up(&images, &keyring, &requester, deadline).await;
             record.cache_hits = hits;
             record.cache_misses = misses;
             self.decide(&pod, &policy, &lookups, request)
@@ -466,6 +468,7 @@ impl Reviewer {
         &self,
         images: &[ContainerImage],
         keyring: &Keyring,
+        requester: &crate::cache::Requester,
         deadline: tokio::time::Instant,
     ) -> (Vec<(ContainerImage, ImageLookup)>, usize, usize) {
         let distinct: BTreeSet<&str> = images.iter().map(|c| c.image.as_str()).collect();
@@ -476,7 +479,9 @@ impl Reviewer {
                     // The pod's own credential for the image, else anonymous
                     // (the registry client then tries the cluster's own).
                     let credential = keyring.lookup(&reference);
-                    let lookup = self.inspector.inspect_detached(&reference, &credential);
+                    let lookup = self
+                        .inspector
+                        .inspect_for(&reference, &credential, requester);
                     match tokio::time::timeout_at(deadline, lookup).await {
                         Ok((result, outcome)) => (result, Some(outcome)),
                         Err(_) => (Err(InspectError::Deadline), Some(CacheOutcome::Miss)),
