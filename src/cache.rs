@@ -392,6 +392,12 @@ impl Inspector {
         self.cache.weighted_size()
     }
 
+    /// Lets the cache finish its pending evictions, so that the counts
+    /// above are current (moka does this work during later calls).
+    pub async fn run_pending_tasks(&self) {
+        self.cache.run_pending_tasks().await;
+    }
+
     pub fn client(&self) -> &RegistryClient {
         &self.client
     }
