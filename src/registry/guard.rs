@@ -184,8 +184,14 @@ impl NetworkGuard {
     }
 
     fn refusal(&self, target: &str, ip: IpAddr, range: &str) -> Refusal {
+        // A name says what it resolved to; an address is said once.
+        let what = match target.parse::<SocketAddr>() {
+            Ok(_) => format!("{target} is"),
+            Err(_) if target.starts_with(&ip.to_string()) => format!("{target} is"),
+            Err(_) => format!("{target} resolves to {ip},"),
+        };
         Refusal(format!(
-            "{target} is {ip}, a {range} address; archway does not connect there unless \
+            "{what} a {range} address; archway does not connect there unless \
              registry.allowPrivate names the host (and port) or range"
         ))
     }
