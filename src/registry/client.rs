@@ -98,6 +98,9 @@ pub struct RegistryClient {
     /// whole host backs off, not just the image that was refused.
     backoff: Arc<std::sync::Mutex<BTreeMap<String, std::time::Instant>>>,
     limits: Arc<LookupLimits>,
+    /// Registry response bodies held at once, in KiB: 64 lookups reading
+    /// 4 MiB manifests would otherwise hold 256 MiB.
+    body_kib: Arc<tokio::sync::Semaphore>,
     /// How hosts are named in metrics.
     names: Arc<RegistryNames>,
 }
@@ -105,6 +108,9 @@ pub struct RegistryClient {
 /// Hosts backing off at once; a registry answering 429 under thousands of
 /// names gets no more entries than this.
 const MAX_BACKING_OFF: usize = 1024;
+
+/// Registry response bytes held at once (at least one largest body).
+const BODY_BYTES_IN_FLIGHT: usize = 16 * 1024 * 1024;
 
 /// How long a host backs off after a 429 without `Retry-After`, and the
 /// most a `Retry-After` is believed.
@@ -228,10 +234,15 @@ impl RegistryClient {
             settings.max_concurrent_lookups,
             settings.max_concurrent_lookups_per_host,
         ));
+        let body_kib = BODY_BYTES_IN_FLIGHT
+            .max(settings.max_manifest_bytes)
+            .max(settings.max_token_bytes)
+            .div_ceil(1024);
         Ok(RegistryClient {
             http,
             names,
             limits,
+            body_kib: Arc::new(tokio::sync::Semaphore::new(body_kib)),
             settings: Arc::new(settings),
             guard,
             backoff: Arc::default(),
@@ -506,14 +517,19 @@ impl RegistryClient {
                     .get(CONTENT_TYPE)
                     .and_then(|v| v.to_str().ok())
                     .map(str::to_string);
-                let body = read_limited(
+                let (body, held) = read_limited(
                     response,
                     self.settings.max_manifest_bytes,
+                    &self.body_kib,
                     &host,
                     "manifest or config",
                 )
                 .await?;
-                Ok(Fetched { content_type, body })
+                Ok(Fetched {
+                    content_type,
+                    body,
+                    _held: held,
+                })
             }
             StatusCode::NOT_FOUND => Err(InspectError::NotFound {
                 host,
@@ -614,9 +630,10 @@ impl RegistryClient {
                 format!("token endpoint answered HTTP {}", status.as_u16()),
             ));
         }
-        let body = read_limited(
+        let (body, _held) = read_limited(
             response,
             self.settings.max_token_bytes,
+            &self.body_kib,
             &endpoint.host,
             "token response",
         )
@@ -724,6 +741,8 @@ struct Endpoint {
 struct Fetched {
     content_type: Option<String>,
     body: Vec<u8>,
+    /// The body's share of `BODY_BYTES_IN_FLIGHT`, given back on drop.
+    _held: tokio::sync::OwnedSemaphorePermit,
 }
 
 struct Token {
@@ -735,13 +754,17 @@ fn basic_value(username: &str, password: &str) -> String {
     base64::engine::general_purpose::STANDARD.encode(format!("{username}:{password}"))
 }
 
-/// Reads at most `limit` bytes, refusing more without reading them.
+/// Reads at most `limit` bytes, refusing more without reading them. The
+/// bytes are first taken from `budget` (KiB), all at once so that no read
+/// holds part of it while waiting for more: the declared length, or the
+/// limit, cut to what was read.
 async fn read_limited(
     mut response: Response,
     limit: usize,
+    budget: &Arc<tokio::sync::Semaphore>,
     host: &str,
     what: &'static str,
-) -> Result<Vec<u8>, InspectError> {
+) -> Result<(Vec<u8>, tokio::sync::OwnedSemaphorePermit), InspectError> {
     let too_large = || InspectError::TooLarge {
         host: host.to_string(),
         what,
@@ -753,6 +776,13 @@ async fn read_limited(
     {
         return Err(too_large());
     }
+    let expected = response.content_length().map_or(limit, |len| len as usize);
+    let kib = |bytes: usize| u32::try_from(bytes.div_ceil(1024).max(1)).unwrap_or(u32::MAX);
+    let mut held = budget
+        .clone()
+        .acquire_many_owned(kib(expected))
+        .await
+        .map_err(|_| InspectError::Internal("body budget closed".into()))?;
     let mut body = Vec::with_capacity(response.content_length().unwrap_or(0) as usize);
     while let Some(chunk) = response
         .chunk()
@@ -764,7 +794,12 @@ async fn read_limited(
         }
         body.extend_from_slice(&chunk);
     }
-    Ok(body)
+    // Give back what an undeclared length did not use.
+    let used = kib(body.len()) as usize;
+    if held.num_permits() > used {
+        drop(held.split(held.num_permits() - used));
+    }
+    Ok((body, held))
 }
 
 fn retry_after(headers: &HeaderMap) -> Option<Duration> {
