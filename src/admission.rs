@@ -75,7 +75,7 @@ pub struct ReviewRecord {
 
 impl ReviewRecord {
     /// One log line, with plain values: `mode=enforce`, `archs=amd64,arm64`,
-    /// `elapsed_us=105`.
+    /// `elapsed_ms=0.105` (whole microseconds: benches/load.sh reads it).
     pub fn log(&self) {
         tracing::info!(
             uid = %self.uid,
@@ -90,7 +90,7 @@ impl ReviewRecord {
             cache_hits = self.cache_hits,
             cache_misses = self.cache_misses,
             dry_run = self.dry_run,
-            elapsed_us = self.elapsed.as_micros() as u64,
+            elapsed_ms = self.elapsed.as_micros() as f64 / 1000.0,
             "review"
         );
     }

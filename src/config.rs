@@ -40,7 +40,7 @@ pub struct Config {
     pub policy_source: PolicySourceKind,
     /// Static namespace policy, for running without a cluster.
     pub namespaces: BTreeMap<String, StaticNamespace>,
-    pub cache: CacheConfig,
+    pub cache: CacheSettings,
     pub registry: RegistryConfig,
     pub server: ServerConfig,
 }
@@ -63,18 +63,6 @@ impl PolicySourceKind {
             PolicySourceKind::Cluster => true,
         }
     }
-}
-
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
-pub struct CacheConfig {
-    pub max_entries: u64,
-    #[serde(with = "humantime_serde")]
-    pub tag_ttl: Duration,
-    #[serde(with = "humantime_serde")]
-    pub digest_ttl: Duration,
-    #[serde(with = "humantime_serde")]
-    pub failure_ttl: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -102,6 +90,10 @@ pub struct RegistryConfig {
     /// itself (`*.domain` globs). Absent: a built-in list of the common
     /// auth and blob-storage hosts (Docker Hub, GitHub, the clouds).
     pub trusted_hosts: Option<Vec<String>>,
+    /// Image lookups asking registries at once, in total and per registry
+    /// host; more wait their turn.
+    pub max_concurrent_lookups: usize,
+    pub max_concurrent_lookups_per_host: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -116,6 +108,19 @@ pub struct ServerConfig {
     /// Largest admission request accepted. Pods can be large (many
     /// containers, long env lists); the API server's own limit is 3 MiB.
     pub max_body_bytes: usize,
+    /// Request bodies held at once, in bytes (bodies and the pods read from
+    /// them are most of archway's memory under load). Past it a review is
+    /// answered 503 at once, which the API server treats per the webhook's
+    /// failurePolicy. A quarter is kept for small reviews.
+    pub max_body_bytes_in_flight: usize,
+    /// Connections open at once on the webhook port; more wait in the
+    /// listen backlog.
+    pub max_connections: usize,
+    /// A connection with no review for this long is closed (HTTP/2 with
+    /// GOAWAY). Longer than the API server's own idle timeout (90 s), so it
+    /// is the one that closes. A new connection gets 10 s for its first.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
 }
 
 fn toleration(arch: &str) -> Toleration {
@@ -148,21 +153,9 @@ impl Default for Config {
             ],
             policy_source: PolicySourceKind::Auto,
             namespaces: BTreeMap::new(),
-            cache: CacheConfig::default(),
+            cache: CacheSettings::default(),
             registry: RegistryConfig::default(),
             server: ServerConfig::default(),
-        }
-    }
-}
-
-impl Default for CacheConfig {
-    fn default() -> Self {
-        let d = CacheSettings::default();
-        CacheConfig {
-            max_entries: d.max_entries,
-            tag_ttl: d.tag_ttl,
-            digest_ttl: d.digest_ttl,
-            failure_ttl: d.failure_ttl,
         }
     }
 }
@@ -180,6 +173,8 @@ impl Default for RegistryConfig {
             max_manifest_bytes: d.max_manifest_bytes,
             allow_private: Vec::new(),
             trusted_hosts: None,
+            max_concurrent_lookups: d.max_concurrent_lookups,
+            max_concurrent_lookups_per_host: d.max_concurrent_lookups_per_host,
         }
     }
 }
@@ -192,6 +187,9 @@ impl Default for ServerConfig {
             cert_file: None,
             key_file: None,
             max_body_bytes: 3 * 1024 * 1024,
+            max_body_bytes_in_flight: 12 * 1024 * 1024,
+            max_connections: 512,
+            idle_timeout: Duration::from_secs(120),
         }
     }
 }
@@ -254,6 +252,32 @@ impl Config {
         if self.cache.max_entries == 0 {
             return invalid("cache.maxEntries must be at least 1".into());
         }
+        if self.cache.max_bytes < 64 * 1024 {
+            return invalid("cache.maxBytes must be at least 64 KiB".into());
+        }
+        if self.cache.namespace_misses_per_second == 0 || self.cache.namespace_miss_burst == 0 {
+            return invalid(
+                "cache.namespaceMissesPerSecond and cache.namespaceMissBurst must be at least 1"
+                    .into(),
+            );
+        }
+        if self.registry.max_concurrent_lookups == 0
+            || self.registry.max_concurrent_lookups_per_host == 0
+        {
+            return invalid("registry.maxConcurrentLookups(PerHost) must be at least 1".into());
+        }
+        if self.server.max_body_bytes_in_flight < self.server.max_body_bytes {
+            return invalid(
+                "server.maxBodyBytesInFlight must hold at least one body of server.maxBodyBytes"
+                    .into(),
+            );
+        }
+        if self.server.max_connections == 0 || self.server.idle_timeout < Duration::from_secs(1) {
+            return invalid(
+                "server.maxConnections must be at least 1 and server.idleTimeout at least 1s"
+                    .into(),
+            );
+        }
         if self.server.cert_file.is_some() != self.server.key_file.is_some() {
             return invalid("server.certFile and server.keyFile go together".into());
         }
@@ -274,12 +298,7 @@ impl Config {
     }
 
     pub fn cache_settings(&self) -> CacheSettings {
-        CacheSettings {
-            max_entries: self.cache.max_entries,
-            tag_ttl: self.cache.tag_ttl,
-            digest_ttl: self.cache.digest_ttl,
-            failure_ttl: self.cache.failure_ttl,
-        }
+        self.cache.clone()
     }
 
     /// Registry settings, reading the CA and credentials files named.
@@ -326,6 +345,8 @@ impl Config {
             mirrors: self.registry.mirrors.clone(),
             keyring,
             max_manifest_bytes: self.registry.max_manifest_bytes,
+            max_concurrent_lookups: self.registry.max_concurrent_lookups,
+            max_concurrent_lookups_per_host: self.registry.max_concurrent_lookups_per_host,
             ..RegistrySettings::default()
         })
     }
@@ -364,7 +385,7 @@ defaultRollout: 10
 failClosed: true
 timeBudget: 1500ms
 excludedNamespaces: [kube-system]
-cache: { maxEntries: 50, tagTtl: 5m, failureTtl: 10s }
+cache: { maxEntries: 50, maxBytes: 1048576, tagTtl: 5m, failureTtl: 10s, namespaceMissesPerSecond: 2 }
 registry:
   insecure: ["127.0.0.1:5000"]
   mirrors: { docker.io: ["mirror.local:5000"] }
@@ -381,6 +402,9 @@ tolerations:
         assert!(config.fail_closed);
         assert_eq!(config.time_budget, Duration::from_millis(1500));
         assert_eq!(config.cache.tag_ttl, Duration::from_secs(300));
+        assert_eq!(config.cache.max_bytes, 1024 * 1024);
+        assert_eq!(config.cache.namespace_misses_per_second, 2);
+        assert_eq!(config.cache_settings(), config.cache);
         assert_eq!(config.registry.request_timeout, Duration::from_secs(3));
         let policies = config.static_policies();
         let shop = policies.policy("shop").unwrap();
@@ -413,6 +437,15 @@ tolerations:
             ("targetArchitecture: linux/arm64", "targetArchitecture"),
             ("cache: { tagTtl: soon }", "tagTtl"),
             ("registry: { allowPrivate: [10.0.0.0/40] }", "allowPrivate"),
+            ("cache: { maxBytes: 1000 }", "maxBytes"),
+            (
+                "cache: { namespaceMissesPerSecond: 0 }",
+                "namespaceMissesPerSecond",
+            ),
+            (
+                "server: { maxBodyBytesInFlight: 1048576 }",
+                "maxBodyBytesInFlight",
+            ),
         ] {
             let err = Config::from_yaml(yaml).unwrap_err().to_string();
             assert!(err.contains(expected), "{yaml}: {err}");

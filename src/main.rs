@@ -1,4 +1,3 @@
-use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -17,12 +16,6 @@ fn main() -> ExitCode {
     // registries); rustls panics at first use when none is chosen.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = archway::cli::Cli::parse();
-    if !std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none() {
-        // Colour codes only for a person at a terminal, not in log files:
-        // the logger honours NO_COLOR (https://no-color.org).
-        // SAFETY: no other thread exists yet to read the environment.
-        unsafe { std::env::set_var("NO_COLOR", "1") };
-    }
     archway::telemetry::init(cli.log_format, &cli.log);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,

@@ -2,9 +2,14 @@
 //!
 //! One process-wide set: every part of the path records into it without the
 //! handles being threaded through each constructor, and tests read it back
-//! through `render`. Label values are bounded: namespaces are the opted-in
-//! ones, registries the hosts images name, reasons fixed labels.
+//! through `render`. Label values come from bounded sets, whatever pods and
+//! registries say: namespaces are the opted-in ones (else `other`),
+//! registries the configured and well-known hosts (else `other`),
+//! architectures the known ones (else `other`), results HTTP status codes
+//! registries commonly send (else their class), reasons fixed labels.
+//! `Label` values can only be made by the folding functions below.
 
+use std::collections::BTreeSet;
 use std::sync::LazyLock;
 use std::time::Duration;
 
@@ -15,15 +20,146 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+/// A label value from a bounded set. Only the functions that fold hostile
+/// input into such a set make one.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Label(std::borrow::Cow<'static, str>);
+
+impl Label {
+    pub const OTHER: Label = Label(std::borrow::Cow::Borrowed("other"));
+
+    /// A label the code itself spells (a decision kind, an error label).
+    pub const fn fixed(value: &'static str) -> Label {
+        Label(std::borrow::Cow::Borrowed(value))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// A namespace that has a policy: the cluster's administrators chose
+    /// it, so the set is theirs, not a pod author's.
+    pub fn opted_in_namespace(namespace: &str) -> Label {
+        Label(namespace.to_string().into())
+    }
+}
+
+impl prometheus_client::encoding::EncodeLabelValue for Label {
+    fn encode(
+        &self,
+        encoder: &mut prometheus_client::encoding::LabelValueEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        use std::fmt::Write;
+        encoder.write_str(&self.0)
+    }
+}
+
+/// Registries that many clusters pull from, labelled by name.
+pub const WELL_KNOWN_REGISTRIES: &[&str] = &[
+    "docker.io",
+    "registry-1.docker.io",
+    "index.docker.io",
+    "ghcr.io",
+    "quay.io",
+    "gcr.io",
+    "us.gcr.io",
+    "eu.gcr.io",
+    "asia.gcr.io",
+    "registry.k8s.io",
+    "k8s.gcr.io",
+    "public.ecr.aws",
+    "mcr.microsoft.com",
+    "registry.gitlab.com",
+    "nvcr.io",
+    "cgr.dev",
+    "registry.redhat.io",
+    "registry.access.redhat.com",
+    "docker.elastic.co",
+];
+
+/// The registry hosts labelled by name: the well-known ones and those the
+/// configuration names. Any other host is `other`.
+#[derive(Clone, Debug, Default)]
+pub struct RegistryNames {
+    known: BTreeSet<String>,
+}
+
+impl RegistryNames {
+    pub fn new<'a>(configured: impl IntoIterator<Item = &'a str>) -> Self {
+        RegistryNames {
+            known: WELL_KNOWN_REGISTRIES
+                .iter()
+                .copied()
+                .chain(configured)
+                .map(str::to_ascii_lowercase)
+                .collect(),
+        }
+    }
+
+    pub fn label(&self, host: &str) -> Label {
+        match self.known.get(&host.to_ascii_lowercase()) {
+            Some(known) => Label(known.clone().into()),
+            None => Label::OTHER,
+        }
+    }
+}
+
+/// `kubernetes.io/arch` values Go (and so the kubelet) knows for Linux.
+pub const KNOWN_ARCHITECTURES: &[&str] = &[
+    "386", "amd64", "arm", "arm64", "loong64", "mips", "mips64", "mips64le", "mipsle", "ppc64",
+    "ppc64le", "riscv64", "s390x", "wasm",
+];
+
+/// One architecture as a label: a known one, else `other`.
+pub fn architecture_label(architecture: &str) -> Label {
+    KNOWN_ARCHITECTURES
+        .iter()
+        .find(|known| **known == architecture)
+        .map_or(Label::OTHER, |known| Label::fixed(known))
+}
+
+/// A set of architectures (`amd64,arm64`) as a label: each folded, the
+/// result sorted and without repeats.
+pub fn architectures_label<'a>(architectures: impl IntoIterator<Item = &'a str>) -> Label {
+    let folded: BTreeSet<Label> = architectures.into_iter().map(architecture_label).collect();
+    if folded.is_empty() {
+        return Label::fixed("none");
+    }
+    let joined: Vec<&str> = folded.iter().map(Label::as_str).collect();
+    Label(joined.join(",").into())
+}
+
+/// A registry's HTTP status as a label: the codes registries commonly send,
+/// else the class (`5xx`).
+pub fn status_label(status: u16) -> Label {
+    const COMMON: &[&str] = &[
+        "200", "206", "301", "302", "303", "307", "308", "400", "401", "403", "404", "405", "406",
+        "408", "409", "410", "429", "500", "502", "503", "504",
+    ];
+    let code = status.to_string();
+    if let Some(known) = COMMON.iter().find(|c| **c == code) {
+        return Label::fixed(known);
+    }
+    Label::fixed(match status {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        500..=599 => "5xx",
+        _ => "other",
+    })
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReviewLabels {
-    pub namespace: String,
+    /// An opted-in namespace, else `other`.
+    pub namespace: Label,
     /// The decision kind (`steered`, `held`, `only_option`, `skipped`, ...).
     pub decision: String,
     /// `patched`, `allowed`, `audited` or `denied`.
     pub outcome: String,
     /// The architectures the pod was placed on, or `none`.
-    pub architecture: String,
+    pub architecture: Label,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -33,14 +169,14 @@ pub struct ReasonLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RegistryLabels {
-    pub registry: String,
+    pub registry: Label,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RegistryResultLabels {
-    pub registry: String,
-    /// `ok`, or the error's metric label.
-    pub result: String,
+    pub registry: Label,
+    /// The HTTP status, or the error's metric label.
+    pub result: Label,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -51,7 +187,7 @@ pub struct CacheLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ArchitectureLabels {
-    pub architecture: String,
+    pub architecture: Label,
 }
 
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
@@ -159,16 +295,16 @@ impl Metrics {
     }
 
     /// Records one registry HTTP request.
-    pub fn registry_request(&self, registry: &str, result: &str, elapsed: Duration) {
+    pub fn registry_request(&self, registry: &Label, result: Label, elapsed: Duration) {
         self.registry_requests
             .get_or_create(&RegistryResultLabels {
-                registry: registry.to_string(),
-                result: result.to_string(),
+                registry: registry.clone(),
+                result,
             })
             .inc();
         self.registry_duration
             .get_or_create(&RegistryLabels {
-                registry: registry.to_string(),
+                registry: registry.clone(),
             })
             .observe(elapsed.as_secs_f64());
     }
@@ -198,7 +334,12 @@ mod tests {
     #[test]
     fn renders_what_was_recorded() {
         let metrics = global();
-        metrics.registry_request("ghcr.io", "ok", Duration::from_millis(3));
+        let names = RegistryNames::new([]);
+        metrics.registry_request(
+            &names.label("ghcr.io"),
+            Label::fixed("ok"),
+            Duration::from_millis(3),
+        );
         metrics.cache_lookup(true);
         let text = metrics.render();
         assert!(
@@ -208,5 +349,83 @@ mod tests {
         assert!(text.contains(r#"archway_cache_lookups_total{result="hit"}"#));
         assert!(text.contains("archway_review_duration_seconds_bucket"));
         assert!(text.trim_end().ends_with("# EOF"));
+    }
+
+    /// Series of `family_total` in the rendered text.
+    fn series(text: &str, family: &str) -> usize {
+        text.lines()
+            .filter(|l| l.starts_with(&format!("{family}{{")))
+            .count()
+    }
+
+    #[test]
+    fn hostile_hosts_statuses_and_architectures_fold_into_bounded_sets() {
+        // A private registry of its own, so other tests' series do not count.
+        let metrics = Metrics::new();
+        let names = RegistryNames::new(["Registry.Internal:5000"]);
+        for i in 0..6400 {
+            let host = format!("h{i}-{}.evil.example", "x".repeat(200));
+            metrics.registry_request(
+                &names.label(&host),
+                status_label(100 + (i % 900) as u16),
+                Duration::ZERO,
+            );
+        }
+        metrics.registry_request(
+            &names.label("registry.internal:5000"),
+            status_label(200),
+            Duration::ZERO,
+        );
+        metrics.registry_request(&names.label("GHCR.io"), status_label(404), Duration::ZERO);
+        for i in 0..6400 {
+            let hostile = format!("arch{i}");
+            metrics
+                .no_nodes
+                .get_or_create(&ArchitectureLabels {
+                    architecture: architecture_label(&hostile),
+                })
+                .inc();
+            metrics
+                .reviews
+                .get_or_create(&ReviewLabels {
+                    namespace: Label::OTHER,
+                    decision: "steered".into(),
+                    outcome: "patched".into(),
+                    architecture: architectures_label(["arm64", hostile.as_str(), "amd64"]),
+                })
+                .inc();
+        }
+        let text = metrics.render();
+        // other x (21 common codes + 6 classes), and the two named hosts.
+        assert!(
+            series(&text, "archway_registry_requests_total") <= 27 + 2,
+            "{}",
+            series(&text, "archway_registry_requests_total")
+        );
+        assert_eq!(
+            series(&text, "archway_registry_request_duration_seconds_count"),
+            3
+        );
+        assert!(
+            text.contains(r#"registry="registry.internal:5000",result="200""#),
+            "{text}"
+        );
+        assert!(text.contains(r#"registry="ghcr.io",result="404""#));
+        assert!(text.contains(r#"registry="other",result="5xx""#));
+        assert_eq!(
+            series(&text, "archway_chosen_architecture_without_nodes_total"),
+            1
+        );
+        assert!(text.contains(
+            r#"archway_chosen_architecture_without_nodes_total{architecture="other"} 6400"#
+        ));
+        assert_eq!(series(&text, "archway_reviews_total"), 1);
+        assert!(
+            text.contains(r#"architecture="amd64,arm64,other"} 6400"#),
+            "{text}"
+        );
+        assert!(text.len() < 64 * 1024, "{} bytes", text.len());
+        assert_eq!(architecture_label("arm64"), Label::fixed("arm64"));
+        assert_eq!(architectures_label([]), Label::fixed("none"));
     }
 }

@@ -36,6 +36,23 @@ impl Platform {
         }
     }
 
+    /// A platform read from a registry's answer, which a pod author may
+    /// have written: each field must be a short token. A 4,000-character
+    /// architecture would otherwise sit in the cache, the pod's
+    /// annotations and the logs.
+    pub fn parse(
+        os: &str,
+        architecture: &str,
+        variant: Option<&str>,
+    ) -> Result<Self, PlatformError> {
+        check_token("os", os)?;
+        check_token("architecture", architecture)?;
+        if let Some(variant) = variant.filter(|v| !v.trim().is_empty()) {
+            check_token("variant", variant)?;
+        }
+        Ok(Platform::new(os, architecture, variant))
+    }
+
     pub fn linux(architecture: &str) -> Self {
         Platform::new("linux", architecture, None)
     }
@@ -52,6 +69,37 @@ impl fmt::Display for Platform {
             write!(f, "/{variant}")?;
         }
         Ok(())
+    }
+}
+
+/// The longest platform field accepted; real ones are under 12.
+pub const MAX_FIELD_CHARS: usize = 32;
+
+/// A platform field that is not a short token.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "platform {field} {value:?} is not a token of at most {MAX_FIELD_CHARS} characters a-z 0-9 . _ -"
+)]
+pub struct PlatformError {
+    field: &'static str,
+    /// The start of the value, enough to recognise it.
+    value: String,
+}
+
+fn check_token(field: &'static str, value: &str) -> Result<(), PlatformError> {
+    let value = value.trim();
+    let token = !value.is_empty()
+        && value.len() <= MAX_FIELD_CHARS
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if token {
+        Ok(())
+    } else {
+        Err(PlatformError {
+            field,
+            value: value.chars().take(MAX_FIELD_CHARS).collect(),
+        })
     }
 }
 
@@ -97,6 +145,30 @@ mod tests {
             "linux/arm/v7"
         );
         assert_eq!(Platform::new("linux", "arm64", Some("")).variant, None);
+    }
+
+    #[test]
+    fn registry_fields_must_be_short_tokens() {
+        assert_eq!(
+            Platform::parse("Linux", "AArch64", Some("v8")),
+            Ok(Platform::linux("arm64"))
+        );
+        assert!(Platform::parse("linux", "x86_64", Some("")).is_ok());
+        assert!(Platform::parse("linux", "mips64le", Some("r6.1-x")).is_ok());
+        let long = "a".repeat(4000);
+        for (os, arch, variant) in [
+            ("linux", long.as_str(), None),
+            (long.as_str(), "amd64", None),
+            ("linux", "arm", Some(long.as_str())),
+            ("linux", "arm/64", None),
+            ("linux", "amd64\n", Some("v1\u{1b}[31m")),
+            ("linux", "", None),
+            ("linux", &"a".repeat(MAX_FIELD_CHARS + 1), None),
+        ] {
+            let error = Platform::parse(os, arch, variant).unwrap_err().to_string();
+            assert!(error.len() < 200, "{error}");
+        }
+        assert!(Platform::parse("linux", &"a".repeat(MAX_FIELD_CHARS), None).is_ok());
     }
 
     #[test]

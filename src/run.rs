@@ -60,7 +60,7 @@ pub async fn serve(
         listeners,
         state,
         certificate,
-        config.server.max_body_bytes,
+        server::ServerLimits::from(&config.server),
         shutdown,
     )
     .await;

@@ -1,5 +1,16 @@
 //! The listeners: HTTPS for the webhook, plain HTTP for the admin port
 //! (health, readiness, metrics), and a graceful drain on SIGTERM.
+//!
+//! Anyone who can reach the webhook port can open connections and send
+//! bodies, so each is bounded: connections at once (`maxConnections`), the
+//! time to say anything (`BODY_TIMEOUT`), to read an answer
+//! (`WRITE_TIMEOUT`) and to sit idle (`idleTimeout`), and the body bytes
+//! held at once (`maxBodyBytesInFlight`).
+
+mod budget;
+mod connection;
+
+pub use budget::{BodyBudget, Reservation};
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -13,15 +24,18 @@ use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use connection::{AcceptBackoff, Activity, WriteTimeout};
+use futures::StreamExt;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 
 use crate::admission::{ReviewRecord, Reviewer};
 use crate::certs::ReloadingCertificate;
+use crate::config::ServerConfig;
 use crate::metrics;
 
 /// A TLS handshake that has not finished by then is dropped: it holds a
@@ -36,6 +50,38 @@ const CERT_POLL: Duration = Duration::from_secs(2);
 /// the API server sends a review at once; a slower client is holding a
 /// connection open, not sending a review.
 const BODY_TIMEOUT: Duration = Duration::from_secs(10);
+/// The longest a response write may make no progress: the client is not
+/// reading, and the response would sit in memory for as long as it likes.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a connection closing (idle, or at shutdown) gets to finish.
+const CLOSE_GRACE: Duration = Duration::from_secs(5);
+
+/// The webhook listener's bounds, from the `server` configuration.
+#[derive(Clone, Debug)]
+pub struct ServerLimits {
+    pub max_body_bytes: usize,
+    pub body_budget: Arc<BodyBudget>,
+    pub max_connections: usize,
+    pub idle_timeout: Duration,
+}
+
+impl From<&ServerConfig> for ServerLimits {
+    fn from(config: &ServerConfig) -> Self {
+        ServerLimits {
+            max_body_bytes: config.max_body_bytes,
+            body_budget: BodyBudget::new(config.max_body_bytes_in_flight),
+            max_connections: config.max_connections,
+            idle_timeout: config.idle_timeout,
+        }
+    }
+}
+
+/// What the body middleware needs.
+#[derive(Clone)]
+struct BodyLimits {
+    max_body_bytes: usize,
+    budget: Arc<BodyBudget>,
+}
 
 /// What the handlers share.
 #[derive(Clone)]
@@ -68,15 +114,26 @@ impl AppState {
     }
 }
 
-/// The webhook's routes; tests drive it without a socket.
+/// The webhook's routes; tests drive it without a socket. The budget of
+/// body bytes in flight is the configuration's default.
 pub fn webhook_router(state: AppState, max_body_bytes: usize) -> Router {
+    let limits = ServerLimits {
+        max_body_bytes,
+        ..ServerLimits::from(&ServerConfig::default())
+    };
+    webhook_router_with(state, &limits)
+}
+
+/// The webhook's routes under `limits`.
+pub fn webhook_router_with(state: AppState, limits: &ServerLimits) -> Router {
+    let body = BodyLimits {
+        max_body_bytes: limits.max_body_bytes,
+        budget: limits.body_budget.clone(),
+    };
     Router::new()
         .route("/mutate", post(mutate))
-        .layer(DefaultBodyLimit::max(max_body_bytes))
-        .layer(axum::middleware::from_fn_with_state(
-            max_body_bytes,
-            body_deadline,
-        ))
+        .layer(DefaultBodyLimit::max(limits.max_body_bytes))
+        .layer(axum::middleware::from_fn_with_state(body, body_deadline))
         .with_state(state)
 }
 
@@ -91,38 +148,46 @@ pub fn admin_router(state: AppState) -> Router {
 
 /// A client that stops sending its body holds a task and a connection;
 /// it gets 408 after `BODY_TIMEOUT` instead. The body is read here, under
-/// the deadline and the size limit (413 past it), and handed on whole.
+/// the deadline, the size limit (413 past it) and the budget of bytes in
+/// flight (503 at once past it: the API server applies the webhook's
+/// failurePolicy), and handed on whole. Its bytes stay reserved until the
+/// review is answered: the pod read from them lives that long.
 async fn body_deadline(
-    State(limit): State<usize>,
+    State(limits): State<BodyLimits>,
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
-    let too_large = || {
-        (
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("body larger than {limit} bytes\n"),
-        )
-            .into_response()
-    };
+    let limit = limits.max_body_bytes;
     let declared = request
         .headers()
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|len| len > limit as u64) {
-        return too_large();
+        return too_large(limit);
+    }
+    let mut reservation = limits.budget.reservation();
+    if let Some(declared) = declared
+        && !reservation.grow(declared as usize)
+    {
+        return over_budget();
     }
     let (parts, body) = request.into_parts();
-    match tokio::time::timeout(BODY_TIMEOUT, axum::body::to_bytes(body, limit)).await {
+    let read = read_body(body, limit, declared, &mut reservation);
+    match tokio::time::timeout(BODY_TIMEOUT, read).await {
         Ok(Ok(bytes)) => {
-            next.run(axum::extract::Request::from_parts(
-                parts,
-                axum::body::Body::from(bytes),
-            ))
-            .await
+            let response = next
+                .run(axum::extract::Request::from_parts(
+                    parts,
+                    axum::body::Body::from(bytes),
+                ))
+                .await;
+            drop(reservation);
+            response
         }
-        Ok(Err(error)) if error.to_string().contains("length limit") => too_large(),
-        Ok(Err(error)) => (
+        Ok(Err(BodyError::TooLarge)) => too_large(limit),
+        Ok(Err(BodyError::OverBudget)) => over_budget(),
+        Ok(Err(BodyError::Read(error))) => (
             StatusCode::BAD_REQUEST,
             format!("cannot read the body: {error}\n"),
         )
@@ -135,10 +200,65 @@ async fn body_deadline(
     }
 }
 
+enum BodyError {
+    TooLarge,
+    OverBudget,
+    Read(axum::Error),
+}
+
+/// Reads the body up to `limit` bytes; without a declared length, each
+/// chunk is reserved from the budget as it arrives.
+async fn read_body(
+    body: axum::body::Body,
+    limit: usize,
+    declared: Option<u64>,
+    reservation: &mut Reservation,
+) -> Result<Bytes, BodyError> {
+    let reserve_as_read = declared.is_none();
+    let mut chunks = body.into_data_stream();
+    // One allocation of the declared size: growing by doubling would hold
+    // up to twice the body for a moment.
+    let mut collected = Vec::with_capacity(declared.map_or(0, |len| len as usize));
+    while let Some(chunk) = chunks.next().await {
+        let chunk = chunk.map_err(BodyError::Read)?;
+        if collected.len() + chunk.len() > limit {
+            return Err(BodyError::TooLarge);
+        }
+        if reserve_as_read && !reservation.grow(chunk.len()) {
+            return Err(BodyError::OverBudget);
+        }
+        collected.extend_from_slice(&chunk);
+    }
+    Ok(Bytes::from(collected))
+}
+
+fn too_large(limit: usize) -> Response {
+    (
+        StatusCode::PAYLOAD_TOO_LARGE,
+        format!("body larger than {limit} bytes\n"),
+    )
+        .into_response()
+}
+
+fn over_budget() -> Response {
+    metrics::global()
+        .bad_requests
+        .get_or_create(&metrics::ReasonLabels {
+            reason: "over_body_budget".into(),
+        })
+        .inc();
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        [(header::RETRY_AFTER, "1")],
+        "archway is holding its budget of request bodies; retry\n",
+    )
+        .into_response()
+}
+
 async fn mutate(State(state): State<AppState>, body: Bytes) -> Response {
     match state.reviewer().review(&body).await {
         Ok((review, record)) => {
-            log_review(&record);
+            record.log();
             count_review(&record);
             match serde_json::to_vec(&review) {
                 Ok(json) => ([(header::CONTENT_TYPE, "application/json")], json).into_response(),
@@ -182,10 +302,18 @@ fn count_review(record: &ReviewRecord) {
     metrics
         .reviews
         .get_or_create(&metrics::ReviewLabels {
-            namespace: record.namespace.clone(),
+            // A review's namespace is whatever its sender wrote; only the
+            // namespaces with a policy (opted in) are a bounded set.
+            namespace: if record.mode.is_some() {
+                metrics::Label::opted_in_namespace(&record.namespace)
+            } else {
+                metrics::Label::OTHER
+            },
             decision: record.kind.label().into(),
             outcome: record.outcome.into(),
-            architecture: record.placed.clone().unwrap_or_else(|| "none".into()),
+            architecture: metrics::architectures_label(
+                record.placed.iter().flat_map(|placed| placed.split(',')),
+            ),
         })
         .inc();
     metrics
@@ -196,7 +324,7 @@ fn count_review(record: &ReviewRecord) {
         metrics
             .no_nodes
             .get_or_create(&metrics::ArchitectureLabels {
-                architecture: architecture.clone(),
+                architecture: metrics::architecture_label(architecture),
             })
             .inc();
     }
@@ -215,25 +343,6 @@ async fn render_metrics(State(state): State<AppState>) -> Response {
         metrics.render(),
     )
         .into_response()
-}
-
-fn log_review(record: &ReviewRecord) {
-    tracing::info!(
-        uid = %record.uid,
-        namespace = %record.namespace,
-        pod = %record.pod,
-        mode = ?record.mode,
-        decision = record.kind.label(),
-        outcome = record.outcome,
-        reason = %record.reason,
-        archs = ?record.architectures,
-        placed = record.placed.as_deref().unwrap_or("-"),
-        cache_hits = record.cache_hits,
-        cache_misses = record.cache_misses,
-        dry_run = record.dry_run,
-        elapsed_ms = record.elapsed.as_secs_f64() * 1000.0,
-        "review"
-    );
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -272,7 +381,7 @@ pub async fn serve(
     listeners: Listeners,
     state: AppState,
     certificate: Arc<ReloadingCertificate>,
-    max_body_bytes: usize,
+    limits: ServerLimits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -284,11 +393,23 @@ pub async fn serve(
         tokio::spawn(watch_certificate(certificate.clone(), stop_rx.clone()));
     }
     let tls = TlsAcceptor::from(Arc::new(crate::certs::server_config(certificate)));
-    let webhook = webhook_router(state.clone(), max_body_bytes);
+    let webhook = webhook_router_with(state.clone(), &limits);
     let admin = admin_router(state.clone());
     state.serving.store(true, Ordering::Release);
-    let admin_task = tokio::spawn(accept_loop(listeners.admin, None, admin, stop_rx.clone()));
-    accept_loop(listeners.webhook, Some(tls), webhook, stop_rx).await;
+    // The admin port is for the kubelet and Prometheus; it gets a small
+    // share of its own so a flood of the webhook port cannot starve it.
+    let admin_limits = ServerLimits {
+        max_connections: 64,
+        ..limits.clone()
+    };
+    let admin_task = tokio::spawn(accept_loop(
+        listeners.admin,
+        None,
+        admin,
+        admin_limits,
+        stop_rx.clone(),
+    ));
+    accept_loop(listeners.webhook, Some(tls), webhook, limits, stop_rx).await;
     let _ = admin_task.await;
 }
 
@@ -296,62 +417,151 @@ async fn accept_loop(
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
     router: Router,
+    limits: ServerLimits,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
-    let graceful = GracefulShutdown::new();
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let mut backoff = AcceptBackoff::default();
     loop {
+        // Past the cap, connections wait in the kernel's listen backlog.
+        let slot = tokio::select! {
+            slot = slots.clone().acquire_owned() => slot.expect("never closed"),
+            _ = stopped(&mut stop) => break,
+        };
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
+                Ok(accepted) => {
+                    backoff.succeeded();
+                    accepted
+                }
                 Err(error) => {
-                    // Out of file descriptors and the like: pause, go on.
-                    tracing::warn!(%error, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    // Out of file descriptors and the like: pause longer
+                    // while it lasts, and say so once in a while.
+                    let (pause, log) = backoff.failed();
+                    if log {
+                        tracing::warn!(%error, failures = backoff.failures(), pause_ms = pause.as_millis() as u64, "accept failed");
+                    }
+                    tokio::time::sleep(pause).await;
                     continue;
                 }
             },
             _ = stopped(&mut stop) => break,
         };
         let _ = stream.set_nodelay(true);
-        let service = TowerToHyperService::new(router.clone());
-        let watcher = graceful.watcher();
-        let tls = tls.clone();
+        let connection = Connection {
+            router: router.clone(),
+            tls: tls.clone(),
+            idle_timeout: limits.idle_timeout,
+            stop: stop.clone(),
+        };
         tokio::spawn(async move {
-            let mut builder = auto::Builder::new(TokioExecutor::new());
-            builder
-                .http1()
-                .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(BODY_TIMEOUT);
-            match tls {
-                Some(tls) => {
-                    let stream =
-                        match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(stream)).await {
-                            Ok(Ok(stream)) => stream,
-                            Ok(Err(error)) => {
-                                tracing::debug!(%peer, %error, "TLS handshake failed");
-                                return;
-                            }
-                            Err(_) => {
-                                tracing::debug!(%peer, "TLS handshake timed out");
-                                return;
-                            }
-                        };
-                    let connection = builder.serve_connection(TokioIo::new(stream), service);
-                    let _ = watcher.watch(connection.into_owned()).await;
-                }
-                None => {
-                    let connection = builder.serve_connection(TokioIo::new(stream), service);
-                    let _ = watcher.watch(connection.into_owned()).await;
-                }
-            }
+            connection.serve(stream, peer).await;
+            drop(slot);
         });
     }
     drop(listener);
-    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
+    // Every connection holds a slot until it is done: all slots back
+    // means all reviews in flight have been answered.
+    let all = u32::try_from(limits.max_connections).unwrap_or(u32::MAX);
+    if tokio::time::timeout(DRAIN_TIMEOUT, slots.acquire_many(all))
         .await
         .is_err()
     {
         tracing::warn!("connections still open after the drain timeout; closing them");
+    }
+}
+
+/// One accepted connection and what it is served with.
+struct Connection {
+    router: Router,
+    tls: Option<TlsAcceptor>,
+    idle_timeout: Duration,
+    stop: tokio::sync::watch::Receiver<bool>,
+}
+
+impl Connection {
+    async fn serve(self, stream: tokio::net::TcpStream, peer: SocketAddr) {
+        let stream = WriteTimeout::new(stream, WRITE_TIMEOUT);
+        match self.tls.clone() {
+            Some(tls) => {
+                let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(stream)).await
+                {
+                    Ok(Ok(stream)) => stream,
+                    Ok(Err(error)) => {
+                        tracing::debug!(%peer, %error, "TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::debug!(%peer, "TLS handshake timed out");
+                        return;
+                    }
+                };
+                self.serve_http(TokioIo::new(stream)).await
+            }
+            None => self.serve_http(TokioIo::new(stream)).await,
+        }
+    }
+
+    /// Serves HTTP/1.1 or HTTP/2 until the client closes, the connection
+    /// has had no review for its idle time, or shutdown.
+    async fn serve_http<I>(mut self, io: I)
+    where
+        I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    {
+        let activity = Activity::new();
+        let tracked = activity.clone();
+        let router = self.router.clone();
+        let service = TowerToHyperService::new(tower::service_fn(
+            move |request: axum::extract::Request<hyper::body::Incoming>| {
+                let in_flight = tracked.begin();
+                let mut router = router.clone();
+                async move {
+                    let response = tower::Service::call(&mut router, request).await;
+                    drop(in_flight);
+                    response
+                }
+            },
+        ));
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(hyper_util::rt::TokioTimer::new())
+            .header_read_timeout(BODY_TIMEOUT)
+            .max_buf_size(64 * 1024);
+        // HTTP/2 flow-control windows bound what a client can make archway
+        // buffer before a body is admitted; a review still arrives in a
+        // few round trips.
+        builder
+            .http2()
+            .timer(hyper_util::rt::TokioTimer::new())
+            .initial_stream_window_size(256 * 1024)
+            .initial_connection_window_size(512 * 1024)
+            .max_concurrent_streams(64)
+            .max_header_list_size(64 * 1024)
+            .max_send_buf_size(256 * 1024);
+        let connection = builder.serve_connection(io, service);
+        tokio::pin!(connection);
+        let grace = loop {
+            let idle_at = activity
+                .idle_at(BODY_TIMEOUT, self.idle_timeout)
+                .unwrap_or_else(|| tokio::time::Instant::now() + BODY_TIMEOUT);
+            tokio::select! {
+                _ = connection.as_mut() => return,
+                _ = tokio::time::sleep_until(idle_at) => {
+                    let still_idle = activity
+                        .idle_at(BODY_TIMEOUT, self.idle_timeout)
+                        .is_some_and(|at| at <= tokio::time::Instant::now());
+                    if still_idle {
+                        break CLOSE_GRACE;
+                    }
+                }
+                _ = stopped(&mut self.stop) => break DRAIN_TIMEOUT,
+            }
+        };
+        // HTTP/1: closes once the response in progress is written; HTTP/2:
+        // GOAWAY, then closes when the streams in progress end.
+        connection.as_mut().graceful_shutdown();
+        let _ = tokio::time::timeout(grace, connection).await;
     }
 }
 

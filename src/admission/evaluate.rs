@@ -77,7 +77,13 @@ impl Reviewer {
         } else {
             let (keyring, warnings) = self.pull_secret_keyring(pod, deadline).await;
             evaluation.warnings = warnings;
-            let found = self.look_up(&distinct, &keyring, deadline).await;
+            // Registry misses are charged to the pod's namespace, so one
+            // namespace cannot spend every other's share of the registry.
+            let namespace = pod.metadata.namespace.as_deref().unwrap_or_default();
+            let requester = self.inspector.requester(namespace);
+            let found = self
+                .look_up(&distinct, &keyring, &requester, deadline)
+                .await;
             evaluation.cache_hits = found
                 .values()
                 .filter(|(_, o)| *o == Some(CacheOutcome::Hit))
@@ -143,6 +149,7 @@ impl Reviewer {
         &self,
         images: &[&'a str],
         keyring: &Keyring,
+        requester: &crate::cache::Requester,
         deadline: tokio::time::Instant,
     ) -> BTreeMap<&'a str, (ImageLookup, Option<CacheOutcome>)> {
         let lookups = images.iter().map(|&image| async move {
@@ -152,7 +159,9 @@ impl Reviewer {
                     // The pod's own credential for the image, else anonymous
                     // (the registry client then tries the cluster's own).
                     let credential = keyring.lookup(&reference);
-                    let lookup = self.inspector.inspect_detached(&reference, &credential);
+                    let lookup = self
+                        .inspector
+                        .inspect_for(&reference, &credential, requester);
                     match tokio::time::timeout_at(deadline, lookup).await {
                         Ok((result, outcome)) => (result, Some(outcome)),
                         Err(_) => (Err(InspectError::Deadline), Some(CacheOutcome::Miss)),

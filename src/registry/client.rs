@@ -21,10 +21,14 @@ use reqwest::{Response, StatusCode};
 use serde::Deserialize;
 
 use super::credentials::{Credential, Keyring};
-use super::guard::{DEFAULT_TRUSTED_HOSTS, GuardedResolver, NetworkGuard, Refusal};
+use super::guard::{
+    ConnectionGuard, DEFAULT_TRUSTED_HOSTS, GuardedResolver, NetworkGuard, Refusal,
+};
+use super::limits::LookupLimits;
 use super::manifest::{self, MANIFEST_ACCEPT, ManifestContent};
 use super::{ImagePlatforms, InspectError, ManifestShape};
 use crate::image::ImageRef;
+use crate::metrics::{Label, RegistryNames, status_label};
 
 /// How the client talks to registries.
 #[derive(Clone, Debug)]
@@ -45,6 +49,11 @@ pub struct RegistrySettings {
     pub keyring: Keyring,
     pub max_manifest_bytes: usize,
     pub max_token_bytes: usize,
+    /// Lookups asking registries at once, in total and per host; more wait
+    /// their turn (first come, first served; a review's own lookups go a
+    /// few at a time, see `cache::Requester`).
+    pub max_concurrent_lookups: usize,
+    pub max_concurrent_lookups_per_host: usize,
     /// Where connections may go. Hosts named in `insecure_hosts` and
     /// `mirrors` are added to its allowed hosts: the configuration names them.
     pub guard: NetworkGuard,
@@ -61,6 +70,8 @@ impl Default for RegistrySettings {
             keyring: Keyring::default(),
             max_manifest_bytes: 4 * 1024 * 1024,
             max_token_bytes: 1024 * 1024,
+            max_concurrent_lookups: 64,
+            max_concurrent_lookups_per_host: 16,
             guard: NetworkGuard {
                 trusted_hosts: DEFAULT_TRUSTED_HOSTS
                     .iter()
@@ -81,12 +92,25 @@ pub struct RegistryClient {
     /// Authorization header values by (endpoint, repository, credential):
     /// a bearer token is scoped to a repository, and one credential's token
     /// must never be used for another's request.
-    auth: moka::future::Cache<AuthKey, Arc<str>>,
+    auth: moka::future::Cache<AuthKey, StoredAuth>,
     /// Hosts that answered 429, and until when no request goes to them.
     /// Rate limits are per client (Docker Hub counts per address), so the
     /// whole host backs off, not just the image that was refused.
     backoff: Arc<std::sync::Mutex<BTreeMap<String, std::time::Instant>>>,
+    limits: Arc<LookupLimits>,
+    /// Registry response bodies held at once, in KiB: 64 lookups reading
+    /// 4 MiB manifests would otherwise hold 256 MiB.
+    body_kib: Arc<tokio::sync::Semaphore>,
+    /// How hosts are named in metrics.
+    names: Arc<RegistryNames>,
 }
+
+/// Hosts backing off at once; a registry answering 429 under thousands of
+/// names gets no more entries than this.
+const MAX_BACKING_OFF: usize = 1024;
+
+/// Registry response bytes held at once (at least one largest body).
+const BODY_BYTES_IN_FLIGHT: usize = 16 * 1024 * 1024;
 
 /// How long a host backs off after a 429 without `Retry-After`, and the
 /// most a `Retry-After` is believed.
@@ -100,21 +124,45 @@ struct AuthKey {
     credential: String,
 }
 
+/// An `Authorization` header value and how long it may be reused.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct StoredAuth {
+    header: Arc<str>,
+    lifetime: Duration,
+}
+
+impl StoredAuth {
+    fn new(header: String, lifetime: Duration) -> Self {
+        StoredAuth {
+            header: header.into(),
+            lifetime,
+        }
+    }
+}
+
 struct AuthExpiry;
 
-impl moka::Expiry<AuthKey, Arc<str>> for AuthExpiry {
+impl moka::Expiry<AuthKey, StoredAuth> for AuthExpiry {
     fn expire_after_create(
         &self,
         _: &AuthKey,
-        value: &Arc<str>,
+        value: &StoredAuth,
         _: std::time::Instant,
     ) -> Option<Duration> {
-        // The lifetime rides in front of the value, see `remember_auth`.
-        value
-            .split_once('|')
-            .and_then(|(secs, _)| secs.parse().ok())
-            .map(Duration::from_secs)
+        Some(value.lifetime)
     }
+}
+
+/// The most bytes of authorization headers kept: a registry may send
+/// tokens of up to `max_token_bytes` for every repository it is asked for.
+const MAX_AUTH_CACHE_BYTES: u64 = 8 * 1024 * 1024;
+
+/// What one stored header weighs against `MAX_AUTH_CACHE_BYTES`: its key
+/// and value, and moka's own bookkeeping.
+fn auth_weight(key: &AuthKey, value: &StoredAuth) -> u32 {
+    let bytes =
+        key.endpoint.len() + key.repository.len() + key.credential.len() + value.header.len() + 128;
+    u32::try_from(bytes).unwrap_or(u32::MAX)
 }
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -155,6 +203,9 @@ impl RegistryClient {
             .dns_resolver(Arc::new(GuardedResolver {
                 guard: guard.clone(),
             }))
+            .connector_layer(ConnectionGuard {
+                guard: guard.clone(),
+            })
             .redirect(redirects);
         let mut certs = Vec::new();
         for pem in &settings.extra_ca_pems {
@@ -171,13 +222,33 @@ impl RegistryClient {
         let http = builder
             .build()
             .map_err(|e| ClientBuildError(format!("HTTP client: {e}")))?;
+        let configured = settings
+            .insecure_hosts
+            .iter()
+            .chain(settings.mirrors.keys())
+            .chain(settings.mirrors.values().flatten())
+            .chain(&guard.allowed_hosts)
+            .map(String::as_str);
+        let names = Arc::new(RegistryNames::new(configured));
+        let limits = Arc::new(LookupLimits::new(
+            settings.max_concurrent_lookups,
+            settings.max_concurrent_lookups_per_host,
+        ));
+        let body_kib = BODY_BYTES_IN_FLIGHT
+            .max(settings.max_manifest_bytes)
+            .max(settings.max_token_bytes)
+            .div_ceil(1024);
         Ok(RegistryClient {
             http,
+            names,
+            limits,
+            body_kib: Arc::new(tokio::sync::Semaphore::new(body_kib)),
             settings: Arc::new(settings),
             guard,
             backoff: Arc::default(),
             auth: moka::future::Cache::builder()
-                .max_capacity(10_000)
+                .max_capacity(MAX_AUTH_CACHE_BYTES)
+                .weigher(auth_weight)
                 .expire_after(AuthExpiry)
                 .build(),
         })
@@ -197,7 +268,10 @@ impl RegistryClient {
     ) -> Result<ImagePlatforms, InspectError> {
         let mut last_error = None;
         for endpoint in self.endpoints(image) {
-            match self.inspect_at(&endpoint, image, credential).await {
+            let permit = self.limits.acquire(&endpoint.host).await;
+            let result = self.inspect_at(&endpoint, image, credential).await;
+            drop(permit);
+            match result {
                 Ok(found) => return Ok(found),
                 Err(error) => {
                     tracing::debug!(image = %image, endpoint = %endpoint.host, %error, "registry endpoint failed");
@@ -331,7 +405,11 @@ impl RegistryClient {
             .get(host)
             .copied();
         if let Some(until) = until.filter(|until| *until > now) {
-            crate::metrics::global().registry_request(host, "backing_off", Duration::ZERO);
+            crate::metrics::global().registry_request(
+                &self.names.label(host),
+                Label::fixed("backing_off"),
+                Duration::ZERO,
+            );
             return Err(InspectError::RateLimited {
                 host: host.to_string(),
                 retry_after: Some(until - now),
@@ -339,10 +417,10 @@ impl RegistryClient {
         }
         let result = request.send().await.map_err(|e| transport_error(host, e));
         let label = match &result {
-            Ok(response) => response.status().as_str().to_string(),
-            Err(error) => error.metric_label().to_string(),
+            Ok(response) => status_label(response.status().as_u16()),
+            Err(error) => Label::fixed(error.metric_label()),
         };
-        crate::metrics::global().registry_request(host, &label, now.elapsed());
+        crate::metrics::global().registry_request(&self.names.label(host), label, now.elapsed());
         if let Ok(response) = &result
             && response.status() == StatusCode::TOO_MANY_REQUESTS
         {
@@ -351,7 +429,9 @@ impl RegistryClient {
                 .min(MAX_BACKOFF);
             let mut backoff = self.backoff.lock().unwrap_or_else(|e| e.into_inner());
             backoff.retain(|_, until| *until > now);
-            backoff.insert(host.to_string(), now + wait);
+            if backoff.len() < MAX_BACKING_OFF || backoff.contains_key(host) {
+                backoff.insert(host.to_string(), now + wait);
+            }
         }
         result
     }
@@ -365,30 +445,34 @@ impl RegistryClient {
         accept: &str,
         credential: &Credential,
     ) -> Result<Fetched, InspectError> {
-        let url = format!(
+        let url = reqwest::Url::parse(&format!(
             "{}://{}/v2/{repository}/{path}",
             endpoint.scheme, endpoint.host
-        );
+        ))
+        .map_err(|_| InspectError::InvalidReference(format!("{} is not a host", endpoint.host)))?;
         let key = AuthKey {
             endpoint: format!("{}://{}", endpoint.scheme, endpoint.host),
             repository: repository.to_string(),
             credential: credential.fingerprint(),
         };
         let mut authorization = match credential {
-            Credential::Bearer(token) => Some(Arc::from(format!("0|Bearer {token}"))),
+            Credential::Bearer(token) => {
+                Some(StoredAuth::new(format!("Bearer {token}"), Duration::ZERO))
+            }
             _ => self.auth.get(&key).await,
         };
         self.guard
-            .check_literal(&endpoint.host)
+            .check_url(&url)
+            .await
             .map_err(|refusal| refused(&endpoint.host, refusal))?;
         for attempt in 0..2 {
             let mut request = self
                 .http
-                .get(&url)
+                .get(url.clone())
                 .header(ACCEPT, accept)
                 .timeout(self.settings.request_timeout);
             if let Some(value) = &authorization {
-                request = request.header(AUTHORIZATION, header_of(value));
+                request = request.header(AUTHORIZATION, &*value.header);
             }
             let response = self.send(&endpoint.host, request).await?;
             let status = response.status();
@@ -433,14 +517,19 @@ impl RegistryClient {
                     .get(CONTENT_TYPE)
                     .and_then(|v| v.to_str().ok())
                     .map(str::to_string);
-                let body = read_limited(
+                let (body, held) = read_limited(
                     response,
                     self.settings.max_manifest_bytes,
+                    &self.body_kib,
                     &host,
                     "manifest or config",
                 )
                 .await?;
-                Ok(Fetched { content_type, body })
+                Ok(Fetched {
+                    content_type,
+                    body,
+                    _held: held,
+                })
             }
             StatusCode::NOT_FOUND => Err(InspectError::NotFound {
                 host,
@@ -470,7 +559,7 @@ impl RegistryClient {
         repository: &str,
         credential: &Credential,
         challenge: Option<&str>,
-    ) -> Result<Arc<str>, InspectError> {
+    ) -> Result<StoredAuth, InspectError> {
         let unauthorized = || InspectError::Unauthorized {
             host: endpoint.host.clone(),
             repository: repository.to_string(),
@@ -479,9 +568,9 @@ impl RegistryClient {
         let challenge = challenge.map(Challenge::parse).ok_or_else(unauthorized)?;
         match challenge {
             Challenge::Basic => match credential {
-                Credential::Basic { username, password } => Ok(remember_auth(
+                Credential::Basic { username, password } => Ok(StoredAuth::new(
+                    format!("Basic {}", basic_value(username, password)),
                     Duration::from_secs(3600),
-                    &format!("Basic {}", basic_value(username, password)),
                 )),
                 _ => Err(unauthorized()),
             },
@@ -494,15 +583,16 @@ impl RegistryClient {
                 let token = self
                     .fetch_token(endpoint, &realm, service.as_deref(), &scope, credential)
                     .await?;
-                Ok(remember_auth(
+                Ok(StoredAuth::new(
+                    format!("Bearer {}", token.value),
                     token.lifetime,
-                    &format!("Bearer {}", token.value),
                 ))
             }
             Challenge::Other => Err(unauthorized()),
         }
     }
 
+    /// A bearer token for `scope` from the registry's realm.
     async fn fetch_token(
         &self,
         endpoint: &Endpoint,
@@ -511,43 +601,7 @@ impl RegistryClient {
         scope: &str,
         credential: &Credential,
     ) -> Result<Token, InspectError> {
-        let token_error = |reason: String| InspectError::Token {
-            host: endpoint.host.clone(),
-            reason,
-        };
-        let mut url =
-            reqwest::Url::parse(realm).map_err(|_| token_error("realm is not a URL".into()))?;
-        let realm_host = match (url.host_str(), url.port()) {
-            (Some(host), Some(port)) => format!("{host}:{port}"),
-            (Some(host), None) => host.to_string(),
-            (None, _) => return Err(token_error("realm has no host".into())),
-        };
-        // The realm gets the credential, so it must be the registry itself
-        // or a host trusted to act for it (auth.docker.io for Docker Hub).
-        if !self.guard.may_follow(&endpoint.host, &realm_host) {
-            return Err(refused(
-                &endpoint.host,
-                Refusal(format!(
-                    "token realm {realm_host} is another host and not trusted (registry.trustedHosts)"
-                )),
-            ));
-        }
-        let plain_allowed = self.settings.insecure_hosts.contains(&realm_host);
-        if !(url.scheme() == "https" || url.scheme() == "http" && plain_allowed) {
-            return Err(token_error(format!(
-                "realm {realm_host} is not HTTPS (only hosts in registry.insecure may be plain HTTP)"
-            )));
-        }
-        self.guard
-            .check_literal(&realm_host)
-            .map_err(|refusal| refused(&endpoint.host, refusal))?;
-        {
-            let mut query = url.query_pairs_mut();
-            if let Some(service) = service {
-                query.append_pair("service", service);
-            }
-            query.append_pair("scope", scope);
-        }
+        let url = self.token_url(endpoint, realm, service, scope).await?;
         let mut request = self.http.get(url).timeout(self.settings.request_timeout);
         if let Credential::Basic { username, password } = credential {
             request = request.header(
@@ -571,41 +625,110 @@ impl RegistryClient {
             });
         }
         if !status.is_success() {
-            return Err(token_error(format!(
-                "token endpoint answered HTTP {}",
-                status.as_u16()
-            )));
+            return Err(token_error(
+                endpoint,
+                format!("token endpoint answered HTTP {}", status.as_u16()),
+            ));
         }
-        let body = read_limited(
+        let (body, _held) = read_limited(
             response,
             self.settings.max_token_bytes,
+            &self.body_kib,
             &endpoint.host,
             "token response",
         )
         .await?;
-        #[derive(Deserialize)]
-        struct TokenResponse {
-            token: Option<String>,
-            access_token: Option<String>,
-            expires_in: Option<u64>,
+        parse_token(&body).map_err(|reason| token_error(endpoint, reason.into()))
+    }
+
+    /// The realm's URL with the service and scope asked for, once the realm
+    /// is known to be a place the credential may go.
+    async fn token_url(
+        &self,
+        endpoint: &Endpoint,
+        realm: &str,
+        service: Option<&str>,
+        scope: &str,
+    ) -> Result<reqwest::Url, InspectError> {
+        let mut url = reqwest::Url::parse(realm)
+            .map_err(|_| token_error(endpoint, "realm is not a URL".into()))?;
+        let realm_host = authority_of(&url);
+        if realm_host.is_empty() {
+            return Err(token_error(endpoint, "realm has no host".into()));
         }
-        // Never echo the body: it is a secret.
-        let parsed: TokenResponse = serde_json::from_slice(&body)
-            .map_err(|_| token_error("token response is not JSON".into()))?;
-        let value = parsed
-            .token
-            .or(parsed.access_token)
-            .filter(|t| !t.is_empty() && t.bytes().all(|b| b.is_ascii_graphic()))
-            .ok_or_else(|| token_error("token response has no usable token".into()))?;
-        // The distribution spec's default is 60 s; renew a little early.
-        let lifetime = Duration::from_secs(
-            parsed
-                .expires_in
-                .unwrap_or(60)
-                .clamp(10, 3600)
-                .saturating_sub(5),
-        );
-        Ok(Token { value, lifetime })
+        // The realm gets the credential, so it must be the registry itself
+        // or a host trusted to act for it (auth.docker.io for Docker Hub).
+        if !self.guard.may_follow(&endpoint.host, &realm_host) {
+            return Err(refused(
+                &endpoint.host,
+                Refusal(format!(
+                    "token realm {realm_host} is another host and not trusted (registry.trustedHosts)"
+                )),
+            ));
+        }
+        let plain_allowed = self.settings.insecure_hosts.contains(&realm_host);
+        if !(url.scheme() == "https" || url.scheme() == "http" && plain_allowed) {
+            return Err(token_error(
+                endpoint,
+                format!(
+                    "realm {realm_host} is not HTTPS (only hosts in registry.insecure may be plain HTTP)"
+                ),
+            ));
+        }
+        self.guard
+            .check_url(&url)
+            .await
+            .map_err(|refusal| refused(&endpoint.host, refusal))?;
+        {
+            let mut query = url.query_pairs_mut();
+            if let Some(service) = service {
+                query.append_pair("service", service);
+            }
+            query.append_pair("scope", scope);
+        }
+        Ok(url)
+    }
+}
+
+fn token_error(endpoint: &Endpoint, reason: String) -> InspectError {
+    InspectError::Token {
+        host: endpoint.host.clone(),
+        reason,
+    }
+}
+
+/// A token endpoint's answer. Never echoed in errors: it is a secret.
+fn parse_token(body: &[u8]) -> Result<Token, &'static str> {
+    #[derive(Deserialize)]
+    struct TokenResponse {
+        token: Option<String>,
+        access_token: Option<String>,
+        expires_in: Option<u64>,
+    }
+    let parsed: TokenResponse =
+        serde_json::from_slice(body).map_err(|_| "token response is not JSON")?;
+    let value = parsed
+        .token
+        .or(parsed.access_token)
+        .filter(|t| !t.is_empty() && t.bytes().all(|b| b.is_ascii_graphic()))
+        .ok_or("token response has no usable token")?;
+    // The distribution spec's default is 60 s; renew a little early.
+    let lifetime = Duration::from_secs(
+        parsed
+            .expires_in
+            .unwrap_or(60)
+            .clamp(10, 3600)
+            .saturating_sub(5),
+    );
+    Ok(Token { value, lifetime })
+}
+
+/// `host[:port]` of a URL as the client will connect to it.
+fn authority_of(url: &reqwest::Url) -> String {
+    match (url.host_str(), url.port()) {
+        (Some(host), Some(port)) => format!("{host}:{port}"),
+        (Some(host), None) => host.to_string(),
+        (None, _) => String::new(),
     }
 }
 
@@ -618,6 +741,8 @@ struct Endpoint {
 struct Fetched {
     content_type: Option<String>,
     body: Vec<u8>,
+    /// The body's share of `BODY_BYTES_IN_FLIGHT`, given back on drop.
+    _held: tokio::sync::OwnedSemaphorePermit,
 }
 
 struct Token {
@@ -625,25 +750,21 @@ struct Token {
     lifetime: Duration,
 }
 
-fn remember_auth(lifetime: Duration, header: &str) -> Arc<str> {
-    Arc::from(format!("{}|{header}", lifetime.as_secs()))
-}
-
-fn header_of(stored: &str) -> &str {
-    stored.split_once('|').map_or(stored, |(_, header)| header)
-}
-
 fn basic_value(username: &str, password: &str) -> String {
     base64::engine::general_purpose::STANDARD.encode(format!("{username}:{password}"))
 }
 
-/// Reads at most `limit` bytes, refusing more without reading them.
+/// Reads at most `limit` bytes, refusing more without reading them. The
+/// bytes are first taken from `budget` (KiB), all at once so that no read
+/// holds part of it while waiting for more: the declared length, or the
+/// limit, cut to what was read.
 async fn read_limited(
     mut response: Response,
     limit: usize,
+    budget: &Arc<tokio::sync::Semaphore>,
     host: &str,
     what: &'static str,
-) -> Result<Vec<u8>, InspectError> {
+) -> Result<(Vec<u8>, tokio::sync::OwnedSemaphorePermit), InspectError> {
     let too_large = || InspectError::TooLarge {
         host: host.to_string(),
         what,
@@ -655,6 +776,13 @@ async fn read_limited(
     {
         return Err(too_large());
     }
+    let expected = response.content_length().map_or(limit, |len| len as usize);
+    let kib = |bytes: usize| u32::try_from(bytes.div_ceil(1024).max(1)).unwrap_or(u32::MAX);
+    let mut held = budget
+        .clone()
+        .acquire_many_owned(kib(expected))
+        .await
+        .map_err(|_| InspectError::Internal("body budget closed".into()))?;
     let mut body = Vec::with_capacity(response.content_length().unwrap_or(0) as usize);
     while let Some(chunk) = response
         .chunk()
@@ -666,7 +794,12 @@ async fn read_limited(
         }
         body.extend_from_slice(&chunk);
     }
-    Ok(body)
+    // Give back what an undeclared length did not use.
+    let used = kib(body.len()) as usize;
+    if held.num_permits() > used {
+        drop(held.split(held.num_permits() - used));
+    }
+    Ok((body, held))
 }
 
 fn retry_after(headers: &HeaderMap) -> Option<Duration> {
@@ -696,6 +829,12 @@ fn transport_error(host: &str, error: reqwest::Error) -> InspectError {
             host: host.to_string(),
         };
     }
+    if let Some(local) = local_cause(&error) {
+        return InspectError::Local {
+            host: host.to_string(),
+            reason: local.to_string(),
+        };
+    }
     let mut reason = error.to_string();
     let mut source = std::error::Error::source(&error);
     while let Some(inner) = source {
@@ -709,6 +848,24 @@ fn transport_error(host: &str, error: reqwest::Error) -> InspectError {
         host: host.to_string(),
         reason,
     }
+}
+
+/// An I/O error of this process's own resources in `error`'s causes:
+/// such a failure says nothing about the registry.
+fn local_cause<'a>(error: &'a (dyn std::error::Error + 'static)) -> Option<&'a std::io::Error> {
+    // EMFILE, ENFILE, ENOBUFS, ENOMEM, EADDRNOTAVAIL on Linux.
+    const LOCAL: [i32; 5] = [24, 23, 105, 12, 99];
+    let mut source = Some(error);
+    while let Some(inner) = source {
+        if let Some(io) = inner.downcast_ref::<std::io::Error>()
+            && (io.raw_os_error().is_some_and(|code| LOCAL.contains(&code))
+                || io.kind() == std::io::ErrorKind::OutOfMemory)
+        {
+            return Some(io);
+        }
+        source = inner.source();
+    }
+    None
 }
 
 fn refused(host: &str, refusal: Refusal) -> InspectError {
@@ -731,13 +888,8 @@ fn check_redirect(
     if previous.len() > 5 {
         return Err(Refusal("more than 5 redirects".into()));
     }
-    let host_of = |url: &reqwest::Url| match (url.host_str(), url.port()) {
-        (Some(host), Some(port)) => format!("{host}:{port}"),
-        (Some(host), None) => host.to_string(),
-        (None, _) => String::new(),
-    };
-    let to = host_of(next);
-    let from = previous.first().map(host_of).unwrap_or_default();
+    let to = authority_of(next);
+    let from = previous.first().map(authority_of).unwrap_or_default();
     if next.scheme() != "https" && !(next.scheme() == "http" && insecure.contains(&to)) {
         return Err(Refusal(format!(
             "redirect to {}://{to} is not HTTPS",
@@ -749,7 +901,14 @@ fn check_redirect(
             "redirect from {from} to {to}, another host not trusted (registry.trustedHosts)"
         )));
     }
-    guard.check_literal(&to)
+    // An IP host is checked here, before connecting; a name goes through
+    // the resolver and the connection check.
+    match super::guard::host_of(next) {
+        Some(host @ super::guard::Host::Ip(ip)) => {
+            guard.check_target(&host, next.port_or_known_default().unwrap_or(443), ip)
+        }
+        _ => Ok(()),
+    }
 }
 
 /// A `WWW-Authenticate` header, as much as the distribution flows use.
@@ -872,8 +1031,8 @@ mod tests {
 
     #[test]
     fn stored_auth_carries_its_lifetime() {
-        let stored = remember_auth(Duration::from_secs(55), "Bearer abc|def");
-        assert_eq!(header_of(&stored), "Bearer abc|def");
+        let stored = StoredAuth::new("Bearer abc|def".into(), Duration::from_secs(55));
+        assert_eq!(&*stored.header, "Bearer abc|def");
         let expiry = AuthExpiry;
         let key = AuthKey {
             endpoint: "e".into(),

@@ -1,12 +1,18 @@
 //! The network guard: archway connects where pod authors' image strings
 //! point, so it must not become a way into the cluster's own network.
 //!
-//! Every connection resolves through `GuardedResolver`, which refuses
-//! loopback, link-local (cloud metadata at 169.254.169.254), private,
-//! shared and unique-local addresses unless the configuration allows the
-//! host or the range. IP literals, which skip the resolver, are checked the
-//! same way before each request and on every redirect. Token realms and
-//! redirects may go to another host only when it is trusted.
+//! Three checks, each on what the connection really uses:
+//! - before a request, its URL as the client parses it (`check_url`): IP
+//!   hosts in any spelling the `url` crate accepts, with their port;
+//! - every name resolves through `GuardedResolver`, which refuses
+//!   loopback, link-local (cloud metadata at 169.254.169.254), private,
+//!   shared and unique-local addresses unless the configuration allows the
+//!   host or the range;
+//! - every connection, in the connector, by the peer address it reached
+//!   (`ConnectionGuard`).
+//!
+//! Token realms and redirects may go to another host only when it is
+//! trusted.
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -85,9 +91,10 @@ impl Cidr {
 /// What the guard lets archway connect to.
 #[derive(Debug, Clone, Default)]
 pub struct NetworkGuard {
-    /// Registry hosts (without port) that may resolve to internal
-    /// addresses: the ones the configuration names (insecure hosts,
-    /// mirrors) and `allowPrivate` host entries.
+    /// Registry hosts that may resolve to internal addresses: the ones the
+    /// configuration names (insecure hosts, mirrors) and `allowPrivate`
+    /// host entries. An entry with a port (`registry.internal:5000`)
+    /// allows that port only; without one, every port.
     pub allowed_hosts: Vec<String>,
     /// Internal ranges that may be reached whatever the host.
     pub allowed_networks: Vec<Cidr>,
@@ -109,37 +116,174 @@ impl fmt::Display for Refusal {
 
 impl std::error::Error for Refusal {}
 
+/// A host as the HTTP client reads it. The `url` crate (which reqwest
+/// parses every request's URL with) reads `2130706433`, `0x7f.1`,
+/// `0177.0.0.1` and `127.1` all as 127.0.0.1; std's `IpAddr` parser rejects
+/// them. The guard must read hosts the way the connection will.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Host {
+    Ip(IpAddr),
+    /// A DNS name, lowercased.
+    Name(String),
+}
+
+impl fmt::Display for Host {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Host::Ip(IpAddr::V6(v6)) => write!(f, "[{v6}]"),
+            Host::Ip(ip) => write!(f, "{ip}"),
+            Host::Name(name) => f.write_str(name),
+        }
+    }
+}
+
+/// `host[:port]` as written in a reference or the configuration, read with
+/// the client's URL parser. `None` when it is not a host at all.
+pub fn parse_authority(authority: &str) -> Option<(Host, Option<u16>)> {
+    if authority.is_empty() || authority.contains(['/', '?', '#', '@', '\\']) {
+        return None;
+    }
+    // The parser forgets a port equal to its scheme's default; reading the
+    // authority under two schemes with different defaults keeps it.
+    let https = reqwest::Url::parse(&format!("https://{authority}/")).ok()?;
+    let port = https.port().or_else(|| {
+        reqwest::Url::parse(&format!("http://{authority}/"))
+            .ok()
+            .and_then(|u| u.port())
+    });
+    Some((host_of(&https)?, port))
+}
+
+/// The host of a parsed URL.
+pub fn host_of(url: &reqwest::Url) -> Option<Host> {
+    match url.host()? {
+        url::Host::Ipv4(v4) => Some(Host::Ip(IpAddr::V4(v4))),
+        url::Host::Ipv6(v6) => Some(Host::Ip(IpAddr::V6(v6))),
+        url::Host::Domain(name) => Some(Host::Name(name.to_ascii_lowercase())),
+    }
+}
+
 impl NetworkGuard {
-    /// Whether `ip` may be connected to for `host`.
+    /// The ports an allowed-host entry grants `host`: `Some(None)` for
+    /// every port, `Some(Some(ports))` for those only, `None` when no
+    /// entry names the host.
+    fn allowed_ports(&self, host: &Host) -> Option<Option<Vec<u16>>> {
+        let mut ports = Vec::new();
+        let mut named = false;
+        for (entry, port) in self.allowed_hosts.iter().filter_map(|e| parse_authority(e)) {
+            if entry != *host {
+                continue;
+            }
+            named = true;
+            match port {
+                None => return Some(None),
+                Some(port) => ports.push(port),
+            }
+        }
+        named.then_some(Some(ports))
+    }
+
+    fn refusal(&self, target: &str, ip: IpAddr, range: &str) -> Refusal {
+        // A name says what it resolved to; an address is said once.
+        let what = match target.parse::<SocketAddr>() {
+            Ok(_) => format!("{target} is"),
+            Err(_) if target.starts_with(&ip.to_string()) => format!("{target} is"),
+            Err(_) => format!("{target} resolves to {ip},"),
+        };
+        Refusal(format!(
+            "{what} a {range} address; archway does not connect there unless \
+             registry.allowPrivate names the host (and port) or range (for a \
+             plain-HTTP registry such as a local one: registry.insecure, or \
+             --insecure-registry HOST:PORT)"
+        ))
+    }
+
+    /// Whether `ip` may be connected to for the name `host` on some port:
+    /// the resolver's check, which does not know the port. The port is
+    /// checked before connecting (`check_url`) and on the connection
+    /// itself (`check_connected`).
     pub fn check(&self, host: &str, ip: IpAddr) -> Result<(), Refusal> {
         let Some(range) = internal_range(ip) else {
             return Ok(());
         };
-        let host = host_without_port(host);
+        let named = parse_authority(host)
+            .and_then(|(host, _)| self.allowed_ports(&host))
+            .is_some();
+        if named || self.allowed_networks.iter().any(|n| n.contains(ip)) {
+            return Ok(());
+        }
+        Err(self.refusal(host, ip, range))
+    }
+
+    /// Whether `ip` may be connected to on `port` for `host`.
+    pub fn check_target(&self, host: &Host, port: u16, ip: IpAddr) -> Result<(), Refusal> {
+        let Some(range) = internal_range(ip) else {
+            return Ok(());
+        };
+        if self.allowed_networks.iter().any(|n| n.contains(ip)) {
+            return Ok(());
+        }
+        match self.allowed_ports(host) {
+            Some(None) => Ok(()),
+            Some(Some(ports)) if ports.contains(&port) => Ok(()),
+            _ => Err(self.refusal(&format!("{host}:{port}"), ip, range)),
+        }
+    }
+
+    /// Checks a URL before any connection is made to it: an IP host
+    /// (however spelled) against the ranges, with its port; a name that
+    /// the configuration allows on other ports only is resolved here and
+    /// refused if it leads inside, so that a closed port and an open one
+    /// answer alike.
+    pub async fn check_url(&self, url: &reqwest::Url) -> Result<(), Refusal> {
+        let host = host_of(url).ok_or_else(|| Refusal(format!("{url} has no host")))?;
+        let port = url.port_or_known_default().unwrap_or(443);
+        match &host {
+            Host::Ip(ip) => self.check_target(&host, port, *ip),
+            Host::Name(name) => match self.allowed_ports(&host) {
+                Some(Some(ports)) if !ports.contains(&port) => {
+                    let addresses = tokio::net::lookup_host((name.as_str(), port))
+                        .await
+                        .map_err(|e| Refusal(format!("{name}: {e}")))?;
+                    for address in addresses {
+                        self.check_target(&host, port, address.ip())?;
+                    }
+                    Ok(())
+                }
+                _ => Ok(()),
+            },
+        }
+    }
+
+    /// Checks the address a connection actually reached, whatever path
+    /// led there (resolver, literal, redirect). The request's host is not
+    /// known here, so an internal peer passes only when an allowed range
+    /// holds it, or an allowed entry could have named it: that IP on that
+    /// port, or any allowed name on that port.
+    pub fn check_connected(&self, peer: SocketAddr) -> Result<(), Refusal> {
+        let ip = peer.ip().to_canonical();
+        let Some(range) = internal_range(ip) else {
+            return Ok(());
+        };
+        if self.allowed_networks.iter().any(|n| n.contains(ip)) {
+            return Ok(());
+        }
+        let entry_allows = |(host, port): (Host, Option<u16>)| {
+            let host_fits = match host {
+                Host::Ip(allowed) => allowed.to_canonical() == ip,
+                Host::Name(_) => true,
+            };
+            host_fits && port.is_none_or(|p| p == peer.port())
+        };
         if self
             .allowed_hosts
             .iter()
-            .any(|h| host_without_port(h).eq_ignore_ascii_case(host))
-            || self.allowed_networks.iter().any(|n| n.contains(ip))
+            .filter_map(|e| parse_authority(e))
+            .any(entry_allows)
         {
             return Ok(());
         }
-        Err(Refusal(format!(
-            "{host} resolves to {ip}, a {range} address; archway does not connect there unless \
-             registry.allowPrivate names the host or range"
-        )))
-    }
-
-    /// Checks a host that is an IP literal (those never reach the resolver).
-    pub fn check_literal(&self, host: &str) -> Result<(), Refusal> {
-        match host_without_port(host)
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .parse::<IpAddr>()
-        {
-            Ok(ip) => self.check(host, ip),
-            Err(_) => Ok(()),
-        }
+        Err(self.refusal(&peer.to_string(), ip, range))
     }
 
     /// Whether a registry on `from` may send archway (a token request or a
@@ -280,6 +424,72 @@ impl reqwest::dns::Resolve for GuardedResolver {
     }
 }
 
+/// The connector layer: every connection the registry client opens is
+/// checked against the address it reached before a request is sent on it.
+/// A backstop: URLs are checked before connecting (`check_url`), so a
+/// refused address is never reached and a closed port cannot be told from
+/// an open one; this catches any path that check missed.
+#[derive(Clone)]
+pub struct ConnectionGuard {
+    pub guard: Arc<NetworkGuard>,
+}
+
+impl<S> tower::Layer<S> for ConnectionGuard {
+    type Service = GuardedConnector<S>;
+    fn layer(&self, inner: S) -> GuardedConnector<S> {
+        GuardedConnector {
+            inner,
+            guard: self.guard.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct GuardedConnector<S> {
+    inner: S,
+    guard: Arc<NetworkGuard>,
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+impl<S, Request> tower::Service<Request> for GuardedConnector<S>
+where
+    S: tower::Service<Request, Error = BoxError>,
+    S::Response: hyper_util::client::legacy::connect::Connection + Send + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = BoxError;
+    type Future =
+        std::pin::Pin<Box<dyn std::future::Future<Output = Result<S::Response, BoxError>> + Send>>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        let guard = self.guard.clone();
+        let connecting = self.inner.call(request);
+        Box::pin(async move {
+            let connection = connecting.await?;
+            use hyper_util::client::legacy::connect::Connection;
+            let mut extras = axum::http::Extensions::new();
+            connection.connected().get_extras(&mut extras);
+            let info = extras.get::<hyper_util::client::legacy::connect::HttpInfo>();
+            match info {
+                Some(info) => guard.check_connected(info.remote_addr())?,
+                // Every TCP connection reports its peer; one that does not
+                // cannot be checked, so it is not used.
+                None => return Err(Refusal("connection without a peer address".into()).into()),
+            }
+            Ok(connection)
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -336,9 +546,104 @@ mod tests {
             .unwrap_err();
         assert!(refused.0.contains("link-local"), "{refused}");
         assert!(guard.check("public.example", ip("1.1.1.1")).is_ok());
-        assert!(guard.check_literal("127.0.0.1:5000").is_err());
-        assert!(guard.check_literal("[::1]:5000").is_err());
-        assert!(guard.check_literal("registry.example:443").is_ok());
+    }
+
+    fn url(s: &str) -> reqwest::Url {
+        reqwest::Url::parse(s).unwrap()
+    }
+
+    fn check_now(guard: &NetworkGuard, u: &str) -> Result<(), Refusal> {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(guard.check_url(&url(u)))
+    }
+
+    #[test]
+    fn every_spelling_of_an_internal_address_is_refused() {
+        let guard = NetworkGuard::default();
+        for host in [
+            "127.0.0.1",
+            "2130706433",
+            "0x7f000001",
+            "0x7f.1",
+            "127.1",
+            "0177.0.0.1",
+            "0",
+            "[::1]",
+            "[::ffff:127.0.0.1]",
+            "169.254.169.254",
+            "2852039166",
+            "0xa9fea9fe",
+            "0251.0376.0251.0376",
+            "169.254.43518",
+        ] {
+            let refused = check_now(&guard, &format!("https://{host}:9612/v2/")).unwrap_err();
+            // One answer whatever the port: nothing is connected to.
+            assert!(
+                refused.0.contains("address; archway does not connect"),
+                "{host}: {refused}"
+            );
+            let (parsed, port) = parse_authority(&format!("{host}:9612")).unwrap();
+            assert!(
+                matches!(parsed, Host::Ip(ip) if internal_range(ip).is_some()),
+                "{host}"
+            );
+            assert_eq!(port, Some(9612));
+        }
+        assert!(check_now(&guard, "https://8.8.8.8/v2/").is_ok());
+        assert!(
+            check_now(&guard, "https://134744072/v2/").is_ok(),
+            "8.8.8.8"
+        );
+    }
+
+    #[test]
+    fn an_entry_with_a_port_allows_that_port_only() {
+        let guard = NetworkGuard {
+            allowed_hosts: vec!["127.0.0.1:5000".into(), "localhost:5001".into()],
+            ..NetworkGuard::default()
+        };
+        assert!(check_now(&guard, "http://127.0.0.1:5000/v2/").is_ok());
+        assert!(check_now(&guard, "http://2130706433:5000/v2/").is_ok());
+        assert!(check_now(&guard, "http://127.0.0.1:5001/v2/").is_err());
+        assert!(check_now(&guard, "http://0x7f.1:9612/v2/").is_err());
+        assert!(check_now(&guard, "https://127.0.0.1/v2/").is_err());
+        // A name allowed on another port is resolved first and refused.
+        assert!(check_now(&guard, "http://localhost:5001/v2/").is_ok());
+        assert!(check_now(&guard, "http://localhost:9612/v2/").is_err());
+        // The connection check: the peer and its port.
+        let peer = |s: &str| s.parse::<SocketAddr>().unwrap();
+        assert!(guard.check_connected(peer("127.0.0.1:5000")).is_ok());
+        assert!(
+            guard.check_connected(peer("127.0.0.1:5001")).is_ok(),
+            "localhost:5001"
+        );
+        assert!(guard.check_connected(peer("127.0.0.1:9612")).is_err());
+        assert!(guard.check_connected(peer("169.254.169.254:80")).is_err());
+        assert!(
+            guard
+                .check_connected(peer("[::ffff:127.0.0.1]:9612"))
+                .is_err()
+        );
+        assert!(guard.check_connected(peer("8.8.8.8:443")).is_ok());
+        let any_port = NetworkGuard {
+            allowed_hosts: vec!["0x7f000001".into()],
+            ..NetworkGuard::default()
+        };
+        assert!(check_now(&any_port, "http://127.0.0.1:9612/v2/").is_ok());
+        assert!(any_port.check_connected(peer("127.0.0.1:9612")).is_ok());
+        // A port equal to the scheme's default is still a port.
+        assert_eq!(
+            parse_authority("registry.internal:443"),
+            Some((Host::Name("registry.internal".into()), Some(443)))
+        );
+        assert_eq!(
+            parse_authority("Registry.Internal:80"),
+            Some((Host::Name("registry.internal".into()), Some(80)))
+        );
+        assert_eq!(parse_authority("a/b"), None);
     }
 
     #[test]

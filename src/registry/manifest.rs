@@ -48,6 +48,8 @@ pub enum ManifestError {
     ConfigWithoutPlatform,
     #[error("invalid digest {0:?}")]
     Digest(String),
+    #[error(transparent)]
+    Platform(#[from] crate::platform::PlatformError),
 }
 
 #[derive(Deserialize)]
@@ -111,13 +113,15 @@ pub fn parse_manifest(
         if entries.len() > MAX_INDEX_ENTRIES {
             return Err(ManifestError::TooManyEntries(entries.len()));
         }
+        // One malformed platform makes the whole index unreadable: dropping
+        // it would make the image look as if it ran on fewer architectures.
         let platforms: BTreeSet<Platform> = entries
             .iter()
             .filter(|entry| !is_attestation(entry))
             .filter_map(|entry| entry.platform.as_ref())
             .filter(|p| !p.os.is_empty() && !p.architecture.is_empty())
-            .map(|p| Platform::new(&p.os, &p.architecture, p.variant.as_deref()))
-            .collect();
+            .map(|p| Platform::parse(&p.os, &p.architecture, p.variant.as_deref()))
+            .collect::<Result<_, _>>()?;
         if platforms.is_empty() {
             return Err(ManifestError::NoPlatforms);
         }
@@ -162,11 +166,11 @@ pub fn parse_config(body: &[u8]) -> Result<Platform, ManifestError> {
     if raw.os.is_empty() || raw.architecture.is_empty() {
         return Err(ManifestError::ConfigWithoutPlatform);
     }
-    Ok(Platform::new(
+    Ok(Platform::parse(
         &raw.os,
         &raw.architecture,
         raw.variant.as_deref(),
-    ))
+    )?)
 }
 
 /// Only sha256 digests are accepted: it is what every registry serves, and
@@ -331,6 +335,23 @@ mod tests {
             parse_manifest(None, &index),
             Err(ManifestError::TooManyEntries(MAX_INDEX_ENTRIES + 1))
         );
+    }
+
+    #[test]
+    fn rejects_platforms_that_are_not_short_tokens() {
+        let long = "x".repeat(4000);
+        let entries: Vec<_> = (0..MAX_INDEX_ENTRIES)
+            .map(|i| json!({"digest": DIGEST, "platform": {"os": "linux", "architecture": format!("{long}{i}")}}))
+            .collect();
+        let index = body(json!({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": entries}));
+        let error = parse_manifest(None, &index).unwrap_err();
+        assert!(matches!(error, ManifestError::Platform(_)), "{error}");
+        assert!(error.to_string().len() < 200);
+        let config = body(json!({"os": "linux", "architecture": "amd64", "variant": "v1\nforged"}));
+        assert!(matches!(
+            parse_config(&config),
+            Err(ManifestError::Platform(_))
+        ));
     }
 
     #[test]

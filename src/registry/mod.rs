@@ -3,6 +3,7 @@
 pub mod client;
 pub mod credentials;
 pub mod guard;
+pub mod limits;
 pub mod manifest;
 
 use std::collections::BTreeSet;
@@ -83,6 +84,14 @@ pub enum InspectError {
     Token { host: String, reason: String },
     #[error("lookup still running when the review's time budget ran out")]
     Deadline,
+    /// This process could not make the request (out of file descriptors,
+    /// memory or local ports): nothing the registry said.
+    #[error("archway could not reach registry {host} for now: {reason}")]
+    Local { host: String, reason: String },
+    #[error(
+        "namespace {namespace} has used its share of registry lookups for now (cache.namespaceMissesPerSecond); cached images still resolve"
+    )]
+    Throttled { namespace: String },
     #[error("lookup failed unexpectedly: {0}")]
     Internal(String),
 }
@@ -104,8 +113,23 @@ impl InspectError {
             InspectError::Token { .. } => "token",
             InspectError::Refused { .. } => "refused",
             InspectError::Deadline => "deadline",
+            InspectError::Local { .. } => "local",
+            InspectError::Throttled { .. } => "throttled",
             InspectError::Internal(_) => "internal",
         }
+    }
+
+    /// Whether the failure is the registry's answer (or lack of one), worth
+    /// remembering for everyone; a failure of this process or of one
+    /// caller's budget is not.
+    pub fn is_from_registry(&self) -> bool {
+        !matches!(
+            self,
+            InspectError::Local { .. }
+                | InspectError::Throttled { .. }
+                | InspectError::Deadline
+                | InspectError::Internal(_)
+        )
     }
 
     /// How long a failure should be remembered at least: a registry that

@@ -56,12 +56,12 @@ impl TestWebhook {
         let addr = listeners.webhook.local_addr().unwrap();
         let admin = listeners.admin.local_addr().unwrap();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let max_body = config.server.max_body_bytes;
+        let limits = server::ServerLimits::from(&config.server);
         let task = tokio::spawn(server::serve(
             listeners,
             AppState::new(reviewer),
             certificate,
-            max_body,
+            limits,
             async {
                 let _ = rx.await;
             },
