@@ -22,8 +22,9 @@ pub struct Config {
     pub target_architecture: String,
     /// Rollout of namespaces that do not set `archway.dev/rollout`.
     pub default_rollout: Rollout,
-    /// Tolerations a pod gets for each architecture it may be placed on:
-    /// the taints that keep those nodes reserved.
+    /// Tolerations a pod gets for each platform it may be placed on: the
+    /// taints that keep those nodes reserved. Keyed `os/arch`
+    /// (`windows/amd64`); a bare architecture (`arm64`) means linux.
     pub tolerations: BTreeMap<String, Vec<Toleration>>,
     /// Deny pods whose images cannot be inspected or share no architecture,
     /// instead of admitting them unchanged with a warning.
@@ -121,6 +122,40 @@ pub struct ServerConfig {
     /// is the one that closes. A new connection gets 10 s for its first.
     #[serde(with = "humantime_serde")]
     pub idle_timeout: Duration,
+}
+
+/// A key of `tolerations`: `arch` or `os/arch`, each a label-value token,
+/// and one spelling per platform (`arm64` and `linux/arm64` are the same
+/// nodes; two lists for them would leave which one applies to chance).
+fn check_toleration_key(
+    key: &str,
+    tolerations: &BTreeMap<String, Vec<Toleration>>,
+) -> Result<(), String> {
+    let token = |t: &str| {
+        !t.is_empty()
+            && t.len() <= 32
+            && t.bytes().all(|b| {
+                b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'_' | b'.')
+            })
+    };
+    let well_formed = match key.split_once('/') {
+        None => token(key),
+        Some((os, arch)) => token(os) && token(arch),
+    };
+    if !well_formed {
+        return Err(format!(
+            "tolerations: {key:?} is not an architecture (arm64, meaning linux) or os/architecture (windows/amd64)"
+        ));
+    }
+    if let Some(arch) = key
+        .strip_prefix("linux/")
+        .filter(|a| tolerations.contains_key(*a))
+    {
+        return Err(format!(
+            "tolerations: {key:?} and {arch:?} name the same nodes; keep one"
+        ));
+    }
+    Ok(())
 }
 
 fn toleration(arch: &str) -> Toleration {
@@ -291,6 +326,9 @@ impl Config {
                 return invalid(format!("registry.allowPrivate: {reason}"));
             }
         }
+        for key in self.tolerations.keys() {
+            check_toleration_key(key, &self.tolerations).or_else(invalid)?;
+        }
         if self.server.max_body_bytes < 1024 {
             return invalid("server.maxBodyBytes is too small for any pod".into());
         }
@@ -396,6 +434,8 @@ namespaces:
 tolerations:
   arm64:
     - { key: dedicated, operator: Equal, value: graviton, effect: NoSchedule }
+  windows/amd64:
+    - { key: os, operator: Equal, value: windows, effect: NoSchedule }
 "#,
         )
         .unwrap();
@@ -424,6 +464,15 @@ tolerations:
             config.tolerations["arm64"][0].key.as_deref(),
             Some("dedicated")
         );
+        let windows = crate::patch::configured_tolerations(&config.tolerations, "windows", "amd64");
+        assert_eq!(windows[0].value.as_deref(), Some("windows"));
+        let linux = crate::patch::configured_tolerations(&config.tolerations, "linux", "arm64");
+        assert_eq!(linux[0].value.as_deref(), Some("graviton"));
+        // The bare form is linux only; no list is configured for windows/arm64.
+        assert!(
+            crate::patch::configured_tolerations(&config.tolerations, "windows", "arm64")
+                .is_empty()
+        );
     }
 
     #[test]
@@ -438,6 +487,13 @@ tolerations:
             ("cache: { tagTtl: soon }", "tagTtl"),
             ("registry: { allowPrivate: [10.0.0.0/40] }", "allowPrivate"),
             ("cache: { maxBytes: 1000 }", "maxBytes"),
+            ("tolerations: { windows/amd64/v2: [] }", "os/architecture"),
+            ("tolerations: { Windows/amd64: [] }", "os/architecture"),
+            ("tolerations: { /amd64: [] }", "os/architecture"),
+            (
+                "tolerations: { arm64: [], linux/arm64: [] }",
+                "name the same nodes",
+            ),
             (
                 "cache: { namespaceMissesPerSecond: 0 }",
                 "namespaceMissesPerSecond",

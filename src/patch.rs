@@ -10,7 +10,7 @@ use k8s_openapi::api::core::v1::{NodeAffinity, NodeSelectorTerm, Pod, Toleration
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde_json::{Value, json};
 
-use crate::placement::{ARCH_LABEL, Injection};
+use crate::placement::{ARCH_LABEL, Injection, LINUX};
 
 /// Weight of archway's preferred term: the strongest, since it carries the
 /// namespace owner's rollout choice; the user's own preferences still count.
@@ -60,7 +60,7 @@ pub fn encode(
 }
 
 /// The patch that applies `injection` to `pod`. `tolerations` are the
-/// configured tolerations per architecture.
+/// configured tolerations per platform (see [`configured_tolerations`]).
 pub fn build(
     pod: &Pod,
     injection: &Injection,
@@ -171,7 +171,7 @@ fn add_tolerations(
     for toleration in injection
         .tolerate
         .iter()
-        .flat_map(|arch| tolerations.get(arch).into_iter().flatten())
+        .flat_map(|arch| configured_tolerations(tolerations, &injection.os, arch))
     {
         let present = existing
             .into_iter()
@@ -193,6 +193,19 @@ fn add_tolerations(
             Value::Array(missing.into_iter().map(to_value).collect()),
         )],
     }
+}
+
+/// The tolerations configured for nodes of `os` and `arch`: under the key
+/// `os/arch`, or for linux also under the bare `arch` (the original form,
+/// kept valid). The configuration refuses both spellings of one platform.
+pub fn configured_tolerations<'a>(
+    tolerations: &'a BTreeMap<String, Vec<Toleration>>,
+    os: &str,
+    arch: &str,
+) -> &'a [Toleration] {
+    let qualified = tolerations.get(&format!("{os}/{arch}"));
+    let bare = || (os == LINUX).then(|| tolerations.get(arch)).flatten();
+    qualified.or_else(bare).map_or(&[], Vec::as_slice)
 }
 
 /// archway's annotations, beside the pod's own.

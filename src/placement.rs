@@ -8,12 +8,18 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::api::core::v1::{NodeSelectorRequirement, Pod};
 
-use crate::platform::{Platform, linux_architectures};
+use crate::platform::Platform;
 use crate::policy::{Mode, NamespacePolicy, Placement, RolloutBy};
 
 pub const ARCH_LABEL: &str = "kubernetes.io/arch";
 /// Deprecated, but still honoured by the scheduler and still in old charts.
 const BETA_ARCH_LABEL: &str = "beta.kubernetes.io/arch";
+pub const OS_LABEL: &str = "kubernetes.io/os";
+const BETA_OS_LABEL: &str = "beta.kubernetes.io/os";
+/// The OS of a pod that names none: what the kubelet assumes.
+pub const LINUX: &str = "linux";
+/// The longest OS name taken from a pod; real ones are `linux`, `windows`.
+const MAX_OS_CHARS: usize = 32;
 pub const SKIP_ANNOTATION: &str = "archway.dev/skip";
 pub const ARCHS_ANNOTATION: &str = "archway.dev/archs";
 pub const DECISION_ANNOTATION: &str = "archway.dev/decision";
@@ -90,8 +96,11 @@ pub struct Injection {
     pub required: BTreeSet<String>,
     /// A preferred term for these architectures, on top of `required`.
     pub preferred: Option<BTreeSet<String>>,
-    /// Architectures whose configured tolerations the pod gets: those it
-    /// may be scheduled on.
+    /// The pod's operating system: tolerations are configured per OS and
+    /// architecture.
+    pub os: String,
+    /// Architectures whose configured tolerations (for `os`) the pod gets:
+    /// those it may be scheduled on.
     pub tolerate: BTreeSet<String>,
     pub annotations: BTreeMap<String, String>,
 }
@@ -105,6 +114,9 @@ pub enum DecisionKind {
     Held,
     /// Its images run on one side only, or the target is not among them.
     OnlyOption,
+    /// A pod of another OS than Linux (Windows): required onto the
+    /// architectures its images publish for that OS, never steered.
+    OtherOs,
     NotOptedIn,
     Skipped,
     AlreadyDecided,
@@ -121,6 +133,7 @@ impl DecisionKind {
             DecisionKind::Steered => "steered",
             DecisionKind::Held => "held",
             DecisionKind::OnlyOption => "only_option",
+            DecisionKind::OtherOs => "other_os",
             DecisionKind::NotOptedIn => "not_opted_in",
             DecisionKind::Skipped => "skipped",
             DecisionKind::AlreadyDecided => "already_decided",
@@ -231,10 +244,21 @@ pub fn decide_screened(input: &DecisionInput<'_>) -> Decision {
         .iter()
         .map(|p| format!("namespace policy: {p}"))
         .collect();
-    let supported = supported_architectures(input.lookups);
+    let os = match pod_os(input.pod) {
+        PodOs::Known(os) => os,
+        PodOs::Unclear(why) => {
+            // Any OS archway picked could contradict one of the pod's
+            // terms; its own node affinity already places it.
+            return Decision {
+                warnings,
+                ..Decision::unchanged(DecisionKind::UserChoice, why)
+            };
+        }
+    };
+    let supported = supported_architectures(input.lookups, &os);
     if let Some(choice) = user_architectures(input.pod) {
         // The pod's author chose; archway only checks the choice.
-        warnings.extend(check_choice(&choice, supported.as_ref()));
+        warnings.extend(check_choice(&choice, supported.as_ref(), &os));
         warnings.extend(failures(input.lookups));
         return Decision {
             warnings,
@@ -257,21 +281,28 @@ pub fn decide_screened(input: &DecisionInput<'_>) -> Decision {
     };
     if supported.is_empty() {
         warnings.push(format!(
-            "the pod's images share no Linux architecture ({}); it would fail on every node",
+            "the pod's images share no {os} architecture ({}); it would fail on every node",
             describe_images(input.lookups)
         ));
         return refuse(
             input,
             DecisionKind::NoCommonArchitecture,
-            "images share no architecture",
+            &format!("images share no {os} architecture"),
             warnings,
             Some(supported),
         );
     }
-    let choice = choose(input, &supported);
+    let choice = if os == LINUX {
+        choose(input, &supported)
+    } else {
+        other_os(&os, &supported)
+    };
+    // The node set is every OS's architectures together: for any OS, an
+    // architecture missing from it has no node of that OS either, so
+    // dropping it is safe (a kept one may still lack a node of this OS).
     let choice = avoid_missing_nodes(choice, &supported, input.node_architectures);
     warnings.extend(choice.warnings.iter().cloned());
-    inject(input.policy.placement, choice, supported, warnings)
+    inject(input.policy.placement, os, choice, supported, warnings)
 }
 
 /// Why each image that could not be inspected could not be.
@@ -290,14 +321,18 @@ fn failures(lookups: &[(ContainerImage, ImageLookup)]) -> Vec<String> {
 }
 
 /// A warning when the pod asks for architectures its images do not publish.
-fn check_choice(choice: &BTreeSet<String>, supported: Option<&BTreeSet<String>>) -> Option<String> {
+fn check_choice(
+    choice: &BTreeSet<String>,
+    supported: Option<&BTreeSet<String>>,
+    os: &str,
+) -> Option<String> {
     let supported = supported?;
     let unsupported: Vec<&String> = choice.iter().filter(|a| !supported.contains(*a)).collect();
     (!unsupported.is_empty()).then(|| {
         format!(
             "the pod asks for {} but its images publish only {}",
             join(unsupported),
-            describe_set(supported)
+            describe_set(supported, os)
         )
     })
 }
@@ -353,6 +388,26 @@ fn choose(input: &DecisionInput<'_>, supported: &BTreeSet<String>) -> Choice {
     choice(DecisionKind::Held, others, reason)
 }
 
+/// A pod of another OS goes wherever its images run for that OS, with no
+/// rollout: Windows pods are placed, not steered. The node set archway
+/// watches does not say which OS a node of an architecture runs, so
+/// steering a Windows pod to the target could send it where only Linux
+/// nodes of that architecture exist, and it would wait forever. Placing it
+/// by what its Windows images publish is always true, and it keeps the pod
+/// off Windows nodes its images cannot run on.
+fn other_os(os: &str, supported: &BTreeSet<String>) -> Choice {
+    Choice {
+        kind: DecisionKind::OtherOs,
+        archs: supported.clone(),
+        reason: format!(
+            "{}: what its {os} images publish (the rollout steers linux pods only)",
+            join(supported)
+        ),
+        without_nodes: BTreeSet::new(),
+        warnings: Vec::new(),
+    }
+}
+
 /// Never send a pod where no node can take it while another architecture
 /// its images run on has nodes.
 fn avoid_missing_nodes(
@@ -396,6 +451,7 @@ fn avoid_missing_nodes(
 /// The injection that carries `choice` out under the namespace's placement.
 fn inject(
     placement: Placement,
+    os: String,
     choice: Choice,
     supported: BTreeSet<String>,
     warnings: Vec<String>,
@@ -414,6 +470,7 @@ fn inject(
     ]);
     Decision {
         outcome: Outcome::Inject(Injection {
+            os,
             tolerate: required.clone(),
             required,
             preferred,
@@ -451,23 +508,110 @@ fn refuse(
     }
 }
 
-/// S: the Linux architectures every image publishes, or `None` when some
-/// image could not be inspected.
+/// S: the architectures every image publishes for `os` (the pod's), or
+/// `None` when some image could not be inspected. Variants collapse: the
+/// `kubernetes.io/arch` node label carries none.
 pub fn supported_architectures(
     lookups: &[(ContainerImage, ImageLookup)],
+    os: &str,
 ) -> Option<BTreeSet<String>> {
     let mut supported: Option<BTreeSet<String>> = None;
     for (_, lookup) in lookups {
         let ImageLookup::Found(platforms) = lookup else {
             return None;
         };
-        let archs = linux_architectures(platforms);
+        let archs: BTreeSet<String> = platforms
+            .iter()
+            .filter(|p| p.os == os)
+            .map(|p| p.architecture.clone())
+            .collect();
         supported = Some(match supported {
             None => archs,
             Some(s) => s.intersection(&archs).cloned().collect(),
         });
     }
     supported
+}
+
+/// The operating system a pod will run on, as far as its spec says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PodOs {
+    /// Lowercase, a short token.
+    Known(String),
+    /// The spec allows more than one OS, or names one archway cannot
+    /// read; the reason is for people.
+    Unclear(String),
+}
+
+/// The pod's OS: `spec.os.name`, else `kubernetes.io/os` in its
+/// nodeSelector, else an `In` of one value in every required node
+/// affinity term (terms are ORed: one term without it allows any OS),
+/// else linux, as the kubelet assumes.
+pub fn pod_os(pod: &Pod) -> PodOs {
+    let Some(spec) = pod.spec.as_ref() else {
+        return PodOs::Known(LINUX.into());
+    };
+    if let Some(name) = spec.os.as_ref().map(|o| o.name.as_str()) {
+        return os_token(name, "spec.os.name");
+    }
+    let is_os = |key: &str| key == OS_LABEL || key == BETA_OS_LABEL;
+    // Both labels in one selector must agree or nothing matches; the
+    // first is as good as any to read.
+    if let Some((_, value)) = spec.node_selector.iter().flatten().find(|(k, _)| is_os(k)) {
+        return os_token(value, "nodeSelector kubernetes.io/os");
+    }
+    let terms = spec
+        .affinity
+        .as_ref()
+        .and_then(|a| a.node_affinity.as_ref())
+        .and_then(|n| {
+            n.required_during_scheduling_ignored_during_execution
+                .as_ref()
+        })
+        .map(|r| r.node_selector_terms.as_slice())
+        .unwrap_or_default();
+    let term_os = |term: &k8s_openapi::api::core::v1::NodeSelectorTerm| {
+        let mut expressions = term
+            .match_expressions
+            .iter()
+            .flatten()
+            .filter(|e| is_os(&e.key));
+        let named = expressions.clone().find_map(|e| match e.values.as_deref() {
+            Some([one]) if e.operator == "In" => Some(one.clone()),
+            _ => None,
+        });
+        (named, expressions.next().is_some())
+    };
+    let per_term: Vec<(Option<String>, bool)> = terms.iter().map(term_os).collect();
+    if per_term.iter().all(|(_, constrains)| !constrains) {
+        return PodOs::Known(LINUX.into());
+    }
+    let named: BTreeSet<&String> = per_term.iter().filter_map(|(n, _)| n.as_ref()).collect();
+    match named.into_iter().collect::<Vec<_>>().as_slice() {
+        [one] if per_term.iter().all(|(n, _)| n.is_some()) => {
+            os_token(one, "required node affinity kubernetes.io/os")
+        }
+        _ => PodOs::Unclear(
+            "the pod's required node affinity allows more than one kubernetes.io/os".into(),
+        ),
+    }
+}
+
+/// A pod's OS name as archway uses it: lowercase, and short, since it goes
+/// into warnings, annotations and logs (mutating webhooks see the pod
+/// before the API server validates it).
+fn os_token(value: &str, source: &str) -> PodOs {
+    let value = value.trim();
+    let token = !value.is_empty()
+        && value.len() <= MAX_OS_CHARS
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-');
+    if token {
+        PodOs::Known(value.to_ascii_lowercase())
+    } else {
+        PodOs::Unclear(format!("{source} is not an operating system name"))
+    }
 }
 
 /// The architectures the pod's own spec allows, when it constrains them:
@@ -611,9 +755,9 @@ fn plural(set: &BTreeSet<String>) -> &'static str {
     if set.len() == 1 { "" } else { "s" }
 }
 
-fn describe_set(set: &BTreeSet<String>) -> String {
+fn describe_set(set: &BTreeSet<String>, os: &str) -> String {
     if set.is_empty() {
-        "no Linux architecture".into()
+        format!("no {os} architecture")
     } else {
         join(set)
     }

@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
-    Affinity, Container, LocalObjectReference, NodeAffinity, Pod, PodSpec, Toleration,
+    Affinity, Container, LocalObjectReference, NodeAffinity, Pod, PodOS, PodSpec, Toleration,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use serde::Deserialize;
@@ -47,6 +47,8 @@ struct MetaView {
 struct SpecView {
     node_name: Option<String>,
     node_selector: Option<BTreeMap<String, String>>,
+    /// The pod's OS, which decides which platforms of its images count.
+    os: Option<PodOS>,
     affinity: Option<AffinityView>,
     tolerations: Option<Vec<Toleration>>,
     image_pull_secrets: Option<Vec<LocalObjectReference>>,
@@ -97,6 +99,7 @@ impl PodView {
             spec: spec.map(|s| PodSpec {
                 node_name: s.node_name,
                 node_selector: s.node_selector,
+                os: s.os,
                 affinity: s.affinity.map(|a| Affinity {
                     node_affinity: a.node_affinity,
                     ..Default::default()
@@ -189,6 +192,11 @@ mod tests {
                     "initContainers": [container("init", "busybox")],
                     "nodeName": "n1"
                 }),
+                meta.clone(),
+            ),
+            base(
+                json!({"os": {"name": "windows"}, "tolerations": [{"key": "os", "operator": "Equal",
+                                     "value": "windows", "effect": "NoSchedule"}]}),
                 meta,
             ),
         ]
@@ -199,6 +207,7 @@ mod tests {
         Injection {
             required: set(&["amd64", "arm64"]),
             preferred: Some(set(&["arm64"])),
+            os: "linux".into(),
             tolerate: set(&["amd64", "arm64"]),
             annotations: BTreeMap::from([("archway.dev/decision".into(), "x".into())]),
         }
@@ -239,6 +248,11 @@ mod tests {
                 )
             };
             assert_eq!(images(&full), images(&view), "{text}");
+            assert_eq!(
+                crate::placement::pod_os(&full),
+                crate::placement::pod_os(&view),
+                "{text}"
+            );
 
             let patch_full = crate::patch::build(&full, &injection(), &tolerations);
             let patch_view = crate::patch::build(&view, &injection(), &tolerations);

@@ -11,6 +11,7 @@ fn injection(required: &[&str], preferred: Option<&[&str]>) -> Injection {
     Injection {
         required: set(required),
         preferred: preferred.map(set),
+        os: "linux".into(),
         tolerate: set(required),
         annotations: BTreeMap::from([
             (ARCHS_ANNOTATION.to_string(), "amd64,arm64".to_string()),
@@ -275,4 +276,31 @@ fn many_terms_make_one_operation_and_an_oversized_patch_is_refused() {
     // Under the limit, `encode` is `build` serialised.
     let small = encode(&typed, &injection, &Config::default().tolerations, 1 << 20).unwrap();
     assert_eq!(small, serde_json::to_vec(&patch).unwrap());
+}
+
+#[test]
+fn tolerations_are_those_of_the_pods_os() {
+    let windows_toleration =
+        json!({"key": "os", "operator": "Equal", "value": "windows", "effect": "NoSchedule"});
+    let mut tolerations = Config::default().tolerations;
+    tolerations.insert(
+        "windows/amd64".into(),
+        vec![serde_json::from_value(windows_toleration.clone()).unwrap()],
+    );
+    let mut windows = injection(&["amd64"], None);
+    windows.os = "windows".into();
+    let typed: Pod = serde_json::from_value(base()).unwrap();
+    let mut patched = base();
+    json_patch::patch(&mut patched, &build(&typed, &windows, &tolerations)).unwrap();
+    assert_eq!(patched["spec"]["tolerations"], json!([windows_toleration]));
+    // The defaults are for Linux nodes: a Windows pod gets none of them.
+    let mut patched = base();
+    let defaults = Config::default().tolerations;
+    json_patch::patch(&mut patched, &build(&typed, &windows, &defaults)).unwrap();
+    assert_eq!(patched["spec"].get("tolerations"), None);
+    // A Linux pod still gets the arch taint's toleration, as before.
+    let mut patched = base();
+    let linux = injection(&["amd64"], None);
+    json_patch::patch(&mut patched, &build(&typed, &linux, &tolerations)).unwrap();
+    assert_eq!(patched["spec"]["tolerations"][0]["value"], "amd64");
 }

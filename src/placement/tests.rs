@@ -210,7 +210,7 @@ fn no_common_architecture_warns_or_denies() {
     );
     assert_eq!(open.supported, Some(BTreeSet::new()));
     assert!(
-        open.warnings[0].contains("share no Linux architecture"),
+        open.warnings[0].contains("share no linux architecture"),
         "{:?}",
         open.warnings
     );
@@ -600,4 +600,270 @@ fn never_chooses_an_architecture_without_nodes_when_another_has_some() {
     let d = with_nodes(0, &[found(&["arm64"])], &["amd64"]);
     assert_eq!(injection(&d).required, set(&["arm64"]));
     assert!(d.warnings[0].contains("stays Pending"), "{:?}", d.warnings);
+}
+
+fn windows_pod(spec_extra: Value) -> Value {
+    let mut value = simple_pod();
+    json_merge(&mut value, json!({"spec": spec_extra}));
+    value
+}
+
+fn os_in(values: &[&str]) -> Value {
+    json!({"matchExpressions": [{"key": "kubernetes.io/os", "operator": "In", "values": values}]})
+}
+
+fn required_terms(terms: Vec<Value>) -> Value {
+    json!({"affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+        "nodeSelectorTerms": terms}}}})
+}
+
+#[test]
+fn the_pods_os_comes_from_its_spec_then_its_selector_then_its_affinity() {
+    let known = |os: &str| PodOs::Known(os.into());
+    let zone = json!({"matchExpressions": [{"key": "zone", "operator": "In", "values": ["a"]}]});
+    let cases: Vec<(&str, Value, PodOs)> = vec![
+        ("nothing said", json!({}), known("linux")),
+        (
+            "spec.os",
+            json!({"os": {"name": "windows"}}),
+            known("windows"),
+        ),
+        (
+            "spec.os spelt in capitals",
+            json!({"os": {"name": "Windows"}}),
+            known("windows"),
+        ),
+        (
+            "spec.os wins over the selector",
+            json!({"os": {"name": "windows"}, "nodeSelector": {"kubernetes.io/os": "linux"}}),
+            known("windows"),
+        ),
+        (
+            "nodeSelector",
+            json!({"nodeSelector": {"kubernetes.io/os": "windows"}}),
+            known("windows"),
+        ),
+        (
+            "deprecated nodeSelector label",
+            json!({"nodeSelector": {"beta.kubernetes.io/os": "windows"}}),
+            known("windows"),
+        ),
+        (
+            "affinity In one value, in every term",
+            required_terms(vec![os_in(&["windows"]), os_in(&["windows"])]),
+            known("windows"),
+        ),
+        (
+            "affinity without an os expression",
+            required_terms(vec![zone.clone()]),
+            known("linux"),
+        ),
+    ];
+    for (case, spec, expected) in cases {
+        assert_eq!(pod_os(&pod(windows_pod(spec))), expected, "{case}");
+    }
+    let unclear: Vec<(&str, Value)> = vec![
+        (
+            "In two values",
+            required_terms(vec![os_in(&["linux", "windows"])]),
+        ),
+        (
+            "one term of two names an os: the other allows any",
+            required_terms(vec![os_in(&["windows"]), zone]),
+        ),
+        (
+            "terms disagree",
+            required_terms(vec![os_in(&["windows"]), os_in(&["linux"])]),
+        ),
+        (
+            "NotIn",
+            required_terms(vec![json!({"matchExpressions": [
+                {"key": "kubernetes.io/os", "operator": "NotIn", "values": ["linux"]}]})]),
+        ),
+        (
+            "a value no OS has, and long",
+            json!({"nodeSelector": {"kubernetes.io/os": "w".repeat(4000)}}),
+        ),
+        (
+            "a value with a newline",
+            json!({"os": {"name": "windows\nx"}}),
+        ),
+    ];
+    for (case, spec) in unclear {
+        match pod_os(&pod(windows_pod(spec))) {
+            PodOs::Unclear(why) => assert!(why.len() < 120, "{case}: {why}"),
+            known => panic!("{case}: {known:?}"),
+        }
+    }
+}
+
+/// The case: images publishing linux/arm64 and windows/amd64, a
+/// namespace at rollout 100.
+#[test]
+fn a_windows_pod_is_placed_by_its_windows_platforms_and_never_steered() {
+    let image = found(&["arm64", "windows/amd64"]);
+    let by_spec = json!({"os": {"name": "windows"}});
+    let by_selector = json!({"nodeSelector": {"kubernetes.io/os": "windows"}});
+    let by_affinity = required_terms(vec![os_in(&["windows"])]);
+    for spec in [by_spec, by_selector, by_affinity] {
+        let d = run(
+            windows_pod(spec.clone()),
+            &policy(Mode::Enforce, 100),
+            std::slice::from_ref(&image),
+            false,
+        );
+        assert_eq!(d.kind, DecisionKind::OtherOs, "{spec}");
+        assert_eq!(d.supported, Some(set(&["amd64"])));
+        let i = injection(&d);
+        assert_eq!(
+            (i.os.as_str(), &i.required, &i.tolerate, &i.preferred),
+            ("windows", &set(&["amd64"]), &set(&["amd64"]), &None),
+            "{spec}"
+        );
+        assert_eq!(
+            i.annotations[DECISION_ANNOTATION],
+            "amd64: what its windows images publish (the rollout steers linux pods only)"
+        );
+    }
+    // The same image in a Linux pod: arm64, its only Linux platform.
+    let linux = run(simple_pod(), &policy(Mode::Enforce, 100), &[image], false);
+    assert_eq!(
+        (
+            linux.kind,
+            &injection(&linux).required,
+            injection(&linux).os.as_str()
+        ),
+        (DecisionKind::OnlyOption, &set(&["arm64"]), "linux")
+    );
+    // Windows images for both architectures: both allowed at any rollout,
+    // with or without a preferred placement.
+    for rollout in [0, 100] {
+        let mut p = policy(Mode::Enforce, rollout);
+        for placement in [Placement::Required, Placement::Preferred] {
+            p.placement = placement;
+            let d = run(
+                windows_pod(json!({"os": {"name": "windows"}})),
+                &p,
+                &[found(&["windows/amd64", "windows/arm64", "amd64"])],
+                false,
+            );
+            let i = injection(&d);
+            assert_eq!(
+                (d.kind, &i.required, &i.preferred),
+                (DecisionKind::OtherOs, &set(&["amd64", "arm64"]), &None),
+                "rollout {rollout}, {placement:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_windows_pod_whose_images_share_no_windows_platform_warns_or_denies() {
+    let pod_json = windows_pod(json!({"os": {"name": "windows"}}));
+    // Linux-only images: nothing for a Windows node.
+    let linux_only = [found(&["amd64", "arm64"])];
+    let open = run(
+        pod_json.clone(),
+        &policy(Mode::Enforce, 100),
+        &linux_only,
+        false,
+    );
+    assert_eq!(
+        (open.kind, open.outcome.clone()),
+        (DecisionKind::NoCommonArchitecture, Outcome::Unchanged)
+    );
+    assert!(
+        open.warnings[0].contains("share no windows architecture"),
+        "{:?}",
+        open.warnings
+    );
+    assert_eq!(open.reason, "images share no windows architecture");
+    let closed = run(
+        pod_json.clone(),
+        &policy(Mode::Enforce, 100),
+        &linux_only,
+        true,
+    );
+    assert_eq!(closed.outcome, Outcome::Deny);
+    // Windows-only images: fine for a Windows pod, even with failClosed
+    // (the false "share no Linux architecture" denial).
+    let windows_only = [found(&["windows/amd64"])];
+    let d = run(pod_json, &policy(Mode::Enforce, 100), &windows_only, true);
+    assert_eq!(
+        (d.kind, &injection(&d).required, d.warnings.len()),
+        (DecisionKind::OtherOs, &set(&["amd64"]), 0)
+    );
+}
+
+#[test]
+fn a_windows_pods_own_arch_choice_is_checked_against_its_windows_platforms() {
+    let d = run(
+        windows_pod(json!({"os": {"name": "windows"},
+                           "nodeSelector": {"kubernetes.io/arch": "arm64"}})),
+        &policy(Mode::Enforce, 100),
+        &[found(&["arm64", "windows/amd64"])],
+        false,
+    );
+    assert_eq!(
+        (d.kind, d.outcome.clone()),
+        (DecisionKind::UserChoice, Outcome::Unchanged)
+    );
+    assert_eq!(
+        d.warnings,
+        ["the pod asks for arm64 but its images publish only amd64"]
+    );
+    let none = run(
+        windows_pod(json!({"os": {"name": "windows"},
+                           "nodeSelector": {"kubernetes.io/arch": "arm64"}})),
+        &policy(Mode::Enforce, 100),
+        &[found(&["arm64"])],
+        false,
+    );
+    assert_eq!(
+        none.warnings,
+        ["the pod asks for arm64 but its images publish only no windows architecture"]
+    );
+}
+
+#[test]
+fn a_pod_whose_affinity_allows_several_oses_is_left_to_it() {
+    let mut p = policy(Mode::Enforce, 100);
+    p.problems.push("archway.dev/rollout: bad".into());
+    let d = run(
+        windows_pod(required_terms(vec![os_in(&["linux", "windows"])])),
+        &p,
+        &[found(&["amd64", "arm64", "windows/amd64"])],
+        true,
+    );
+    assert_eq!(
+        (d.kind, d.outcome.clone()),
+        (DecisionKind::UserChoice, Outcome::Unchanged),
+        "never denied, even with failClosed"
+    );
+    assert!(
+        d.reason.contains("more than one kubernetes.io/os"),
+        "{}",
+        d.reason
+    );
+    assert_eq!(d.warnings, ["namespace policy: archway.dev/rollout: bad"]);
+}
+
+#[test]
+fn a_windows_pod_avoids_architectures_with_no_node_at_all() {
+    let pod = pod(windows_pod(json!({"os": {"name": "windows"}})));
+    let lookups = lookups_for(&pod, &[found(&["windows/amd64", "windows/arm64"])]);
+    let nodes = set(&["amd64"]);
+    let d = decide(&DecisionInput {
+        pod: &pod,
+        policy: &policy(Mode::Enforce, 100),
+        lookups: &lookups,
+        settings: &settings(false),
+        request_uid: "u",
+        draw: None,
+        node_architectures: Some(&nodes),
+    });
+    assert_eq!(
+        (d.kind, &injection(&d).required, &d.without_nodes),
+        (DecisionKind::OtherOs, &set(&["amd64"]), &set(&["arm64"]))
+    );
 }
