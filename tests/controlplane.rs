@@ -722,3 +722,78 @@ fn metrics_parsing_sums_matching_series() {
     assert_eq!(sum_samples(text, "archway_reviews_total", &[]), 12.0);
     assert_eq!(sum_samples(text, "archway_reviews", &[]), 0.0);
 }
+
+/// The Windows pool's taint, as AKS users put on Windows node pools so that
+/// Linux pods (which name no OS) stay off them.
+const WINDOWS_TAINT: (&str, &str, &str) = ("os", "windows", "NoSchedule");
+
+/// Issue 12: a Windows pod in an enforce namespace at rollout 100, whose
+/// image publishes linux/arm64 and windows/amd64, is required onto amd64
+/// (what its Windows image runs on), not steered to arm64, and runs on the
+/// Windows amd64 node. A Linux pod of the same image goes to arm64.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_windows_pod_is_placed_by_its_windows_images() {
+    let env = env();
+    let plane = &env.plane;
+    let client = plane.client().await;
+    let ns = "windows";
+    let (key, value, effect) = WINDOWS_TAINT;
+    let pool = NodePool::new("win-amd64", "windows", "amd64", 1).tainted(key, value, effect);
+    plane.create_nodes(std::slice::from_ref(&pool));
+    let dir = tempfile::tempdir().unwrap();
+    let reference = "winarm:v1";
+    let spec = ImageSpec::index_of(
+        &[("linux", "arm64", None), ("windows", "amd64", None)],
+        false,
+        reference,
+    );
+    let layout = build_layout(&dir.path().join("winarm"), &spec);
+    env.registry.push(&layout.dir, reference, Format::Oci);
+    let image = env.image(reference);
+    plane.create_namespace(
+        ns,
+        &[("archway.dev/mode", "enforce")],
+        &[("archway.dev/rollout", "100")],
+    );
+
+    // The scheduler does not read spec.os: a Windows pod also selects
+    // Windows nodes, as Windows workloads do, and tolerates their taint.
+    let mut windows = pod("win", &image);
+    windows["spec"]["os"] = json!({"name": "windows"});
+    windows["spec"]["nodeSelector"] = json!({"kubernetes.io/os": "windows"});
+    windows["spec"]["tolerations"] =
+        json!([{"key": key, "operator": "Equal", "value": value, "effect": effect}]);
+    let (stored, warnings) = create_pod_with_warnings(&client, ns, &windows, false).await;
+    assert_eq!(required_arch_values(&stored), [["amd64"]], "{stored:#}");
+    assert!(warnings.is_empty(), "{warnings:?}");
+    let annotations = &stored["metadata"]["annotations"];
+    assert_eq!(annotations["archway.dev/archs"], "amd64", "{annotations}");
+    assert!(
+        annotations["archway.dev/decision"]
+            .as_str()
+            .unwrap()
+            .contains("windows"),
+        "{annotations}"
+    );
+    // No Linux node's toleration: the configured ones are for linux.
+    let tolerations = stored["spec"]["tolerations"].as_array().unwrap();
+    assert!(
+        !tolerations.iter().any(|t| t["key"] == "kubernetes.io/arch"),
+        "{tolerations:?}"
+    );
+    let node = wait_for_node(&client, ns, "win").await;
+    assert_eq!(node, pool.names()[0], "scheduled onto {node}");
+
+    // The same image in a Linux pod: its only Linux platform, arm64.
+    let stored = create_pod(&client, ns, &pod("linux", &image)).await;
+    let stored = serde_json::to_value(&stored).unwrap();
+    assert_eq!(required_arch_values(&stored), [["arm64"]], "{stored:#}");
+    let node = wait_for_node(&client, ns, "linux").await;
+    assert_eq!(node_arch(&node), "arm64", "scheduled onto {node}");
+
+    // Other tests count the cluster's nodes (`archway audit`): leave it as
+    // NodePool::standard() made it.
+    for name in pool.names() {
+        plane.kubectl(&["delete", "node", &name, "--wait=false"], None);
+    }
+}
