@@ -281,13 +281,14 @@ pub fn decide_screened(input: &DecisionInput<'_>) -> Decision {
     };
     if supported.is_empty() {
         warnings.push(format!(
-            "the pod's images share no {os} architecture ({}); it would fail on every node",
+            "the pod's images share no {} architecture ({}); it would fail on every node",
+            os_name(&os),
             describe_images(input.lookups)
         ));
         return refuse(
             input,
             DecisionKind::NoCommonArchitecture,
-            &format!("images share no {os} architecture"),
+            &format!("images share no {} architecture", os_name(&os)),
             warnings,
             Some(supported),
         );
@@ -400,8 +401,9 @@ fn other_os(os: &str, supported: &BTreeSet<String>) -> Choice {
         kind: DecisionKind::OtherOs,
         archs: supported.clone(),
         reason: format!(
-            "{}: what its {os} images publish (the rollout steers linux pods only)",
-            join(supported)
+            "{}: what its {} images publish (the rollout steers Linux pods only)",
+            join(supported),
+            os_name(os)
         ),
         without_nodes: BTreeSet::new(),
         warnings: Vec::new(),
@@ -757,10 +759,19 @@ fn plural(set: &BTreeSet<String>) -> &'static str {
 
 fn describe_set(set: &BTreeSet<String>, os: &str) -> String {
     if set.is_empty() {
-        format!("no {os} architecture")
+        format!("no {} architecture", os_name(os))
     } else {
         join(set)
     }
+}
+
+/// An OS as prose names it: `Linux`, `Windows`.
+fn os_name(os: &str) -> String {
+    let mut chars = os.chars();
+    chars
+        .next()
+        .map(|first| first.to_ascii_uppercase().to_string() + chars.as_str())
+        .unwrap_or_default()
 }
 
 fn describe_images(lookups: &[(ContainerImage, ImageLookup)]) -> String {

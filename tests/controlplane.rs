@@ -772,7 +772,7 @@ async fn a_windows_pod_is_placed_by_its_windows_images() {
         annotations["archway.dev/decision"]
             .as_str()
             .unwrap()
-            .contains("windows"),
+            .contains("Windows images"),
         "{annotations}"
     );
     // No Linux node's toleration: the configured ones are for linux.

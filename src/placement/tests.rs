@@ -210,7 +210,7 @@ fn no_common_architecture_warns_or_denies() {
     );
     assert_eq!(open.supported, Some(BTreeSet::new()));
     assert!(
-        open.warnings[0].contains("share no linux architecture"),
+        open.warnings[0].contains("share no Linux architecture"),
         "{:?}",
         open.warnings
     );
@@ -722,7 +722,7 @@ fn a_windows_pod_is_placed_by_its_windows_platforms_and_never_steered() {
         );
         assert_eq!(
             i.annotations[DECISION_ANNOTATION],
-            "amd64: what its windows images publish (the rollout steers linux pods only)"
+            "amd64: what its Windows images publish (the rollout steers Linux pods only)"
         );
     }
     // The same image in a Linux pod: arm64, its only Linux platform.
@@ -773,11 +773,11 @@ fn a_windows_pod_whose_images_share_no_windows_platform_warns_or_denies() {
         (DecisionKind::NoCommonArchitecture, Outcome::Unchanged)
     );
     assert!(
-        open.warnings[0].contains("share no windows architecture"),
+        open.warnings[0].contains("share no Windows architecture"),
         "{:?}",
         open.warnings
     );
-    assert_eq!(open.reason, "images share no windows architecture");
+    assert_eq!(open.reason, "images share no Windows architecture");
     let closed = run(
         pod_json.clone(),
         &policy(Mode::Enforce, 100),
@@ -821,7 +821,7 @@ fn a_windows_pods_own_arch_choice_is_checked_against_its_windows_platforms() {
     );
     assert_eq!(
         none.warnings,
-        ["the pod asks for arm64 but its images publish only no windows architecture"]
+        ["the pod asks for arm64 but its images publish only no Windows architecture"]
     );
 }
 
