@@ -620,7 +620,7 @@ fn namespaces_table(report: &AuditReport) -> String {
                     p.planned_on_target,
                     p.percent(p.planned_on_target)
                 ),
-                format!("{:+}", p.gap),
+                gap_text(p.gap),
             ]
         })
         .collect();
@@ -668,7 +668,8 @@ pub fn render_html(report: &AuditReport) -> String {
 th,td{{border-bottom:1px solid #ddd;padding:.4em .6em;text-align:left;vertical-align:top}}th{{background:#f4f4f4}}\
 .blocked{{background:#fff4f2}}h2{{margin-top:2em}}\
 .bar{{position:relative;width:10em;height:.9em;background:#eee}}.bar div{{position:absolute;left:0;top:0;bottom:0}}\
-.bar .planned{{border:1px solid #17692b;box-sizing:border-box}}.bar .now{{background:#17692b;opacity:.7}}.ready{{color:#17692b}}.no{{color:#a1260d}}code{{font-size:12px}}</style></head><body>\
+.bar .now{{background:#6aa57a}}.bar .planned{{border-right:3px solid #222;z-index:1}}\
+td:first-child,td:nth-child(2){{white-space:nowrap}}.ready{{color:#17692b}}.no{{color:#a1260d}}code{{font-size:12px}}</style></head><body>\
 <h1>archway audit</h1><p>Target architecture <b>{target}</b>. {total} workloads: <span class=\"ready\">{ready} ready</span>, \
 <span class=\"no\">{blocked} blocked</span>. Nodes: {nodes}.</p>\
 <table><thead><tr><th>Namespace</th><th>Workload</th><th>Mode</th><th>Supported</th><th>Runs on</th>\
@@ -731,13 +732,22 @@ fn shares(plan: &NamespacePlan) -> String {
         .join(", ")
 }
 
-/// A bar of the target's share now (filled) under the rollout's (outline):
-/// the gap at a glance, drawn in CSS only.
+/// A bar of the target's share now (filled) with a mark where the rollout
+/// would have it: the gap at a glance, drawn in CSS only.
 fn share_bar(now: usize, planned: usize) -> String {
     format!(
-        "<div class=\"bar\"><div class=\"planned\" style=\"width:{planned}%\"></div>\
-<div class=\"now\" style=\"width:{now}%\"></div></div>"
+        "<div class=\"bar\" title=\"now {now}%, target {planned}%\">\
+<div class=\"now\" style=\"width:{now}%\"></div><div class=\"planned\" style=\"width:{planned}%\"></div></div>"
     )
+}
+
+/// `+2 pods` to move, `-1 pods` beyond the rollout, `none` when on target.
+fn gap_text(gap: i64) -> String {
+    if gap == 0 {
+        "none".into()
+    } else {
+        format!("{gap:+} pods")
+    }
 }
 
 /// The monitoring step of the migration plan: one row per namespace.
@@ -749,21 +759,21 @@ fn namespaces_html(report: &AuditReport) -> String {
 Pods of blocked workloads stay where they are.</p>\
 <table class=\"namespaces\"><thead><tr><th>Namespace</th><th>Mode</th><th>Rollout</th>\
 <th>Running pods now</th><th>On {target} now</th><th>Rollout target on {target}</th><th>Gap</th>\
-<th>Blocked pods</th><th>{target}: now / target</th></tr></thead><tbody>"
+<th>Blocked pods</th><th>{target}: now (bar) / target (mark)</th></tr></thead><tbody>"
     );
     for plan in &report.namespaces {
         let now = plan.percent(plan.on_target);
         let planned = plan.percent(plan.planned_on_target);
         html.push_str(&format!(
             "<tr class=\"namespace\"><td>{ns}</td><td>{mode}</td><td>{rollout}%</td><td>{shares}</td>\
-<td>{on} ({now}%)</td><td>{want} ({planned}%)</td><td>{gap:+} pods</td><td>{blocked}</td><td>{bar}</td></tr>",
+<td>{on} ({now}%)</td><td>{want} ({planned}%)</td><td>{gap}</td><td>{blocked}</td><td>{bar}</td></tr>",
             ns = escape(&plan.namespace),
             mode = escape(&plan.mode),
             rollout = plan.rollout,
             shares = escape(&shares(plan)),
             on = plan.on_target,
             want = plan.planned_on_target,
-            gap = plan.gap,
+            gap = gap_text(plan.gap),
             blocked = plan.blocked,
             bar = share_bar(now, planned),
         ));
@@ -908,8 +918,14 @@ mod tests {
         assert!(html.contains("<td>shop</td><td>enforce</td><td>100%</td><td>2 amd64 (100%)</td><td>0 (0%)</td><td>2 (100%)</td><td>+2 pods</td>"), "{html}");
         assert!(!html.contains("<shop>") && !html.contains("<script"));
         let table = render_table(&report);
+        let cells = [
+            "shop", "enforce", "100%", "2", "amd64", "(100%)", "0", "(0%)", "2", "(100%)", "+2",
+            "pods",
+        ];
         assert!(
-            table.contains("shop      enforce  100%     2 amd64 (100%)"),
+            table
+                .lines()
+                .any(|l| l.split_whitespace().eq(cells.iter().copied())),
             "{table}"
         );
     }
