@@ -85,11 +85,9 @@ pub struct NamespacePlan {
 impl NamespacePlan {
     /// `count` as a whole percentage of the running pods (0 when none run).
     pub fn percent(&self, count: usize) -> usize {
-        if self.running_total == 0 {
-            0
-        } else {
-            (count * 100 + self.running_total / 2) / self.running_total
-        }
+        (count * 100 + self.running_total / 2)
+            .checked_div(self.running_total)
+            .unwrap_or(0)
     }
 }
 
