@@ -33,6 +33,8 @@ pub struct WorkloadRow {
     pub supported: Vec<String>,
     /// Architectures of the nodes its pods run on now.
     pub runs_on: Vec<String>,
+    /// Its pods in phase Running now, per architecture of their node.
+    pub running: BTreeMap<String, usize>,
     /// What archway would require (`arm64`, `amd64,arm64`), or why nothing.
     pub would_inject: String,
     pub reason: String,
@@ -47,8 +49,108 @@ pub struct WorkloadRow {
 #[derive(Debug, Clone, Serialize)]
 pub struct AuditReport {
     pub target_architecture: String,
+    /// Linux nodes per architecture.
     pub node_architectures: BTreeMap<String, usize>,
     pub workloads: Vec<WorkloadRow>,
+    /// The monitoring step of the migration plan, one line per namespace.
+    pub namespaces: Vec<NamespacePlan>,
+}
+
+/// One namespace in the monitoring step of the migration plan: where its
+/// running pods are now, and where its rollout would put them.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct NamespacePlan {
+    pub namespace: String,
+    /// `enforce`, `audit`, or `off` (not opted in).
+    pub mode: String,
+    /// The rollout percentage the namespace asks for (the configured default
+    /// when it has none).
+    pub rollout: u8,
+    /// Running pods per architecture of their node.
+    pub running: BTreeMap<String, usize>,
+    pub running_total: usize,
+    /// Running pods on the target architecture now.
+    pub on_target: usize,
+    /// Running pods the rollout would have on the target architecture: all
+    /// pods of workloads whose images publish only the target, the rollout's
+    /// share of those whose images publish it and another, none of blocked
+    /// workloads.
+    pub planned_on_target: usize,
+    /// `planned_on_target - on_target`: pods still to move (negative: more
+    /// on the target than the rollout asks for, e.g. pinned by hand).
+    pub gap: i64,
+    /// Running pods of workloads that cannot run on the target.
+    pub blocked: usize,
+}
+
+impl NamespacePlan {
+    /// `count` as a whole percentage of the running pods (0 when none run).
+    pub fn percent(&self, count: usize) -> usize {
+        (count * 100 + self.running_total / 2)
+            .checked_div(self.running_total)
+            .unwrap_or(0)
+    }
+}
+
+/// How many of a workload's `running` pods its namespace's rollout would put
+/// on `target`. Rounded to the nearest pod, as rollout buckets are drawn in
+/// sequence over a workload's pods.
+fn planned_on_target(workload: &WorkloadRow, rollout: u8, target: &str) -> usize {
+    let running: usize = workload.running.values().sum();
+    if !workload.target_ready || !workload.supported.iter().any(|a| a == target) {
+        return 0;
+    }
+    if workload.supported.iter().all(|a| a == target) {
+        return running;
+    }
+    (running * usize::from(rollout) + 50) / 100
+}
+
+/// The monitoring step: per namespace of `workloads` (in name order), its
+/// mode, rollout (from `rollouts`, else `default_rollout`), and its running
+/// pods per architecture now next to where the rollout would put them.
+pub fn namespace_plans(
+    workloads: &[WorkloadRow],
+    rollouts: &BTreeMap<String, u8>,
+    default_rollout: u8,
+    target: &str,
+) -> Vec<NamespacePlan> {
+    let mut plans: BTreeMap<&str, NamespacePlan> = BTreeMap::new();
+    for w in workloads {
+        let rollout = rollouts
+            .get(&w.namespace)
+            .copied()
+            .unwrap_or(default_rollout);
+        let plan = plans.entry(&w.namespace).or_insert_with(|| NamespacePlan {
+            namespace: w.namespace.clone(),
+            mode: w.mode.clone(),
+            rollout,
+            running: BTreeMap::new(),
+            running_total: 0,
+            on_target: 0,
+            planned_on_target: 0,
+            gap: 0,
+            blocked: 0,
+        });
+        for (arch, count) in &w.running {
+            *plan.running.entry(arch.clone()).or_insert(0) += count;
+        }
+        let running: usize = w.running.values().sum();
+        plan.running_total += running;
+        plan.on_target += w.running.get(target).copied().unwrap_or(0);
+        plan.planned_on_target += planned_on_target(w, rollout, target);
+        if !w.target_ready {
+            plan.blocked += running;
+        }
+    }
+    plans
+        .into_values()
+        .map(|mut plan| {
+            // Counts of pods: far below i64::MAX.
+            plan.gap = plan.planned_on_target as i64 - plan.on_target as i64;
+            plan
+        })
+        .collect()
 }
 
 /// A pod template and who owns it.
@@ -112,9 +214,17 @@ pub async fn scan(
             Some((n.metadata.name.clone()?, arch))
         })
         .collect();
+    // The report is a Linux migration plan: Windows nodes (AKS runs Windows
+    // pools next to Linux ones) are not capacity for the pods it counts.
+    let linux_nodes = nodes.iter().filter(|n| {
+        let os = (n.metadata.labels.as_ref()).and_then(|l| l.get(placement::OS_LABEL));
+        os.is_none_or(|os| os == placement::LINUX)
+    });
     let mut node_architectures = BTreeMap::new();
-    for arch in node_arch.values() {
-        *node_architectures.entry(arch.clone()).or_insert(0) += 1;
+    for node in linux_nodes {
+        if let Some(arch) = node.metadata.name.as_ref().and_then(|n| node_arch.get(n)) {
+            *node_architectures.entry(arch.clone()).or_insert(0) += 1;
+        }
     }
     let namespaces: Vec<Namespace> = list(Api::all(client.clone()), "namespaces").await?;
     let policies = AuditPolicies {
@@ -130,10 +240,14 @@ pub async fn scan(
             })
             .collect(),
         default_rollout: config.default_rollout,
-        nodes: Arc::new(node_architectures.keys().cloned().collect()),
+        // As `archway serve` sees them: every node's architecture.
+        nodes: Arc::new(node_arch.values().cloned().collect()),
     };
     let modes: BTreeMap<String, Option<Mode>> = (policies.namespaces.iter())
         .map(|(ns, policy)| (ns.clone(), policy.as_ref().map(|p| p.mode)))
+        .collect();
+    let rollouts: BTreeMap<String, u8> = (policies.namespaces.iter())
+        .filter_map(|(ns, policy)| Some((ns.clone(), policy.as_ref()?.rollout.percent())))
         .collect();
     // The audit judges every namespace, and never denies: it plans a move.
     let mut config = crate::admission::offline(config);
@@ -150,7 +264,7 @@ pub async fn scan(
         Some(ns) => list(Api::namespaced(client.clone(), ns), "replicasets").await?,
         None => list(Api::all(client.clone()), "replicasets").await?,
     };
-    let runs_on = placement_of_pods(&pods, &replica_sets, &node_arch);
+    let pods_of = placement_of_pods(&pods, &replica_sets, &node_arch);
 
     // A few workloads at a time; each image once (the cache remembers it).
     let total = workloads.len();
@@ -175,23 +289,30 @@ pub async fn scan(
             workload.meta.name.clone().unwrap_or_default(),
         );
         let mode = modes.get(&namespace).copied().flatten();
-        let runs_on = runs_on.get(&key).cloned().unwrap_or_default();
+        let pods = pods_of.get(&key).cloned().unwrap_or_default();
         rows.push(row(
             &workload,
             evaluation,
             mode,
             &config.target_architecture,
-            runs_on,
+            pods,
         ));
     }
     if progress && total > 0 {
         eprintln!();
     }
     rows.sort_by(|a, b| (&a.namespace, &a.kind, &a.name).cmp(&(&b.namespace, &b.kind, &b.name)));
+    let namespaces = namespace_plans(
+        &rows,
+        &rollouts,
+        config.default_rollout.percent(),
+        &config.target_architecture,
+    );
     Ok(AuditReport {
         target_architecture: config.target_architecture.clone(),
         node_architectures,
         workloads: rows,
+        namespaces,
     })
 }
 
@@ -271,12 +392,20 @@ async fn workloads(
     Ok(all)
 }
 
-/// (namespace, kind, name) of each workload -> architectures its pods run on.
+/// Where a workload's pods are: the architectures of their nodes, and how
+/// many run (phase Running) on each.
+#[derive(Debug, Clone, Default)]
+struct PodsOf {
+    runs_on: BTreeSet<String>,
+    running: BTreeMap<String, usize>,
+}
+
+/// (namespace, kind, name) of each workload -> where its pods are.
 fn placement_of_pods(
     pods: &[Pod],
     replica_sets: &[ReplicaSet],
     node_arch: &BTreeMap<String, String>,
-) -> BTreeMap<(String, &'static str, String), Vec<String>> {
+) -> BTreeMap<(String, &'static str, String), PodsOf> {
     let rs_owner: BTreeMap<(String, String), String> = replica_sets
         .iter()
         .filter_map(|rs| {
@@ -292,7 +421,7 @@ fn placement_of_pods(
             ))
         })
         .collect();
-    let mut placed: BTreeMap<(String, &'static str, String), BTreeSet<String>> = BTreeMap::new();
+    let mut placed: BTreeMap<(String, &'static str, String), PodsOf> = BTreeMap::new();
     for pod in pods {
         let namespace = pod.metadata.namespace.clone().unwrap_or_default();
         let Some(arch) = pod
@@ -331,12 +460,15 @@ fn placement_of_pods(
                 (namespace, kind, o.name.clone())
             }
         };
-        placed.entry(key).or_default().insert(arch.clone());
+        let of = placed.entry(key).or_default();
+        of.runs_on.insert(arch.clone());
+        let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
+        // A pod on its way out no longer counts as running where it is.
+        if phase == Some("Running") && pod.metadata.deletion_timestamp.is_none() {
+            *of.running.entry(arch.clone()).or_insert(0) += 1;
+        }
     }
     placed
-        .into_iter()
-        .map(|(k, v)| (k, v.into_iter().collect()))
-        .collect()
 }
 
 /// The workload's pod template, evaluated as the webhook would evaluate a
@@ -378,7 +510,7 @@ fn row(
     evaluation: Evaluation,
     mode: Option<Mode>,
     target: &str,
-    runs_on: Vec<String>,
+    pods: PodsOf,
 ) -> WorkloadRow {
     let mode = mode.map_or("off", Mode::label);
     let Evaluation {
@@ -416,7 +548,8 @@ fn row(
         name: workload.meta.name.clone().unwrap_or_default(),
         mode: mode.to_string(),
         supported: decision.supported.iter().flatten().cloned().collect(),
-        runs_on,
+        runs_on: pods.runs_on.into_iter().collect(),
+        running: pods.running,
         would_inject,
         reason: decision.reason,
         target_ready: blockers.is_empty() && !lookups.is_empty(),
@@ -460,7 +593,7 @@ pub fn render_table(report: &AuditReport) -> String {
     );
     let blocked = report.workloads.iter().filter(|w| !w.target_ready).count();
     out.push_str(&format!(
-        "\n{} workloads, {} ready for {}, {} blocked; nodes: {}\n",
+        "\n{} workloads, {} ready for {}, {} blocked; Linux nodes: {}\n",
         report.workloads.len(),
         report.workloads.len() - blocked,
         report.target_architecture,
@@ -472,7 +605,47 @@ pub fn render_table(report: &AuditReport) -> String {
             .collect::<Vec<_>>()
             .join(", ")
     ));
+    out.push('\n');
+    out.push_str(&namespaces_table(report));
     out
+}
+
+/// The monitoring step as a table.
+fn namespaces_table(report: &AuditReport) -> String {
+    let target = &report.target_architecture;
+    let rows: Vec<[String; 7]> = report
+        .namespaces
+        .iter()
+        .map(|p| {
+            [
+                p.namespace.clone(),
+                p.mode.clone(),
+                format!("{}%", p.rollout),
+                shares(p),
+                format!("{} ({}%)", p.on_target, p.percent(p.on_target)),
+                format!(
+                    "{} ({}%)",
+                    p.planned_on_target,
+                    p.percent(p.planned_on_target)
+                ),
+                gap_text(p.gap),
+            ]
+        })
+        .collect();
+    let now = format!("ON {target} NOW");
+    let planned = format!("TARGET ON {target}");
+    crate::report::table(
+        &[
+            "NAMESPACE",
+            "MODE",
+            "ROLLOUT",
+            "RUNNING PODS NOW",
+            now.as_str(),
+            planned.as_str(),
+            "GAP",
+        ],
+        &rows,
+    )
 }
 
 fn list_or_dash(items: &[String]) -> String {
@@ -501,9 +674,12 @@ pub fn render_html(report: &AuditReport) -> String {
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>archway audit</title>\
 <style>body{{font:14px system-ui,sans-serif;margin:2em;color:#222}}table{{border-collapse:collapse;width:100%}}\
 th,td{{border-bottom:1px solid #ddd;padding:.4em .6em;text-align:left;vertical-align:top}}th{{background:#f4f4f4}}\
-.blocked{{background:#fff4f2}}.ready{{color:#17692b}}.no{{color:#a1260d}}code{{font-size:12px}}</style></head><body>\
+.blocked{{background:#fff4f2}}h2{{margin-top:2em}}\
+.bar{{position:relative;width:10em;height:.9em;background:#eee}}.bar div{{position:absolute;left:0;top:0;bottom:0}}\
+.bar .now{{background:#6aa57a}}.bar .planned{{border-right:3px solid #222;z-index:1}}\
+td:first-child,td:nth-child(2){{white-space:nowrap}}.ready{{color:#17692b}}.no{{color:#a1260d}}code{{font-size:12px}}</style></head><body>\
 <h1>archway audit</h1><p>Target architecture <b>{target}</b>. {total} workloads: <span class=\"ready\">{ready} ready</span>, \
-<span class=\"no\">{blocked} blocked</span>. Nodes: {nodes}.</p>\
+<span class=\"no\">{blocked} blocked</span>. Linux nodes: {nodes}.</p>\
 <table><thead><tr><th>Namespace</th><th>Workload</th><th>Mode</th><th>Supported</th><th>Runs on</th>\
 <th>Would require</th><th>Why</th><th>{target}</th></tr></thead><tbody>",
         target = escape(&report.target_architecture),
@@ -546,7 +722,71 @@ th,td{{border-bottom:1px solid #ddd;padding:.4em .6em;text-align:left;vertical-a
             reason = escape(&w.reason),
         ));
     }
-    html.push_str("</tbody></table></body></html>\n");
+    html.push_str("</tbody></table>");
+    html.push_str(&namespaces_html(report));
+    html.push_str("</body></html>\n");
+    html
+}
+
+/// Running pods per architecture, with their shares: `3 amd64 (75%), 1 arm64 (25%)`.
+fn shares(plan: &NamespacePlan) -> String {
+    if plan.running.is_empty() {
+        return "none running".into();
+    }
+    plan.running
+        .iter()
+        .map(|(arch, n)| format!("{n} {arch} ({}%)", plan.percent(*n)))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// A bar of the target's share now (filled) with a mark where the rollout
+/// would have it: the gap at a glance, drawn in CSS only.
+fn share_bar(now: usize, planned: usize) -> String {
+    format!(
+        "<div class=\"bar\" title=\"now {now}%, target {planned}%\">\
+<div class=\"now\" style=\"width:{now}%\"></div><div class=\"planned\" style=\"width:{planned}%\"></div></div>"
+    )
+}
+
+/// `+2 pods` to move, `-1 pods` beyond the rollout, `none` when on target.
+fn gap_text(gap: i64) -> String {
+    if gap == 0 {
+        "none".into()
+    } else {
+        format!("{gap:+} pods")
+    }
+}
+
+/// The monitoring step of the migration plan: one row per namespace.
+fn namespaces_html(report: &AuditReport) -> String {
+    let target = escape(&report.target_architecture);
+    let mut html = format!(
+        "<h2 id=\"monitoring\">Monitoring: running pods per namespace</h2>\
+<p>Where each namespace's running pods are now, next to where its rollout would put them on {target}. \
+Pods of blocked workloads stay where they are.</p>\
+<table class=\"namespaces\"><thead><tr><th>Namespace</th><th>Mode</th><th>Rollout</th>\
+<th>Running pods now</th><th>On {target} now</th><th>Rollout target on {target}</th><th>Gap</th>\
+<th>Blocked pods</th><th>{target}: now (bar) / target (mark)</th></tr></thead><tbody>"
+    );
+    for plan in &report.namespaces {
+        let now = plan.percent(plan.on_target);
+        let planned = plan.percent(plan.planned_on_target);
+        html.push_str(&format!(
+            "<tr class=\"namespace\"><td>{ns}</td><td>{mode}</td><td>{rollout}%</td><td>{shares}</td>\
+<td>{on} ({now}%)</td><td>{want} ({planned}%)</td><td>{gap}</td><td>{blocked}</td><td>{bar}</td></tr>",
+            ns = escape(&plan.namespace),
+            mode = escape(&plan.mode),
+            rollout = plan.rollout,
+            shares = escape(&shares(plan)),
+            on = plan.on_target,
+            want = plan.planned_on_target,
+            gap = gap_text(plan.gap),
+            blocked = plan.blocked,
+            bar = share_bar(now, planned),
+        ));
+    }
+    html.push_str("</tbody></table>");
     html
 }
 
@@ -565,4 +805,136 @@ pub async fn run(
         Format::Table => print!("{}", render_table(&report)),
     }
     Ok(std::process::ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn workload(
+        namespace: &str,
+        supported: &[&str],
+        ready: bool,
+        running: &[(&str, usize)],
+    ) -> WorkloadRow {
+        WorkloadRow {
+            namespace: namespace.into(),
+            kind: "Deployment".into(),
+            name: format!("w{}", running.len()),
+            mode: "enforce".into(),
+            supported: supported.iter().map(|s| s.to_string()).collect(),
+            runs_on: running.iter().map(|(a, _)| a.to_string()).collect(),
+            running: running.iter().map(|(a, n)| (a.to_string(), *n)).collect(),
+            would_inject: "-".into(),
+            reason: String::new(),
+            target_ready: ready,
+            blockers: Vec::new(),
+            warnings: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_workload_moves_by_what_its_images_publish_and_the_rollout() {
+        let multi = workload("a", &["amd64", "arm64"], true, &[("amd64", 10)]);
+        let only_arm = workload("a", &["arm64"], true, &[("amd64", 1), ("arm64", 2)]);
+        let blocked = workload("a", &["amd64"], false, &[("amd64", 4)]);
+        let unknown = workload("a", &[], false, &[("amd64", 4)]);
+        for (w, rollout, want) in [
+            (&multi, 0, 0),
+            (&multi, 10, 1),
+            (&multi, 25, 3), // 2.5 rounds up
+            (&multi, 100, 10),
+            (&only_arm, 0, 3),
+            (&blocked, 100, 0),
+            (&unknown, 100, 0),
+        ] {
+            assert_eq!(
+                planned_on_target(w, rollout, "arm64"),
+                want,
+                "{w:?} at {rollout}%"
+            );
+        }
+    }
+
+    #[test]
+    fn namespaces_sum_their_workloads_with_their_own_rollout() {
+        let rows = [
+            workload(
+                "shop",
+                &["amd64", "arm64"],
+                true,
+                &[("amd64", 3), ("arm64", 1)],
+            ),
+            workload("shop", &["amd64"], false, &[("amd64", 4)]),
+            workload("tools", &["amd64", "arm64"], true, &[("amd64", 2)]),
+            workload("idle", &["amd64", "arm64"], true, &[]),
+        ];
+        let rollouts = BTreeMap::from([("shop".to_string(), 50)]);
+        let plans = namespace_plans(&rows, &rollouts, 0, "arm64");
+        let names: Vec<&str> = plans.iter().map(|p| p.namespace.as_str()).collect();
+        assert_eq!(names, ["idle", "shop", "tools"]);
+        let shop = &plans[1];
+        assert_eq!(shop.rollout, 50);
+        assert_eq!(
+            shop.running,
+            BTreeMap::from([("amd64".into(), 7), ("arm64".into(), 1)])
+        );
+        assert_eq!(
+            (
+                shop.running_total,
+                shop.on_target,
+                shop.planned_on_target,
+                shop.gap,
+                shop.blocked
+            ),
+            (8, 1, 2, 1, 4)
+        );
+        assert_eq!((shop.percent(shop.on_target), shop.percent(2)), (13, 25));
+        assert_eq!(shares(shop), "7 amd64 (88%), 1 arm64 (13%)");
+        // No annotation: the default rollout; pods pinned beyond it show as a
+        // negative gap.
+        let tools = &plans[2];
+        assert_eq!(
+            (tools.rollout, tools.planned_on_target, tools.gap),
+            (0, 0, 0)
+        );
+        let idle = &plans[0];
+        assert_eq!((idle.running_total, idle.percent(0)), (0, 0));
+        assert_eq!(shares(idle), "none running");
+        let ahead = namespace_plans(&rows[..1], &BTreeMap::new(), 0, "arm64");
+        assert_eq!(ahead[0].gap, -1);
+    }
+
+    #[test]
+    fn the_page_shows_each_namespace_after_the_blocked_workloads() {
+        let workloads = vec![
+            workload("shop", &["amd64", "arm64"], true, &[("amd64", 2)]),
+            workload("<shop>", &["amd64"], false, &[("amd64", 1)]),
+        ];
+        let namespaces = namespace_plans(&workloads, &BTreeMap::new(), 100, "arm64");
+        let report = AuditReport {
+            target_architecture: "arm64".into(),
+            node_architectures: BTreeMap::new(),
+            workloads,
+            namespaces,
+        };
+        let html = render_html(&report);
+        let blocked = html.find("<td>&lt;shop&gt;</td><td>Deployment").unwrap();
+        let ready = html.find("<td>shop</td><td>Deployment").unwrap();
+        let section = html.find("id=\"monitoring\"").unwrap();
+        assert!(blocked < ready && ready < section, "{html}");
+        assert!(html.contains("<td>shop</td><td>enforce</td><td>100%</td><td>2 amd64 (100%)</td><td>0 (0%)</td><td>2 (100%)</td><td>+2 pods</td>"), "{html}");
+        assert!(!html.contains("<shop>") && !html.contains("<script"));
+        let table = render_table(&report);
+        let cells = [
+            "shop", "enforce", "100%", "2", "amd64", "(100%)", "0", "(0%)", "2", "(100%)", "+2",
+            "pods",
+        ];
+        assert!(
+            table
+                .lines()
+                .any(|l| l.split_whitespace().eq(cells.iter().copied())),
+            "{table}"
+        );
+    }
 }

@@ -514,7 +514,7 @@ async fn audit_reports_what_runs_where_and_what_blocks_the_move() {
 
     let table = archway::audit::render_table(&report);
     assert!(
-        table.contains("4 workloads, 2 ready for arm64, 2 blocked; nodes: 1 amd64, 1 arm64"),
+        table.contains("4 workloads, 2 ready for arm64, 2 blocked; Linux nodes: 1 amd64, 1 arm64"),
         "{table}"
     );
     let html = archway::audit::render_html(&report);

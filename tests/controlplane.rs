@@ -791,9 +791,167 @@ async fn a_windows_pod_is_placed_by_its_windows_images() {
     let node = wait_for_node(&client, ns, "linux").await;
     assert_eq!(node_arch(&node), "arm64", "scheduled onto {node}");
 
-    // Other tests count the cluster's nodes (`archway audit`): leave it as
-    // NodePool::standard() made it.
+    // Leave the shared cluster's nodes as NodePool::standard() made them
+    // (`archway audit` counts Linux nodes only, so this is tidiness).
     for name in pool.names() {
         plane.kubectl(&["delete", "node", &name, "--wait=false"], None);
     }
+}
+
+/// Runs Debian's `chromium` headless on `page` with `args` and a profile of
+/// its own (so no state leaks between runs), bounded at two minutes.
+fn chromium(args: &[&str], page: &std::path::Path) -> std::process::Output {
+    let profile = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new("timeout")
+        .args(["120", "chromium"])
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--enable-logging=stderr",
+            "--v=0",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .args(args)
+        .arg(format!("file://{}", page.display()))
+        .output()
+        .expect("chromium (install it with tests/deps.sh)");
+    assert!(
+        out.status.success(),
+        "chromium {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// Lines of chromium's log that report a message or an error of the page.
+fn console_errors(stderr: &[u8]) -> Vec<String> {
+    String::from_utf8_lossy(stderr)
+        .lines()
+        .filter(|l| l.contains("CONSOLE") || l.contains("Uncaught"))
+        .map(str::to_string)
+        .collect()
+}
+
+/// `3 amd64 (75%), 1 arm64 (25%)`, as the report shows a namespace's pods.
+fn shares_of(archs: &[String]) -> String {
+    let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+    for arch in archs {
+        *counts.entry(arch).or_insert(0) += 1;
+    }
+    counts
+        .iter()
+        .map(|(arch, n)| {
+            format!(
+                "{n} {arch} ({}%)",
+                (n * 100 + archs.len() / 2) / archs.len()
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_migration_report_renders_in_a_browser() {
+    let env = env();
+    let plane = &env.plane;
+    let client = env.plane.client().await;
+    let ns = "migration-report";
+    plane.create_namespace(
+        ns,
+        &[("archway.dev/mode", "enforce")],
+        &[("archway.dev/rollout", "50")],
+    );
+    let workloads = [
+        ("web", "multi:v1", 4),
+        ("billing", "amd64-only:v1", 2),
+        ("encoder", "arm64-only:v1", 1),
+    ];
+    let objects: Vec<Value> = workloads
+        .iter()
+        .map(|(name, image, replicas)| {
+            let mut d = deployment(name, &env.image(image), *replicas);
+            d["metadata"]["namespace"] = ns.into();
+            d
+        })
+        .collect();
+    plane.apply(&objects);
+    let mut archs = Vec::new();
+    for (name, _, _) in workloads {
+        archs.extend(rolled_out(&client, ns, name).await);
+    }
+
+    let config = env.archway.dir.join("migration-report.yaml");
+    std::fs::write(
+        &config,
+        format!("registry: {{insecure: [\"{}\"]}}\n", env.registry.host()),
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_archway"))
+        .args(["audit", "-n", ns, "-o", "html", "--config"])
+        .arg(&config)
+        .env("KUBECONFIG", &plane.admin_kubeconfig)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "archway audit: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Kept for a person to look at: target/test-output/migration-report/.
+    let folder = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .parent()
+        .unwrap()
+        .join("test-output/migration-report");
+    std::fs::create_dir_all(&folder).unwrap();
+    let page = folder.join("report.html");
+    std::fs::write(&page, &out.stdout).unwrap();
+    let screenshot = folder.join("report.png");
+    let _ = std::fs::remove_file(&screenshot);
+
+    let shot = chromium(
+        &[
+            &format!("--screenshot={}", screenshot.display()),
+            "--window-size=1280,2000",
+        ],
+        &page,
+    );
+    assert_eq!(console_errors(&shot.stderr), Vec::<String>::new());
+    let png = std::fs::read(&screenshot).unwrap();
+    assert!(png.starts_with(b"\x89PNG\r\n\x1a\n"), "not a PNG");
+    // IHDR: width and height, big-endian, at bytes 16..24.
+    let size = |at: usize| u32::from_be_bytes(png[at..at + 4].try_into().unwrap());
+    assert_eq!((size(16), size(20)), (1280, 2000));
+    // A blank page of this size compresses to a few KiB; text and tables
+    // take more.
+    assert!(png.len() > 20_000, "screenshot of {} bytes", png.len());
+
+    let dom = chromium(&["--dump-dom"], &page);
+    assert_eq!(console_errors(&dom.stderr), Vec::<String>::new());
+    let dom = String::from_utf8(dom.stdout).unwrap();
+    let at = |text: &str| {
+        dom.find(text)
+            .unwrap_or_else(|| panic!("{text} not in the page:\n{dom}"))
+    };
+    // Blocked first, then the ready ones, then the monitoring step.
+    let billing = at("<td>Deployment/billing</td>");
+    assert!(billing < at("<td>Deployment/encoder</td>"));
+    assert!(billing < at("<td>Deployment/web</td>"));
+    assert!(at("<td>Deployment/web</td>") < at("id=\"monitoring\""));
+    // The namespace's pods as the scheduler placed them, next to the
+    // rollout: half of web's 4, all of the encoder, none of billing.
+    let on_arm = archs.iter().filter(|a| *a == "arm64").count();
+    let percent = |n: usize| (n * 100 + archs.len() / 2) / archs.len();
+    let row = format!(
+        "<td>{ns}</td><td>enforce</td><td>50%</td><td>{}</td><td>{on_arm} ({}%)</td><td>3 ({}%)</td>",
+        shares_of(&archs),
+        percent(on_arm),
+        percent(3),
+    );
+    at(&row);
 }

@@ -9,6 +9,7 @@ cd "$(dirname "$0")/.."
 missing=()
 command -v docker-registry >/dev/null 2>&1 || missing+=(docker-registry)
 command -v skopeo >/dev/null 2>&1 || missing+=(skopeo)
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 command -v htpasswd >/dev/null 2>&1 || missing+=(apache2-utils)
 # Debian's kubectl 1.20 renders deploy/ with kustomize v2 (tests/deploy.rs).
 [ -x /usr/bin/kubectl ] || missing+=(kubernetes-client)
