@@ -242,7 +242,13 @@ impl Reviewer {
             Screen::Pod(screened) => screened,
             Screen::Answered(answer) => return answer,
         };
-        let draw = match placement::spread_owner(&screened.pod, screened.policy.rollout_by) {
+        // A pod archway already placed (reinvocation) is checked again, not
+        // drawn again: a second draw would skip a place in its owner's
+        // sequence and skew the spread.
+        let placed = (screened.pod.metadata.annotations.as_ref())
+            .is_some_and(|a| a.contains_key(placement::DECISION_ANNOTATION));
+        let owner = placement::spread_owner(&screened.pod, screened.policy.rollout_by);
+        let draw = match owner.filter(|_| !placed) {
             Some(owner) => Some(self.draws.next(&owner, dry_run).await),
             None => None,
         };

@@ -1,11 +1,13 @@
-//! The JSON Patch that carries a decision into a pod: `add` operations
-//! only, merged into what the pod already has, never replacing a user's
-//! terms, tolerations or annotations.
+//! The JSON Patch that carries a decision into a pod: `add` operations,
+//! merged into what the pod already has, never replacing a user's terms,
+//! tolerations or annotations. The one exception is archway's own
+//! expression on a pod it already placed, rewritten or removed on
+//! reinvocation.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use json_patch::jsonptr::PointerBuf;
-use json_patch::{AddOperation, Patch, PatchOperation};
+use json_patch::{AddOperation, Patch, PatchOperation, RemoveOperation};
 use k8s_openapi::api::core::v1::{NodeAffinity, NodeSelectorTerm, Pod, Toleration};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde_json::{Value, json};
@@ -66,7 +68,11 @@ pub fn build(
     injection: &Injection,
     tolerations: &BTreeMap<String, Vec<Toleration>>,
 ) -> Patch {
-    let mut ops = vec![required_affinity(pod, &injection.required)];
+    let mut ops = vec![if injection.replace_own {
+        replace_own_affinity(pod, &injection.required)
+    } else {
+        required_affinity(pod, &injection.required)
+    }];
     ops.extend(preferred_affinity(pod, injection.preferred.as_ref()));
     ops.extend(add_tolerations(pod, injection, tolerations));
     ops.extend(add_annotations(pod, &injection.annotations));
@@ -127,6 +133,50 @@ fn required_affinity(pod: &Pod, archs: &BTreeSet<String>) -> PatchOperation {
             ),
         ),
     }
+}
+
+/// archway's own arch expression (see `placement::own_requirement`)
+/// replaced in every required term by one for `archs`, or removed when
+/// `archs` is empty. Removing it must not leave only empty terms, which
+/// match no node: then the requirement goes, as archway added it.
+fn replace_own_affinity(pod: &Pod, archs: &BTreeSet<String>) -> PatchOperation {
+    let path = [&NODE_AFFINITY[..], &[REQUIRED]].concat();
+    let expression = (!archs.is_empty()).then(|| arch_expression(archs));
+    let terms: Vec<Value> = required_terms(pod)
+        .unwrap_or_default()
+        .iter()
+        .map(|term| without_own_expression(term, expression.as_ref()))
+        .collect();
+    let all_empty = terms
+        .iter()
+        .all(|t| t.as_object().is_none_or(|o| o.is_empty()));
+    if all_empty {
+        return PatchOperation::Remove(RemoveOperation {
+            path: PointerBuf::from_tokens(path),
+        });
+    }
+    add(
+        &[&path[..], &["nodeSelectorTerms"]].concat(),
+        Value::Array(terms),
+    )
+}
+
+/// `term` without its `kubernetes.io/arch In` expression, with
+/// `replacement` in its place when given.
+fn without_own_expression(term: &NodeSelectorTerm, replacement: Option<&Value>) -> Value {
+    let mut term = term.clone();
+    let expressions = term.match_expressions.take().unwrap_or_default();
+    let mut kept: Vec<Value> = expressions
+        .iter()
+        .filter(|e| !(e.key == ARCH_LABEL && e.operator == "In"))
+        .map(|e| serde_json::to_value(e).unwrap_or(Value::Null))
+        .collect();
+    kept.extend(replacement.cloned());
+    let mut value = serde_json::to_value(&term).unwrap_or_else(|_| json!({}));
+    if let (Value::Object(fields), false) = (&mut value, kept.is_empty()) {
+        fields.insert("matchExpressions".into(), Value::Array(kept));
+    }
+    value
 }
 
 /// `term` with `expression` appended to its match expressions.

@@ -103,6 +103,10 @@ pub struct Injection {
     /// those it may be scheduled on.
     pub tolerate: BTreeSet<String>,
     pub annotations: BTreeMap<String, String>,
+    /// On a pod archway already placed: archway's own arch expression in
+    /// each required term is replaced by `required` (removed when
+    /// `required` is empty), instead of a second one being added.
+    pub replace_own: bool,
 }
 
 /// Why, as a fixed label for metrics.
@@ -120,6 +124,9 @@ pub enum DecisionKind {
     NotOptedIn,
     Skipped,
     AlreadyDecided,
+    /// Reviewed again after a later webhook changed the pod: archway's own
+    /// expression rewritten (or removed) for the images the pod has now.
+    Corrected,
     NodeNameSet,
     MirrorPod,
     UserChoice,
@@ -137,6 +144,7 @@ impl DecisionKind {
             DecisionKind::NotOptedIn => "not_opted_in",
             DecisionKind::Skipped => "skipped",
             DecisionKind::AlreadyDecided => "already_decided",
+            DecisionKind::Corrected => "corrected",
             DecisionKind::NodeNameSet => "node_name_set",
             DecisionKind::MirrorPod => "mirror_pod",
             DecisionKind::UserChoice => "user_choice",
@@ -206,14 +214,6 @@ pub fn screen(pod: &Pod) -> Option<Decision> {
             "mirror pod of a static pod",
         ));
     }
-    if let Some(decision) = annotation(DECISION_ANNOTATION) {
-        // Reinvocation: the first pass already decided; a second patch
-        // would stack a second arch expression on the first.
-        return Some(Decision::unchanged(
-            DecisionKind::AlreadyDecided,
-            format!("already decided: {decision}"),
-        ));
-    }
     if pod
         .spec
         .as_ref()
@@ -237,6 +237,13 @@ pub fn decide_screened(input: &DecisionInput<'_>) -> Decision {
     if input.lookups.is_empty() {
         // The API server rejects such a pod after admission; nothing to do.
         return Decision::unchanged(DecisionKind::Skipped, "the pod has no containers");
+    }
+    let annotations = input.pod.metadata.annotations.as_ref();
+    if let Some(previous) = annotations.and_then(|a| a.get(DECISION_ANNOTATION)) {
+        // Reinvocation after a later webhook changed the pod, or a pod
+        // re-created from one archway placed: checked again, never
+        // stacked with a second expression.
+        return recheck::recheck(input, previous);
     }
     let mut warnings: Vec<String> = input
         .policy
@@ -477,6 +484,7 @@ fn inject(
             required,
             preferred,
             annotations,
+            replace_own: false,
         }),
         kind: choice.kind,
         reason: choice.reason,
@@ -791,6 +799,9 @@ fn describe_images(lookups: &[(ContainerImage, ImageLookup)]) -> String {
         .collect::<Vec<_>>()
         .join("; ")
 }
+
+mod recheck;
+pub use recheck::own_requirement;
 
 #[cfg(test)]
 mod tests;

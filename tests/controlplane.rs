@@ -955,3 +955,95 @@ async fn the_migration_report_renders_in_a_browser() {
     );
     at(&row);
 }
+
+/// Issue 12: a sidecar injector that runs after archway adds an amd64-only
+/// container to a pod archway steered to arm64. The API server calls
+/// archway again (reinvocationPolicy IfNeeded); archway rewrites its own
+/// expression to amd64, says so in a warning and the decision annotation,
+/// and the scheduler binds the pod to an amd64 node. A sidecar that runs on
+/// arm64 changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sidecar_added_after_archway_is_checked_on_reinvocation() {
+    let env = env();
+    let plane = &env.plane;
+    let client = plane.client().await;
+    let multi = env.image("multi:v1");
+    let mut seen = Vec::new();
+    for (ns, sidecar) in [
+        ("sidecar-amd64", env.image("amd64-only:v1")),
+        ("sidecar-multi", multi.clone()),
+    ] {
+        plane.create_namespace(
+            ns,
+            &[("archway.dev/mode", "enforce")],
+            &[("archway.dev/rollout", "100")],
+        );
+        let injector = support::injector::SidecarInjector::start(&sidecar);
+        plane.apply(&[injector.configuration(ns)]);
+        // The API server's webhook informer lags a new configuration: probe
+        // with dry runs until the injector is called.
+        let started = Instant::now();
+        while injector.calls.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+            create_pod_with_warnings(&client, ns, &pod("probe", &multi), true).await;
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "injector not called"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let counted = |decision: &str| {
+            (env.archway).counter(
+                "archway_reviews_total",
+                &[("namespace", ns), ("decision", decision)],
+            )
+        };
+        let before = (counted("corrected"), counted("already_decided"));
+        let (stored, warnings) =
+            create_pod_with_warnings(&client, ns, &pod("app", &multi), false).await;
+        // Each pod is reviewed twice: first as archway placed it, then
+        // again after the injector changed it.
+        let after = (counted("corrected"), counted("already_decided"));
+        let rechecked = (after.0 - before.0, after.1 - before.1);
+        let containers: Vec<&str> = (stored["spec"]["containers"].as_array().unwrap().iter())
+            .map(|c| c["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(containers, ["main", support::injector::SIDECAR]);
+        let node = wait_for_node(&client, ns, "app").await;
+        seen.push((stored, warnings, node, rechecked));
+    }
+
+    let (stored, warnings, node, rechecked) = &seen[0];
+    assert_eq!(*rechecked, (1.0, 0.0));
+    assert_eq!(required_arch_values(stored), [["amd64"]], "{stored:#}");
+    let annotations = &stored["metadata"]["annotations"];
+    let decision = annotations["archway.dev/decision"].as_str().unwrap();
+    assert!(
+        decision.starts_with(&format!(
+            "amd64: corrected after reinvocation, {} ({}) has no arm64",
+            support::injector::SIDECAR,
+            env.image("amd64-only:v1")
+        )),
+        "{decision}"
+    );
+    assert_eq!(annotations["archway.dev/archs"], "amd64");
+    let warnings = warnings.join("\n");
+    assert!(
+        warnings.contains("archway now requires amd64 (was arm64)"),
+        "{warnings}"
+    );
+    assert_eq!(node_arch(node), "amd64", "scheduled onto {node}");
+
+    // The sidecar runs on arm64: archway's first decision stands.
+    let (stored, warnings, node, rechecked) = &seen[1];
+    assert_eq!(*rechecked, (0.0, 1.0));
+    assert_eq!(required_arch_values(stored), [["arm64"]], "{stored:#}");
+    assert!(
+        stored["metadata"]["annotations"]["archway.dev/decision"]
+            .as_str()
+            .unwrap()
+            .starts_with("arm64: rollout 100%"),
+        "{stored:#}"
+    );
+    assert!(warnings.is_empty(), "{warnings:?}");
+    assert_eq!(node_arch(node), "arm64", "scheduled onto {node}");
+}

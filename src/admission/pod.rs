@@ -210,6 +210,7 @@ mod tests {
             os: "linux".into(),
             tolerate: set(&["amd64", "arm64"]),
             annotations: BTreeMap::from([("archway.dev/decision".into(), "x".into())]),
+            replace_own: false,
         }
     }
 

@@ -342,10 +342,6 @@ fn prescreen_reasons_need_no_lookup() {
             DecisionKind::MirrorPod,
         ),
         (
-            json!({"metadata": {"annotations": {"archway.dev/decision": "arm64: rollout 100%, bucket 3"}}}),
-            DecisionKind::AlreadyDecided,
-        ),
-        (
             json!({"spec": {"nodeName": "node-1", "containers": []}}),
             DecisionKind::NodeNameSet,
         ),

@@ -13,6 +13,7 @@ pub mod apiserver;
 pub mod controlplane;
 pub mod http;
 pub mod images;
+pub mod injector;
 pub mod install;
 pub mod kubelet;
 pub mod process;

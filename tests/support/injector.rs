@@ -1,0 +1,146 @@
+//! A second mutating webhook for the control-plane tests: it adds a sidecar
+//! container to every pod of one namespace, as a service mesh or an agent
+//! injector does. Its configuration is named to sort after archway's, so the
+//! API server calls it after archway, and (archway's reinvocationPolicy
+//! being IfNeeded) calls archway again because it changed the pod.
+
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use base64::Engine;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use serde_json::{Value, json};
+
+use super::tls::TestCa;
+
+/// The container the injector adds.
+pub const SIDECAR: &str = "injected-sidecar";
+
+pub struct SidecarInjector {
+    pub port: u16,
+    pub ca_pem: String,
+    /// Reviews answered, to tell "not called" from "called, no change".
+    pub calls: Arc<AtomicUsize>,
+}
+
+impl SidecarInjector {
+    /// Serves on 127.0.0.1 (HTTPS, HTTP/1.1) from a thread of its own, for
+    /// the life of the test process.
+    pub fn start(sidecar_image: &str) -> SidecarInjector {
+        let ca = TestCa::new("sidecar injector CA");
+        let issued = ca.issue_server(&["127.0.0.1"]);
+        let certs = CertificateDer::pem_slice_iter(issued.cert_pem.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .expect("injector cert");
+        let key = PrivateKeyDer::from_pem_slice(issued.key_pem.as_bytes()).expect("injector key");
+        let config = rustls::ServerConfig::builder()
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .expect("injector TLS config");
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind injector");
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let calls = Arc::new(AtomicUsize::new(0));
+        let counted = calls.clone();
+        let image = sidecar_image.to_string();
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+                loop {
+                    let Ok((stream, _)) = listener.accept().await else {
+                        continue;
+                    };
+                    let acceptor = acceptor.clone();
+                    let image = image.clone();
+                    let counted = counted.clone();
+                    tokio::spawn(async move {
+                        let Ok(tls) = acceptor.accept(stream).await else {
+                            return;
+                        };
+                        let service =
+                            service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
+                                let image = image.clone();
+                                let counted = counted.clone();
+                                async move {
+                                    let body = request.into_body().collect().await?.to_bytes();
+                                    counted.fetch_add(1, Ordering::SeqCst);
+                                    let review: Value =
+                                        serde_json::from_slice(&body).unwrap_or(Value::Null);
+                                    let answer =
+                                        serde_json::to_vec(&inject(&review, &image)).unwrap();
+                                    Ok::<_, hyper::Error>(
+                                        hyper::Response::builder()
+                                            .header("content-type", "application/json")
+                                            .body(Full::new(Bytes::from(answer)))
+                                            .unwrap(),
+                                    )
+                                }
+                            });
+                        let _ = hyper::server::conn::http1::Builder::new()
+                            .serve_connection(TokioIo::new(tls), service)
+                            .await;
+                    });
+                }
+            });
+        });
+        SidecarInjector {
+            port,
+            ca_pem: ca.cert_pem.clone(),
+            calls,
+        }
+    }
+
+    /// Its MutatingWebhookConfiguration, for pods created in `namespace`.
+    /// `zz-` sorts after `archway`: configurations run in name order.
+    pub fn configuration(&self, namespace: &str) -> Value {
+        let ca = base64::engine::general_purpose::STANDARD.encode(&self.ca_pem);
+        json!({
+            "apiVersion": "admissionregistration.k8s.io/v1",
+            "kind": "MutatingWebhookConfiguration",
+            "metadata": {"name": format!("zz-sidecar-injector-{namespace}")},
+            "webhooks": [{
+                "name": "sidecar.injector.test",
+                "admissionReviewVersions": ["v1"],
+                "sideEffects": "None",
+                "failurePolicy": "Fail",
+                "reinvocationPolicy": "Never",
+                "timeoutSeconds": 5,
+                "clientConfig": {"url": format!("https://127.0.0.1:{}/inject", self.port), "caBundle": ca},
+                "rules": [{"operations": ["CREATE"], "apiGroups": [""], "apiVersions": ["v1"],
+                           "resources": ["pods"], "scope": "Namespaced"}],
+                "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}},
+            }],
+        })
+    }
+}
+
+/// The answer to `review`: the sidecar added, unless the pod has it.
+fn inject(review: &Value, image: &str) -> Value {
+    let request = &review["request"];
+    let containers = request["object"]["spec"]["containers"].as_array();
+    let has_sidecar = containers
+        .into_iter()
+        .flatten()
+        .any(|c| c["name"] == SIDECAR);
+    let mut response = json!({"uid": request["uid"], "allowed": true});
+    if !has_sidecar {
+        let patch = json!([{"op": "add", "path": "/spec/containers/-",
+                            "value": {"name": SIDECAR, "image": image}}]);
+        response["patchType"] = "JSONPatch".into();
+        response["patch"] = base64::engine::general_purpose::STANDARD
+            .encode(serde_json::to_vec(&patch).unwrap())
+            .into();
+    }
+    json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "response": response})
+}
