@@ -63,7 +63,7 @@ fn main() {
         &[("archway.dev/mode", "enforce")],
         &[("archway.dev/rollout", "50")],
     );
-    let webhook = plane.kubectl(
+    let webhook = applicable(&plane.kubectl(
         &[
             "get",
             "mutatingwebhookconfiguration",
@@ -72,7 +72,7 @@ fn main() {
             "json",
         ],
         None,
-    );
+    ));
 
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let (with, without) = runtime.block_on(async {
@@ -135,6 +135,16 @@ async fn is_patched(api: &Api<Pod>, name: &str) -> bool {
     pod.metadata
         .annotations
         .is_some_and(|a| a.contains_key("archway.dev/decision"))
+}
+
+/// The object as read back, without what the server owns (uid,
+/// resourceVersion, managedFields...), so it can be applied again after a
+/// delete.
+fn applicable(read: &str) -> String {
+    let mut object: serde_json::Value = serde_json::from_str(read).unwrap();
+    let metadata = &object["metadata"];
+    object["metadata"] = json!({"name": metadata["name"], "labels": metadata["labels"]});
+    object.to_string()
 }
 
 /// Applies archway's webhook configuration, or deletes it.
