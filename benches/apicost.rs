@@ -44,7 +44,9 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(1000);
-    let archway = release_archway();
+    // `cargo bench` builds the binary with the bench profile (release):
+    // archway as deployed.
+    let archway = std::path::PathBuf::from(env!("CARGO_BIN_EXE_archway"));
 
     let plane = ControlPlane::start();
     plane.create_nodes(&NodePool::standard());
@@ -105,17 +107,6 @@ fn main() {
     });
     let reviews = installed.counter("archway_reviews_total", &[("namespace", NAMESPACE)]);
     report(pods, &with, &without, reviews);
-}
-
-/// The release build of archway, as deployed.
-fn release_archway() -> std::path::PathBuf {
-    let status = std::process::Command::new(env!("CARGO"))
-        .args(["build", "--release", "--bin", "archway"])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .status()
-        .expect("cargo build --release");
-    assert!(status.success(), "cargo build --release failed");
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/release/archway")
 }
 
 async fn create(api: &Api<Pod>, image: &str, name: &str) {
