@@ -44,7 +44,9 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(1000);
-    let archway = release_archway();
+    // `cargo bench` builds the binary with the bench profile (release):
+    // archway as deployed.
+    let archway = std::path::PathBuf::from(env!("CARGO_BIN_EXE_archway"));
 
     let plane = ControlPlane::start();
     plane.create_nodes(&NodePool::standard());
@@ -63,7 +65,7 @@ fn main() {
         &[("archway.dev/mode", "enforce")],
         &[("archway.dev/rollout", "50")],
     );
-    let webhook = plane.kubectl(
+    let webhook = applicable(&plane.kubectl(
         &[
             "get",
             "mutatingwebhookconfiguration",
@@ -72,7 +74,7 @@ fn main() {
             "json",
         ],
         None,
-    );
+    ));
 
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let (with, without) = runtime.block_on(async {
@@ -107,17 +109,6 @@ fn main() {
     report(pods, &with, &without, reviews);
 }
 
-/// The release build of archway, as deployed.
-fn release_archway() -> std::path::PathBuf {
-    let status = std::process::Command::new(env!("CARGO"))
-        .args(["build", "--release", "--bin", "archway"])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .status()
-        .expect("cargo build --release");
-    assert!(status.success(), "cargo build --release failed");
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/release/archway")
-}
-
 async fn create(api: &Api<Pod>, image: &str, name: &str) {
     let pod: Pod = serde_json::from_value(json!({
         "metadata": {"name": name, "labels": {"bench": "apicost"}},
@@ -135,6 +126,16 @@ async fn is_patched(api: &Api<Pod>, name: &str) -> bool {
     pod.metadata
         .annotations
         .is_some_and(|a| a.contains_key("archway.dev/decision"))
+}
+
+/// The object as read back, without what the server owns (uid,
+/// resourceVersion, managedFields...), so it can be applied again after a
+/// delete.
+fn applicable(read: &str) -> String {
+    let mut object: serde_json::Value = serde_json::from_str(read).unwrap();
+    let metadata = &object["metadata"];
+    object["metadata"] = json!({"name": metadata["name"], "labels": metadata["labels"]});
+    object.to_string()
 }
 
 /// Applies archway's webhook configuration, or deletes it.

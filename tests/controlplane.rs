@@ -407,7 +407,9 @@ async fn a_deployment_moves_by_the_rollout_and_back() {
         arm * 100.0,
         started.elapsed()
     );
-    assert!((0.20..=0.30).contains(&arm), "arm64 share {arm}");
+    // The issue asked for 25 ± 5 %; drawn in sequence (placement::
+    // spread_bucket) it is 50 of 200, give or take a retried webhook call.
+    assert!((0.24..=0.26).contains(&arm), "arm64 share {arm}");
 
     set_rollout(plane, ns, 100);
     restart(&client, ns, "web", 1).await;
@@ -706,6 +708,42 @@ async fn archway_audit_reads_the_cluster() {
     assert_eq!(
         report["node_architectures"],
         json!({"amd64": 3, "arm64": 3})
+    );
+    // The table's summary says the same.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_archway"))
+        .args(["audit", "-n", ns, "--config"])
+        .arg(&config)
+        .env(
+            "KUBECONFIG",
+            plane.kubeconfig_for("auditor", &["system:masters"]),
+        )
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        table.contains("4 workloads, 2 ready for arm64, 2 blocked; Linux nodes: 3 amd64, 3 arm64"),
+        "{table}"
+    );
+    // The audit only reads: its calls, as the auditor, in the API server's
+    // audit log.
+    let calls: Vec<(String, String)> = plane
+        .audit_events()
+        .iter()
+        .filter(|e| e["user"]["username"] == "auditor" && e["stage"] == "ResponseComplete")
+        .map(|e| {
+            let verb = e["verb"].as_str().unwrap_or_default().to_string();
+            (
+                verb,
+                e["requestURI"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect();
+    assert!(calls.iter().any(|(verb, _)| verb == "list"), "{calls:?}");
+    assert!(
+        calls
+            .iter()
+            .all(|(verb, _)| matches!(verb.as_str(), "get" | "list" | "watch")),
+        "archway audit wrote: {calls:?}"
     );
 }
 

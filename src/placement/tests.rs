@@ -863,3 +863,55 @@ fn a_windows_pod_avoids_architectures_with_no_node_at_all() {
         (DecisionKind::OtherOs, &set(&["amd64"]), &set(&["arm64"]))
     );
 }
+
+#[test]
+fn a_workloads_unnamed_pods_spread_over_the_buckets() {
+    for owner in ["shop/Deployment/web", "ns/Job/report", "a/StatefulSet/b"] {
+        let buckets: Vec<u8> = (0..300).map(|i| spread_bucket(owner, i)).collect();
+        assert!(buckets.iter().all(|b| *b < 100));
+        for rollout in [1u8, 10, 25, 50, 90] {
+            // Any 100 pods in a row: exactly the rollout's share.
+            for start in [0, 37, 150] {
+                let steered = buckets[start..start + 100]
+                    .iter()
+                    .filter(|b| **b < rollout)
+                    .count();
+                assert_eq!(steered, usize::from(rollout), "{owner} from {start}");
+            }
+        }
+        // And the first few already come close: 10 pods at 10% are one
+        // pod, give or take one, where independent draws give none a third
+        // of the time.
+        for (pods, rollout) in [(10usize, 10u8), (4, 25), (20, 50), (8, 50)] {
+            let steered = buckets[..pods].iter().filter(|b| **b < rollout).count();
+            let expected = pods * usize::from(rollout) / 100;
+            assert!(
+                steered.abs_diff(expected) <= 1,
+                "{owner}: {steered} of {pods} at {rollout}%"
+            );
+        }
+    }
+}
+
+#[test]
+fn only_unnamed_owned_pods_under_rollout_by_pod_draw_in_sequence() {
+    let owned = |name: Option<&str>| {
+        pod(json!({"metadata": {"name": name, "namespace": "shop",
+            "labels": {"pod-template-hash": "5d8f"},
+            "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet",
+                "name": "web-5d8f", "uid": "r1", "controller": true}]},
+            "spec": {"containers": [{"name": "c", "image": "x"}]}}))
+    };
+    assert_eq!(
+        spread_owner(&owned(None), RolloutBy::Pod).as_deref(),
+        Some("shop/Deployment/web")
+    );
+    assert_eq!(
+        spread_owner(&owned(Some("web-5d8f-abc")), RolloutBy::Pod),
+        None
+    );
+    assert_eq!(spread_owner(&owned(None), RolloutBy::Workload), None);
+    let bare = pod(json!({"metadata": {"namespace": "shop"},
+        "spec": {"containers": [{"name": "c", "image": "x"}]}}));
+    assert_eq!(spread_owner(&bare, RolloutBy::Pod), None);
+}

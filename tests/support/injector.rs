@@ -3,6 +3,9 @@
 //! injector does. Its configuration is named to sort after archway's, so the
 //! API server calls it after archway, and (archway's reinvocationPolicy
 //! being IfNeeded) calls archway again because it changed the pod.
+//!
+//! In its allow-all form it changes nothing and answers at once: what
+//! calling any webhook costs the API server (benches/apicost.rs).
 
 use std::net::TcpListener;
 use std::sync::Arc;
@@ -33,6 +36,15 @@ impl SidecarInjector {
     /// Serves on 127.0.0.1 (HTTPS, HTTP/1.1) from a thread of its own, for
     /// the life of the test process.
     pub fn start(sidecar_image: &str) -> SidecarInjector {
+        Self::serve(Some(sidecar_image.to_string()))
+    }
+
+    /// A webhook that allows every pod unchanged.
+    pub fn allow_all() -> SidecarInjector {
+        Self::serve(None)
+    }
+
+    fn serve(image: Option<String>) -> SidecarInjector {
         let ca = TestCa::new("sidecar injector CA");
         let issued = ca.issue_server(&["127.0.0.1"]);
         let certs = CertificateDer::pem_slice_iter(issued.cert_pem.as_bytes())
@@ -49,7 +61,6 @@ impl SidecarInjector {
         let port = listener.local_addr().unwrap().port();
         let calls = Arc::new(AtomicUsize::new(0));
         let counted = calls.clone();
-        let image = sidecar_image.to_string();
         std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -78,7 +89,8 @@ impl SidecarInjector {
                                     let review: Value =
                                         serde_json::from_slice(&body).unwrap_or(Value::Null);
                                     let answer =
-                                        serde_json::to_vec(&inject(&review, &image)).unwrap();
+                                        serde_json::to_vec(&inject(&review, image.as_deref()))
+                                            .unwrap();
                                     Ok::<_, hyper::Error>(
                                         hyper::Response::builder()
                                             .header("content-type", "application/json")
@@ -125,8 +137,9 @@ impl SidecarInjector {
     }
 }
 
-/// The answer to `review`: the sidecar added, unless the pod has it.
-fn inject(review: &Value, image: &str) -> Value {
+/// The answer to `review`: the sidecar added, unless the pod has it or
+/// there is no sidecar to add.
+fn inject(review: &Value, image: Option<&str>) -> Value {
     let request = &review["request"];
     let containers = request["object"]["spec"]["containers"].as_array();
     let has_sidecar = containers
@@ -134,7 +147,7 @@ fn inject(review: &Value, image: &str) -> Value {
         .flatten()
         .any(|c| c["name"] == SIDECAR);
     let mut response = json!({"uid": request["uid"], "allowed": true});
-    if !has_sidecar {
+    if let (false, Some(image)) = (has_sidecar, image) {
         let patch = json!([{"op": "add", "path": "/spec/containers/-",
                             "value": {"name": SIDECAR, "image": image}}]);
         response["patchType"] = "JSONPatch".into();
