@@ -126,6 +126,10 @@ pub struct ReviewSettings {
     pub sync_budget: Duration,
     /// The longest a pod stays gated (the controller reads it).
     pub gate_timeout: Duration,
+    /// Whether a gate controller runs (with a cluster): without one, no
+    /// pod is gated, whatever `archway.dev/cold` says, since nothing would
+    /// release it.
+    pub gating: bool,
 }
 
 impl ReviewSettings {
@@ -141,6 +145,7 @@ impl ReviewSettings {
             cold: config.gate.default,
             sync_budget: config.gate.sync_budget,
             gate_timeout: config.gate.timeout,
+            gating: config.policy_source.uses_cluster(),
         }
     }
 }
@@ -151,6 +156,9 @@ impl ReviewSettings {
 pub fn offline(config: &Config) -> Config {
     let mut config = config.clone();
     config.time_budget = config.registry.request_timeout * 2;
+    // The whole budget for lookups in `gate` namespaces too: a command
+    // shows the answer, not a gate, unless the registry never answers.
+    config.gate.sync_budget = config.time_budget;
     config
 }
 
@@ -260,7 +268,10 @@ impl Reviewer {
             None => None,
         };
         let cold = screened.policy.cold.unwrap_or(self.settings.cold);
-        let gating = screened.policy.mode == Mode::Enforce && cold == Cold::Gate;
+        let gating = self.settings.gating
+            && screened.policy.mode == Mode::Enforce
+            && cold == Cold::Gate
+            && crate::gate::controller_live();
         if gating && crate::gate::is_gated(&screened.pod) {
             // Reinvoked after archway gated it: the controller evaluates
             // every container (a later webhook's too) when it places it.
@@ -281,7 +292,7 @@ impl Reviewer {
             .evaluate(&screened.pod, &screened.policy, deadline, uid, draw)
             .await;
         let mode = screened.policy.mode;
-        if crate::gate::should_gate(mode, cold, &evaluation.pending, &screened.pod) {
+        if gating && crate::gate::should_gate(mode, cold, &evaluation.pending, &screened.pod) {
             return Answer {
                 pod: screened.name,
                 ..self.gate(&screened.pod, evaluation, draw, dry_run)

@@ -49,9 +49,8 @@ pub async fn serve(
         "archway serving"
     );
     let state = AppState::new(reviewer);
-    // The gate controller needs the cluster; without one nothing is gated
-    // that it would have to release (static namespaces can still say
-    // `cold: gate`, and then their pods wait for `archway ungate`).
+    // The gate controller needs the cluster; without one the webhook gates
+    // nothing (`ReviewSettings::gating`), since nothing would release it.
     let (stop_gate, gate_stopped) = tokio::sync::watch::channel(false);
     let gate = kube_client.map(|client| {
         let lease = crate::gate::lease::LeaseSettings {

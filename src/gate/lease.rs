@@ -54,6 +54,8 @@ pub struct Elector {
     settings: LeaseSettings,
     /// The holder and renewal last seen, and when this replica saw them.
     observed: Option<((String, Option<MicroTime>), Instant)>,
+    /// After the last round: another replica holds the Lease and renews it.
+    other_holds: bool,
 }
 
 impl Elector {
@@ -62,6 +64,7 @@ impl Elector {
             api: Api::namespaced(client, &settings.namespace),
             settings,
             observed: None,
+            other_holds: false,
         }
     }
 
@@ -108,7 +111,8 @@ impl Elector {
             .map_or(self.settings.duration, Duration::from_secs);
         let ours = holder == self.settings.identity;
         let expired = holder.is_empty() || seen_at.elapsed() >= held_for;
-        if !ours && !expired {
+        self.other_holds = !ours && !expired;
+        if self.other_holds {
             return Ok(false);
         }
         if !ours {
@@ -158,7 +162,9 @@ impl Elector {
         let retry = self.settings.duration / 3;
         let step_down_after = self.settings.duration * 2 / 3;
         let mut renewed: Option<Instant> = None;
+        let mut live_at: Option<Instant> = None;
         loop {
+            self.other_holds = false;
             match self.try_acquire_or_renew().await {
                 Ok(true) => renewed = Some(Instant::now()),
                 Ok(false) => renewed = None,
@@ -167,6 +173,14 @@ impl Elector {
                 }
             }
             let holds = renewed.is_some_and(|at| at.elapsed() < step_down_after);
+            if holds || self.other_holds {
+                live_at = Some(Instant::now());
+            }
+            // Some replica's controller runs (this one's or another's, as
+            // far as this one can see): the webhook may gate pods.
+            super::set_controller_live(
+                live_at.is_some_and(|at| at.elapsed() < self.settings.duration),
+            );
             leading.send_if_modified(|was| {
                 let changed = *was != holds;
                 if changed {
@@ -186,6 +200,7 @@ impl Elector {
             }
         }
         leading.send_replace(false);
+        super::set_controller_live(false);
         if renewed.is_some()
             && let Err(error) = tokio::time::timeout(Duration::from_secs(2), self.release())
                 .await
