@@ -244,16 +244,15 @@ impl NamespacePolicy {
         );
         // A value that cannot be read falls back to `admit`: what archway
         // did before the gate existed, and never holds a pod.
-        let cold = match annotations.get(COLD_ANNOTATION) {
-            None => None,
-            Some(_) => Some(read_annotation(
+        let cold = annotations.contains_key(COLD_ANNOTATION).then(|| {
+            read_annotation(
                 annotations,
                 COLD_ANNOTATION,
                 Cold::Admit,
                 Cold::Admit,
                 &mut problems,
-            )),
-        };
+            )
+        });
         Some(NamespacePolicy {
             mode,
             rollout,
@@ -382,6 +381,25 @@ mod tests {
         assert_eq!(policy.rollout, Rollout::NONE, "a bad rollout never steers");
         assert_eq!(policy.problems.len(), 3, "{:?}", policy.problems);
         assert!(policy.problems[0].contains("0 to 100"));
+    }
+
+    #[test]
+    fn the_cold_annotation_is_read_and_a_bad_value_never_gates() {
+        let labels = map(&[(MODE_LABEL, "enforce")]);
+        let none = BTreeMap::new();
+        let policy = NamespacePolicy::from_metadata(&labels, &none, Rollout::NONE).unwrap();
+        assert_eq!(policy.cold, None, "absent: the configuration decides");
+        for (value, expected, problems) in [
+            ("gate", Cold::Gate, 0),
+            (" admit ", Cold::Admit, 0),
+            ("hold", Cold::Admit, 1),
+        ] {
+            let annotations = map(&[(COLD_ANNOTATION, value)]);
+            let policy =
+                NamespacePolicy::from_metadata(&labels, &annotations, Rollout::NONE).unwrap();
+            assert_eq!(policy.cold, Some(expected), "{value}");
+            assert_eq!(policy.problems.len(), problems, "{value}");
+        }
     }
 
     #[test]
