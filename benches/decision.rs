@@ -101,6 +101,7 @@ fn policy() -> NamespacePolicy {
         rollout: Rollout::new(50).unwrap(),
         rollout_by: RolloutBy::Pod,
         placement: Placement::Required,
+        cold: None,
         problems: Vec::new(),
     }
 }

@@ -13,7 +13,7 @@ use crate::cache::Inspector;
 use crate::config::Config;
 use crate::image::truncate_for_message;
 use crate::placement::{self, Decision, DecisionKind, DecisionSettings, Injection, Outcome};
-use crate::policy::{Mode, NamespacePolicy, PolicySource};
+use crate::policy::{Cold, Mode, NamespacePolicy, PolicySource};
 pub use draws::RolloutDraws;
 pub use evaluate::{Evaluation, MAX_IMAGES_PER_POD};
 use warnings::{budget_warnings, warning};
@@ -35,6 +35,9 @@ pub enum ReviewOutcome {
     /// In an audit namespace: admitted unchanged, with what archway would do.
     Audited,
     Denied,
+    /// Admitted with archway's scheduling gate: its images are still being
+    /// looked up, and the controller places the pod (`gate`).
+    Gated,
 }
 
 impl ReviewOutcome {
@@ -44,6 +47,7 @@ impl ReviewOutcome {
             ReviewOutcome::Patched => "patched",
             ReviewOutcome::Audited => "audited",
             ReviewOutcome::Denied => "denied",
+            ReviewOutcome::Gated => "gated",
         }
     }
 }
@@ -116,6 +120,16 @@ pub struct ReviewSettings {
     pub tolerations: BTreeMap<String, Vec<Toleration>>,
     pub excluded_namespaces: Vec<String>,
     pub time_budget: Duration,
+    /// For namespaces without `archway.dev/cold`.
+    pub cold: Cold,
+    /// In `gate` mode, the wait for lookups before the pod is gated.
+    pub sync_budget: Duration,
+    /// The longest a pod stays gated (the controller reads it).
+    pub gate_timeout: Duration,
+    /// Whether a gate controller runs (with a cluster): without one, no
+    /// pod is gated, whatever `archway.dev/cold` says, since nothing would
+    /// release it.
+    pub gating: bool,
 }
 
 impl ReviewSettings {
@@ -128,6 +142,10 @@ impl ReviewSettings {
             tolerations: config.tolerations.clone(),
             excluded_namespaces: config.excluded_namespaces.clone(),
             time_budget: config.time_budget,
+            cold: config.gate.default,
+            sync_budget: config.gate.sync_budget,
+            gate_timeout: config.gate.timeout,
+            gating: config.policy_source.uses_cluster(),
         }
     }
 }
@@ -138,6 +156,9 @@ impl ReviewSettings {
 pub fn offline(config: &Config) -> Config {
     let mut config = config.clone();
     config.time_budget = config.registry.request_timeout * 2;
+    // The whole budget for lookups in `gate` namespaces too: a command
+    // shows the answer, not a gate, unless the registry never answers.
+    config.gate.sync_budget = config.time_budget;
     config
 }
 
@@ -242,19 +263,50 @@ impl Reviewer {
             Screen::Pod(screened) => screened,
             Screen::Answered(answer) => return answer,
         };
+        let cold = screened.policy.cold.unwrap_or(self.settings.cold);
+        let gating = self.settings.gating
+            && screened.policy.mode == Mode::Enforce
+            && cold == Cold::Gate
+            && crate::gate::controller_live();
+        if gating && crate::gate::is_gated(&screened.pod) {
+            // Reinvoked after archway gated it: the controller evaluates
+            // every container (a later webhook's too) when it places it.
+            let reason = "gated; archway's controller places the pod";
+            return Answer {
+                mode: Some(screened.policy.mode),
+                pod: screened.name,
+                ..Answer::skip(DecisionKind::AlreadyDecided, reason)
+            };
+        }
         // A pod archway already placed (reinvocation) is checked again, not
         // drawn again: a second draw would skip a place in its owner's
-        // sequence and skew the spread.
+        // sequence and skew the spread. Nor is it gated: the API server
+        // lets a gated pod's affinity only narrow by added expressions, and
+        // correcting archway's own expression rewrites it.
         let placed = (screened.pod.metadata.annotations.as_ref())
             .is_some_and(|a| a.contains_key(placement::DECISION_ANNOTATION));
+        let gating = gating && !placed;
         let owner = placement::spread_owner(&screened.pod, screened.policy.rollout_by);
         let draw = match owner.filter(|_| !placed) {
             Some(owner) => Some(self.draws.next(&owner, dry_run).await),
             None => None,
         };
+        // In gate mode a cold pod is not lost by answering early: it is
+        // gated, and the lookups go on in the background.
+        let deadline = match gating {
+            true => deadline.min(tokio::time::Instant::now() + self.settings.sync_budget),
+            false => deadline,
+        };
         let evaluation = self
             .evaluate(&screened.pod, &screened.policy, deadline, uid, draw)
             .await;
+        let mode = screened.policy.mode;
+        if gating && crate::gate::should_gate(mode, cold, &evaluation.pending, &screened.pod) {
+            return Answer {
+                pod: screened.name,
+                ..self.gate(&screened.pod, evaluation, draw, dry_run)
+            };
+        }
         Answer {
             pod: screened.name,
             ..self.respond(&screened.pod, screened.policy.mode, evaluation)
@@ -321,6 +373,7 @@ impl Reviewer {
             warnings: lookup_warnings,
             cache_hits,
             cache_misses,
+            pending: _,
         } = evaluation;
         let mut warnings: Vec<String> = (lookup_warnings.iter())
             .chain(&decision.warnings)
@@ -366,6 +419,51 @@ impl Reviewer {
             cache_misses,
             pod: None,
             response,
+        }
+    }
+
+    /// The answer that gates `pod`: its images in `evaluation.pending` are
+    /// still being looked up.
+    fn gate(&self, pod: &Pod, evaluation: Evaluation, draw: Option<u64>, dry_run: bool) -> Answer {
+        let pending = evaluation.pending.len();
+        let ops = crate::gate::gate_patch(pod, &evaluation.pending, draw);
+        let mut response = Response {
+            warnings: vec![warning(&format!(
+                "archway: {pending} image(s) still being looked up; the pod waits for archway to place it (scheduling gate {}, at most {})",
+                crate::gate::GATE,
+                humantime::format_duration(self.settings.gate_timeout)
+            ))],
+            ..Response::default()
+        };
+        let reason = format!("gated: {pending} image(s) still being looked up");
+        match serde_json::to_vec(&json_patch::Patch(ops)) {
+            Ok(bytes) => {
+                response.patch_type = Some("JSONPatch");
+                response.patch = Some(bytes);
+            }
+            // Cannot happen for these plain values; admitted unchanged.
+            Err(e) => response.warnings.push(warning(&format!("archway: {e}"))),
+        }
+        response.audit_annotations = BTreeMap::from([
+            ("decision".to_string(), reason.clone()),
+            ("kind".to_string(), "gated".to_string()),
+        ]);
+        if !dry_run && response.patch.is_some() {
+            crate::metrics::global().pods_gated.inc();
+        }
+        Answer {
+            outcome: if response.patch.is_some() {
+                ReviewOutcome::Gated
+            } else {
+                ReviewOutcome::Allowed
+            },
+            mode: Some(Mode::Enforce),
+            kind: evaluation.decision.kind,
+            reason,
+            cache_hits: evaluation.cache_hits,
+            cache_misses: evaluation.cache_misses,
+            response,
+            ..Answer::skip(DecisionKind::InspectionFailed, "")
         }
     }
 

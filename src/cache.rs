@@ -129,6 +129,28 @@ pub struct Inspector {
     settings: CacheSettings,
     references: Arc<std::sync::RwLock<std::collections::HashMap<Box<str>, Arc<ImageRef>>>>,
     budgets: Arc<Mutex<NamespaceBudgets>>,
+    /// Keys whose lookup is under way: a review that joins one asks the
+    /// registry nothing, so it is not charged to its namespace. Without
+    /// this, a burst of pods of one new image spends the namespace's whole
+    /// budget on a single registry request, and the rest are throttled.
+    /// Holds only lookups running now.
+    in_flight: Arc<Mutex<std::collections::HashSet<CacheKey>>>,
+}
+
+/// Removes its key from `Inspector::in_flight` when the lookup that put it
+/// there ends, however it ends.
+struct InFlight {
+    set: Arc<Mutex<std::collections::HashSet<CacheKey>>>,
+    key: CacheKey,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.set
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.key);
+    }
 }
 
 /// Who asks for lookups: one review of a pod in a namespace. Its lookups
@@ -235,6 +257,7 @@ impl Inspector {
             budgets: Arc::new(Mutex::new(NamespaceBudgets::new(&settings))),
             settings,
             references: Arc::default(),
+            in_flight: Arc::default(),
         }
     }
 
@@ -335,7 +358,16 @@ impl Inspector {
             crate::metrics::global().cache_lookup(true);
             return (entry.lookup, CacheOutcome::Hit);
         }
-        if let Some(namespace) = &requester.namespace {
+        let first = self
+            .in_flight
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key.clone());
+        let in_flight = first.then(|| InFlight {
+            set: self.in_flight.clone(),
+            key,
+        });
+        if let Some(namespace) = requester.namespace.as_ref().filter(|_| first) {
             let granted = self
                 .budgets
                 .lock()
@@ -355,8 +387,12 @@ impl Inspector {
         let image = image.clone();
         let credential = credential.clone();
         let requester = requester.clone();
-        match tokio::spawn(async move { this.inspect_as(&image, &credential, &requester).await })
-            .await
+        match tokio::spawn(async move {
+            let result = this.inspect_as(&image, &credential, &requester).await;
+            drop(in_flight);
+            result
+        })
+        .await
         {
             Ok(result) => result,
             // Only a panic inside the lookup gets here; report it as a

@@ -1,4 +1,4 @@
-//! The command line: `archway serve | review | audit | inspect | certs`.
+//! The command line: `archway serve | review | audit | inspect | certs | ungate`.
 //! Each command's work lives in its own module; this one parses the flags
 //! and lays them over the configuration.
 
@@ -138,6 +138,14 @@ pub enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Remove archway's scheduling gate (archway.dev/inspect) from every pod
+    /// that carries it, without placing them: before uninstalling archway,
+    /// or to let pods go at once. Uses the current kubeconfig context.
+    Ungate {
+        /// Only this namespace (default: all).
+        #[arg(long, short = 'n')]
+        namespace: Option<String>,
+    },
     /// Show the platforms each image publishes.
     Inspect {
         #[command(flatten)]
@@ -182,7 +190,7 @@ impl Command {
                 decision, registry, ..
             } => (Some(decision), Some(registry)),
             Command::Inspect { registry, .. } => (None, Some(registry)),
-            Command::Certs { .. } => (None, None),
+            Command::Certs { .. } | Command::Ungate { .. } => (None, None),
         };
         if let Some(flags) = decision {
             if let Some(arch) = &flags.target_architecture {
@@ -270,6 +278,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             days,
             force,
         } => crate::certs::run(&service, &namespace, &out, days, force),
+        Command::Ungate { namespace } => {
+            let client = kube::Client::try_default().await?;
+            let ungated = crate::gate::controller::ungate_all(client, namespace.as_deref()).await?;
+            println!("removed archway's scheduling gate from {ungated} pod(s)");
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Inspect {
             images,
             output,

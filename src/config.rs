@@ -11,7 +11,7 @@ use k8s_openapi::api::core::v1::Toleration;
 use serde::Deserialize;
 
 use crate::cache::CacheSettings;
-use crate::policy::{Rollout, StaticNamespace, StaticPolicies};
+use crate::policy::{Cold, Rollout, StaticNamespace, StaticPolicies};
 use crate::registry::guard::Cidr;
 use crate::registry::{Keyring, RegistrySettings};
 
@@ -44,6 +44,46 @@ pub struct Config {
     pub cache: CacheSettings,
     pub registry: RegistryConfig,
     pub server: ServerConfig,
+    /// Cold lookups: the scheduling gate and its controller.
+    pub gate: GateConfig,
+}
+
+/// The `gate` section: what happens to pods whose images are not cached.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct GateConfig {
+    /// For namespaces without an `archway.dev/cold` annotation. `admit`
+    /// until the gate has been proven in the field.
+    pub default: Cold,
+    /// In `gate` mode, how long the webhook waits for lookups before it
+    /// gates the pod: short, since the pod is not lost by gating it.
+    #[serde(with = "humantime_serde")]
+    pub sync_budget: Duration,
+    /// No pod stays gated longer: the controller then removes the gate
+    /// without placement, with an Event.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// The coordination.k8s.io Lease that lets one replica's controller act.
+    pub lease_name: String,
+    /// Its namespace; absent: the namespace archway runs in (its
+    /// ServiceAccount's), else `archway`.
+    pub lease_namespace: Option<String>,
+    /// How long a holder that stopped renewing keeps the Lease.
+    #[serde(with = "humantime_serde")]
+    pub lease_duration: Duration,
+}
+
+impl Default for GateConfig {
+    fn default() -> Self {
+        GateConfig {
+            default: Cold::Admit,
+            sync_budget: Duration::from_millis(200),
+            timeout: Duration::from_secs(30),
+            lease_name: "archway-gate".into(),
+            lease_namespace: None,
+            lease_duration: Duration::from_secs(15),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -191,6 +231,7 @@ impl Default for Config {
             cache: CacheSettings::default(),
             registry: RegistryConfig::default(),
             server: ServerConfig::default(),
+            gate: GateConfig::default(),
         }
     }
 }
@@ -328,6 +369,20 @@ impl Config {
         }
         for key in self.tolerations.keys() {
             check_toleration_key(key, &self.tolerations).or_else(invalid)?;
+        }
+        if self.gate.sync_budget.is_zero() || self.gate.sync_budget > self.time_budget {
+            return invalid("gate.syncBudget must be above 0 and at most timeBudget".into());
+        }
+        if self.gate.timeout < Duration::from_secs(1)
+            || self.gate.timeout > Duration::from_secs(3600)
+        {
+            return invalid("gate.timeout must be from 1s to 1h".into());
+        }
+        if self.gate.lease_duration < Duration::from_secs(2) {
+            return invalid("gate.leaseDuration must be at least 2s".into());
+        }
+        if self.gate.lease_name.is_empty() || self.gate.lease_name.len() > 253 {
+            return invalid("gate.leaseName must be a Kubernetes object name".into());
         }
         if self.server.max_body_bytes < 1024 {
             return invalid("server.maxBodyBytes is too small for any pod".into());
@@ -479,6 +534,9 @@ tolerations:
     fn rejects_mistakes_with_a_reason() {
         for (yaml, expected) in [
             ("targetArch: arm64", "unknown field"),
+            ("gate: { default: hold }", "cold must be one of"),
+            ("gate: { syncBudget: 5s }", "syncBudget"),
+            ("gate: { timeout: 0s }", "gate.timeout"),
             ("defaultRollout: 120", "0 to 100"),
             ("timeBudget: 45s", "timeBudget"),
             ("namespaces: { a: { mode: on } }", "mode must be one of"),

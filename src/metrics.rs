@@ -204,6 +204,14 @@ pub struct Metrics {
     pub cache_entries: Gauge,
     pub no_nodes: Family<ArchitectureLabels, Counter>,
     pub config_reloads: Family<ReasonLabels, Counter>,
+    /// Pods admitted with archway's scheduling gate.
+    pub pods_gated: Counter,
+    /// From a gated pod's creation to the removal of its gate.
+    pub gate_duration: Histogram,
+    /// Gates removed, by reason: `placed`, `unplaced` (the lookups failed or
+    /// the decision left the pod alone), `timeout` (still looking up at
+    /// `gate.timeout`). (`archway ungate` is another process: not counted.)
+    pub gates_removed: Family<ReasonLabels, Counter>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -279,8 +287,38 @@ impl Metrics {
             "Configuration reloads by result",
             config_reloads.clone(),
         );
+        let pods_gated = Counter::default();
+        registry.register(
+            "pods_gated",
+            "Pods admitted with the scheduling gate archway.dev/inspect (images still being looked up)",
+            pods_gated.clone(),
+        );
+        // 50 ms to ~100 s: a registry answering in a few seconds in the
+        // middle, gate.timeout (30 s by default) near the top.
+        let gate_duration = Histogram::new(exponential_buckets(0.05, 2.0, 12));
+        registry.register(
+            "gate_duration_seconds",
+            "Time from a gated pod's creation to the removal of archway's gate",
+            gate_duration.clone(),
+        );
+        let gates_removed = Family::<ReasonLabels, Counter>::default();
+        // Exported at 0 from the start, so an alert's increase() sees the
+        // first removal of each kind.
+        for reason in ["placed", "unplaced", "timeout"] {
+            let _ = gates_removed.get_or_create(&ReasonLabels {
+                reason: reason.into(),
+            });
+        }
+        registry.register(
+            "gates_removed",
+            "archway scheduling gates removed, by reason (placed, unplaced, timeout)",
+            gates_removed.clone(),
+        );
         Metrics {
             registry,
+            pods_gated,
+            gate_duration,
+            gates_removed,
             reviews,
             review_duration,
             review_warnings,
@@ -307,6 +345,16 @@ impl Metrics {
                 registry: registry.clone(),
             })
             .observe(elapsed.as_secs_f64());
+    }
+
+    /// One gate removed after `gated` (since the pod's creation).
+    pub fn gate_removed(&self, reason: &'static str, gated: Duration) {
+        self.gates_removed
+            .get_or_create(&ReasonLabels {
+                reason: reason.into(),
+            })
+            .inc();
+        self.gate_duration.observe(gated.as_secs_f64());
     }
 
     pub fn cache_lookup(&self, hit: bool) {

@@ -13,6 +13,7 @@ pub const MODE_LABEL: &str = "archway.dev/mode";
 pub const ROLLOUT_ANNOTATION: &str = "archway.dev/rollout";
 pub const ROLLOUT_BY_ANNOTATION: &str = "archway.dev/rollout-by";
 pub const PLACEMENT_ANNOTATION: &str = "archway.dev/placement";
+pub const COLD_ANNOTATION: &str = "archway.dev/cold";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(try_from = "String")]
@@ -54,6 +55,28 @@ pub enum Placement {
     Preferred,
 }
 
+/// What happens to a pod whose images are not in the cache within the
+/// webhook's sync budget (a cold lookup).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(try_from = "String")]
+pub enum Cold {
+    /// Admitted unchanged with a warning: the pod escapes placement.
+    #[default]
+    Admit,
+    /// Held by the scheduling gate `archway.dev/inspect` until archway's
+    /// controller has the answer (or `gate.timeout` passes).
+    Gate,
+}
+
+impl Cold {
+    pub fn label(self) -> &'static str {
+        match self {
+            Cold::Admit => "admit",
+            Cold::Gate => "gate",
+        }
+    }
+}
+
 macro_rules! parse_words {
     ($type:ty, $what:literal, { $($word:literal => $value:expr),+ $(,)? }) => {
         impl FromStr for $type {
@@ -81,6 +104,7 @@ macro_rules! parse_words {
 parse_words!(Mode, "mode", { "enforce" => Mode::Enforce, "audit" => Mode::Audit });
 parse_words!(RolloutBy, "rollout-by", { "pod" => RolloutBy::Pod, "workload" => RolloutBy::Workload });
 parse_words!(Placement, "placement", { "required" => Placement::Required, "preferred" => Placement::Preferred });
+parse_words!(Cold, "cold", { "admit" => Cold::Admit, "gate" => Cold::Gate });
 
 /// A rollout share in percent, 0 to 100.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default, Deserialize)]
@@ -135,6 +159,9 @@ pub struct NamespacePolicy {
     pub rollout: Rollout,
     pub rollout_by: RolloutBy,
     pub placement: Placement,
+    /// `archway.dev/cold`; `None` when the namespace does not say, and the
+    /// configuration's `gate.default` applies.
+    pub cold: Option<Cold>,
     /// Values that could not be read, each with its reason. The policy then
     /// falls back to the safe value (no steering; per pod; required), and
     /// the review warns so the namespace owner sees it.
@@ -150,6 +177,7 @@ impl NamespacePolicy {
             rollout,
             rollout_by: RolloutBy::default(),
             placement: Placement::default(),
+            cold: None,
             problems: Vec::new(),
         }
     }
@@ -166,6 +194,8 @@ pub struct StaticNamespace {
     pub rollout_by: RolloutBy,
     #[serde(default)]
     pub placement: Placement,
+    #[serde(default)]
+    pub cold: Option<Cold>,
 }
 
 impl StaticNamespace {
@@ -175,6 +205,7 @@ impl StaticNamespace {
             rollout: self.rollout.unwrap_or(default_rollout),
             rollout_by: self.rollout_by,
             placement: self.placement,
+            cold: self.cold,
             problems: Vec::new(),
         }
     }
@@ -211,11 +242,23 @@ impl NamespacePolicy {
             Placement::Required,
             &mut problems,
         );
+        // A value that cannot be read falls back to `admit`: what archway
+        // did before the gate existed, and never holds a pod.
+        let cold = annotations.contains_key(COLD_ANNOTATION).then(|| {
+            read_annotation(
+                annotations,
+                COLD_ANNOTATION,
+                Cold::Admit,
+                Cold::Admit,
+                &mut problems,
+            )
+        });
         Some(NamespacePolicy {
             mode,
             rollout,
             rollout_by,
             placement,
+            cold,
             problems,
         })
     }
@@ -338,6 +381,25 @@ mod tests {
         assert_eq!(policy.rollout, Rollout::NONE, "a bad rollout never steers");
         assert_eq!(policy.problems.len(), 3, "{:?}", policy.problems);
         assert!(policy.problems[0].contains("0 to 100"));
+    }
+
+    #[test]
+    fn the_cold_annotation_is_read_and_a_bad_value_never_gates() {
+        let labels = map(&[(MODE_LABEL, "enforce")]);
+        let none = BTreeMap::new();
+        let policy = NamespacePolicy::from_metadata(&labels, &none, Rollout::NONE).unwrap();
+        assert_eq!(policy.cold, None, "absent: the configuration decides");
+        for (value, expected, problems) in [
+            ("gate", Cold::Gate, 0),
+            (" admit ", Cold::Admit, 0),
+            ("hold", Cold::Admit, 1),
+        ] {
+            let annotations = map(&[(COLD_ANNOTATION, value)]);
+            let policy =
+                NamespacePolicy::from_metadata(&labels, &annotations, Rollout::NONE).unwrap();
+            assert_eq!(policy.cold, Some(expected), "{value}");
+            assert_eq!(policy.problems.len(), problems, "{value}");
+        }
     }
 
     #[test]

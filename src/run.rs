@@ -26,13 +26,15 @@ pub async fn serve(
     let started = Instant::now();
     let certificate = Arc::new(serving_certificate(&config, self_signed_dir)?);
     let mut cluster = None;
+    let mut kube_client = None;
     let reviewer = if config.policy_source.uses_cluster() {
         // In-cluster service account, or the current kubeconfig context.
         let client = kube::Client::try_default().await?;
         let policies = ClusterPolicies::start(client.clone(), config.default_rollout);
         cluster = Some(policies.clone());
         let mut reviewer = Reviewer::from_config(&config, Arc::new(policies))?;
-        reviewer.pull_secrets = Some(PullSecrets::new(client));
+        reviewer.pull_secrets = Some(PullSecrets::new(client.clone()));
+        kube_client = Some(client);
         reviewer
     } else {
         Reviewer::from_config(&config, Arc::new(config.static_policies()))?
@@ -47,6 +49,24 @@ pub async fn serve(
         "archway serving"
     );
     let state = AppState::new(reviewer);
+    // The gate controller needs the cluster; without one the webhook gates
+    // nothing (`ReviewSettings::gating`), since nothing would release it.
+    let (stop_gate, gate_stopped) = tokio::sync::watch::channel(false);
+    let gate = kube_client.map(|client| {
+        let lease = crate::gate::lease::LeaseSettings {
+            namespace: (config.gate.lease_namespace.clone())
+                .unwrap_or_else(crate::gate::lease::own_namespace),
+            name: config.gate.lease_name.clone(),
+            identity: crate::gate::lease::own_identity(),
+            duration: config.gate.lease_duration,
+        };
+        tokio::spawn(crate::gate::controller::run(
+            client,
+            state.clone(),
+            lease,
+            gate_stopped,
+        ))
+    });
     let reloader = reload.map(|(path, loader)| {
         let reloader = ConfigReloader {
             path,
@@ -66,6 +86,12 @@ pub async fn serve(
     .await;
     if let Some(task) = reloader {
         task.abort();
+    }
+    // Stops the controller and gives the Lease up, so another replica
+    // takes over at once.
+    stop_gate.send_replace(true);
+    if let Some(task) = gate {
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(3), task).await;
     }
     tracing::info!("archway stopped");
     Ok(())

@@ -292,8 +292,40 @@ fn check_rbac(objects: &[Value]) {
         triples(&[
             ("", &["namespaces", "nodes"], &["get", "list", "watch"]),
             ("", &["secrets"], &["get"]),
+            // The gate controller: gated pods (watched by label), each
+            // released with one patch; an Event when released unplaced.
+            ("", &["pods"], &["get", "list", "watch", "patch"]),
+            ("events.k8s.io", &["events"], &["create"]),
         ]),
-        "the webhook reads namespaces and nodes, and gets single secrets"
+        "the webhook reads namespaces and nodes, and gets single secrets; the gate controller patches gated pods"
+    );
+    for verb in ["update", "create", "delete", "deletecollection", "*"] {
+        assert!(
+            !webhook_role.contains(&("".into(), "pods".into(), verb.into())),
+            "archway must never {verb} pods"
+        );
+    }
+    // The gate controller's one Lease: created, then read and renewed by
+    // name only.
+    let lease_role = find(objects, "Role", "archway-gate-lease");
+    assert_eq!(str_at(lease_role, "metadata.namespace"), NAMESPACE);
+    let rules: Vec<serde_json::Value> = seq_at(lease_role, "rules")
+        .iter()
+        .map(|r| serde_json::to_value(r).unwrap())
+        .collect();
+    assert_eq!(
+        rules,
+        [
+            serde_json::json!({"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]}),
+            serde_json::json!({"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
+                "resourceNames": ["archway-gate"], "verbs": ["get", "update"]}),
+        ]
+    );
+    let lease_binding = find(objects, "RoleBinding", "archway-gate-lease");
+    assert_eq!(str_at(lease_binding, "roleRef.name"), "archway-gate-lease");
+    assert_eq!(
+        str_at(&seq_at(lease_binding, "subjects")[0], "name"),
+        "archway"
     );
     for verb in ["list", "watch", "*"] {
         assert!(
@@ -756,6 +788,8 @@ fn the_default_install_renders_validates_and_holds() {
                 "MutatingWebhookConfiguration",
                 "Namespace",
                 "PodDisruptionBudget",
+                "Role",
+                "RoleBinding",
                 "Service",
                 "ServiceAccount",
             ]),

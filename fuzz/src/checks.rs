@@ -194,6 +194,7 @@ pub fn patch(data: &[u8]) {
             rollout: Rollout::new(rollout).unwrap(),
             rollout_by,
             placement,
+            cold: None,
             problems: Vec::new(),
         };
         let settings = DecisionSettings {
@@ -322,6 +323,7 @@ fn any_policy() -> NamespacePolicy {
         rollout: Rollout::ALL,
         rollout_by: RolloutBy::Pod,
         placement: Placement::Required,
+        cold: None,
         problems: Vec::new(),
     }
 }

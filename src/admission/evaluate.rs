@@ -27,6 +27,10 @@ pub struct Evaluation {
     pub warnings: Vec<String>,
     pub cache_hits: usize,
     pub cache_misses: usize,
+    /// Images whose lookup was still running at the deadline (not failed:
+    /// running, and filling the cache in the background). The gate holds
+    /// a pod for these.
+    pub pending: Vec<String>,
 }
 
 impl Evaluation {
@@ -38,6 +42,7 @@ impl Evaluation {
             warnings: Vec::new(),
             cache_hits: 0,
             cache_misses: 0,
+            pending: Vec::new(),
         }
     }
 }
@@ -86,12 +91,16 @@ impl Reviewer {
                 .await;
             evaluation.cache_hits = found
                 .values()
-                .filter(|(_, o)| *o == Some(CacheOutcome::Hit))
+                .filter(|(_, o, _)| *o == Some(CacheOutcome::Hit))
                 .count();
             evaluation.cache_misses = found
                 .values()
-                .filter(|(_, o)| *o == Some(CacheOutcome::Miss))
+                .filter(|(_, o, _)| *o == Some(CacheOutcome::Miss))
                 .count();
+            evaluation.pending = (found.iter())
+                .filter(|(_, (_, _, pending))| *pending)
+                .map(|(image, _)| image.to_string())
+                .collect();
             images
                 .iter()
                 .map(|c| (c.clone(), found[c.image.as_str()].0.clone()))
@@ -151,7 +160,7 @@ impl Reviewer {
         keyring: &Keyring,
         requester: &crate::cache::Requester,
         deadline: tokio::time::Instant,
-    ) -> BTreeMap<&'a str, (ImageLookup, Option<CacheOutcome>)> {
+    ) -> BTreeMap<&'a str, (ImageLookup, Option<CacheOutcome>, bool)> {
         let lookups = images.iter().map(|&image| async move {
             let (result, outcome) = match self.inspector.parse_reference(image) {
                 Err(e) => (Err(InspectError::InvalidReference(e.reason)), None),
@@ -168,11 +177,14 @@ impl Reviewer {
                     }
                 }
             };
+            // Dropping the wait does not cancel the lookup: `inspect_for`
+            // runs it on its own task, which goes on filling the cache.
+            let pending = matches!(result, Err(InspectError::Deadline));
             let lookup = match result {
                 Ok(found) => ImageLookup::Found(found.platforms.clone()),
                 Err(error) => ImageLookup::Failed(error.to_string()),
             };
-            (image, (lookup, outcome))
+            (image, (lookup, outcome, pending))
         });
         futures::future::join_all(lookups)
             .await

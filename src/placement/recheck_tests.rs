@@ -16,6 +16,7 @@ fn policy(mode: Mode, rollout: u8, placement: Placement) -> NamespacePolicy {
         rollout: Rollout::new(rollout).unwrap(),
         rollout_by: RolloutBy::Pod,
         placement,
+        cold: None,
         problems: Vec::new(),
     }
 }

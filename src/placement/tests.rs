@@ -20,6 +20,7 @@ fn policy(mode: Mode, rollout: u8) -> NamespacePolicy {
         rollout: Rollout::new(rollout).unwrap(),
         rollout_by: RolloutBy::Pod,
         placement: Placement::Required,
+        cold: None,
         problems: Vec::new(),
     }
 }
