@@ -233,13 +233,16 @@ fn load_pair(cert: &Path, key: &Path) -> Result<CertifiedKey, CertError> {
     certified_key(&read(cert)?, &read(key)?, cert)
 }
 
-/// The rustls server configuration: TLS 1.2 and 1.3, HTTP/2 and HTTP/1.1
-/// (the API server uses either).
-pub fn server_config(certificate: Arc<ReloadingCertificate>) -> rustls::ServerConfig {
+/// The rustls server configuration: TLS 1.2 and 1.3, HTTP/2 (unless
+/// `http2` is off) and HTTP/1.1; the API server uses either.
+pub fn server_config(certificate: Arc<ReloadingCertificate>, http2: bool) -> rustls::ServerConfig {
     let mut config = rustls::ServerConfig::builder()
         .with_no_client_auth()
         .with_cert_resolver(certificate);
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    config.alpn_protocols = match http2 {
+        true => vec![b"h2".to_vec(), b"http/1.1".to_vec()],
+        false => vec![b"http/1.1".to_vec()],
+    };
     config
 }
 

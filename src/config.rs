@@ -162,6 +162,9 @@ pub struct ServerConfig {
     /// is the one that closes. A new connection gets 10 s for its first.
     #[serde(with = "humantime_serde")]
     pub idle_timeout: Duration,
+    /// Offer HTTP/2 (ALPN `h2`) on the webhook port; off: HTTP/1.1 only.
+    /// The API server speaks either.
+    pub http2: bool,
 }
 
 /// A key of `tolerations`: `arch` or `os/arch`, each a label-value token,
@@ -266,6 +269,7 @@ impl Default for ServerConfig {
             max_body_bytes_in_flight: 12 * 1024 * 1024,
             max_connections: 512,
             idle_timeout: Duration::from_secs(120),
+            http2: true,
         }
     }
 }
@@ -467,6 +471,9 @@ mod tests {
             Some("arm64")
         );
         assert_eq!(config.server.listen.port(), 8443);
+        assert!(config.server.http2);
+        let http1 = Config::from_yaml("server: {http2: false}").unwrap();
+        assert!(!http1.server.http2);
     }
 
     #[test]

@@ -63,6 +63,7 @@ pub struct ServerLimits {
     pub body_budget: Arc<BodyBudget>,
     pub max_connections: usize,
     pub idle_timeout: Duration,
+    pub http2: bool,
 }
 
 impl From<&ServerConfig> for ServerLimits {
@@ -72,6 +73,7 @@ impl From<&ServerConfig> for ServerLimits {
             body_budget: BodyBudget::new(config.max_body_bytes_in_flight),
             max_connections: config.max_connections,
             idle_timeout: config.idle_timeout,
+            http2: config.http2,
         }
     }
 }
@@ -392,7 +394,10 @@ pub async fn serve(
     if certificate.watches_files() {
         tokio::spawn(watch_certificate(certificate.clone(), stop_rx.clone()));
     }
-    let tls = TlsAcceptor::from(Arc::new(crate::certs::server_config(certificate)));
+    let tls = TlsAcceptor::from(Arc::new(crate::certs::server_config(
+        certificate,
+        limits.http2,
+    )));
     let webhook = webhook_router_with(state.clone(), &limits);
     let admin = admin_router(state.clone());
     state.serving.store(true, Ordering::Release);
