@@ -101,6 +101,7 @@ fn policy() -> NamespacePolicy {
         rollout: Rollout::new(50).unwrap(),
         rollout_by: RolloutBy::Pod,
         placement: Placement::Required,
+        guard: Default::default(),
         problems: Vec::new(),
     }
 }
@@ -144,6 +145,7 @@ fn decide_and_patch(c: &mut Criterion) {
             draw: None,
             // No cluster: node architectures unknown.
             node_architectures: None,
+            hold: None,
         };
         assert!(matches!(
             placement::decide(&input).outcome,
@@ -342,6 +344,7 @@ fn patch_json(pod: &Pod, uid: &str) -> String {
         request_uid: uid,
         draw: None,
         node_architectures: None,
+        hold: None,
     });
     let Outcome::Inject(injection) = &decision.outcome else {
         panic!("{decision:?}")

@@ -44,6 +44,8 @@ pub struct Config {
     pub cache: CacheSettings,
     pub registry: RegistryConfig,
     pub server: ServerConfig,
+    /// The rollout guard's thresholds (see `guard.rs`).
+    pub guard: crate::guard::GuardConfig,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -191,6 +193,7 @@ impl Default for Config {
             cache: CacheSettings::default(),
             registry: RegistryConfig::default(),
             server: ServerConfig::default(),
+            guard: crate::guard::GuardConfig::default(),
         }
     }
 }
@@ -283,6 +286,9 @@ impl Config {
             return invalid(
                 "timeBudget must be above 0 and below the API server's 30 s webhook limit".into(),
             );
+        }
+        if let Err(message) = self.guard.check() {
+            return invalid(message);
         }
         if self.cache.max_entries == 0 {
             return invalid("cache.maxEntries must be at least 1".into());

@@ -16,6 +16,7 @@ pub mod certs;
 pub mod cli;
 pub mod cluster;
 pub mod config;
+pub mod guard;
 pub mod image;
 pub mod inspect;
 pub mod metrics;

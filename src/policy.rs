@@ -13,6 +13,7 @@ pub const MODE_LABEL: &str = "archway.dev/mode";
 pub const ROLLOUT_ANNOTATION: &str = "archway.dev/rollout";
 pub const ROLLOUT_BY_ANNOTATION: &str = "archway.dev/rollout-by";
 pub const PLACEMENT_ANNOTATION: &str = "archway.dev/placement";
+pub const GUARD_ANNOTATION: &str = "archway.dev/guard";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(try_from = "String")]
@@ -54,6 +55,31 @@ pub enum Placement {
     Preferred,
 }
 
+/// The rollout guard in a namespace (see `guard.rs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(try_from = "String")]
+pub enum GuardMode {
+    /// Failing workloads are held: their new pods go to the other
+    /// architecture. The default: a hold only sends pods back where the
+    /// workload ran before the rollout, and evicts nothing.
+    #[default]
+    Enforce,
+    /// Holds are recorded and warned about, but pods keep being steered.
+    Observe,
+    /// The guard does not look at the namespace's pods.
+    Off,
+}
+
+impl GuardMode {
+    pub fn label(self) -> &'static str {
+        match self {
+            GuardMode::Enforce => "enforce",
+            GuardMode::Observe => "observe",
+            GuardMode::Off => "off",
+        }
+    }
+}
+
 macro_rules! parse_words {
     ($type:ty, $what:literal, { $($word:literal => $value:expr),+ $(,)? }) => {
         impl FromStr for $type {
@@ -81,6 +107,7 @@ macro_rules! parse_words {
 parse_words!(Mode, "mode", { "enforce" => Mode::Enforce, "audit" => Mode::Audit });
 parse_words!(RolloutBy, "rollout-by", { "pod" => RolloutBy::Pod, "workload" => RolloutBy::Workload });
 parse_words!(Placement, "placement", { "required" => Placement::Required, "preferred" => Placement::Preferred });
+parse_words!(GuardMode, "guard", { "enforce" => GuardMode::Enforce, "observe" => GuardMode::Observe, "off" => GuardMode::Off });
 
 /// A rollout share in percent, 0 to 100.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default, Deserialize)]
@@ -135,6 +162,7 @@ pub struct NamespacePolicy {
     pub rollout: Rollout,
     pub rollout_by: RolloutBy,
     pub placement: Placement,
+    pub guard: GuardMode,
     /// Values that could not be read, each with its reason. The policy then
     /// falls back to the safe value (no steering; per pod; required), and
     /// the review warns so the namespace owner sees it.
@@ -150,6 +178,7 @@ impl NamespacePolicy {
             rollout,
             rollout_by: RolloutBy::default(),
             placement: Placement::default(),
+            guard: GuardMode::default(),
             problems: Vec::new(),
         }
     }
@@ -166,6 +195,8 @@ pub struct StaticNamespace {
     pub rollout_by: RolloutBy,
     #[serde(default)]
     pub placement: Placement,
+    #[serde(default)]
+    pub guard: GuardMode,
 }
 
 impl StaticNamespace {
@@ -175,6 +206,7 @@ impl StaticNamespace {
             rollout: self.rollout.unwrap_or(default_rollout),
             rollout_by: self.rollout_by,
             placement: self.placement,
+            guard: self.guard,
             problems: Vec::new(),
         }
     }
@@ -211,11 +243,21 @@ impl NamespacePolicy {
             Placement::Required,
             &mut problems,
         );
+        // A guard value that cannot be read keeps the default: a typo should
+        // not switch off the protection.
+        let guard = read_annotation(
+            annotations,
+            GUARD_ANNOTATION,
+            GuardMode::default(),
+            GuardMode::default(),
+            &mut problems,
+        );
         Some(NamespacePolicy {
             mode,
             rollout,
             rollout_by,
             placement,
+            guard,
             problems,
         })
     }
@@ -338,6 +380,21 @@ mod tests {
         assert_eq!(policy.rollout, Rollout::NONE, "a bad rollout never steers");
         assert_eq!(policy.problems.len(), 3, "{:?}", policy.problems);
         assert!(policy.problems[0].contains("0 to 100"));
+    }
+
+    #[test]
+    fn the_guard_defaults_to_enforce_and_a_bad_value_keeps_it() {
+        let labels = map(&[(MODE_LABEL, "enforce")]);
+        let read = |value: Option<&str>| {
+            let annotations = value.map_or_else(BTreeMap::new, |v| map(&[(GUARD_ANNOTATION, v)]));
+            let policy =
+                NamespacePolicy::from_metadata(&labels, &annotations, Rollout::NONE).unwrap();
+            (policy.guard, policy.problems.len())
+        };
+        assert_eq!(read(None), (GuardMode::Enforce, 0));
+        assert_eq!(read(Some("observe")), (GuardMode::Observe, 0));
+        assert_eq!(read(Some(" off ")), (GuardMode::Off, 0));
+        assert_eq!(read(Some("disabled")), (GuardMode::Enforce, 1));
     }
 
     #[test]

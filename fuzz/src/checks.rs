@@ -194,6 +194,7 @@ pub fn patch(data: &[u8]) {
             rollout: Rollout::new(rollout).unwrap(),
             rollout_by,
             placement,
+            guard: Default::default(),
             problems: Vec::new(),
         };
         let settings = DecisionSettings {
@@ -209,6 +210,7 @@ pub fn patch(data: &[u8]) {
                 request_uid: "fuzz-uid",
                 draw: None,
                 node_architectures,
+                hold: None,
             });
             let Outcome::Inject(injection) = &decision.outcome else {
                 if decision.outcome == Outcome::Deny {
@@ -322,6 +324,7 @@ fn any_policy() -> NamespacePolicy {
         rollout: Rollout::ALL,
         rollout_by: RolloutBy::Pod,
         placement: Placement::Required,
+        guard: Default::default(),
         problems: Vec::new(),
     }
 }
