@@ -292,9 +292,30 @@ fn check_rbac(objects: &[Value]) {
         triples(&[
             ("", &["namespaces", "nodes"], &["get", "list", "watch"]),
             ("", &["secrets"], &["get"]),
+            // The rollout guard: watches pods, holds workloads, tells why.
+            ("", &["pods"], &["list", "watch"]),
+            (
+                "apps",
+                &["deployments", "statefulsets"],
+                &["list", "watch", "patch"]
+            ),
+            ("events.k8s.io", &["events"], &["create", "patch"]),
         ]),
-        "the webhook reads namespaces and nodes, and gets single secrets"
+        "the webhook reads namespaces and nodes, gets single secrets, and the guard \
+         watches pods and patches workloads"
     );
+    for (group, resource) in [
+        ("", "pods"),
+        ("apps", "deployments"),
+        ("apps", "statefulsets"),
+    ] {
+        for verb in ["update", "delete", "create", "*"] {
+            assert!(
+                !webhook_role.contains(&(group.into(), resource.into(), verb.into())),
+                "archway must never {verb} {resource}: the guard evicts nothing"
+            );
+        }
+    }
     for verb in ["list", "watch", "*"] {
         assert!(
             !webhook_role.contains(&("".into(), "secrets".into(), verb.into())),

@@ -158,9 +158,7 @@ impl Detector {
         let failure = seen
             .failure
             .or((restarted >= self.settings.restarts).then_some(Failure::Restarts));
-        let Some(failure) = failure else {
-            return None;
-        };
+        let failure = failure?;
         let first = match state.failure {
             Some((_, first, last)) if now.saturating_sub(last) <= window => first,
             _ => now,
