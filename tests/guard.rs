@@ -354,6 +354,36 @@ async fn a_workload_failing_on_arm64_is_held_restarted_onto_amd64_and_released()
     );
     assert!(recorded >= 1.0, "holds metric: {recorded}");
 
+    // `archway audit` shows it.
+    let config = env.archway.dir.join("audit.yaml");
+    std::fs::write(
+        &config,
+        format!("registry: {{insecure: [\"{}\"]}}\n", env.registry.host()),
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_archway"))
+        .args(["audit", "-n", ns, "-o", "json", "--config"])
+        .arg(&config)
+        .env("KUBECONFIG", &env.plane.admin_kubeconfig)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let web = report["workloads"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|w| w["name"] == "web")
+        .expect("web in the audit");
+    assert_eq!(
+        web["hold"].as_str(),
+        Some(format!("arm64: {reason}").as_str())
+    );
+
     // The hold lives on the Deployment: a restarted archway keeps it.
     env.archway.kill();
     env.archway.start();
