@@ -241,18 +241,21 @@ impl Guard {
         let holds = self.holds.clone();
         let (namespace, kind, name) = (namespace.to_string(), kind.to_string(), name.to_string());
         tokio::spawn(async move {
-            let result = writer.record(&namespace, &kind, &name, &hold, mode).await;
-            let label = match &result {
-                Ok(()) => "recorded",
-                Err(e) => e.metric_label(),
-            };
-            if let Err(error) = result {
-                // Only holds the cluster carries are kept: one archway knew
-                // alone would vanish with a restart and show nowhere.
-                holds.remove(&key);
-                tracing::warn!(workload = %key, %error, "could not record the hold");
+            let metrics = crate::metrics::global();
+            match writer.record(&namespace, &kind, &name, &hold).await {
+                Ok(uid) => {
+                    metrics.guard_hold(&hold.architecture, mode, "recorded");
+                    let workload = (namespace.as_str(), kind.as_str(), name.as_str());
+                    writer.announce(workload, uid, &hold, mode).await;
+                }
+                Err(error) => {
+                    // Only holds the cluster carries are kept: one archway
+                    // knew alone would vanish with a restart, shown nowhere.
+                    holds.remove(&key);
+                    metrics.guard_hold(&hold.architecture, mode, error.metric_label());
+                    tracing::warn!(workload = %key, %error, "could not record the hold");
+                }
             }
-            crate::metrics::global().guard_hold(&hold.architecture, mode, label);
         });
     }
 }

@@ -350,7 +350,11 @@ async fn a_workload_failing_on_arm64_is_held_restarted_onto_amd64_and_released()
     assert!(held, "no ArchitectureHold event: {events:#}");
     let recorded = env.archway.counter(
         "archway_guard_holds_total",
-        &[("architecture", "arm64"), ("result", "recorded")],
+        &[
+            ("architecture", "arm64"),
+            ("mode", "enforce"),
+            ("result", "recorded"),
+        ],
     );
     assert!(recorded >= 1.0, "holds metric: {recorded}");
 
@@ -540,4 +544,56 @@ async fn an_exec_format_error_on_one_pod_trips_threshold_one() {
         "{reason}"
     );
     set_threshold(2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_observe_mode_a_hold_is_recorded_but_pods_keep_being_steered() {
+    let _serial = SERIAL.lock().await;
+    let env = env();
+    let client = env.plane.client().await;
+    let ns = "guard-observe";
+    env.plane.create_namespace(
+        ns,
+        &[("archway.dev/mode", "enforce")],
+        &[
+            ("archway.dev/rollout", "100"),
+            ("archway.dev/guard", "observe"),
+        ],
+    );
+    let image = format!("{}/multi:v1", env.registry.host());
+    env.plane
+        .apply(&[deployment(ns, "watched", &image, 2, true)]);
+    let pods = bound_pods(&client, ns, "watched", 2).await;
+    assert_eq!(count(&pods, "arm64"), 2, "rollout 100");
+    for (pod, _) in &pods {
+        write_status(&client, pod, ContainerState::CrashLoop).await;
+    }
+    let ((arch, reason), _) = wait_for_hold(&client, ns, "watched").await;
+    assert_eq!(arch, "arm64");
+    assert!(
+        reason.starts_with("held: 2 pods CrashLoopBackOff"),
+        "{reason}"
+    );
+    // Counted once the label is written, a moment after it is visible.
+    let started = Instant::now();
+    while env.archway.counter(
+        "archway_guard_holds_total",
+        &[("mode", "observe"), ("result", "recorded")],
+    ) < 1.0
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "observe hold not counted"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    restart(&client, ns, "watched", 1, false).await;
+    let pods = rolled_out(&client, ns, "watched").await;
+    assert_eq!(count(&pods, "arm64"), 2, "observe keeps steering");
+    assert!(
+        pods.iter()
+            .all(|(p, _)| decision(p).contains("guard observes held: 2 pods")),
+        "{:?}",
+        pods.iter().map(|(p, _)| decision(p)).collect::<Vec<_>>()
+    );
 }

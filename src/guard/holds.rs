@@ -265,23 +265,21 @@ impl HoldWriter {
         }
     }
 
-    /// Labels and annotates the workload, then an Event on it. The Event
-    /// is best effort: the hold is what matters.
+    /// Labels and annotates the workload; returns its uid, for the Event.
     pub async fn record(
         &self,
         namespace: &str,
         kind: &str,
         name: &str,
         hold: &Hold,
-        mode: GuardMode,
-    ) -> Result<(), HoldError> {
+    ) -> Result<Option<String>, HoldError> {
         let patch = json!({"metadata": {
             "labels": {HOLD_LABEL: hold.architecture},
             "annotations": {HOLD_REASON_ANNOTATION: hold.reason},
         }});
         let params = PatchParams::default();
         let patch = Patch::Merge(&patch);
-        let uid = match kind {
+        match kind {
             "Deployment" => {
                 let api: Api<Deployment> = Api::namespaced(self.client.clone(), namespace);
                 api.patch_metadata(name, &params, &patch)
@@ -296,7 +294,18 @@ impl HoldWriter {
             }
             other => return Err(HoldError::NotHoldable(other.to_string())),
         }
-        .map_err(HoldError::Write)?;
+        .map_err(HoldError::Write)
+    }
+
+    /// A Warning Event on the held workload, best effort: the hold is what
+    /// matters.
+    pub async fn announce(
+        &self,
+        (namespace, kind, name): (&str, &str, &str),
+        uid: Option<String>,
+        hold: &Hold,
+        mode: GuardMode,
+    ) {
         let note = match mode {
             GuardMode::Observe => format!(
                 "{} (archway.dev/guard is observe: new pods are still steered)",
@@ -327,7 +336,6 @@ impl HoldWriter {
         if let Err(error) = self.recorder.publish(&event, &reference).await {
             tracing::warn!(%error, namespace, name, "could not emit the hold's Event");
         }
-        Ok(())
     }
 }
 
