@@ -135,7 +135,7 @@ fn bounded(text: &str) -> String {
 
 /// Keeps `holds` in step with the workloads of kind `K` that carry the
 /// hold label. A workload whose label a person removed has its reason
-/// annotation tidied away by `writer`.
+/// annotation removed (`tidy_reason`).
 pub async fn watch_holds<K>(client: kube::Client, kind: &'static str, holds: Holds)
 where
     K: kube::Resource<DynamicType = (), Scope = NamespaceResourceScope>
