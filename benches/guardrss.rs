@@ -95,12 +95,12 @@ fn main() {
         "guardrss: {total} labelled pods followed after {created:.0?}\n\
          before: VmRSS {:.1} MiB, VmHWM {:.1} MiB\n\
          after:  VmRSS {:.1} MiB, VmHWM {:.1} MiB\n\
-         growth: {:.0} bytes of RSS per pod",
+         growth: {:.0} bytes of RSS per pod (negative: start-up memory returned)",
         mib(before.0),
         mib(before.1),
         mib(after.0),
         mib(after.1),
-        (after.0.saturating_sub(before.0) * 1024) as f64 / total as f64
+        (after.0 as f64 - before.0 as f64) * 1024.0 / total as f64
     );
 }
 
