@@ -102,6 +102,7 @@ fn policy() -> NamespacePolicy {
         rollout_by: RolloutBy::Pod,
         placement: Placement::Required,
         cold: None,
+        guard: Default::default(),
         problems: Vec::new(),
     }
 }
@@ -145,6 +146,7 @@ fn decide_and_patch(c: &mut Criterion) {
             draw: None,
             // No cluster: node architectures unknown.
             node_architectures: None,
+            hold: None,
         };
         assert!(matches!(
             placement::decide(&input).outcome,
@@ -343,6 +345,7 @@ fn patch_json(pod: &Pod, uid: &str) -> String {
         request_uid: uid,
         draw: None,
         node_architectures: None,
+        hold: None,
     });
     let Outcome::Inject(injection) = &decision.outcome else {
         panic!("{decision:?}")

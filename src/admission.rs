@@ -111,6 +111,8 @@ pub struct Reviewer {
     /// Where each workload's unnamed pods are in their sequence of rollout
     /// buckets; kept across configuration reloads.
     pub draws: Arc<RolloutDraws>,
+    /// The rollout guard's holds; `None` without a cluster.
+    pub holds: Option<crate::guard::Holds>,
 }
 
 /// The parts of the configuration a review reads.
@@ -185,6 +187,7 @@ impl Reviewer {
             pull_secrets: None,
             settings: Arc::new(ReviewSettings::from_config(config)),
             draws: Arc::default(),
+            holds: None,
         })
     }
 

@@ -44,6 +44,8 @@ pub struct WorkloadRow {
     /// inspected, with what they publish or why.
     pub blockers: Vec<String>,
     pub warnings: Vec<String>,
+    /// The rollout guard's hold on it: `arm64: held: 2 pods ...`.
+    pub hold: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -555,7 +557,19 @@ fn row(
         target_ready: blockers.is_empty() && !lookups.is_empty(),
         blockers,
         warnings,
+        hold: hold_of(&workload.meta),
     }
+}
+
+/// The hold a workload carries (`archway.dev/hold` and its reason).
+fn hold_of(meta: &ObjectMeta) -> Option<String> {
+    let architecture = meta.labels.as_ref()?.get(crate::guard::HOLD_LABEL)?;
+    let reason = meta
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(crate::guard::HOLD_REASON_ANNOTATION))
+        .map_or("held", String::as_str);
+    Some(format!("{architecture}: {reason}"))
 }
 
 /// The report as a table.
@@ -571,10 +585,10 @@ pub fn render_table(report: &AuditReport) -> String {
                 list_or_dash(&w.supported),
                 list_or_dash(&w.runs_on),
                 w.would_inject.clone(),
-                if w.target_ready {
-                    "ready".into()
-                } else {
-                    format!("blocked: {}", w.blockers.join("; "))
+                match (&w.hold, w.target_ready) {
+                    (Some(hold), _) => format!("HOLD {hold}"),
+                    (None, true) => "ready".into(),
+                    (None, false) => format!("blocked: {}", w.blockers.join("; ")),
                 },
             ]
         })
@@ -592,6 +606,14 @@ pub fn render_table(report: &AuditReport) -> String {
         &rows,
     );
     let blocked = report.workloads.iter().filter(|w| !w.target_ready).count();
+    let held = report.workloads.iter().filter(|w| w.hold.is_some()).count();
+    if held > 0 {
+        out.push_str(&format!(
+            "\n{held} held by the rollout guard: new pods go to the other architecture; \
+             clear with `kubectl label <kind> <name> {}-`\n",
+            crate::guard::HOLD_LABEL
+        ));
+    }
     out.push_str(&format!(
         "\n{} workloads, {} ready for {}, {} blocked; Linux nodes: {}\n",
         report.workloads.len(),
@@ -696,7 +718,12 @@ td:first-child,td:nth-child(2){{white-space:nowrap}}.ready{{color:#17692b}}.no{{
         ),
     ));
     for w in &rows {
-        let status = if w.target_ready {
+        let status = if let Some(hold) = &w.hold {
+            format!(
+                "<span class=\"no\">held</span><br><code>{}</code>",
+                escape(hold)
+            )
+        } else if w.target_ready {
             "<span class=\"ready\">ready</span>".to_string()
         } else {
             format!(
@@ -830,6 +857,7 @@ mod tests {
             target_ready: ready,
             blockers: Vec::new(),
             warnings: Vec::new(),
+            hold: None,
         }
     }
 

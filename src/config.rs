@@ -46,6 +46,8 @@ pub struct Config {
     pub server: ServerConfig,
     /// Cold lookups: the scheduling gate and its controller.
     pub gate: GateConfig,
+    /// The rollout guard's thresholds (see `guard.rs`).
+    pub guard: crate::guard::GuardConfig,
 }
 
 /// The `gate` section: what happens to pods whose images are not cached.
@@ -235,6 +237,7 @@ impl Default for Config {
             registry: RegistryConfig::default(),
             server: ServerConfig::default(),
             gate: GateConfig::default(),
+            guard: crate::guard::GuardConfig::default(),
         }
     }
 }
@@ -328,6 +331,9 @@ impl Config {
             return invalid(
                 "timeBudget must be above 0 and below the API server's 30 s webhook limit".into(),
             );
+        }
+        if let Err(message) = self.guard.check() {
+            return invalid(message);
         }
         if self.cache.max_entries == 0 {
             return invalid("cache.maxEntries must be at least 1".into());

@@ -17,6 +17,7 @@ pub mod cli;
 pub mod cluster;
 pub mod config;
 pub mod gate;
+pub mod guard;
 pub mod image;
 pub mod inspect;
 pub mod metrics;

@@ -190,6 +190,15 @@ pub struct ArchitectureLabels {
     pub architecture: Label,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct GuardHoldLabels {
+    pub architecture: Label,
+    /// The namespace's `archway.dev/guard`: `enforce` or `observe`.
+    pub mode: String,
+    /// `recorded`, or why not (`HoldError::metric_label`).
+    pub result: String,
+}
+
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 pub struct Metrics {
@@ -212,6 +221,10 @@ pub struct Metrics {
     /// the decision left the pod alone), `timeout` (still looking up at
     /// `gate.timeout`). (`archway ungate` is another process: not counted.)
     pub gates_removed: Family<ReasonLabels, Counter>,
+    pub guard_holds: Family<GuardHoldLabels, Counter>,
+    pub guard_failing_everywhere: Counter,
+    pub guard_watched_pods: Gauge,
+    pub guard_held_workloads: Gauge,
 }
 
 fn latency_histogram() -> Histogram {
@@ -314,11 +327,39 @@ impl Metrics {
             "archway scheduling gates removed, by reason (placed, unplaced, timeout)",
             gates_removed.clone(),
         );
+        let guard_holds = Family::<GuardHoldLabels, Counter>::default();
+        registry.register(
+            "guard_holds",
+            "Workloads the rollout guard held, by architecture, guard mode and result",
+            guard_holds.clone(),
+        );
+        let guard_failing_everywhere = Counter::default();
+        registry.register(
+            "guard_failing_everywhere",
+            "Workloads whose pods failed on every architecture (not held)",
+            guard_failing_everywhere.clone(),
+        );
+        let guard_watched_pods = Gauge::default();
+        registry.register(
+            "guard_watched_pods",
+            "Pods the rollout guard follows",
+            guard_watched_pods.clone(),
+        );
+        let guard_held_workloads = Gauge::default();
+        registry.register(
+            "guard_held_workloads",
+            "Workloads that carry a hold",
+            guard_held_workloads.clone(),
+        );
         Metrics {
             registry,
             pods_gated,
             gate_duration,
             gates_removed,
+            guard_holds,
+            guard_failing_everywhere,
+            guard_watched_pods,
+            guard_held_workloads,
             reviews,
             review_duration,
             review_warnings,
@@ -355,6 +396,17 @@ impl Metrics {
             })
             .inc();
         self.gate_duration.observe(gated.as_secs_f64());
+    }
+
+    /// Records a hold the guard made (or could not record).
+    pub fn guard_hold(&self, architecture: &str, mode: crate::policy::GuardMode, result: &str) {
+        self.guard_holds
+            .get_or_create(&GuardHoldLabels {
+                architecture: architecture_label(architecture),
+                mode: mode.label().into(),
+                result: result.into(),
+            })
+            .inc();
     }
 
     pub fn cache_lookup(&self, hit: bool) {

@@ -76,6 +76,7 @@ pub fn build(
     ops.extend(preferred_affinity(pod, injection.preferred.as_ref()));
     ops.extend(add_tolerations(pod, injection, tolerations));
     ops.extend(add_annotations(pod, &injection.annotations));
+    ops.extend(add_labels(pod, &injection.labels));
     Patch(ops)
 }
 
@@ -276,6 +277,21 @@ fn add_annotations(pod: &Pod, annotations: &BTreeMap<String, String>) -> Vec<Pat
         Some(_) => annotations
             .iter()
             .map(|(key, value)| add(&["metadata", "annotations", key], json!(value)))
+            .collect(),
+    }
+}
+
+/// archway's labels, beside the pod's own. Runs after `add_annotations`,
+/// which creates `/metadata` when the object had none.
+fn add_labels(pod: &Pod, labels: &BTreeMap<String, String>) -> Vec<PatchOperation> {
+    if labels.is_empty() {
+        return Vec::new();
+    }
+    match &pod.metadata.labels {
+        None => vec![add(&["metadata", "labels"], json!(labels))],
+        Some(_) => labels
+            .iter()
+            .map(|(key, value)| add(&["metadata", "labels", key], json!(value)))
             .collect(),
     }
 }

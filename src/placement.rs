@@ -7,9 +7,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::api::core::v1::{NodeSelectorRequirement, Pod};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use crate::platform::Platform;
-use crate::policy::{Mode, NamespacePolicy, Placement, RolloutBy};
+use crate::policy::{GuardMode, Mode, NamespacePolicy, Placement, RolloutBy};
 
 pub const ARCH_LABEL: &str = "kubernetes.io/arch";
 /// Deprecated, but still honoured by the scheduler and still in old charts.
@@ -26,6 +27,18 @@ pub const DECISION_ANNOTATION: &str = "archway.dev/decision";
 /// Set by the kubelet on the API copy of a static pod.
 const MIRROR_ANNOTATION: &str = "kubernetes.io/config.mirror";
 const POD_TEMPLATE_HASH_LABEL: &str = "pod-template-hash";
+/// Written on the pods whose architecture the rollout chose (either side),
+/// so the rollout guard watches only them, with a label selector.
+pub const ARCH_POD_LABEL: &str = "archway.dev/arch";
+
+/// A hold the rollout guard recorded on the pod's workload: its pods failed
+/// on `architecture` and not elsewhere.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hold {
+    pub architecture: String,
+    /// `held: 3 pods CrashLoopBackOff on arm64 since ...`, for people.
+    pub reason: String,
+}
 
 /// One container's image, as the pod names it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,6 +78,9 @@ pub struct DecisionInput<'a> {
     pub draw: Option<u64>,
     /// The architectures that have nodes, when known (with a cluster).
     pub node_architectures: Option<&'a BTreeSet<String>>,
+    /// The guard's hold on the pod's workload, if any; the namespace's
+    /// `guard` mode says whether it is enforced.
+    pub hold: Option<&'a Hold>,
 }
 
 /// What archway does with a pod.
@@ -107,6 +123,8 @@ pub struct Injection {
     /// each required term is replaced by `required` (removed when
     /// `required` is empty), instead of a second one being added.
     pub replace_own: bool,
+    /// `archway.dev/arch` when the rollout chose one architecture.
+    pub labels: BTreeMap<String, String>,
 }
 
 /// Why, as a fixed label for metrics.
@@ -116,6 +134,9 @@ pub enum DecisionKind {
     Steered,
     /// Eligible, but the rollout kept it off the target.
     Held,
+    /// The rollout chose the target, but the guard holds the pod's
+    /// workload off it.
+    GuardHold,
     /// Its images run on one side only, or the target is not among them.
     OnlyOption,
     /// A pod of another OS than Linux (Windows): required onto the
@@ -139,6 +160,7 @@ impl DecisionKind {
         match self {
             DecisionKind::Steered => "steered",
             DecisionKind::Held => "held",
+            DecisionKind::GuardHold => "guard_hold",
             DecisionKind::OnlyOption => "only_option",
             DecisionKind::OtherOs => "other_os",
             DecisionKind::NotOptedIn => "not_opted_in",
@@ -383,15 +405,31 @@ fn choose(input: &DecisionInput<'_>, supported: &BTreeSet<String>) -> Choice {
             input.request_uid,
         )),
     };
+    let others: BTreeSet<String> = supported.iter().filter(|a| *a != target).cloned().collect();
+    let hold = input.hold.filter(|h| h.architecture == target);
     if bucket < rollout {
         let reason = format!("{target}: rollout {rollout}%, bucket {bucket}");
-        return choice(
-            DecisionKind::Steered,
-            BTreeSet::from([target.to_string()]),
-            reason,
-        );
+        let steered = BTreeSet::from([target.to_string()]);
+        return match (hold, input.policy.guard) {
+            (Some(hold), GuardMode::Enforce) => {
+                let reason = format!("{}: {}", join(&others), hold.reason);
+                choice(DecisionKind::GuardHold, others, reason)
+            }
+            (Some(hold), GuardMode::Observe) => Choice {
+                warnings: vec![format!(
+                    "the rollout guard would hold this workload off {target} ({}); \
+                     archway.dev/guard is observe, so it is steered there",
+                    hold.reason
+                )],
+                ..choice(
+                    DecisionKind::Steered,
+                    steered,
+                    format!("{reason} (guard observes {})", hold.reason),
+                )
+            },
+            _ => choice(DecisionKind::Steered, steered, reason),
+        };
     }
-    let others: BTreeSet<String> = supported.iter().filter(|a| *a != target).cloned().collect();
     let reason = format!("{}: rollout {rollout}%, bucket {bucket}", join(&others));
     choice(DecisionKind::Held, others, reason)
 }
@@ -465,6 +503,18 @@ fn inject(
     supported: BTreeSet<String>,
     warnings: Vec<String>,
 ) -> Decision {
+    // Only pods the rollout placed (either side) are the guard's to watch:
+    // a pod with one possible architecture cannot fail for being moved.
+    let rolled = matches!(
+        choice.kind,
+        DecisionKind::Steered | DecisionKind::Held | DecisionKind::GuardHold
+    );
+    let labels = match choice.archs.iter().collect::<Vec<_>>().as_slice() {
+        [one] if rolled && is_label_value(one) => {
+            BTreeMap::from([(ARCH_POD_LABEL.to_string(), one.to_string())])
+        }
+        _ => BTreeMap::new(),
+    };
     let (required, preferred) = match placement {
         Placement::Required => (choice.archs, None),
         // A preference only means something when there is a choice.
@@ -485,6 +535,7 @@ fn inject(
             preferred,
             annotations,
             replace_own: false,
+            labels,
         }),
         kind: choice.kind,
         reason: choice.reason,
@@ -680,7 +731,7 @@ pub fn bucket_key(pod: &Pod, rollout_by: RolloutBy, request_uid: &str) -> String
         .flatten()
         .find(|o| o.controller == Some(true));
     if let (RolloutBy::Workload, Some(owner)) = (rollout_by, controller) {
-        let (kind, name) = workload_of(pod, &owner.kind, &owner.name);
+        let (kind, name) = workload_of(&pod.metadata, &owner.kind, &owner.name);
         return format!("{namespace}/{kind}/{name}");
     }
     match pod.metadata.name.as_deref().filter(|n| !n.is_empty()) {
@@ -689,14 +740,39 @@ pub fn bucket_key(pod: &Pod, rollout_by: RolloutBy, request_uid: &str) -> String
     }
 }
 
+/// The workload a pod belongs to, as `rollout-by: workload` counts it:
+/// (kind, name) of its controller, a Deployment for a ReplicaSet of one.
+pub fn workload(meta: &ObjectMeta) -> Option<(String, String)> {
+    let owner = meta
+        .owner_references
+        .iter()
+        .flatten()
+        .find(|o| o.controller == Some(true))?;
+    let (kind, name) = workload_of(meta, &owner.kind, &owner.name);
+    Some((kind.to_string(), name.to_string()))
+}
+
+/// A Kubernetes label value: at most 63 characters of `[A-Za-z0-9._-]`,
+/// alphanumeric at both ends. Architectures come from images' manifests,
+/// so they are checked before they become a label.
+pub fn is_label_value(value: &str) -> bool {
+    let bytes = value.as_bytes();
+    !value.is_empty()
+        && value.len() <= 63
+        && bytes.first().is_some_and(u8::is_ascii_alphanumeric)
+        && bytes.last().is_some_and(u8::is_ascii_alphanumeric)
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
 /// A ReplicaSet named `<deployment>-<pod-template-hash>` stands for its
 /// Deployment, so a new rollout of the Deployment keeps its side.
-fn workload_of<'a>(pod: &Pod, kind: &'a str, name: &'a str) -> (&'a str, &'a str) {
+fn workload_of<'a>(meta: &ObjectMeta, kind: &'a str, name: &'a str) -> (&'a str, &'a str) {
     if kind != "ReplicaSet" {
         return (kind, name);
     }
-    let hash = pod
-        .metadata
+    let hash = meta
         .labels
         .as_ref()
         .and_then(|l| l.get(POD_TEMPLATE_HASH_LABEL));
@@ -728,7 +804,7 @@ pub fn spread_owner(pod: &Pod, rollout_by: RolloutBy) -> Option<String> {
         .flatten()
         .find(|o| o.controller == Some(true))?;
     let namespace = pod.metadata.namespace.as_deref().unwrap_or_default();
-    let (kind, name) = workload_of(pod, &owner.kind, &owner.name);
+    let (kind, name) = workload_of(&pod.metadata, &owner.kind, &owner.name);
     Some(format!("{namespace}/{kind}/{name}"))
 }
 

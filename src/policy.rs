@@ -14,6 +14,7 @@ pub const ROLLOUT_ANNOTATION: &str = "archway.dev/rollout";
 pub const ROLLOUT_BY_ANNOTATION: &str = "archway.dev/rollout-by";
 pub const PLACEMENT_ANNOTATION: &str = "archway.dev/placement";
 pub const COLD_ANNOTATION: &str = "archway.dev/cold";
+pub const GUARD_ANNOTATION: &str = "archway.dev/guard";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(try_from = "String")]
@@ -77,6 +78,31 @@ impl Cold {
     }
 }
 
+/// The rollout guard in a namespace (see `guard.rs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(try_from = "String")]
+pub enum GuardMode {
+    /// Failing workloads are held: their new pods go to the other
+    /// architecture. The default: a hold only sends pods back where the
+    /// workload ran before the rollout, and evicts nothing.
+    #[default]
+    Enforce,
+    /// Holds are recorded and warned about, but pods keep being steered.
+    Observe,
+    /// The guard does not look at the namespace's pods.
+    Off,
+}
+
+impl GuardMode {
+    pub fn label(self) -> &'static str {
+        match self {
+            GuardMode::Enforce => "enforce",
+            GuardMode::Observe => "observe",
+            GuardMode::Off => "off",
+        }
+    }
+}
+
 macro_rules! parse_words {
     ($type:ty, $what:literal, { $($word:literal => $value:expr),+ $(,)? }) => {
         impl FromStr for $type {
@@ -105,6 +131,7 @@ parse_words!(Mode, "mode", { "enforce" => Mode::Enforce, "audit" => Mode::Audit 
 parse_words!(RolloutBy, "rollout-by", { "pod" => RolloutBy::Pod, "workload" => RolloutBy::Workload });
 parse_words!(Placement, "placement", { "required" => Placement::Required, "preferred" => Placement::Preferred });
 parse_words!(Cold, "cold", { "admit" => Cold::Admit, "gate" => Cold::Gate });
+parse_words!(GuardMode, "guard", { "enforce" => GuardMode::Enforce, "observe" => GuardMode::Observe, "off" => GuardMode::Off });
 
 /// A rollout share in percent, 0 to 100.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default, Deserialize)]
@@ -162,6 +189,7 @@ pub struct NamespacePolicy {
     /// `archway.dev/cold`; `None` when the namespace does not say, and the
     /// configuration's `gate.default` applies.
     pub cold: Option<Cold>,
+    pub guard: GuardMode,
     /// Values that could not be read, each with its reason. The policy then
     /// falls back to the safe value (no steering; per pod; required), and
     /// the review warns so the namespace owner sees it.
@@ -178,6 +206,7 @@ impl NamespacePolicy {
             rollout_by: RolloutBy::default(),
             placement: Placement::default(),
             cold: None,
+            guard: GuardMode::default(),
             problems: Vec::new(),
         }
     }
@@ -196,6 +225,7 @@ pub struct StaticNamespace {
     pub placement: Placement,
     #[serde(default)]
     pub cold: Option<Cold>,
+    pub guard: GuardMode,
 }
 
 impl StaticNamespace {
@@ -206,6 +236,7 @@ impl StaticNamespace {
             rollout_by: self.rollout_by,
             placement: self.placement,
             cold: self.cold,
+            guard: self.guard,
             problems: Vec::new(),
         }
     }
@@ -253,12 +284,22 @@ impl NamespacePolicy {
                 &mut problems,
             )
         });
+        // A guard value that cannot be read keeps the default: a typo should
+        // not switch off the protection.
+        let guard = read_annotation(
+            annotations,
+            GUARD_ANNOTATION,
+            GuardMode::default(),
+            GuardMode::default(),
+            &mut problems,
+        );
         Some(NamespacePolicy {
             mode,
             rollout,
             rollout_by,
             placement,
             cold,
+            guard,
             problems,
         })
     }
@@ -400,6 +441,21 @@ mod tests {
             assert_eq!(policy.cold, Some(expected), "{value}");
             assert_eq!(policy.problems.len(), problems, "{value}");
         }
+    }
+
+    #[test]
+    fn the_guard_defaults_to_enforce_and_a_bad_value_keeps_it() {
+        let labels = map(&[(MODE_LABEL, "enforce")]);
+        let read = |value: Option<&str>| {
+            let annotations = value.map_or_else(BTreeMap::new, |v| map(&[(GUARD_ANNOTATION, v)]));
+            let policy =
+                NamespacePolicy::from_metadata(&labels, &annotations, Rollout::NONE).unwrap();
+            (policy.guard, policy.problems.len())
+        };
+        assert_eq!(read(None), (GuardMode::Enforce, 0));
+        assert_eq!(read(Some("observe")), (GuardMode::Observe, 0));
+        assert_eq!(read(Some(" off ")), (GuardMode::Off, 0));
+        assert_eq!(read(Some("disabled")), (GuardMode::Enforce, 1));
     }
 
     #[test]

@@ -97,6 +97,7 @@ impl ConfigReloader {
             pull_secrets: old.pull_secrets.clone(),
             settings: Arc::new(ReviewSettings::from_config(config)),
             draws: old.draws.clone(),
+            holds: old.holds.clone(),
         })
     }
 }

@@ -9,6 +9,7 @@ use crate::admission::Reviewer;
 use crate::certs::{self, ReloadingCertificate};
 use crate::cluster::{ClusterPolicies, PullSecrets};
 use crate::config::Config;
+use crate::guard::GuardedPolicies;
 use crate::reload::{ConfigReloader, Loader};
 use crate::server::{self, AppState, Listeners};
 
@@ -32,8 +33,16 @@ pub async fn serve(
         let client = kube::Client::try_default().await?;
         let policies = ClusterPolicies::start(client.clone(), config.default_rollout);
         cluster = Some(policies.clone());
-        let mut reviewer = Reviewer::from_config(&config, Arc::new(policies))?;
+        let holds = crate::guard::Holds::default();
+        let policies: Arc<dyn crate::policy::PolicySource> = Arc::new(GuardedPolicies {
+            inner: Arc::new(policies),
+            holds: holds.clone(),
+        });
+        let detector = config.guard.detector(&config.target_architecture);
+        crate::guard::start(client.clone(), policies.clone(), holds.clone(), detector);
+        let mut reviewer = Reviewer::from_config(&config, policies)?;
         reviewer.pull_secrets = Some(PullSecrets::new(client.clone()));
+        reviewer.holds = Some(holds);
         kube_client = Some(client);
         reviewer
     } else {

@@ -294,10 +294,17 @@ fn check_rbac(objects: &[Value]) {
             ("", &["secrets"], &["get"]),
             // The gate controller: gated pods (watched by label), each
             // released with one patch; an Event when released unplaced.
+            // The rollout guard: watches pods, holds workloads, tells why.
             ("", &["pods"], &["get", "list", "watch", "patch"]),
-            ("events.k8s.io", &["events"], &["create"]),
+            (
+                "apps",
+                &["deployments", "statefulsets"],
+                &["list", "watch", "patch"]
+            ),
+            ("events.k8s.io", &["events"], &["create", "patch"]),
         ]),
-        "the webhook reads namespaces and nodes, and gets single secrets; the gate controller patches gated pods"
+        "the webhook reads namespaces and nodes, and gets single secrets; the gate controller \
+         patches gated pods; the guard watches pods and patches workloads"
     );
     for verb in ["update", "create", "delete", "deletecollection", "*"] {
         assert!(
@@ -327,6 +334,18 @@ fn check_rbac(objects: &[Value]) {
         str_at(&seq_at(lease_binding, "subjects")[0], "name"),
         "archway"
     );
+    for (group, resource) in [
+        ("", "pods"),
+        ("apps", "deployments"),
+        ("apps", "statefulsets"),
+    ] {
+        for verb in ["update", "delete", "create", "*"] {
+            assert!(
+                !webhook_role.contains(&(group.into(), resource.into(), verb.into())),
+                "archway must never {verb} {resource}: the guard evicts nothing"
+            );
+        }
+    }
     for verb in ["list", "watch", "*"] {
         assert!(
             !webhook_role.contains(&("".into(), "secrets".into(), verb.into())),

@@ -195,6 +195,7 @@ pub fn patch(data: &[u8]) {
             rollout_by,
             placement,
             cold: None,
+            guard: Default::default(),
             problems: Vec::new(),
         };
         let settings = DecisionSettings {
@@ -210,6 +211,7 @@ pub fn patch(data: &[u8]) {
                 request_uid: "fuzz-uid",
                 draw: None,
                 node_architectures,
+                hold: None,
             });
             let Outcome::Inject(injection) = &decision.outcome else {
                 if decision.outcome == Outcome::Deny {
@@ -324,6 +326,7 @@ fn any_policy() -> NamespacePolicy {
         rollout_by: RolloutBy::Pod,
         placement: Placement::Required,
         cold: None,
+        guard: Default::default(),
         problems: Vec::new(),
     }
 }

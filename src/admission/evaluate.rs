@@ -107,6 +107,7 @@ impl Reviewer {
                 .collect()
         };
         let nodes = self.policies.node_architectures();
+        let hold = self.holds.as_ref().and_then(|h| h.for_pod(pod));
         evaluation.decision = placement::decide_screened(&DecisionInput {
             pod,
             policy,
@@ -115,6 +116,7 @@ impl Reviewer {
             request_uid,
             draw,
             node_architectures: nodes.as_deref(),
+            hold: hold.as_ref(),
         });
         evaluation.lookups = lookups;
         evaluation

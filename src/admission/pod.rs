@@ -209,6 +209,7 @@ mod tests {
             preferred: Some(set(&["arm64"])),
             os: "linux".into(),
             tolerate: set(&["amd64", "arm64"]),
+            labels: BTreeMap::new(),
             annotations: BTreeMap::from([("archway.dev/decision".into(), "x".into())]),
             replace_own: false,
         }

@@ -25,6 +25,7 @@ fn reviewer(config_yaml: &str) -> Reviewer {
         pull_secrets: None,
         settings: Arc::new(ReviewSettings::from_config(&config)),
         draws: Arc::default(),
+        holds: None,
     }
 }
 

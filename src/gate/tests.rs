@@ -41,6 +41,7 @@ fn injection(archs: &[&str], preferred: Option<&[&str]>) -> crate::placement::In
             "arm64: rollout 100%".to_string(),
         )]),
         replace_own: false,
+        labels: Default::default(),
     }
 }
 

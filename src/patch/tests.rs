@@ -13,6 +13,7 @@ fn injection(required: &[&str], preferred: Option<&[&str]>) -> Injection {
         preferred: preferred.map(set),
         os: "linux".into(),
         tolerate: set(required),
+        labels: BTreeMap::new(),
         annotations: BTreeMap::from([
             (ARCHS_ANNOTATION.to_string(), "amd64,arm64".to_string()),
             (
@@ -304,4 +305,30 @@ fn tolerations_are_those_of_the_pods_os() {
     let linux = injection(&["amd64"], None);
     json_patch::patch(&mut patched, &build(&typed, &linux, &tolerations)).unwrap();
     assert_eq!(patched["spec"]["tolerations"][0]["value"], "amd64");
+}
+
+#[test]
+fn the_arch_label_is_added_beside_the_pods_own_labels() {
+    let mut labelled = injection(&["arm64"], None);
+    labelled.labels = BTreeMap::from([("archway.dev/arch".to_string(), "arm64".to_string())]);
+    let mut with_labels = base();
+    with_labels["metadata"]["labels"] = json!({"app": "web"});
+    let (patched, _) = apply(with_labels, &labelled);
+    assert_eq!(
+        patched["metadata"]["labels"],
+        json!({"app": "web", "archway.dev/arch": "arm64"})
+    );
+    let (patched, _) = apply(base(), &labelled);
+    assert_eq!(
+        patched["metadata"]["labels"],
+        json!({"archway.dev/arch": "arm64"})
+    );
+    // No metadata at all: the annotations' operation makes it, then labels.
+    let (patched, _) = apply(
+        json!({"apiVersion": "v1", "kind": "Pod", "spec": base()["spec"]}),
+        &labelled,
+    );
+    assert_eq!(patched["metadata"]["labels"]["archway.dev/arch"], "arm64");
+    let (patched, _) = apply(base(), &injection(&["arm64"], None));
+    assert!(patched["metadata"].get("labels").is_none());
 }

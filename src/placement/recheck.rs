@@ -20,9 +20,9 @@ use std::collections::BTreeSet;
 use k8s_openapi::api::core::v1::{NodeSelectorTerm, Pod};
 
 use super::{
-    ARCH_LABEL, ARCHS_ANNOTATION, BETA_ARCH_LABEL, ContainerImage, DECISION_ANNOTATION, Decision,
-    DecisionInput, DecisionKind, ImageLookup, Injection, Mode, Outcome, PodOs, describe_set,
-    failures, join, os_name, pod_os, refuse, supported_architectures,
+    ARCH_LABEL, ARCH_POD_LABEL, ARCHS_ANNOTATION, BETA_ARCH_LABEL, ContainerImage,
+    DECISION_ANNOTATION, Decision, DecisionInput, DecisionKind, ImageLookup, Injection, Mode,
+    Outcome, PodOs, describe_set, failures, join, os_name, pod_os, refuse, supported_architectures,
 };
 
 /// The decision for a pod that already carries archway's decision
@@ -84,7 +84,7 @@ pub(super) fn recheck(input: &DecisionInput<'_>, previous: &str) -> Decision {
             );
         }
         let reason = format!("none: removed after reinvocation, {lacking}; was {previous}");
-        return corrected(os, BTreeSet::new(), &supported, reason, warning);
+        return corrected(os, BTreeSet::new(), &supported, reason, warning, false);
     }
     // Keep what still runs every image; when nothing does, go where the
     // images run now rather than leave the pod waiting for a node it
@@ -105,7 +105,11 @@ pub(super) fn recheck(input: &DecisionInput<'_>, previous: &str) -> Decision {
         "{}: corrected after reinvocation, {lacking}; was {previous}",
         join(&now)
     );
-    corrected(os, now, &supported, reason, warning)
+    // The guard's label says which side the rollout chose: it follows the
+    // correction (a pod the rollout did not label stays unlabelled).
+    let labelled =
+        (input.pod.metadata.labels.as_ref()).is_some_and(|l| l.contains_key(ARCH_POD_LABEL));
+    corrected(os, now, &supported, reason, warning, labelled)
 }
 
 /// At most `MAX_PREVIOUS` characters of `text`, marked when cut.
@@ -123,7 +127,15 @@ fn corrected(
     supported: &BTreeSet<String>,
     reason: String,
     warning: String,
+    relabel: bool,
 ) -> Decision {
+    let labels = match (relabel, required.len()) {
+        (true, 1) => required
+            .iter()
+            .map(|arch| (ARCH_POD_LABEL.to_string(), arch.clone()))
+            .collect(),
+        _ => Default::default(),
+    };
     let annotations = [
         (ARCHS_ANNOTATION.to_string(), describe_set(supported, &os)),
         (DECISION_ANNOTATION.to_string(), reason.clone()),
@@ -137,6 +149,7 @@ fn corrected(
             os,
             annotations,
             replace_own: true,
+            labels,
         }),
         kind: DecisionKind::Corrected,
         reason,

@@ -17,6 +17,7 @@ fn policy(mode: Mode, rollout: u8, placement: Placement) -> NamespacePolicy {
         rollout_by: RolloutBy::Pod,
         placement,
         cold: None,
+        guard: Default::default(),
         problems: Vec::new(),
     }
 }
@@ -55,6 +56,7 @@ fn decide_for(pod: &Value, policy: &NamespacePolicy, fail_closed: bool) -> Decis
         request_uid: "uid-1",
         draw: None,
         node_architectures: None,
+        hold: None,
     })
 }
 
@@ -172,6 +174,9 @@ fn an_amd64_only_sidecar_moves_a_steered_pod_to_amd64() {
         "{decision}"
     );
     assert_eq!(annotations[ARCHS_ANNOTATION], "amd64");
+    // The guard's label follows: the pod no longer runs on the target.
+    assert_eq!(first["metadata"]["labels"][ARCH_POD_LABEL], "arm64");
+    assert_eq!(second["metadata"]["labels"][ARCH_POD_LABEL], "amd64");
     let warning = again.warnings.join("\n");
     assert!(warning.contains("do not run on arm64"), "{warning}");
     assert!(

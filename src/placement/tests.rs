@@ -21,6 +21,7 @@ fn policy(mode: Mode, rollout: u8) -> NamespacePolicy {
         rollout_by: RolloutBy::Pod,
         placement: Placement::Required,
         cold: None,
+        guard: Default::default(),
         problems: Vec::new(),
     }
 }
@@ -67,6 +68,7 @@ fn run(
         request_uid: "uid-1",
         draw: None,
         node_architectures: None,
+        hold: None,
     })
 }
 
@@ -457,6 +459,7 @@ fn workload_rollout_puts_every_pod_of_a_deployment_on_one_side() {
                 request_uid: &uid,
                 draw: None,
                 node_architectures: None,
+                hold: None,
             });
             injection(&d).required.clone()
         })
@@ -503,6 +506,7 @@ fn buckets_are_stable_uniform_and_monotone_in_the_rollout() {
                     request_uid: "u",
                     draw: None,
                     node_architectures: None,
+                    hold: None,
                 });
                 d.kind == DecisionKind::Steered
             })
@@ -554,6 +558,7 @@ fn pods_without_spec_or_images_do_not_panic() {
         request_uid: "u",
         draw: None,
         node_architectures: None,
+        hold: None,
     });
     assert_eq!(
         (d.kind, d.outcome),
@@ -573,6 +578,7 @@ fn with_nodes(rollout: u8, images: &[ImageLookup], nodes: &[&str]) -> Decision {
         request_uid: "u",
         draw: None,
         node_architectures: Some(&nodes),
+        hold: None,
     })
 }
 
@@ -858,6 +864,7 @@ fn a_windows_pod_avoids_architectures_with_no_node_at_all() {
         request_uid: "u",
         draw: None,
         node_architectures: Some(&nodes),
+        hold: None,
     });
     assert_eq!(
         (d.kind, &injection(&d).required, &d.without_nodes),
@@ -894,6 +901,112 @@ fn a_workloads_unnamed_pods_spread_over_the_buckets() {
     }
 }
 
+fn decide_with_hold(policy: &NamespacePolicy, hold: Option<&Hold>, images: &[&str]) -> Decision {
+    let pod = replica_set_pod("web-7d4b9c", "7d4b9c", None);
+    let lookups = lookups_for(&pod, &[found(images)]);
+    decide(&DecisionInput {
+        pod: &pod,
+        policy,
+        lookups: &lookups,
+        settings: &settings(false),
+        request_uid: "uid-1",
+        draw: None,
+        node_architectures: None,
+        hold,
+    })
+}
+
+#[test]
+fn a_hold_sends_pods_the_rollout_steers_to_the_other_side_in_enforce_only() {
+    let hold = Hold {
+        architecture: "arm64".into(),
+        reason: "held: 2 pods CrashLoopBackOff on arm64 since 2026-12-02T13:40:00Z".into(),
+    };
+    let both = ["amd64", "arm64"];
+    let mut p = policy(Mode::Enforce, 100);
+    // (guard mode, hold) -> (kind, required, label, warned)
+    let cases = [
+        (
+            GuardMode::Enforce,
+            None,
+            DecisionKind::Steered,
+            "arm64",
+            false,
+        ),
+        (
+            GuardMode::Enforce,
+            Some(&hold),
+            DecisionKind::GuardHold,
+            "amd64",
+            false,
+        ),
+        (
+            GuardMode::Observe,
+            Some(&hold),
+            DecisionKind::Steered,
+            "arm64",
+            true,
+        ),
+        (
+            GuardMode::Off,
+            Some(&hold),
+            DecisionKind::Steered,
+            "arm64",
+            false,
+        ),
+    ];
+    for (mode, hold, kind, side, warned) in cases {
+        p.guard = mode;
+        let d = decide_with_hold(&p, hold, &both);
+        assert_eq!(d.kind, kind, "{mode:?}: {}", d.reason);
+        let i = injection(&d);
+        assert_eq!(i.required, set(&[side]), "{mode:?}");
+        assert_eq!(i.labels.get(ARCH_POD_LABEL).map(String::as_str), Some(side));
+        assert_eq!(
+            d.warnings.iter().any(|w| w.contains("guard")),
+            warned,
+            "{:?}",
+            d.warnings
+        );
+    }
+    p.guard = GuardMode::Enforce;
+    let d = decide_with_hold(&p, Some(&hold), &both);
+    assert_eq!(
+        injection(&d).annotations[DECISION_ANNOTATION],
+        "amd64: held: 2 pods CrashLoopBackOff on arm64 since 2026-12-02T13:40:00Z"
+    );
+    // A hold on another architecture than the target changes nothing.
+    let other = Hold {
+        architecture: "amd64".into(),
+        ..hold.clone()
+    };
+    assert_eq!(
+        decide_with_hold(&p, Some(&other), &both).kind,
+        DecisionKind::Steered
+    );
+    // Kept off the target by the rollout: labelled with its side too.
+    let d = decide_with_hold(&policy(Mode::Enforce, 0), None, &both);
+    assert_eq!(d.kind, DecisionKind::Held);
+    assert_eq!(injection(&d).labels[ARCH_POD_LABEL], "amd64");
+}
+
+#[test]
+fn only_pods_the_rollout_placed_are_labelled() {
+    let d = decide_with_hold(&policy(Mode::Enforce, 100), None, &["amd64"]);
+    assert_eq!(d.kind, DecisionKind::OnlyOption);
+    assert!(injection(&d).labels.is_empty());
+}
+
+#[test]
+fn label_values_are_checked() {
+    for good in ["arm64", "amd64", "riscv64", "a", "ppc64le"] {
+        assert!(is_label_value(good), "{good}");
+    }
+    for bad in ["", "-arm", "arm64-", "a/b", "a b", &"x".repeat(64)] {
+        assert!(!is_label_value(bad), "{bad}");
+    }
+}
+
 #[test]
 fn only_unnamed_owned_pods_under_rollout_by_pod_draw_in_sequence() {
     let owned = |name: Option<&str>| {
@@ -915,4 +1028,14 @@ fn only_unnamed_owned_pods_under_rollout_by_pod_draw_in_sequence() {
     let bare = pod(json!({"metadata": {"namespace": "shop"},
         "spec": {"containers": [{"name": "c", "image": "x"}]}}));
     assert_eq!(spread_owner(&bare, RolloutBy::Pod), None);
+}
+
+#[test]
+fn the_workload_of_a_pod_is_its_deployment_through_its_replica_set() {
+    let pod = replica_set_pod("web-7d4b9c", "7d4b9c", None);
+    assert_eq!(
+        workload(&pod.metadata),
+        Some(("Deployment".to_string(), "web".to_string()))
+    );
+    assert_eq!(workload(&Pod::default().metadata), None);
 }

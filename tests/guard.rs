@@ -1,0 +1,599 @@
+//! The rollout guard on the real control plane: the test writes container
+//! statuses for pods as a kubelet would (pods annotated
+//! `archway.test/kubelet: manual`), and archway, installed from deploy/ with
+//! its RBAC, holds the workload or not.
+//!
+//! One control plane and one `archway serve` for this file. The tests run
+//! one at a time (`SERIAL`): one of them restarts archway with another
+//! threshold.
+
+mod support;
+
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use serde_json::{Value, json};
+use support::controlplane::{ControlPlane, KUBELET_MANUAL, NodePool, client_from_kubeconfig};
+use support::install::InstalledArchway;
+use support::kubelet::{FakeKubelet, now_rfc3339};
+use support::webhook::install_crypto;
+use support::{Format, ImageSpec, Registry, RegistryOptions, build_layout};
+
+const HOLD_LABEL: &str = "archway.dev/hold";
+const HOLD_REASON: &str = "archway.dev/hold-reason";
+
+struct Env {
+    plane: ControlPlane,
+    registry: Registry,
+    archway: InstalledArchway,
+}
+
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+fn env() -> &'static Env {
+    static ENV: OnceLock<Env> = OnceLock::new();
+    ENV.get_or_init(|| {
+        install_crypto();
+        let started = Instant::now();
+        let plane = ControlPlane::start();
+        plane.create_nodes(&NodePool::standard());
+        let kubeconfig = plane.admin_kubeconfig.clone();
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Runtime::new().expect("kubelet runtime");
+            runtime.block_on(async {
+                FakeKubelet::run(client_from_kubeconfig(&kubeconfig).await).await
+            });
+        });
+        let registry = Registry::start(RegistryOptions::plain());
+        let dir = tempfile::tempdir().unwrap();
+        let layout = build_layout(
+            &dir.path().join("multi"),
+            &ImageSpec::multi_arch().with_salt("guard"),
+        );
+        registry.push(&layout.dir, "multi:v1", Format::Oci);
+        let archway = InstalledArchway::install(
+            &plane,
+            env!("CARGO_BIN_EXE_archway").as_ref(),
+            &[registry.host()],
+            |_| {},
+        );
+        eprintln!("control plane and archway ready in {:?}", started.elapsed());
+        Env {
+            plane,
+            registry,
+            archway,
+        }
+    })
+}
+
+/// A Deployment whose pods' statuses the test writes (`manual`) or the
+/// fake kubelet does.
+fn deployment(namespace: &str, name: &str, image: &str, replicas: i32, manual: bool) -> Value {
+    let annotations = if manual {
+        json!({KUBELET_MANUAL: "manual"})
+    } else {
+        json!({})
+    };
+    json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": {"app": name}},
+            "strategy": {"rollingUpdate": {"maxSurge": "100%", "maxUnavailable": "100%"}},
+            "template": {
+                "metadata": {"labels": {"app": name}, "annotations": annotations},
+                "spec": {"containers": [{"name": "main", "image": image}],
+                         "terminationGracePeriodSeconds": 0},
+            },
+        },
+    })
+}
+
+fn node_arch(node: &str) -> &str {
+    node.split('-').next().unwrap()
+}
+
+/// The Deployment's live pods once `count` are bound, with the architecture
+/// of each one's node.
+async fn bound_pods(
+    client: &kube::Client,
+    ns: &str,
+    app: &str,
+    count: usize,
+) -> Vec<(Pod, String)> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let started = Instant::now();
+    loop {
+        let list = pods
+            .list(&ListParams::default().labels(&format!("app={app}")))
+            .await
+            .unwrap();
+        let bound: Vec<(Pod, String)> = list
+            .items
+            .into_iter()
+            .filter(|p| p.metadata.deletion_timestamp.is_none())
+            .filter_map(|p| {
+                let node = p.spec.as_ref()?.node_name.clone()?;
+                Some((p, node_arch(&node).to_string()))
+            })
+            .collect();
+        if bound.len() == count {
+            return bound;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "{ns}/{app}: {} of {count} pods bound",
+            bound.len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Writes a container status through the status subresource, as the
+/// kubelet does.
+async fn write_status(client: &kube::Client, pod: &Pod, state: ContainerState) {
+    let ns = pod.metadata.namespace.as_deref().unwrap();
+    let name = pod.metadata.name.as_deref().unwrap();
+    let now = now_rfc3339();
+    let (ready, restarts, state, last) = match state {
+        ContainerState::Running => (true, 0, json!({"running": {"startedAt": now}}), json!({})),
+        ContainerState::CrashLoop => (
+            false,
+            3,
+            json!({"waiting": {"reason": "CrashLoopBackOff",
+                   "message": "back-off 40s restarting failed container=main"}}),
+            json!({"terminated": {"exitCode": 1, "reason": "Error",
+                   "startedAt": now, "finishedAt": now}}),
+        ),
+        ContainerState::ExecFormat => (
+            false,
+            0,
+            json!({"terminated": {"exitCode": 128, "reason": "StartError",
+                   "message": "failed to create containerd task: failed to create shim task: OCI runtime create failed: runc create failed: unable to start container process: exec: \"/app\": exec format error",
+                   "startedAt": "1970-01-01T00:00:00Z", "finishedAt": now}}),
+            json!({}),
+        ),
+    };
+    let image = pod.spec.as_ref().unwrap().containers[0].image.clone();
+    let ready_text = if ready { "True" } else { "False" };
+    let status = json!({"status": {
+        "phase": "Running", "startTime": now,
+        "conditions": [{"type": "Ready", "status": ready_text, "lastTransitionTime": now}],
+        "containerStatuses": [{
+            "name": "main", "image": image, "imageID": "", "ready": ready,
+            "started": ready, "restartCount": restarts, "state": state, "lastState": last,
+        }],
+    }});
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    pods.patch_status(name, &PatchParams::default(), &Patch::Strategic(status))
+        .await
+        .unwrap_or_else(|e| panic!("status of {ns}/{name}: {e}"));
+}
+
+#[derive(Clone, Copy)]
+enum ContainerState {
+    Running,
+    CrashLoop,
+    ExecFormat,
+}
+
+async fn deployment_meta(client: &kube::Client, ns: &str, name: &str) -> Deployment {
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), ns);
+    deployments.get(name).await.unwrap()
+}
+
+fn hold_of(d: &Deployment) -> Option<(String, String)> {
+    let arch = d.metadata.labels.as_ref()?.get(HOLD_LABEL)?.clone();
+    let reason = d
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(HOLD_REASON))
+        .cloned()
+        .unwrap_or_default();
+    Some((arch, reason))
+}
+
+/// Waits for the hold on the Deployment; returns it and how long it took.
+async fn wait_for_hold(
+    client: &kube::Client,
+    ns: &str,
+    name: &str,
+) -> ((String, String), Duration) {
+    let started = Instant::now();
+    loop {
+        if let Some(hold) = hold_of(&deployment_meta(client, ns, name).await) {
+            return (hold, started.elapsed());
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{ns}/{name} was not held"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// `kubectl rollout restart`, optionally handing the pods to the fake
+/// kubelet (no longer `manual`).
+async fn restart(client: &kube::Client, ns: &str, name: &str, generation: u32, manual: bool) {
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), ns);
+    let kubelet = if manual { json!("manual") } else { Value::Null };
+    let patch = json!({"spec": {"template": {"metadata": {"annotations": {
+        "kubectl.kubernetes.io/restartedAt": format!("restart-{generation}"),
+        KUBELET_MANUAL: kubelet}}}}});
+    deployments
+        .patch(name, &PatchParams::default(), &Patch::Merge(patch))
+        .await
+        .unwrap();
+}
+
+/// What the kubelet does for a deleted pod of the test's (`manual`): it
+/// confirms the deletion once the containers are stopped.
+async fn confirm_deletions(client: &kube::Client, ns: &str) {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let params = DeleteParams {
+        grace_period_seconds: Some(0),
+        ..DeleteParams::default()
+    };
+    for pod in pods.list(&ListParams::default()).await.unwrap().items {
+        if pod.metadata.deletion_timestamp.is_some() {
+            let _ = pods
+                .delete(pod.metadata.name.as_deref().unwrap(), &params)
+                .await;
+        }
+    }
+}
+
+/// Waits until the Deployment has rolled out and returns its pods.
+async fn rolled_out(client: &kube::Client, ns: &str, name: &str) -> Vec<(Pod, String)> {
+    let started = Instant::now();
+    loop {
+        confirm_deletions(client, ns).await;
+        let d = deployment_meta(client, ns, name).await;
+        let want = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+        let status = d.status.clone().unwrap_or_default();
+        let done = d.metadata.generation == status.observed_generation
+            && status.updated_replicas == Some(want)
+            && status.available_replicas == Some(want)
+            && status.replicas == Some(want);
+        if done {
+            return bound_pods(client, ns, name, want as usize).await;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "{ns}/{name} did not roll out: {status:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn decision(pod: &Pod) -> String {
+    pod.metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get("archway.dev/decision"))
+        .cloned()
+        .unwrap_or_default()
+}
+
+fn count(pods: &[(Pod, String)], arch: &str) -> usize {
+    pods.iter().filter(|(_, a)| a == arch).count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_workload_failing_on_arm64_is_held_restarted_onto_amd64_and_released() {
+    let _serial = SERIAL.lock().await;
+    let env = env();
+    let client = env.plane.client().await;
+    let ns = "guard-held";
+    env.plane.create_namespace(
+        ns,
+        &[("archway.dev/mode", "enforce")],
+        &[("archway.dev/rollout", "50")],
+    );
+    let image = format!("{}/multi:v1", env.registry.host());
+    env.plane.apply(&[deployment(ns, "web", &image, 8, true)]);
+    let pods = bound_pods(&client, ns, "web", 8).await;
+    for (pod, arch) in &pods {
+        let label = pod
+            .metadata
+            .labels
+            .as_ref()
+            .unwrap()
+            .get("archway.dev/arch");
+        assert_eq!(
+            label,
+            Some(arch),
+            "the pod is labelled with where it was placed"
+        );
+    }
+    let arm: Vec<&Pod> = pods
+        .iter()
+        .filter(|(_, a)| a == "arm64")
+        .map(|(p, _)| p)
+        .collect();
+    assert!(arm.len() >= 2, "rollout 50%: {} of 8 on arm64", arm.len());
+    for (pod, arch) in &pods {
+        if arch == "amd64" {
+            write_status(&client, pod, ContainerState::Running).await;
+        }
+    }
+    write_status(&client, arm[0], ContainerState::CrashLoop).await;
+    // Give the guard time to see the first one alone: one pod is under the
+    // threshold of 2, so nothing is held yet.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(hold_of(&deployment_meta(&client, ns, "web").await), None);
+    write_status(&client, arm[1], ContainerState::CrashLoop).await;
+    let ((arch, reason), took) = wait_for_hold(&client, ns, "web").await;
+    eprintln!("GUARD: second failing pod to hold on the Deployment: {took:?}");
+    assert!(took < Duration::from_secs(5), "held after {took:?}");
+    assert_eq!(arch, "arm64");
+    assert!(
+        reason.starts_with("held: 2 pods CrashLoopBackOff on arm64 since "),
+        "{reason}"
+    );
+
+    // An Event on the Deployment tells why.
+    let events = env
+        .plane
+        .kubectl(&["-n", ns, "get", "events", "-o", "json"], None);
+    let events: Value = serde_json::from_str(&events).unwrap();
+    let held = events["items"].as_array().unwrap().iter().any(|e| {
+        e["reason"] == "ArchitectureHold"
+            && e["involvedObject"]["kind"] == "Deployment"
+            && e["involvedObject"]["name"] == "web"
+    });
+    assert!(held, "no ArchitectureHold event: {events:#}");
+    let recorded = env.archway.counter(
+        "archway_guard_holds_total",
+        &[
+            ("architecture", "arm64"),
+            ("mode", "enforce"),
+            ("result", "recorded"),
+        ],
+    );
+    assert!(recorded >= 1.0, "holds metric: {recorded}");
+
+    // `archway audit` shows it.
+    let config = env.archway.dir.join("audit.yaml");
+    std::fs::write(
+        &config,
+        format!("registry: {{insecure: [\"{}\"]}}\n", env.registry.host()),
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_archway"))
+        .args(["audit", "-n", ns, "-o", "json", "--config"])
+        .arg(&config)
+        .env("KUBECONFIG", &env.plane.admin_kubeconfig)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let web = report["workloads"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|w| w["name"] == "web")
+        .expect("web in the audit");
+    assert_eq!(
+        web["hold"].as_str(),
+        Some(format!("arm64: {reason}").as_str())
+    );
+
+    // The hold lives on the Deployment: a restarted archway keeps it.
+    env.archway.kill();
+    env.archway.start();
+
+    // Running pods are left alone; a rollout restart moves them all.
+    let running = bound_pods(&client, ns, "web", 8).await;
+    assert_eq!(count(&running, "arm64"), arm.len(), "no pod was evicted");
+    restart(&client, ns, "web", 1, false).await;
+    let pods = rolled_out(&client, ns, "web").await;
+    assert_eq!(count(&pods, "amd64"), 8, "held: every new pod on amd64");
+    let steered_away: Vec<String> = pods.iter().map(|(p, _)| decision(p)).collect();
+    assert!(
+        steered_away
+            .iter()
+            .any(|d| d.starts_with("amd64: held: 2 pods CrashLoopBackOff on arm64 since ")),
+        "{steered_away:?}"
+    );
+
+    // One command clears it; the 50 % split resumes.
+    env.plane.kubectl(
+        &[
+            "-n",
+            ns,
+            "label",
+            "deployment",
+            "web",
+            &format!("{HOLD_LABEL}-"),
+        ],
+        None,
+    );
+    let started = Instant::now();
+    loop {
+        let d = deployment_meta(&client, ns, "web").await;
+        // archway removes the reason right after it forgets the hold.
+        let reason_left = d
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(HOLD_REASON))
+            .is_some();
+        if !reason_left {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the cleared hold's reason lingers"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    restart(&client, ns, "web", 2, false).await;
+    let pods = rolled_out(&client, ns, "web").await;
+    let on_arm = count(&pods, "arm64");
+    assert!(
+        (2..=6).contains(&on_arm),
+        "rollout 50% after clearing: {on_arm} of 8 on arm64"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_workload_crashing_on_every_architecture_is_not_held() {
+    let _serial = SERIAL.lock().await;
+    let env = env();
+    let client = env.plane.client().await;
+    let ns = "guard-both";
+    env.plane.create_namespace(
+        ns,
+        &[("archway.dev/mode", "enforce")],
+        &[("archway.dev/rollout", "50")],
+    );
+    let image = format!("{}/multi:v1", env.registry.host());
+    env.plane
+        .apply(&[deployment(ns, "broken", &image, 6, true)]);
+    let pods = bound_pods(&client, ns, "broken", 6).await;
+    assert!(
+        count(&pods, "arm64") >= 2 && count(&pods, "amd64") >= 1,
+        "split"
+    );
+    let before = env
+        .archway
+        .counter("archway_guard_failing_everywhere_total", &[]);
+    // amd64 first: the guard knows the workload fails there before the
+    // arm64 pods reach the threshold.
+    for arch in ["amd64", "arm64"] {
+        for (pod, _) in pods.iter().filter(|(_, a)| a == arch) {
+            write_status(&client, pod, ContainerState::CrashLoop).await;
+        }
+    }
+    let started = Instant::now();
+    while env
+        .archway
+        .counter("archway_guard_failing_everywhere_total", &[])
+        <= before
+    {
+        assert!(started.elapsed() < Duration::from_secs(5), "never judged");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Time for a hold to be written, were one (wrongly) made.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(hold_of(&deployment_meta(&client, ns, "broken").await), None);
+    assert!(
+        env.archway
+            .logs()
+            .contains("pods fail on every architecture"),
+        "warned in the log"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exec_format_error_on_one_pod_trips_threshold_one() {
+    let _serial = SERIAL.lock().await;
+    let env = env();
+    let client = env.plane.client().await;
+    let set_threshold = |threshold: u32| {
+        let text = std::fs::read_to_string(&env.archway.config_path).unwrap();
+        let mut config: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
+        config["guard"] = serde_yaml::from_str(&format!("{{threshold: {threshold}}}")).unwrap();
+        std::fs::write(
+            &env.archway.config_path,
+            serde_yaml::to_string(&config).unwrap(),
+        )
+        .unwrap();
+        env.archway.kill();
+        env.archway.start();
+    };
+    set_threshold(1);
+    let ns = "guard-exec";
+    env.plane.create_namespace(
+        ns,
+        &[("archway.dev/mode", "enforce")],
+        &[("archway.dev/rollout", "50")],
+    );
+    let image = format!("{}/multi:v1", env.registry.host());
+    env.plane.apply(&[deployment(ns, "exec", &image, 2, true)]);
+    let pods = bound_pods(&client, ns, "exec", 2).await;
+    eprintln!(
+        "2 replicas at rollout 50%: {} on arm64",
+        count(&pods, "arm64")
+    );
+    let (arm, _) = pods
+        .iter()
+        .find(|(_, a)| a == "arm64")
+        .expect("one pod on arm64");
+    for (pod, arch) in &pods {
+        if arch == "amd64" {
+            write_status(&client, pod, ContainerState::Running).await;
+        }
+    }
+    write_status(&client, arm, ContainerState::ExecFormat).await;
+    let ((arch, reason), took) = wait_for_hold(&client, ns, "exec").await;
+    eprintln!("GUARD: exec format error to hold: {took:?}");
+    assert_eq!(arch, "arm64");
+    assert!(
+        reason.starts_with("held: 1 pod exec format error on arm64 since "),
+        "{reason}"
+    );
+    set_threshold(2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_observe_mode_a_hold_is_recorded_but_pods_keep_being_steered() {
+    let _serial = SERIAL.lock().await;
+    let env = env();
+    let client = env.plane.client().await;
+    let ns = "guard-observe";
+    env.plane.create_namespace(
+        ns,
+        &[("archway.dev/mode", "enforce")],
+        &[
+            ("archway.dev/rollout", "100"),
+            ("archway.dev/guard", "observe"),
+        ],
+    );
+    let image = format!("{}/multi:v1", env.registry.host());
+    env.plane
+        .apply(&[deployment(ns, "watched", &image, 2, true)]);
+    let pods = bound_pods(&client, ns, "watched", 2).await;
+    assert_eq!(count(&pods, "arm64"), 2, "rollout 100");
+    for (pod, _) in &pods {
+        write_status(&client, pod, ContainerState::CrashLoop).await;
+    }
+    let ((arch, reason), _) = wait_for_hold(&client, ns, "watched").await;
+    assert_eq!(arch, "arm64");
+    assert!(
+        reason.starts_with("held: 2 pods CrashLoopBackOff"),
+        "{reason}"
+    );
+    // Counted once the label is written, a moment after it is visible.
+    let started = Instant::now();
+    while env.archway.counter(
+        "archway_guard_holds_total",
+        &[("mode", "observe"), ("result", "recorded")],
+    ) < 1.0
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "observe hold not counted"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    restart(&client, ns, "watched", 1, false).await;
+    let pods = rolled_out(&client, ns, "watched").await;
+    assert_eq!(count(&pods, "arm64"), 2, "observe keeps steering");
+    assert!(
+        pods.iter()
+            .all(|(p, _)| decision(p).contains("guard observes held: 2 pods")),
+        "{:?}",
+        pods.iter().map(|(p, _)| decision(p)).collect::<Vec<_>>()
+    );
+}
