@@ -225,6 +225,7 @@ pub struct StaticNamespace {
     pub placement: Placement,
     #[serde(default)]
     pub cold: Option<Cold>,
+    #[serde(default)]
     pub guard: GuardMode,
 }
 
