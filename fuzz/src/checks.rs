@@ -219,7 +219,12 @@ pub fn patch(data: &[u8]) {
                 }
                 continue;
             };
-            assert!(!injection.required.is_empty(), "{decision:?}");
+            // Only a correction on reinvocation may require nothing: it
+            // removes archway's own expression.
+            assert!(
+                injection.replace_own || !injection.required.is_empty(),
+                "{decision:?}"
+            );
             let patch = archway::patch::build(&pod, injection, &tolerations());
             let mut patched = object.clone();
             json_patch::patch(&mut patched, &patch).unwrap_or_else(|e| {
@@ -230,26 +235,47 @@ pub fn patch(data: &[u8]) {
             });
             let patched_pod: Pod = serde_json::from_value(patched.clone())
                 .unwrap_or_else(|e| panic!("the patched pod is not a Pod: {e}\n{patched}"));
-            check_patched(&pod, &patched_pod, injection, decision.kind);
+            // Reviewed again (reinvocation with nothing added): archway's
+            // requirement still runs every image, so nothing changes.
+            let second = placement::decide(&DecisionInput {
+                pod: &patched_pod,
+                policy: &policy,
+                lookups: &lookups,
+                settings: &settings,
+                request_uid: "fuzz-uid",
+                draw: None,
+                node_architectures,
+                hold: None,
+            });
+            check_patched(&pod, &patched_pod, injection, decision.kind, &second);
         }
     }
 }
 
-fn check_patched(pod: &Pod, patched: &Pod, injection: &placement::Injection, kind: DecisionKind) {
+fn check_patched(
+    pod: &Pod,
+    patched: &Pod,
+    injection: &placement::Injection,
+    kind: DecisionKind,
+    second: &placement::Decision,
+) {
     // Every required term now carries the arch expression, and no other
     // arch value was named before (else the user chose): the union of the
-    // named architectures is what archway required.
+    // named architectures is what archway required. (A correction that
+    // removed archway's expression requires nothing.)
+    let removed = injection.required.is_empty();
     assert_eq!(
         placement::user_architectures(patched).as_ref(),
-        Some(&injection.required),
+        (!removed).then_some(&injection.required),
         "{kind:?}"
     );
-    // A second review would see its own decision and leave the pod alone.
-    let second = placement::prescreen(patched, Some(&any_policy()));
+    // A second review sees its own decision, checks it, and leaves the pod
+    // as it is.
     assert_eq!(
-        second.map(|d| d.kind),
-        Some(DecisionKind::AlreadyDecided),
-        "the patched pod is not recognised as decided"
+        (second.kind, &second.outcome),
+        (DecisionKind::AlreadyDecided, &Outcome::Unchanged),
+        "the patched pod is not recognised as decided: {}",
+        second.reason
     );
     // What archway does not own is kept: containers, other terms' other
     // expressions, the user's tolerations and annotations.
@@ -298,7 +324,9 @@ fn check_patched(pod: &Pod, patched: &Pod, injection: &placement::Injection, kin
                 .as_ref()
         })
         .map_or(0, |r| r.node_selector_terms.len());
-    assert_eq!(terms, user_terms.max(1), "terms were added or lost");
+    if !removed {
+        assert_eq!(terms, user_terms.max(1), "terms were added or lost");
+    }
     // The pod tolerates every architecture it may land on.
     let configured = tolerations();
     for arch in &injection.tolerate {
@@ -316,18 +344,6 @@ fn check_patched(pod: &Pod, patched: &Pod, injection: &placement::Injection, kin
             });
             assert!(tolerated, "{arch}: {wanted:?} not tolerated");
         }
-    }
-}
-
-fn any_policy() -> NamespacePolicy {
-    NamespacePolicy {
-        mode: Mode::Enforce,
-        rollout: Rollout::ALL,
-        rollout_by: RolloutBy::Pod,
-        placement: Placement::Required,
-        cold: None,
-        guard: Default::default(),
-        problems: Vec::new(),
     }
 }
 
