@@ -637,6 +637,17 @@ fn denial(decision: &Decision) -> StatusOut {
 /// what an audit namespace would have had injected.
 fn audit_annotations(decision: &Decision, would: bool) -> BTreeMap<String, String> {
     let prefix = if would { "would " } else { "" };
+    if matches!(
+        decision.kind,
+        DecisionKind::AlreadyDecided | DecisionKind::Corrected
+    ) {
+        // A reinvocation: the API server keeps the first value of a key, so
+        // the second look goes under a key of its own.
+        return BTreeMap::from([(
+            "recheck".to_string(),
+            format!("{}: {prefix}{}", decision.kind.label(), decision.reason),
+        )]);
+    }
     let mut annotations = BTreeMap::from([
         (
             "decision".to_string(),

@@ -339,7 +339,18 @@ async fn reinvocation_does_not_patch_twice() {
     let original = pod("web", &["multi:v1"]);
     let (once, _) = patched(&webhook, "r100", &original).await;
     let answer = webhook.review(&pod_review("u2", "r100", &once)).await;
-    assert_eq!(answer["response"], json!({"uid": "u2", "allowed": true}));
+    // Checked again, unchanged: no patch, and the audit log hears of the
+    // second look under a key of its own (the API server keeps a key's
+    // first value).
+    let response = &answer["response"];
+    assert_eq!(response["allowed"], true);
+    assert!(response.get("patch").is_none(), "{response}");
+    let recheck = response["auditAnnotations"]["recheck"].as_str().unwrap();
+    assert!(
+        recheck.starts_with("already_decided: already decided: arm64: rollout 100%"),
+        "{recheck}"
+    );
+    assert!(response["auditAnnotations"].get("decision").is_none());
     webhook.stop().await;
 }
 
@@ -580,7 +591,8 @@ async fn the_patch_is_base64_json_patch_exactly_as_documented() {
                 {"key": "kubernetes.io/arch", "operator": "Equal", "value": "arm64", "effect": "NoSchedule"}]},
             {"op": "add", "path": "/metadata/annotations", "value": {
                 "archway.dev/archs": "amd64,arm64",
-                "archway.dev/decision": format!("arm64: rollout 100%, bucket {bucket}")}}
+                "archway.dev/decision": format!("arm64: rollout 100%, bucket {bucket}")}},
+            {"op": "add", "path": "/metadata/labels/archway.dev~1arch", "value": "arm64"}
         ])
     );
     assert_eq!(
