@@ -6,7 +6,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use k8s_openapi::api::core::v1::{NodeSelectorRequirement, Pod};
+use k8s_openapi::api::core::v1::{NodeSelectorRequirement, NodeSelectorTerm, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use crate::platform::Platform;
@@ -594,6 +594,20 @@ pub fn supported_architectures(
     supported
 }
 
+/// The pod's required node affinity terms (ORed); empty when it has none.
+fn required_terms(pod: &Pod) -> &[NodeSelectorTerm] {
+    let spec = pod.spec.as_ref();
+    let affinity = spec.and_then(|s| s.affinity.as_ref());
+    affinity
+        .and_then(|a| a.node_affinity.as_ref())
+        .and_then(|n| {
+            n.required_during_scheduling_ignored_during_execution
+                .as_ref()
+        })
+        .map(|r| r.node_selector_terms.as_slice())
+        .unwrap_or_default()
+}
+
 /// The operating system a pod will run on, as far as its spec says.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PodOs {
@@ -621,17 +635,8 @@ pub fn pod_os(pod: &Pod) -> PodOs {
     if let Some((_, value)) = spec.node_selector.iter().flatten().find(|(k, _)| is_os(k)) {
         return os_token(value, "nodeSelector kubernetes.io/os");
     }
-    let terms = spec
-        .affinity
-        .as_ref()
-        .and_then(|a| a.node_affinity.as_ref())
-        .and_then(|n| {
-            n.required_during_scheduling_ignored_during_execution
-                .as_ref()
-        })
-        .map(|r| r.node_selector_terms.as_slice())
-        .unwrap_or_default();
-    let term_os = |term: &k8s_openapi::api::core::v1::NodeSelectorTerm| {
+    let terms = required_terms(pod);
+    let term_os = |term: &NodeSelectorTerm| {
         let mut expressions = term
             .match_expressions
             .iter()
@@ -690,16 +695,7 @@ pub fn user_architectures(pod: &Pod) -> Option<BTreeSet<String>> {
             named.insert(value.clone());
         }
     }
-    let terms = spec
-        .affinity
-        .as_ref()
-        .and_then(|a| a.node_affinity.as_ref())
-        .and_then(|n| {
-            n.required_during_scheduling_ignored_during_execution
-                .as_ref()
-        })
-        .map(|r| r.node_selector_terms.as_slice())
-        .unwrap_or_default();
+    let terms = required_terms(pod);
     let expressions = terms
         .iter()
         .flat_map(|t| t.match_expressions.iter().flatten());

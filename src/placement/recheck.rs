@@ -17,12 +17,13 @@
 
 use std::collections::BTreeSet;
 
-use k8s_openapi::api::core::v1::{NodeSelectorTerm, Pod};
+use k8s_openapi::api::core::v1::Pod;
 
 use super::{
     ARCH_LABEL, ARCH_POD_LABEL, ARCHS_ANNOTATION, BETA_ARCH_LABEL, ContainerImage,
     DECISION_ANNOTATION, Decision, DecisionInput, DecisionKind, ImageLookup, Injection, Mode,
-    Outcome, PodOs, describe_set, failures, join, os_name, pod_os, refuse, supported_architectures,
+    Outcome, PodOs, describe_set, failures, join, os_name, pod_os, refuse, required_terms,
+    supported_architectures,
 };
 
 /// The decision for a pod that already carries archway's decision
@@ -204,9 +205,8 @@ pub fn own_requirement(pod: &Pod) -> Option<BTreeSet<String>> {
     if spec.node_selector.iter().flatten().any(|(k, _)| is_arch(k)) {
         return None;
     }
-    let terms = own_terms(pod)?;
     let mut found: Option<BTreeSet<String>> = None;
-    for term in terms {
+    for term in required_terms(pod) {
         let mut arch = term
             .match_expressions
             .iter()
@@ -224,16 +224,6 @@ pub fn own_requirement(pod: &Pod) -> Option<BTreeSet<String>> {
         }
     }
     found.filter(|values| !values.is_empty())
-}
-
-fn own_terms(pod: &Pod) -> Option<&[NodeSelectorTerm]> {
-    let affinity = pod.spec.as_ref()?.affinity.as_ref()?;
-    let required = affinity
-        .node_affinity
-        .as_ref()?
-        .required_during_scheduling_ignored_during_execution
-        .as_ref()?;
-    Some(required.node_selector_terms.as_slice())
 }
 
 #[cfg(test)]
