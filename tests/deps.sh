@@ -20,4 +20,7 @@ if [ "${#missing[@]}" -gt 0 ]; then
   echo "tests/deps.sh: installing ${missing[*]}" >&2
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+  # The downloaded packages (chromium's are most of them) are not needed
+  # once installed; disk is what a CI machine ran short of.
+  $sudo apt-get clean
 fi

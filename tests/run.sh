@@ -34,6 +34,11 @@ echo "tests/run.sh: helm and promtool in $tools ($(( $(date +%s) - start )) s)"
 # control plane's kubectl (kustomize v5).
 export ARCHWAY_TEST_KUBECTL="${ARCHWAY_TEST_KUBECTL:-/usr/bin/kubectl:$controlplane/kubectl}"
 
+# Incremental compilation only pays when the same code is built again and
+# again; here it would add GBs of cache per test binary to a machine that may
+# be short of disk.
+export CARGO_INCREMENTAL=0
+
 cargo fmt --check
 cargo clippy --all-targets -- -D warnings
 cargo test --all-targets

@@ -32,6 +32,9 @@ if ! complete; then
     echo "build.sh: building Kubernetes $k8s_version and etcd into $bin (first run on this machine only)" >&2
     start=$(date +%s)
     tmp="$bin.tmp.$$"
+    # A build cut short leaves nothing behind (the final folder appears whole
+    # or not at all), and its Go caches go in every case.
+    trap 'rm -rf "$tmp" "$tmp.go"' EXIT
     rm -rf "$tmp"; mkdir -p "$tmp"
     # kubectl compares its version with the server's; give the binaries the
     # version they are built from, as the release build does.
@@ -44,7 +47,11 @@ if ! complete; then
     done
     (
       cd "$here"
-      export CGO_ENABLED=0 GOFLAGS="-mod=mod -buildvcs=false"
+      export CGO_ENABLED=0 GOFLAGS="-mod=mod -buildvcs=false -modcacherw"
+      # Go's build and module caches for this build live beside it and go
+      # with it: the binaries are what is kept, and the caches (GBs for
+      # Kubernetes) would stay on a machine that may be short of disk.
+      export GOCACHE="$tmp.go/build" GOMODCACHE="$tmp.go/mod"
       # One `go build` for all five, so the packages they share compile once.
       go build -trimpath -ldflags "$ldflags" -o "$tmp/" \
         k8s.io/kubernetes/cmd/kube-apiserver \

@@ -38,7 +38,7 @@ if ! complete; then
     tmp="$bin.tmp.$$"
     # A build cut short leaves nothing behind (the final folder appears whole
     # or not at all).
-    trap 'rm -rf "$tmp"' EXIT
+    trap 'rm -rf "$tmp" "$tmp.go"' EXIT
     rm -rf "$tmp"; mkdir -p "$tmp"
     # The version stamps helm's and Prometheus' release builds set. helm's
     # default Kubernetes version (.Capabilities.KubeVersion, and what lint
@@ -57,7 +57,11 @@ if ! complete; then
     ldflags+=" -X github.com/prometheus/common/version.Version=$prometheus_release"
     (
       cd "$here"
-      export CGO_ENABLED=0 GOFLAGS="-mod=mod -buildvcs=false"
+      export CGO_ENABLED=0 GOFLAGS="-mod=mod -buildvcs=false -modcacherw"
+      # Go's build and module caches for this build live beside it and go
+      # with it: the binaries are what is kept, and the caches (GBs for
+      # Kubernetes) would stay on a machine that may be short of disk.
+      export GOCACHE="$tmp.go/build" GOMODCACHE="$tmp.go/mod"
       # One `go build` for both, so the packages they share (client-go and
       # its dependencies) compile once. remove_all_sd leaves Prometheus'
       # service discovery plugins (the cloud SDKs) out of promtool: checking
