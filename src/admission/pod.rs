@@ -3,11 +3,20 @@
 //! fields...) is skipped by the JSON reader without being allocated. It
 //! becomes a k8s-openapi `Pod` holding just those fields, so `placement`
 //! and `patch` work on it unchanged.
+//!
+//! Every list and map the view keeps is read with a bound on its length
+//! (`Bounded`): an element costs the view far more memory than its JSON
+//! (`{}` is 3 bytes of body and, as a k8s-openapi `Container`, over a
+//! kilobyte), so without one a 3 MiB review of 31,000 empty containers
+//! took tens of MB, and a few at once overran the memory limit. A pod past
+//! a bound is not read: it is admitted unchanged with the reason, as any
+//! pod archway cannot read.
 
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
-    Affinity, Container, LocalObjectReference, NodeAffinity, Pod, PodOS, PodSpec, Toleration,
+    Affinity, Container, LocalObjectReference, NodeAffinity, NodeSelector, NodeSelectorRequirement,
+    NodeSelectorTerm, Pod, PodOS, PodSpec, PreferredSchedulingTerm, Toleration,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use serde::Deserialize;
@@ -31,30 +40,37 @@ struct PodFields {
     spec: Option<SpecView>,
 }
 
+/// Containers (and, apart, init containers) archway reads in one pod. No
+/// real pod comes near; Kubernetes itself sets no number.
+pub const MAX_CONTAINERS: usize = 256;
+/// Entries of any other list or map archway reads (labels, annotations,
+/// tolerations, node selector terms, a term's expressions or values...).
+pub const MAX_ENTRIES: usize = 1024;
+
 #[derive(Deserialize, Default)]
 #[serde(rename_all = "camelCase")]
 struct MetaView {
     name: Option<String>,
     generate_name: Option<String>,
     namespace: Option<String>,
-    labels: Option<BTreeMap<String, String>>,
-    annotations: Option<BTreeMap<String, String>>,
-    owner_references: Option<Vec<OwnerReference>>,
+    labels: Option<BoundedMap>,
+    annotations: Option<BoundedMap>,
+    owner_references: Option<Bounded<OwnerReference>>,
 }
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct SpecView {
     node_name: Option<String>,
-    node_selector: Option<BTreeMap<String, String>>,
+    node_selector: Option<BoundedMap>,
     /// The pod's OS, which decides which platforms of its images count.
     os: Option<PodOS>,
     affinity: Option<AffinityView>,
-    tolerations: Option<Vec<Toleration>>,
-    image_pull_secrets: Option<Vec<LocalObjectReference>>,
-    init_containers: Option<Vec<ContainerView>>,
+    tolerations: Option<Bounded<Toleration>>,
+    image_pull_secrets: Option<Bounded<LocalObjectReference>>,
+    init_containers: Option<Bounded<ContainerView, MAX_CONTAINERS>>,
     #[serde(default)]
-    containers: Vec<ContainerView>,
+    containers: Bounded<ContainerView, MAX_CONTAINERS>,
 }
 
 /// Pod (anti-)affinity only matter as "an affinity is present", which
@@ -62,7 +78,162 @@ struct SpecView {
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct AffinityView {
-    node_affinity: Option<NodeAffinity>,
+    node_affinity: Option<NodeAffinityView>,
+}
+
+/// k8s-openapi's `NodeAffinity`, field for field (the same required
+/// fields), with its lists bounded.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct NodeAffinityView {
+    required_during_scheduling_ignored_during_execution: Option<NodeSelectorView>,
+    preferred_during_scheduling_ignored_during_execution: Option<Bounded<PreferredTermView>>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct NodeSelectorView {
+    node_selector_terms: Bounded<TermView>,
+}
+
+#[derive(Deserialize)]
+struct PreferredTermView {
+    preference: TermView,
+    weight: i32,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct TermView {
+    match_expressions: Option<Bounded<RequirementView>>,
+    match_fields: Option<Bounded<RequirementView>>,
+}
+
+#[derive(Deserialize)]
+struct RequirementView {
+    key: String,
+    operator: String,
+    values: Option<Bounded<String>>,
+}
+
+impl From<NodeAffinityView> for NodeAffinity {
+    fn from(a: NodeAffinityView) -> NodeAffinity {
+        NodeAffinity {
+            required_during_scheduling_ignored_during_execution: a
+                .required_during_scheduling_ignored_during_execution
+                .map(|r| NodeSelector {
+                    node_selector_terms: r.node_selector_terms.into_vec(),
+                }),
+            preferred_during_scheduling_ignored_during_execution: a
+                .preferred_during_scheduling_ignored_during_execution
+                .map(Bounded::into_vec),
+        }
+    }
+}
+
+impl From<PreferredTermView> for PreferredSchedulingTerm {
+    fn from(p: PreferredTermView) -> PreferredSchedulingTerm {
+        PreferredSchedulingTerm {
+            preference: p.preference.into(),
+            weight: p.weight,
+        }
+    }
+}
+
+impl From<TermView> for NodeSelectorTerm {
+    fn from(t: TermView) -> NodeSelectorTerm {
+        NodeSelectorTerm {
+            match_expressions: t.match_expressions.map(Bounded::into_vec),
+            match_fields: t.match_fields.map(Bounded::into_vec),
+        }
+    }
+}
+
+impl From<RequirementView> for NodeSelectorRequirement {
+    fn from(r: RequirementView) -> NodeSelectorRequirement {
+        NodeSelectorRequirement {
+            key: r.key,
+            operator: r.operator,
+            values: r.values.map(|v| v.0),
+        }
+    }
+}
+
+/// A JSON array of at most `MAX` elements; a longer one is an error as
+/// soon as its element `MAX + 1` is seen, before it is kept.
+struct Bounded<T, const MAX: usize = MAX_ENTRIES>(Vec<T>);
+
+impl<T, const MAX: usize> Default for Bounded<T, MAX> {
+    fn default() -> Self {
+        Bounded(Vec::new())
+    }
+}
+
+impl<T, const MAX: usize> Bounded<T, MAX> {
+    fn into_vec<U: From<T>>(self) -> Vec<U> {
+        self.0.into_iter().map(U::from).collect()
+    }
+}
+
+impl<'de, T: Deserialize<'de>, const MAX: usize> Deserialize<'de> for Bounded<T, MAX> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor<T, const MAX: usize>(std::marker::PhantomData<T>);
+        impl<'de, T: Deserialize<'de>, const MAX: usize> serde::de::Visitor<'de> for Visitor<T, MAX> {
+            type Value = Bounded<T, MAX>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                write!(f, "a list of at most {MAX} entries")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Self::Value, A::Error> {
+                let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(16));
+                while let Some(item) = seq.next_element()? {
+                    if items.len() == MAX {
+                        return Err(serde::de::Error::custom(format!(
+                            "a list has more than {MAX} entries, more than archway reads"
+                        )));
+                    }
+                    items.push(item);
+                }
+                Ok(Bounded(items))
+            }
+        }
+        deserializer.deserialize_seq(Visitor::<T, MAX>(std::marker::PhantomData))
+    }
+}
+
+/// A JSON object of at most `MAX_ENTRIES` string values (labels,
+/// annotations, a node selector). A repeated key counts once, as the map
+/// keeps it once.
+struct BoundedMap(BTreeMap<String, String>);
+
+impl<'de> Deserialize<'de> for BoundedMap {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = BoundedMap;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                write!(f, "a map of at most {MAX_ENTRIES} strings")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<BoundedMap, A::Error> {
+                let mut entries = BTreeMap::new();
+                while let Some((key, value)) = map.next_entry::<String, String>()? {
+                    entries.insert(key, value);
+                    if entries.len() > MAX_ENTRIES {
+                        return Err(serde::de::Error::custom(format!(
+                            "a map has more than {MAX_ENTRIES} entries, more than archway reads"
+                        )));
+                    }
+                }
+                Ok(BoundedMap(entries))
+            }
+        }
+        deserializer.deserialize_map(Visitor)
+    }
 }
 
 #[derive(Deserialize)]
@@ -91,25 +262,23 @@ impl PodView {
                 name: m.name,
                 generate_name: m.generate_name,
                 namespace: m.namespace,
-                labels: m.labels,
-                annotations: m.annotations,
-                owner_references: m.owner_references,
+                labels: m.labels.map(|l| l.0),
+                annotations: m.annotations.map(|a| a.0),
+                owner_references: m.owner_references.map(|o| o.0),
                 ..Default::default()
             },
             spec: spec.map(|s| PodSpec {
                 node_name: s.node_name,
-                node_selector: s.node_selector,
+                node_selector: s.node_selector.map(|n| n.0),
                 os: s.os,
                 affinity: s.affinity.map(|a| Affinity {
-                    node_affinity: a.node_affinity,
+                    node_affinity: a.node_affinity.map(NodeAffinity::from),
                     ..Default::default()
                 }),
-                tolerations: s.tolerations,
-                image_pull_secrets: s.image_pull_secrets,
-                init_containers: s
-                    .init_containers
-                    .map(|v| v.into_iter().map(Container::from).collect()),
-                containers: s.containers.into_iter().map(Container::from).collect(),
+                tolerations: s.tolerations.map(|t| t.0),
+                image_pull_secrets: s.image_pull_secrets.map(|i| i.0),
+                init_containers: s.init_containers.map(Bounded::into_vec),
+                containers: s.containers.into_vec(),
                 ..Default::default()
             }),
             status: None,
@@ -262,6 +431,137 @@ mod tests {
             // And the patch applies to the JSON the API server sent.
             let mut patched = value.clone();
             json_patch::patch(&mut patched, &patch_view).unwrap();
+        }
+    }
+
+    /// Each list and map the view keeps is read up to its bound, as
+    /// k8s-openapi reads it, and refused past it, wherever it sits.
+    #[test]
+    fn lists_and_maps_are_read_up_to_their_bound() {
+        fn list(n: usize, item: Value) -> Value {
+            Value::Array(vec![item; n])
+        }
+        fn map(n: usize) -> Value {
+            Value::Object((0..n).map(|i| (format!("k{i}"), json!(""))).collect())
+        }
+        fn spec(field: &str, value: Value) -> Value {
+            let mut spec = json!({"containers": [{"name": "c", "image": "app"}]});
+            spec[field] = value;
+            json!({ "spec": spec })
+        }
+        fn required(terms: Value) -> Value {
+            spec(
+                "affinity",
+                json!({"nodeAffinity": {
+                "requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": terms}}}),
+            )
+        }
+        fn requirement(values: Value) -> Value {
+            json!({"key": "k", "operator": "In", "values": values})
+        }
+        type Case = (&'static str, usize, Box<dyn Fn(usize) -> Value>);
+        let cases: Vec<Case> = vec![
+            (
+                "containers",
+                MAX_CONTAINERS,
+                Box::new(|n| spec("containers", list(n, json!({"name": "c"})))),
+            ),
+            (
+                "initContainers",
+                MAX_CONTAINERS,
+                Box::new(|n| spec("initContainers", list(n, json!({"name": "i"})))),
+            ),
+            (
+                "tolerations",
+                MAX_ENTRIES,
+                Box::new(|n| spec("tolerations", list(n, json!({})))),
+            ),
+            (
+                "imagePullSecrets",
+                MAX_ENTRIES,
+                Box::new(|n| spec("imagePullSecrets", list(n, json!({"name": "s"})))),
+            ),
+            (
+                "nodeSelector",
+                MAX_ENTRIES,
+                Box::new(|n| spec("nodeSelector", map(n))),
+            ),
+            (
+                "labels",
+                MAX_ENTRIES,
+                Box::new(|n| json!({"metadata": {"labels": map(n)}})),
+            ),
+            (
+                "annotations",
+                MAX_ENTRIES,
+                Box::new(|n| json!({"metadata": {"annotations": map(n)}})),
+            ),
+            (
+                "ownerReferences",
+                MAX_ENTRIES,
+                Box::new(|n| {
+                    json!({"metadata": {"ownerReferences": list(n,
+                json!({"apiVersion": "v1", "kind": "K", "name": "n", "uid": "u"}))}})
+                }),
+            ),
+            (
+                "nodeSelectorTerms",
+                MAX_ENTRIES,
+                Box::new(|n| required(list(n, json!({})))),
+            ),
+            (
+                "preferred",
+                MAX_ENTRIES,
+                Box::new(|n| {
+                    spec(
+                        "affinity",
+                        json!({"nodeAffinity": {
+                "preferredDuringSchedulingIgnoredDuringExecution": list(n, json!({"weight": 1, "preference": {}}))}}),
+                    )
+                }),
+            ),
+            (
+                "matchExpressions",
+                MAX_ENTRIES,
+                Box::new(|n| {
+                    required(json!([
+                {"matchExpressions": list(n, requirement(json!([])))}]))
+                }),
+            ),
+            (
+                "matchFields",
+                MAX_ENTRIES,
+                Box::new(|n| {
+                    required(json!([
+                {"matchFields": list(n, requirement(json!([])))}]))
+                }),
+            ),
+            (
+                "values",
+                MAX_ENTRIES,
+                Box::new(|n| {
+                    required(json!([
+                {"matchExpressions": [requirement(list(n, json!("v")))]}]))
+                }),
+            ),
+        ];
+        for (what, bound, pod) in cases {
+            let text = pod(bound).to_string();
+            let full: Pod = serde_json::from_str(&text).unwrap();
+            let view = serde_json::from_str::<PodView>(&text)
+                .unwrap_or_else(|e| panic!("{what} at its bound: {e}"))
+                .into_pod();
+            let json = |pod: &Pod| serde_json::to_value(pod).unwrap();
+            assert_eq!(json(&view), json(&full), "{what} at its bound");
+            let error = serde_json::from_str::<PodView>(&pod(bound + 1).to_string())
+                .err()
+                .unwrap_or_else(|| panic!("{what} past its bound was read"));
+            assert!(
+                error
+                    .to_string()
+                    .contains(&format!("more than {bound} entries")),
+                "{what}: {error}"
+            );
         }
     }
 

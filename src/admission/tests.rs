@@ -207,6 +207,27 @@ async fn too_many_images_are_not_looked_up() {
     );
 }
 
+/// A pod past the view's bounds (here 31,000 containers, as an attacker
+/// sent) is not read, not looked up, and admitted unchanged with the reason.
+#[tokio::test]
+async fn a_pod_with_more_containers_than_archway_reads_is_admitted_unchanged() {
+    let reviewer = reviewer(NAMESPACES);
+    let containers = vec![json!({}); 31_000];
+    let body = review(
+        "shop",
+        json!({"metadata": {"name": "wide"}, "spec": {"containers": containers}}),
+    );
+    let (out, record) = answer(&reviewer, &body).await;
+    assert_eq!(out["response"]["allowed"], true);
+    assert!(out["response"].get("patch").is_none(), "{out}");
+    assert_eq!(record.cache_misses, 0);
+    let warning = out["response"]["warnings"][0].as_str().unwrap();
+    assert!(
+        warning.contains("more than 256 entries") && warning.contains("admitted unchanged"),
+        "{warning}"
+    );
+}
+
 #[test]
 fn long_warnings_are_cut() {
     let text = "é".repeat(1000);
