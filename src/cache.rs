@@ -9,6 +9,7 @@ use serde::Deserialize;
 use tokio::sync::Semaphore;
 
 use crate::image::ImageRef;
+use crate::registry::limits::{Turn, next_review_id};
 use crate::registry::{Credential, ImagePlatforms, InspectError, RegistryClient};
 
 /// How long answers are kept, how many and how large, and how many
@@ -161,6 +162,9 @@ pub struct Requester {
     /// `None` for the commands (`inspect`, `review`, `audit`): no budget.
     namespace: Option<Arc<str>>,
     slots: Arc<Semaphore>,
+    /// Its place in the registry client's queues, which serve namespaces
+    /// and reviews in turn.
+    turn: Turn,
 }
 
 /// Registry lookups of one review in flight at once.
@@ -168,8 +172,13 @@ pub const LOOKUPS_PER_REVIEW: usize = 4;
 
 impl Requester {
     fn new(namespace: Option<&str>) -> Self {
+        let namespace: Option<Arc<str>> = namespace.map(Arc::from);
         Requester {
-            namespace: namespace.map(Arc::from),
+            turn: Turn {
+                namespace: namespace.clone(),
+                review: next_review_id(),
+            },
+            namespace,
             slots: Arc::new(Semaphore::new(LOOKUPS_PER_REVIEW)),
         }
     }
@@ -316,7 +325,11 @@ impl Inspector {
             .entry(key)
             .or_insert_with(async {
                 let lookup = match requester.slots.acquire().await {
-                    Ok(_slot) => self.client.inspect(image, credential).await.map(Arc::new),
+                    Ok(_slot) => self
+                        .client
+                        .inspect_in_turn(image, credential, &requester.turn)
+                        .await
+                        .map(Arc::new),
                     Err(_) => Err(InspectError::Internal("lookup slots closed".into())),
                 };
                 let ttl = self.ttl_for(image, &lookup);

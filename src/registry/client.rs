@@ -24,7 +24,7 @@ use super::credentials::{Credential, Keyring};
 use super::guard::{
     ConnectionGuard, DEFAULT_TRUSTED_HOSTS, GuardedResolver, NetworkGuard, Refusal,
 };
-use super::limits::LookupLimits;
+use super::limits::{LookupLimits, Turn};
 use super::manifest::{self, MANIFEST_ACCEPT, ManifestContent};
 use super::{ImagePlatforms, InspectError, ManifestShape};
 use crate::image::ImageRef;
@@ -266,9 +266,21 @@ impl RegistryClient {
         image: &ImageRef,
         credential: &Credential,
     ) -> Result<ImagePlatforms, InspectError> {
+        self.inspect_in_turn(image, credential, &Turn::anonymous())
+            .await
+    }
+
+    /// `inspect`, waiting for the registry's places in `turn`: a review's
+    /// lookups take turns with other namespaces' and other reviews'.
+    pub async fn inspect_in_turn(
+        &self,
+        image: &ImageRef,
+        credential: &Credential,
+        turn: &Turn,
+    ) -> Result<ImagePlatforms, InspectError> {
         let mut last_error = None;
         for endpoint in self.endpoints(image) {
-            let permit = self.limits.acquire(&endpoint.host).await;
+            let permit = self.limits.acquire(&endpoint.host, turn).await;
             let result = self.inspect_at(&endpoint, image, credential).await;
             drop(permit);
             match result {
