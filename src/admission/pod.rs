@@ -53,24 +53,24 @@ struct MetaView {
     name: Option<String>,
     generate_name: Option<String>,
     namespace: Option<String>,
-    labels: Option<BoundedMap>,
-    annotations: Option<BoundedMap>,
-    owner_references: Option<Bounded<OwnerReference>>,
+    labels: Option<BoundedMap<Labels>>,
+    annotations: Option<BoundedMap<Annotations>>,
+    owner_references: Option<Bounded<OwnerReference, OwnerReferences>>,
 }
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct SpecView {
     node_name: Option<String>,
-    node_selector: Option<BoundedMap>,
+    node_selector: Option<BoundedMap<NodeSelectorLabels>>,
     /// The pod's OS, which decides which platforms of its images count.
     os: Option<PodOS>,
     affinity: Option<AffinityView>,
-    tolerations: Option<Bounded<Toleration>>,
-    image_pull_secrets: Option<Bounded<LocalObjectReference>>,
-    init_containers: Option<Bounded<ContainerView, MAX_CONTAINERS>>,
+    tolerations: Option<Bounded<Toleration, Tolerations>>,
+    image_pull_secrets: Option<Bounded<LocalObjectReference, PullSecrets>>,
+    init_containers: Option<Bounded<ContainerView, InitContainers>>,
     #[serde(default)]
-    containers: Bounded<ContainerView, MAX_CONTAINERS>,
+    containers: Bounded<ContainerView, Containers>,
 }
 
 /// Pod (anti-)affinity only matter as "an affinity is present", which
@@ -87,13 +87,14 @@ struct AffinityView {
 #[serde(rename_all = "camelCase")]
 struct NodeAffinityView {
     required_during_scheduling_ignored_during_execution: Option<NodeSelectorView>,
-    preferred_during_scheduling_ignored_during_execution: Option<Bounded<PreferredTermView>>,
+    preferred_during_scheduling_ignored_during_execution:
+        Option<Bounded<PreferredTermView, PreferredTerms>>,
 }
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct NodeSelectorView {
-    node_selector_terms: Bounded<TermView>,
+    node_selector_terms: Bounded<TermView, RequiredTerms>,
 }
 
 #[derive(Deserialize)]
@@ -105,15 +106,15 @@ struct PreferredTermView {
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct TermView {
-    match_expressions: Option<Bounded<RequirementView>>,
-    match_fields: Option<Bounded<RequirementView>>,
+    match_expressions: Option<Bounded<RequirementView, Expressions>>,
+    match_fields: Option<Bounded<RequirementView, Expressions>>,
 }
 
 #[derive(Deserialize)]
 struct RequirementView {
     key: String,
     operator: String,
-    values: Option<Bounded<String>>,
+    values: Option<Bounded<String, Values>>,
 }
 
 impl From<NodeAffinityView> for NodeAffinity {
@@ -159,29 +160,69 @@ impl From<RequirementView> for NodeSelectorRequirement {
     }
 }
 
-/// A JSON array of at most `MAX` elements; a longer one is an error as
-/// soon as its element `MAX + 1` is seen, before it is kept.
-struct Bounded<T, const MAX: usize = MAX_ENTRIES>(Vec<T>);
+/// How many of one kind of thing the view reads, and its name in the
+/// warning a pod past it gets.
+trait Bound {
+    const MAX: usize;
+    const WHAT: &'static str;
+}
 
-impl<T, const MAX: usize> Default for Bounded<T, MAX> {
+macro_rules! bounds {
+    ($($name:ident: $max:expr, $what:literal;)*) => {$(
+        struct $name;
+        impl Bound for $name {
+            const MAX: usize = $max;
+            const WHAT: &'static str = $what;
+        }
+    )*};
+}
+
+bounds! {
+    Containers: MAX_CONTAINERS, "containers";
+    InitContainers: MAX_CONTAINERS, "init containers";
+    Labels: MAX_ENTRIES, "labels";
+    Annotations: MAX_ENTRIES, "annotations";
+    OwnerReferences: MAX_ENTRIES, "owner references";
+    NodeSelectorLabels: MAX_ENTRIES, "node selector labels";
+    Tolerations: MAX_ENTRIES, "tolerations";
+    PullSecrets: MAX_ENTRIES, "image pull secrets";
+    RequiredTerms: MAX_ENTRIES, "required node selector terms";
+    PreferredTerms: MAX_ENTRIES, "preferred node selector terms";
+    Expressions: MAX_ENTRIES, "expressions in a node selector term";
+    Values: MAX_ENTRIES, "values in a node selector expression";
+}
+
+fn past_bound<B: Bound, E: serde::de::Error>() -> E {
+    E::custom(format_args!(
+        "the pod has over {max} {what}; archway reads at most {max}",
+        max = B::MAX,
+        what = B::WHAT
+    ))
+}
+
+/// A JSON array of at most `B::MAX` elements; a longer one is an error as
+/// soon as the element past the bound is seen, before it is kept.
+struct Bounded<T, B>(Vec<T>, std::marker::PhantomData<B>);
+
+impl<T, B> Default for Bounded<T, B> {
     fn default() -> Self {
-        Bounded(Vec::new())
+        Bounded(Vec::new(), std::marker::PhantomData)
     }
 }
 
-impl<T, const MAX: usize> Bounded<T, MAX> {
+impl<T, B> Bounded<T, B> {
     fn into_vec<U: From<T>>(self) -> Vec<U> {
         self.0.into_iter().map(U::from).collect()
     }
 }
 
-impl<'de, T: Deserialize<'de>, const MAX: usize> Deserialize<'de> for Bounded<T, MAX> {
+impl<'de, T: Deserialize<'de>, B: Bound> Deserialize<'de> for Bounded<T, B> {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct Visitor<T, const MAX: usize>(std::marker::PhantomData<T>);
-        impl<'de, T: Deserialize<'de>, const MAX: usize> serde::de::Visitor<'de> for Visitor<T, MAX> {
-            type Value = Bounded<T, MAX>;
+        struct Visitor<T, B>(std::marker::PhantomData<(T, B)>);
+        impl<'de, T: Deserialize<'de>, B: Bound> serde::de::Visitor<'de> for Visitor<T, B> {
+            type Value = Bounded<T, B>;
             fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                write!(f, "a list of at most {MAX} entries")
+                write!(f, "a sequence of at most {} {}", B::MAX, B::WHAT)
             }
             fn visit_seq<A: serde::de::SeqAccess<'de>>(
                 self,
@@ -189,50 +230,45 @@ impl<'de, T: Deserialize<'de>, const MAX: usize> Deserialize<'de> for Bounded<T,
             ) -> Result<Self::Value, A::Error> {
                 let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(16));
                 while let Some(item) = seq.next_element()? {
-                    if items.len() == MAX {
-                        return Err(serde::de::Error::custom(format!(
-                            "a list has more than {MAX} entries, more than archway reads"
-                        )));
+                    if items.len() == B::MAX {
+                        return Err(past_bound::<B, _>());
                     }
                     items.push(item);
                 }
-                Ok(Bounded(items))
+                Ok(Bounded(items, std::marker::PhantomData))
             }
         }
-        deserializer.deserialize_seq(Visitor::<T, MAX>(std::marker::PhantomData))
+        deserializer.deserialize_seq(Visitor::<T, B>(std::marker::PhantomData))
     }
 }
 
-/// A JSON object of at most `MAX_ENTRIES` string values (labels,
-/// annotations, a node selector). A repeated key counts once, as the map
-/// keeps it once.
-struct BoundedMap(BTreeMap<String, String>);
+/// A JSON object of at most `B::MAX` string values (labels, annotations,
+/// a node selector). A repeated key counts once, as the map keeps it once.
+struct BoundedMap<B>(BTreeMap<String, String>, std::marker::PhantomData<B>);
 
-impl<'de> Deserialize<'de> for BoundedMap {
+impl<'de, B: Bound> Deserialize<'de> for BoundedMap<B> {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct Visitor;
-        impl<'de> serde::de::Visitor<'de> for Visitor {
-            type Value = BoundedMap;
+        struct Visitor<B>(std::marker::PhantomData<B>);
+        impl<'de, B: Bound> serde::de::Visitor<'de> for Visitor<B> {
+            type Value = BoundedMap<B>;
             fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                write!(f, "a map of at most {MAX_ENTRIES} strings")
+                write!(f, "a map of at most {} {}", B::MAX, B::WHAT)
             }
             fn visit_map<A: serde::de::MapAccess<'de>>(
                 self,
                 mut map: A,
-            ) -> Result<BoundedMap, A::Error> {
+            ) -> Result<Self::Value, A::Error> {
                 let mut entries = BTreeMap::new();
                 while let Some((key, value)) = map.next_entry::<String, String>()? {
                     entries.insert(key, value);
-                    if entries.len() > MAX_ENTRIES {
-                        return Err(serde::de::Error::custom(format!(
-                            "a map has more than {MAX_ENTRIES} entries, more than archway reads"
-                        )));
+                    if entries.len() > B::MAX {
+                        return Err(past_bound::<B, _>());
                     }
                 }
-                Ok(BoundedMap(entries))
+                Ok(BoundedMap(entries, std::marker::PhantomData))
             }
         }
-        deserializer.deserialize_map(Visitor)
+        deserializer.deserialize_map(Visitor::<B>(std::marker::PhantomData))
     }
 }
 
@@ -559,7 +595,7 @@ mod tests {
             assert!(
                 error
                     .to_string()
-                    .contains(&format!("more than {bound} entries")),
+                    .contains(&format!("the pod has over {bound} ")),
                 "{what}: {error}"
             );
         }

@@ -223,7 +223,8 @@ async fn a_pod_with_more_containers_than_archway_reads_is_admitted_unchanged() {
     assert_eq!(record.cache_misses, 0);
     let warning = out["response"]["warnings"][0].as_str().unwrap();
     assert!(
-        warning.contains("more than 256 entries") && warning.contains("admitted unchanged"),
+        warning.contains("the pod has over 256 containers; archway reads at most 256")
+            && warning.contains("admitted unchanged"),
         "{warning}"
     );
 }
