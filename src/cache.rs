@@ -324,14 +324,11 @@ impl Inspector {
             .cache
             .entry(key)
             .or_insert_with(async {
-                let lookup = match requester.slots.acquire().await {
-                    Ok(_slot) => self
-                        .client
-                        .inspect_in_turn(image, credential, &requester.turn)
-                        .await
-                        .map(Arc::new),
-                    Err(_) => Err(InspectError::Internal("lookup slots closed".into())),
-                };
+                let lookup = self
+                    .client
+                    .inspect_in_turn(image, credential, &requester.turn)
+                    .await
+                    .map(Arc::new);
                 let ttl = self.ttl_for(image, &lookup);
                 Entry { lookup, ttl }
             })
@@ -401,7 +398,18 @@ impl Inspector {
         let credential = credential.clone();
         let requester = requester.clone();
         match tokio::spawn(async move {
-            let result = this.inspect_as(&image, &credential, &requester).await;
+            // The lookup that asks the registry waits for one of its
+            // review's slots first, while its task is still small: the
+            // lookup's own future (about 7 KB, moka's entry and the
+            // registry client's) is only made, boxed, once it may run. A
+            // flood of pods of 64 images then holds thousands of waiting
+            // tasks of a few hundred bytes, not of 7 KB. One that joins a
+            // lookup already under way asks nothing, and waits for no slot.
+            let _slot = match &in_flight {
+                Some(_) => Some(requester.slots.clone().acquire_owned().await),
+                None => None,
+            };
+            let result = Box::pin(this.inspect_as(&image, &credential, &requester)).await;
             drop(in_flight);
             result
         })
