@@ -248,6 +248,59 @@ async fn lookups_are_bounded_and_a_big_pod_does_not_starve_a_small_one() {
     );
 }
 
+/// Item 8: lookups waiting for a registry are served in turn, round robin
+/// over namespaces: a flood of 24 pods in 24 namespaces puts a review in
+/// another namespace behind about one lookup per busy namespace, not behind
+/// every lookup queued before it (first come, first served: about 90).
+#[tokio::test]
+async fn a_flood_in_many_namespaces_does_not_hold_up_another_namespace() {
+    let server = SlowServer::start(Duration::from_millis(20)).await;
+    let host = server.host();
+    let settings = RegistrySettings {
+        max_concurrent_lookups: 8,
+        max_concurrent_lookups_per_host: 2,
+        ..plain(std::slice::from_ref(&host))
+    };
+    let inspector = inspector(settings, CacheSettings::default());
+    let flood: Vec<_> = (0..24)
+        .flat_map(|p| {
+            let requester = inspector.requester(&format!("ns{p}"));
+            let (inspector, host) = (inspector.clone(), host.clone());
+            (0..8).map(move |i| {
+                let (inspector, requester) = (inspector.clone(), requester.clone());
+                let reference = image(&format!("{host}/app:p{p}i{i}"));
+                tokio::spawn(async move {
+                    inspector
+                        .inspect_for(&reference, &Credential::Anonymous, &requester)
+                        .await
+                })
+            })
+        })
+        .collect();
+    // Every namespace has its lookups in line (each review four at a time).
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let before = server.requests.load(Ordering::SeqCst);
+    let other = inspector.requester("other");
+    let (answer, _) = inspector
+        .inspect_for(
+            &image(&format!("{host}/other:v1")),
+            &Credential::Anonymous,
+            &other,
+        )
+        .await;
+    assert!(
+        matches!(answer, Err(InspectError::NotFound { .. })),
+        "{answer:?}"
+    );
+    let ahead = server.requests.load(Ordering::SeqCst) - before - 1;
+    eprintln!("lookups served before another namespace's: {ahead}");
+    assert!(ahead <= 24 + 2, "{ahead} lookups went first");
+    for lookup in flood {
+        lookup.await.unwrap();
+    }
+    assert_eq!(server.requests.load(Ordering::SeqCst), 24 * 8 + 1);
+}
+
 /// Item 9: one namespace's misses are limited; another namespace still
 /// gets its lookups, and a refused one is not remembered.
 #[tokio::test]
