@@ -110,7 +110,7 @@ pub struct RegistryClient {
 const MAX_BACKING_OFF: usize = 1024;
 
 /// Registry response bytes held at once (at least one largest body).
-const BODY_BYTES_IN_FLIGHT: usize = 16 * 1024 * 1024;
+const BODY_BYTES_IN_FLIGHT: usize = 8 * 1024 * 1024;
 
 /// How long a host backs off after a 429 without `Retry-After`, and the
 /// most a `Retry-After` is believed.
