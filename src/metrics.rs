@@ -210,6 +210,11 @@ pub struct Metrics {
     pub registry_requests: Family<RegistryResultLabels, Counter>,
     pub registry_duration: HistogramFamily<RegistryLabels>,
     pub cache_lookups: Family<CacheLabels, Counter>,
+    /// `cache_lookups`' two series, each taken from the family at its first
+    /// lookup (so the output is the family's as ever): every image of every
+    /// review counts one, and the family's lookup costs a label string and
+    /// a lock.
+    cache_lookup_series: [std::sync::OnceLock<Counter>; 2],
     pub cache_entries: Gauge,
     pub no_nodes: Family<ArchitectureLabels, Counter>,
     pub config_reloads: Family<ReasonLabels, Counter>,
@@ -367,6 +372,7 @@ impl Metrics {
             registry_requests,
             registry_duration,
             cache_lookups,
+            cache_lookup_series: Default::default(),
             cache_entries,
             no_nodes,
             config_reloads,
@@ -410,12 +416,18 @@ impl Metrics {
     }
 
     pub fn cache_lookup(&self, hit: bool) {
-        let result = if hit { "hit" } else { "miss" };
-        self.cache_lookups
-            .get_or_create(&CacheLabels {
+        let (result, series) = match hit {
+            true => ("hit", &self.cache_lookup_series[0]),
+            false => ("miss", &self.cache_lookup_series[1]),
+        };
+        // A `Counter` clone shares its count with the family's.
+        let counter = series.get_or_init(|| {
+            let labels = CacheLabels {
                 result: result.into(),
-            })
-            .inc();
+            };
+            self.cache_lookups.get_or_create(&labels).clone()
+        });
+        counter.inc();
     }
 
     /// The text exposition format.
