@@ -642,6 +642,15 @@ pub fn pod_os(pod: &Pod) -> PodOs {
         return os_token(value, "nodeSelector kubernetes.io/os");
     }
     let terms = required_terms(pod);
+    let names_os = |term: &NodeSelectorTerm| {
+        let mut expressions = term.match_expressions.iter().flatten();
+        expressions.any(|e| is_os(&e.key))
+    };
+    // Most pods' terms say nothing of the OS: answered without the
+    // per-term list below.
+    if !terms.iter().any(names_os) {
+        return PodOs::Known(LINUX.into());
+    }
     let term_os = |term: &NodeSelectorTerm| {
         let mut expressions = term
             .match_expressions
