@@ -212,17 +212,19 @@ impl Reviewer {
 
     async fn review_request(
         &self,
-        request: Request,
+        mut request: Request,
         started: Instant,
     ) -> Result<(ReviewOut, ReviewRecord), BadReview> {
         let deadline = tokio::time::Instant::from_std(started) + self.settings.time_budget;
+        // Taken out of the request: the rest of the review reads these
+        // from here.
         let uid = request
             .uid
-            .clone()
+            .take()
             .filter(|u| !u.is_empty())
             .ok_or(BadReview::NoUid)?;
-        let namespace = request.namespace.clone().unwrap_or_default();
-        let name = request.name.clone().unwrap_or_default();
+        let namespace = request.namespace.take().unwrap_or_default();
+        let name = request.name.take().unwrap_or_default();
         let dry_run = request.dry_run.unwrap_or(false);
         let answer = self
             .answer(request, &uid, &namespace, dry_run, deadline)
