@@ -122,6 +122,28 @@ pub struct ReviewOut {
     pub response: ResponseOut,
 }
 
+impl ReviewOut {
+    /// The response body, in a buffer sized for it at once: the patch's
+    /// base64 is most of it, and growing to it would copy it several times.
+    pub fn to_json(&self) -> serde_json::Result<Vec<u8>> {
+        let response = &self.response;
+        let patch = response
+            .patch
+            .as_ref()
+            .map_or(0, |p| p.len().div_ceil(3) * 4);
+        let warnings: usize = response.warnings.iter().map(|w| w.len() + 3).sum();
+        let annotations: usize = (response.audit_annotations.iter())
+            .map(|(key, value)| key.len() + value.len() + 6)
+            .sum();
+        let status = response.status.as_ref().map_or(0, |s| s.message.len());
+        // Room for the fixed fields and a little escaping.
+        let estimate = 192 + response.uid.len() + patch + warnings + annotations + status;
+        let mut bytes = Vec::with_capacity(estimate);
+        serde_json::to_writer(&mut bytes, self)?;
+        Ok(bytes)
+    }
+}
+
 #[derive(Serialize, Debug, Clone, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct ResponseOut {
