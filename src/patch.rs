@@ -6,8 +6,9 @@
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::LazyLock;
 
-use json_patch::jsonptr::Pointer;
+use json_patch::jsonptr::{Pointer, PointerBuf};
 use json_patch::{AddOperation, Patch, PatchOperation, RemoveOperation};
 use k8s_openapi::api::core::v1::{NodeAffinity, NodeSelectorTerm, Pod, Toleration};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -15,7 +16,9 @@ use serde::ser::{SerializeMap, SerializeSeq, SerializeStruct};
 use serde::{Serialize, Serializer};
 use serde_json::{Value, json};
 
-use crate::placement::{ARCH_LABEL, Injection, LINUX};
+use crate::placement::{
+    ARCH_LABEL, ARCH_POD_LABEL, ARCHS_ANNOTATION, DECISION_ANNOTATION, Injection, LINUX,
+};
 
 /// Weight of archway's preferred term: the strongest, since it carries the
 /// namespace owner's rollout choice; the user's own preferences still count.
@@ -520,13 +523,34 @@ fn add_labels<'a>(pod: &Pod, labels: &'a BTreeMap<String, String>) -> Vec<Operat
 /// One `add` per entry of `map`, into the object at `parent`; the key is
 /// appended as a token, so `/` and `~` in it (`archway.dev/archs`) are
 /// escaped.
-fn each_entry<'a>(parent: &Pointer, map: &'a BTreeMap<String, String>) -> Vec<Operation<'a>> {
+fn each_entry<'a>(
+    parent: &'static Pointer,
+    map: &'a BTreeMap<String, String>,
+) -> Vec<Operation<'a>> {
     map.iter()
         .map(|(key, value)| Operation {
-            path: Cow::Owned(parent.with_trailing_token(key)),
+            path: entry_path(parent, key),
             value: Some(Content::String(value)),
         })
         .collect()
+}
+
+/// `parent` with `key` appended. archway's own keys' paths are made once:
+/// nearly every patch has them, and escaping the `/` in each costs a few
+/// allocations.
+fn entry_path(parent: &'static Pointer, key: &str) -> Cow<'static, Pointer> {
+    static OWN: LazyLock<Vec<(&Pointer, &str, PointerBuf)>> = LazyLock::new(|| {
+        let keys = [ARCHS_ANNOTATION, DECISION_ANNOTATION, ARCH_POD_LABEL];
+        let own = |parent: &'static Pointer| {
+            keys.map(|key| (parent, key, parent.with_trailing_token(key)))
+        };
+        [ANNOTATIONS, LABELS].into_iter().flat_map(own).collect()
+    });
+    let own = OWN.iter().find(|(p, k, _)| *p == parent && *k == key);
+    match own {
+        Some((_, _, path)) => Cow::Borrowed(path.as_ptr()),
+        None => Cow::Owned(parent.with_trailing_token(key)),
+    }
 }
 
 fn arch_expression(archs: &BTreeSet<String>) -> Value {
