@@ -8,6 +8,7 @@
 //! CREATE; and the response's patch must be base64 as the Kubernetes API
 //! documents, where kube-core writes an array of numbers.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::Pod;
@@ -24,9 +25,12 @@ pub const API_VERSION: &str = "admission.k8s.io/v1";
 /// path, kept raw (`&RawValue`) on the careful one.
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub(super) struct ReviewIn<O> {
-    pub(super) api_version: Option<String>,
-    pub(super) kind: Option<String>,
+pub(super) struct ReviewIn<'a, O> {
+    /// Borrowed from the body where it can be: only checked, never kept.
+    #[serde(borrow)]
+    pub(super) api_version: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    pub(super) kind: Option<Cow<'a, str>>,
     pub(super) request: Option<MapOnly<RequestIn<O>>>,
 }
 
@@ -215,7 +219,7 @@ pub(super) fn parse(body: &[u8]) -> Result<Option<Request>, BadReview> {
     let text =
         std::str::from_utf8(body).map_err(|e| BadReview::NotJson(format!("invalid UTF-8: {e}")))?;
     // One pass over the body, the pod included: what nearly every review takes.
-    if let Ok(MapOnly(review)) = serde_json::from_str::<MapOnly<ReviewIn<pod::PodView>>>(text) {
+    if let Ok(MapOnly(review)) = serde_json::from_str::<MapOnly<ReviewIn<'_, pod::PodView>>>(text) {
         check_envelope(review.api_version.as_deref(), review.kind.as_deref())?;
         return Ok(review
             .request
@@ -224,7 +228,7 @@ pub(super) fn parse(body: &[u8]) -> Result<Option<Request>, BadReview> {
     // Something is off: read the envelope alone, then the pod, for the
     // exact answer (a bad envelope is a 400; an unreadable pod a warning).
     // serde quotes the offending value, which may be megabytes: cut it.
-    let review = serde_json::from_str::<MapOnly<ReviewIn<&RawValue>>>(text)
+    let review = serde_json::from_str::<MapOnly<ReviewIn<'_, &RawValue>>>(text)
         .map(|review| review.0)
         .map_err(|e| {
             let message = truncate_for_message(&e.to_string());
