@@ -144,7 +144,10 @@ impl Reviewer {
             return (Keyring::default(), Vec::new());
         }
         let namespace = pod.metadata.namespace.as_deref().unwrap_or_default();
-        match tokio::time::timeout_at(deadline, secrets.keyring(namespace, &names)).await {
+        // Boxed, here only: inline, the reading of secrets (a few KB of
+        // future) would make every review's future that much larger.
+        let keyring = Box::pin(secrets.keyring(namespace, &names));
+        match tokio::time::timeout_at(deadline, keyring).await {
             Ok((keyring, warnings)) => (keyring, warnings),
             Err(_) => {
                 let timeout = "pull secrets not read within the time budget";
