@@ -154,6 +154,11 @@ timeBudget: 2500ms
 cache:
   maxEntries: $2
   tagTtl: 1h
+  # The memory fill asks for 10,000 new images from one namespace, which
+  # the per-namespace budget of registry misses (issue 14, item 9) would
+  # throttle after its burst: this bench measures memory, not that budget.
+  namespaceMissesPerSecond: 100000
+  namespaceMissBurst: 100000
 registry:
   insecure: ["$REGISTRY_HOST", "$PROXY_HOST"]
 namespaces:
