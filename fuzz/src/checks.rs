@@ -203,16 +203,20 @@ pub fn patch(data: &[u8]) {
             fail_closed,
         };
         for node_architectures in [None, Some(&nodes)] {
-            let decision = placement::decide(&DecisionInput {
-                pod: &pod,
-                policy: &policy,
-                lookups: &lookups,
-                settings: &settings,
-                request_uid: "fuzz-uid",
-                draw: None,
-                node_architectures,
-                hold: None,
-            });
+            // The first review and the reinvocation differ only in the pod.
+            let decide = |pod: &Pod| {
+                placement::decide(&DecisionInput {
+                    pod,
+                    policy: &policy,
+                    lookups: &lookups,
+                    settings: &settings,
+                    request_uid: "fuzz-uid",
+                    draw: None,
+                    node_architectures,
+                    hold: None,
+                })
+            };
+            let decision = decide(&pod);
             let Outcome::Inject(injection) = &decision.outcome else {
                 if decision.outcome == Outcome::Deny {
                     assert!(fail_closed, "denied without failClosed: {decision:?}");
@@ -237,16 +241,7 @@ pub fn patch(data: &[u8]) {
                 .unwrap_or_else(|e| panic!("the patched pod is not a Pod: {e}\n{patched}"));
             // Reviewed again (reinvocation with nothing added): archway's
             // requirement still runs every image, so nothing changes.
-            let second = placement::decide(&DecisionInput {
-                pod: &patched_pod,
-                policy: &policy,
-                lookups: &lookups,
-                settings: &settings,
-                request_uid: "fuzz-uid",
-                draw: None,
-                node_architectures,
-                hold: None,
-            });
+            let second = decide(&patched_pod);
             check_patched(&pod, &patched_pod, injection, decision.kind, &second);
         }
     }
