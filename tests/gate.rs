@@ -19,7 +19,7 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, ListParams, PostParams};
-use kube::runtime::watcher;
+use kube::runtime::{WatchStreamExt, watcher};
 use serde_json::{Value, json};
 use support::controlplane::{ControlPlane, NodePool, client_from_kubeconfig};
 use support::install::InstalledArchway;
@@ -183,13 +183,21 @@ fn required_archs(pod: &Pod) -> Vec<String> {
 }
 
 /// When each pod of `namespace` was first seen without the gate, from a
-/// watch started before the pods are created.
-fn watch_ungates(client: kube::Client, namespace: &str) -> Arc<Mutex<HashMap<String, Instant>>> {
+/// watch started before the pods are created. The watch ends with the
+/// returned value.
+fn watch_ungates(client: kube::Client, namespace: &str) -> Ungates {
     let seen = Arc::new(Mutex::new(HashMap::new()));
     let pods: Api<Pod> = Api::namespaced(client, namespace);
     let record = seen.clone();
-    tokio::spawn(async move {
-        let mut events = watcher(pods, watcher::Config::default()).boxed();
+    // With a backoff, a failing watch sleeps between attempts. Without
+    // one it retries in a loop that never yields once the API server's
+    // connections fail at once, as they do while the test's runtime shuts
+    // down: the runtime then waits for the task forever (the hang of
+    // stop 18).
+    let task = tokio::spawn(async move {
+        let mut events = watcher(pods, watcher::Config::default())
+            .default_backoff()
+            .boxed();
         while let Some(event) = events.next().await {
             let pods = match event {
                 Ok(watcher::Event::Apply(pod) | watcher::Event::InitApply(pod)) => vec![pod],
@@ -205,7 +213,25 @@ fn watch_ungates(client: kube::Client, namespace: &str) -> Arc<Mutex<HashMap<Str
             }
         }
     });
-    seen
+    Ungates { seen, task }
+}
+
+/// The pods seen ungated so far, by name; the watch stops on drop.
+struct Ungates {
+    seen: Arc<Mutex<HashMap<String, Instant>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Ungates {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Instant>> {
+        self.seen.lock().unwrap()
+    }
+}
+
+impl Drop for Ungates {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }
 
 struct Created {
@@ -380,10 +406,10 @@ async fn cold_pods_are_gated_then_placed_within_the_registry_s_delay() {
     assert!(not_gated.is_empty(), "admitted ungated: {not_gated:?}");
 
     let deadline = Instant::now() + REGISTRY_DELAY + GATE_TIMEOUT;
-    while ungated.lock().unwrap().len() < created.len() && Instant::now() < deadline {
+    while ungated.lock().len() < created.len() && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let seen = ungated.lock().unwrap().clone();
+    let seen = ungated.lock().clone();
     let mut waits: Vec<Duration> = created
         .iter()
         .map(|c| {
@@ -522,11 +548,11 @@ async fn a_restarted_archway_finishes_the_gated_pods() {
     assert!(created.iter().all(|c| c.gated), "every pod gated");
     // Killed once some pods are placed and others still wait.
     let limit = Instant::now() + Duration::from_secs(10);
-    while ungated.lock().unwrap().len() < created.len() / 4 && Instant::now() < limit {
+    while ungated.lock().len() < created.len() / 4 && Instant::now() < limit {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     env.archway.kill();
-    let at_kill = ungated.lock().unwrap().len();
+    let at_kill = ungated.lock().len();
     eprintln!(
         "archway killed with {at_kill} of {} pods ungated",
         created.len()
@@ -537,7 +563,7 @@ async fn a_restarted_archway_finishes_the_gated_pods() {
     );
     env.archway.start();
     let limit = Instant::now() + GATE_TIMEOUT + Duration::from_secs(5);
-    while ungated.lock().unwrap().len() < created.len() && Instant::now() < limit {
+    while ungated.lock().len() < created.len() && Instant::now() < limit {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let (wrong_pool, escaped) = bound(&client, namespace, &created).await;

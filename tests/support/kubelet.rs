@@ -13,6 +13,7 @@ use std::sync::Arc;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
 use serde_json::json;
 use tokio::sync::Semaphore;
@@ -29,7 +30,10 @@ impl FakeKubelet {
         // enough not to crowd the API server out for the tests' own calls.
         let writes = Arc::new(Semaphore::new(16));
         let config = watcher::Config::default().fields("spec.nodeName!=");
-        let mut events = watcher::watcher(pods.clone(), config).boxed();
+        // A backoff: a failing watch must sleep between attempts, not spin.
+        let mut events = watcher::watcher(pods.clone(), config)
+            .default_backoff()
+            .boxed();
         while let Some(event) = events.next().await {
             let pod = match event {
                 Ok(Event::Apply(pod) | Event::InitApply(pod)) => pod,
