@@ -195,7 +195,8 @@ impl Reviewer {
     pub async fn review(&self, body: &[u8]) -> Result<(ReviewOut, ReviewRecord), BadReview> {
         let started = Instant::now();
         let request = wire::parse(body)?.ok_or(BadReview::NoRequest)?;
-        self.review_request(request, started).await
+        let opened = self.open(request)?;
+        Ok(self.review_opened(opened, started).await)
     }
 
     /// Answers the creation of `pod` in `namespace` as if the API server
@@ -206,27 +207,44 @@ impl Reviewer {
         namespace: &str,
         uid: &str,
     ) -> Result<(ReviewOut, ReviewRecord), BadReview> {
-        let request = Request::create_pod(pod, namespace, uid);
-        self.review_request(request, Instant::now()).await
+        let opened = self.open(Request::create_pod(pod, namespace, uid))?;
+        Ok(self.review_opened(opened, Instant::now()).await)
     }
 
-    async fn review_request(
-        &self,
-        request: Request,
-        started: Instant,
-    ) -> Result<(ReviewOut, ReviewRecord), BadReview> {
-        let deadline = tokio::time::Instant::from_std(started) + self.settings.time_budget;
+    /// The request's identity and screen, before anything is awaited: the
+    /// request (a pod of a few KB inline) is then not part of the review's
+    /// future, which the runtime and the server move around whole.
+    fn open(&self, mut request: Request) -> Result<Opened, BadReview> {
+        // Taken out of the request: the rest of the review reads these
+        // from here.
         let uid = request
             .uid
-            .clone()
+            .take()
             .filter(|u| !u.is_empty())
             .ok_or(BadReview::NoUid)?;
-        let namespace = request.namespace.clone().unwrap_or_default();
-        let name = request.name.clone().unwrap_or_default();
+        let namespace = request.namespace.take().unwrap_or_default();
+        let name = request.name.take().unwrap_or_default();
         let dry_run = request.dry_run.unwrap_or(false);
-        let answer = self
-            .answer(request, &uid, &namespace, dry_run, deadline)
-            .await;
+        let screen = self.screen(request, &namespace);
+        Ok(Opened {
+            uid,
+            namespace,
+            name,
+            dry_run,
+            screen,
+        })
+    }
+
+    async fn review_opened(&self, opened: Opened, started: Instant) -> (ReviewOut, ReviewRecord) {
+        let Opened {
+            uid,
+            namespace,
+            name,
+            dry_run,
+            screen,
+        } = opened;
+        let deadline = tokio::time::Instant::from_std(started) + self.settings.time_budget;
+        let answer = self.answer(screen, &uid, dry_run, deadline).await;
         let record = ReviewRecord {
             uid: uid.clone(),
             namespace,
@@ -250,19 +268,18 @@ impl Reviewer {
             kind: "AdmissionReview",
             response,
         };
-        Ok((out, record))
+        (out, record)
     }
 
-    /// Screen, evaluate, respond.
+    /// Evaluate a screened pod, respond.
     async fn answer(
         &self,
-        request: Request,
+        screen: Screen,
         uid: &str,
-        namespace: &str,
         dry_run: bool,
         deadline: tokio::time::Instant,
     ) -> Answer {
-        let screened = match self.screen(request, namespace) {
+        let screened = match screen {
             Screen::Pod(screened) => screened,
             Screen::Answered(answer) => return answer,
         };
@@ -357,7 +374,7 @@ impl Reviewer {
         let decision = match policy {
             None => placement::not_opted_in(),
             Some(policy) => match placement::screen(&pod) {
-                None => return Screen::Pod(Screened { pod, policy, name }),
+                None => return Screen::Pod(Box::new(Screened { pod, policy, name })),
                 Some(decision) => decision,
             },
         };
@@ -489,14 +506,26 @@ impl Reviewer {
     }
 }
 
-// Made once per review and matched at once: boxing the pod would cost an
-// allocation for nothing.
+// An `Answered` is returned before the review awaits anything; only the
+// pod is held across awaits, so only it is boxed.
 #[allow(clippy::large_enum_variant)]
 enum Screen {
-    /// A pod to evaluate.
-    Pod(Screened),
+    /// A pod to evaluate. Boxed: it is held across the review's awaits,
+    /// and inline it would make the review's future a few KB larger, which
+    /// the runtime and the server copy each time they move the future.
+    Pod(Box<Screened>),
     /// Left alone without a lookup.
     Answered(Answer),
+}
+
+/// A request's identity and screen, once read.
+struct Opened {
+    uid: String,
+    namespace: String,
+    /// The request's name for the pod (empty for an unnamed pod).
+    name: String,
+    dry_run: bool,
+    screen: Screen,
 }
 
 /// A pod that passed the screen, with the policy of its namespace.
@@ -603,7 +632,8 @@ fn read_pod(object: Option<Result<Pod, String>>) -> Result<Pod, (String, String)
 fn display_name(pod: &Pod) -> Option<String> {
     match (&pod.metadata.name, &pod.metadata.generate_name) {
         (Some(name), _) if !name.is_empty() => Some(name.clone()),
-        (_, Some(generate)) => Some(format!("{generate}*")),
+        // One allocation of the exact size, on every unnamed pod's review.
+        (_, Some(generate)) => Some([generate.as_str(), "*"].concat()),
         _ => None,
     }
 }

@@ -69,14 +69,21 @@ struct CacheKey {
     image: String,
     /// Which credential the answer was obtained with: a private image's
     /// answer is never given to a pod that could not pull it.
-    credential: String,
+    credential: std::borrow::Cow<'static, str>,
 }
 
 impl CacheKey {
+    /// Made for every lookup, hits included: one allocation where it can.
     fn new(image: &ImageRef, credential: &Credential) -> Self {
+        use std::fmt::Write;
+        let mut text = String::with_capacity(128);
+        let _ = write!(text, "{image}");
         CacheKey {
-            image: image.to_string(),
-            credential: credential.fingerprint(),
+            image: text,
+            credential: match credential {
+                Credential::Anonymous => crate::registry::ANONYMOUS_FINGERPRINT.into(),
+                _ => credential.fingerprint().into(),
+            },
         }
     }
 }

@@ -576,22 +576,28 @@ pub fn supported_architectures(
     lookups: &[(ContainerImage, ImageLookup)],
     os: &str,
 ) -> Option<BTreeSet<String>> {
-    let mut supported: Option<BTreeSet<String>> = None;
+    // Borrowed from the lookups until the answer: this runs on every
+    // review, and a per-image set of owned names would cost an allocation
+    // per architecture per container.
+    let mut supported: Option<Vec<&str>> = None;
     for (_, lookup) in lookups {
         let ImageLookup::Found(platforms) = lookup else {
             return None;
         };
-        let archs: BTreeSet<String> = platforms
-            .iter()
-            .filter(|p| p.os == os)
-            .map(|p| p.architecture.clone())
-            .collect();
-        supported = Some(match supported {
-            None => archs,
-            Some(s) => s.intersection(&archs).cloned().collect(),
-        });
+        let publishes = |arch: &str| {
+            platforms
+                .iter()
+                .any(|p| p.os == os && p.architecture == arch)
+        };
+        match &mut supported {
+            None => {
+                let archs = platforms.iter().filter(|p| p.os == os);
+                supported = Some(archs.map(|p| p.architecture.as_str()).collect());
+            }
+            Some(archs) => archs.retain(|arch| publishes(arch)),
+        }
     }
-    supported
+    supported.map(|archs| archs.into_iter().map(str::to_string).collect())
 }
 
 /// The pod's required node affinity terms (ORed); empty when it has none.
@@ -636,6 +642,15 @@ pub fn pod_os(pod: &Pod) -> PodOs {
         return os_token(value, "nodeSelector kubernetes.io/os");
     }
     let terms = required_terms(pod);
+    let names_os = |term: &NodeSelectorTerm| {
+        let mut expressions = term.match_expressions.iter().flatten();
+        expressions.any(|e| is_os(&e.key))
+    };
+    // Most pods' terms say nothing of the OS: answered without the
+    // per-term list below.
+    if !terms.iter().any(names_os) {
+        return PodOs::Known(LINUX.into());
+    }
     let term_os = |term: &NodeSelectorTerm| {
         let mut expressions = term
             .match_expressions
@@ -801,7 +816,9 @@ pub fn spread_owner(pod: &Pod, rollout_by: RolloutBy) -> Option<String> {
         .find(|o| o.controller == Some(true))?;
     let namespace = pod.metadata.namespace.as_deref().unwrap_or_default();
     let (kind, name) = workload_of(&pod.metadata, &owner.kind, &owner.name);
-    Some(format!("{namespace}/{kind}/{name}"))
+    // `namespace/kind/name`, in one allocation of the exact size (each
+    // unnamed pod's review makes it twice).
+    Some([namespace, kind, name].join("/"))
 }
 
 /// The bucket of the `index`-th unnamed pod of `owner`: the owner's own
@@ -826,11 +843,16 @@ pub fn rollout_bucket(key: &str) -> u8 {
 
 /// `amd64,arm64`: architectures as annotations, warnings and logs show them.
 pub fn join<'a>(items: impl IntoIterator<Item = &'a String>) -> String {
-    items
-        .into_iter()
-        .map(String::as_str)
-        .collect::<Vec<_>>()
-        .join(",")
+    // One allocation, room for a few architectures: this runs several
+    // times per review.
+    let mut joined = String::with_capacity(32);
+    for (index, item) in items.into_iter().enumerate() {
+        if index > 0 {
+            joined.push(',');
+        }
+        joined.push_str(item);
+    }
+    joined
 }
 
 fn plural(set: &BTreeSet<String>) -> &'static str {

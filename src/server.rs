@@ -262,7 +262,7 @@ async fn mutate(State(state): State<AppState>, body: Bytes) -> Response {
         Ok((review, record)) => {
             record.log();
             count_review(&record);
-            match serde_json::to_vec(&review) {
+            match review.to_json() {
                 Ok(json) => ([(header::CONTENT_TYPE, "application/json")], json).into_response(),
                 Err(e) => (
                     StatusCode::INTERNAL_SERVER_ERROR,

@@ -3,7 +3,7 @@
 //! The webhook, `archway review` and `archway audit` all come through here
 //! and differ only in how they show the result.
 
-use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::Pod;
 
@@ -11,7 +11,7 @@ use super::Reviewer;
 use crate::cache::CacheOutcome;
 use crate::placement::{self, ContainerImage, Decision, DecisionInput, ImageLookup};
 use crate::policy::NamespacePolicy;
-use crate::registry::{InspectError, Keyring};
+use crate::registry::{ImagePlatforms, InspectError, Keyring};
 
 /// More distinct images than any real pod has; each costs a lookup.
 pub const MAX_IMAGES_PER_POD: usize = 64;
@@ -65,19 +65,16 @@ impl Reviewer {
         }
         let images = placement::container_images(pod);
         let mut evaluation = Evaluation::unchanged(placement::not_opted_in());
-        let distinct = images.iter().map(|c| c.image.as_str()).collect::<Vec<_>>();
-        let distinct = {
-            let mut d = distinct;
-            d.sort_unstable();
-            d.dedup();
-            d
-        };
-        let lookups: Vec<_> = if distinct.len() > MAX_IMAGES_PER_POD {
+        let mut distinct = images.iter().map(|c| c.image.as_str()).collect::<Vec<_>>();
+        distinct.sort_unstable();
+        distinct.dedup();
+        // One lookup per container, in `images` order.
+        let per_container: Vec<ImageLookup> = if distinct.len() > MAX_IMAGES_PER_POD {
             let reason = format!(
                 "the pod has {} distinct images, more than archway inspects ({MAX_IMAGES_PER_POD})",
                 distinct.len()
             );
-            let failed = |c: &ContainerImage| (c.clone(), ImageLookup::Failed(reason.clone()));
+            let failed = |_: &ContainerImage| ImageLookup::Failed(reason.clone());
             images.iter().map(failed).collect()
         } else {
             let (keyring, warnings) = self.pull_secret_keyring(pod, deadline).await;
@@ -86,26 +83,29 @@ impl Reviewer {
             // namespace cannot spend every other's share of the registry.
             let namespace = pod.metadata.namespace.as_deref().unwrap_or_default();
             let requester = self.inspector.requester(namespace);
+            // In `distinct` order.
             let found = self
                 .look_up(&distinct, &keyring, &requester, deadline)
                 .await;
-            evaluation.cache_hits = found
-                .values()
-                .filter(|(_, o, _)| *o == Some(CacheOutcome::Hit))
-                .count();
-            evaluation.cache_misses = found
-                .values()
-                .filter(|(_, o, _)| *o == Some(CacheOutcome::Miss))
-                .count();
-            evaluation.pending = (found.iter())
-                .filter(|(_, (_, _, pending))| *pending)
+            let count = |outcome| found.iter().filter(|f| f.outcome == Some(outcome)).count();
+            evaluation.cache_hits = count(CacheOutcome::Hit);
+            evaluation.cache_misses = count(CacheOutcome::Miss);
+            evaluation.pending = (distinct.iter().zip(&found))
+                .filter(|(_, f)| f.pending)
                 .map(|(image, _)| image.to_string())
                 .collect();
+            // Each container's copy made here, once, from the shared
+            // answer: `distinct` is sorted, so a binary search finds it.
             images
                 .iter()
-                .map(|c| (c.clone(), found[c.image.as_str()].0.clone()))
+                .map(|c| {
+                    let index = distinct.binary_search(&c.image.as_str());
+                    // Always there: `distinct` is made of these images.
+                    found[index.unwrap_or_default()].lookup()
+                })
                 .collect()
         };
+        let lookups: Vec<_> = images.into_iter().zip(per_container).collect();
         let nodes = self.policies.node_architectures();
         let hold = self.holds.as_ref().and_then(|h| h.for_pod(pod));
         evaluation.decision = placement::decide_screened(&DecisionInput {
@@ -144,7 +144,10 @@ impl Reviewer {
             return (Keyring::default(), Vec::new());
         }
         let namespace = pod.metadata.namespace.as_deref().unwrap_or_default();
-        match tokio::time::timeout_at(deadline, secrets.keyring(namespace, &names)).await {
+        // Boxed, here only: inline, the reading of secrets (a few KB of
+        // future) would make every review's future that much larger.
+        let keyring = Box::pin(secrets.keyring(namespace, &names));
+        match tokio::time::timeout_at(deadline, keyring).await {
             Ok((keyring, warnings)) => (keyring, warnings),
             Err(_) => {
                 let timeout = "pull secrets not read within the time budget";
@@ -154,15 +157,15 @@ impl Reviewer {
     }
 
     /// Every image looked up at once, each bounded by the deadline; a lookup
-    /// still running then goes on filling the cache. `None` for an image
-    /// not looked up (an invalid reference).
-    async fn look_up<'a>(
+    /// still running then goes on filling the cache. One answer per image,
+    /// in `images` order.
+    async fn look_up(
         &self,
-        images: &[&'a str],
+        images: &[&str],
         keyring: &Keyring,
         requester: &crate::cache::Requester,
         deadline: tokio::time::Instant,
-    ) -> BTreeMap<&'a str, (ImageLookup, Option<CacheOutcome>, bool)> {
+    ) -> Vec<Found> {
         let lookups = images.iter().map(|&image| async move {
             let (result, outcome) = match self.inspector.parse_reference(image) {
                 Err(e) => (Err(InspectError::InvalidReference(e.reason)), None),
@@ -182,15 +185,32 @@ impl Reviewer {
             // Dropping the wait does not cancel the lookup: `inspect_for`
             // runs it on its own task, which goes on filling the cache.
             let pending = matches!(result, Err(InspectError::Deadline));
-            let lookup = match result {
-                Ok(found) => ImageLookup::Found(found.platforms.clone()),
-                Err(error) => ImageLookup::Failed(error.to_string()),
-            };
-            (image, (lookup, outcome, pending))
+            Found {
+                result: result.map_err(|error| error.to_string()),
+                outcome,
+                pending,
+            }
         });
-        futures::future::join_all(lookups)
-            .await
-            .into_iter()
-            .collect()
+        futures::future::join_all(lookups).await
+    }
+}
+
+/// One image's answer, as the cache shares it.
+struct Found {
+    /// The error as people read it.
+    result: Result<Arc<ImagePlatforms>, String>,
+    /// `None` for an image not looked up (an invalid reference).
+    outcome: Option<CacheOutcome>,
+    /// Still running at the deadline.
+    pending: bool,
+}
+
+impl Found {
+    /// The answer as a container's lookup: its own copy of the platforms.
+    fn lookup(&self) -> ImageLookup {
+        match &self.result {
+            Ok(found) => ImageLookup::Found(found.platforms.clone()),
+            Err(reason) => ImageLookup::Failed(reason.clone()),
+        }
     }
 }

@@ -8,6 +8,7 @@
 //! CREATE; and the response's patch must be base64 as the Kubernetes API
 //! documents, where kube-core writes an array of numbers.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::Pod;
@@ -24,9 +25,12 @@ pub const API_VERSION: &str = "admission.k8s.io/v1";
 /// path, kept raw (`&RawValue`) on the careful one.
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub(super) struct ReviewIn<O> {
-    pub(super) api_version: Option<String>,
-    pub(super) kind: Option<String>,
+pub(super) struct ReviewIn<'a, O> {
+    /// Borrowed from the body where it can be: only checked, never kept.
+    #[serde(borrow)]
+    pub(super) api_version: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    pub(super) kind: Option<Cow<'a, str>>,
     pub(super) request: Option<MapOnly<RequestIn<O>>>,
 }
 
@@ -122,6 +126,28 @@ pub struct ReviewOut {
     pub response: ResponseOut,
 }
 
+impl ReviewOut {
+    /// The response body, in a buffer sized for it at once: the patch's
+    /// base64 is most of it, and growing to it would copy it several times.
+    pub fn to_json(&self) -> serde_json::Result<Vec<u8>> {
+        let response = &self.response;
+        let patch = response
+            .patch
+            .as_ref()
+            .map_or(0, |p| p.len().div_ceil(3) * 4);
+        let warnings: usize = response.warnings.iter().map(|w| w.len() + 3).sum();
+        let annotations: usize = (response.audit_annotations.iter())
+            .map(|(key, value)| key.len() + value.len() + 6)
+            .sum();
+        let status = response.status.as_ref().map_or(0, |s| s.message.len());
+        // Room for the fixed fields and a little escaping.
+        let estimate = 192 + response.uid.len() + patch + warnings + annotations + status;
+        let mut bytes = Vec::with_capacity(estimate);
+        serde_json::to_writer(&mut bytes, self)?;
+        Ok(bytes)
+    }
+}
+
 #[derive(Serialize, Debug, Clone, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct ResponseOut {
@@ -193,7 +219,7 @@ pub(super) fn parse(body: &[u8]) -> Result<Option<Request>, BadReview> {
     let text =
         std::str::from_utf8(body).map_err(|e| BadReview::NotJson(format!("invalid UTF-8: {e}")))?;
     // One pass over the body, the pod included: what nearly every review takes.
-    if let Ok(MapOnly(review)) = serde_json::from_str::<MapOnly<ReviewIn<pod::PodView>>>(text) {
+    if let Ok(MapOnly(review)) = serde_json::from_str::<MapOnly<ReviewIn<'_, pod::PodView>>>(text) {
         check_envelope(review.api_version.as_deref(), review.kind.as_deref())?;
         return Ok(review
             .request
@@ -202,7 +228,7 @@ pub(super) fn parse(body: &[u8]) -> Result<Option<Request>, BadReview> {
     // Something is off: read the envelope alone, then the pod, for the
     // exact answer (a bad envelope is a 400; an unreadable pod a warning).
     // serde quotes the offending value, which may be megabytes: cut it.
-    let review = serde_json::from_str::<MapOnly<ReviewIn<&RawValue>>>(text)
+    let review = serde_json::from_str::<MapOnly<ReviewIn<'_, &RawValue>>>(text)
         .map(|review| review.0)
         .map_err(|e| {
             let message = truncate_for_message(&e.to_string());

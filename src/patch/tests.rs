@@ -332,3 +332,38 @@ fn the_arch_label_is_added_beside_the_pods_own_labels() {
     let (patched, _) = apply(base(), &injection(&["arm64"], None));
     assert!(patched["metadata"].get("labels").is_none());
 }
+
+#[test]
+fn encode_writes_what_build_serialises() {
+    // `encode` writes its bytes directly, `build` goes through `Value`s
+    // (whose objects sort their keys): the same patch, byte for byte.
+    let terms = json!({"nodeAffinity": {
+        "requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+            {"matchExpressions": [{"key": "zone", "operator": "In", "values": ["a"]}]},
+            {"matchFields": [{"key": "metadata.name", "operator": "In", "values": ["n"]}]},
+            {}
+        ]},
+        "preferredDuringSchedulingIgnoredDuringExecution": []
+    }});
+    let mut pods = vec![base(), json!({"apiVersion": "v1", "kind": "Pod"})];
+    let mut with_terms = base();
+    with_terms["spec"]["affinity"] = terms;
+    with_terms["spec"]["tolerations"] = json!([{"operator": "Exists", "effect": "NoExecute"}]);
+    with_terms["metadata"]["annotations"] = json!({"a": "b"});
+    with_terms["metadata"]["labels"] = json!({"app": "web"});
+    pods.push(with_terms);
+    let tolerations = Config::default().tolerations;
+    for pod in pods {
+        let typed: Pod = serde_json::from_value(pod).unwrap();
+        for preferred in [None, Some(&["arm64"][..])] {
+            let mut injection = injection(&["amd64", "arm64"], preferred);
+            injection.labels = BTreeMap::from([("archway.dev/arch".into(), "arm64".into())]);
+            let built = serde_json::to_vec(&build(&typed, &injection, &tolerations)).unwrap();
+            let encoded = encode(&typed, &injection, &tolerations, usize::MAX).unwrap();
+            assert_eq!(
+                String::from_utf8(encoded).unwrap(),
+                String::from_utf8(built).unwrap()
+            );
+        }
+    }
+}

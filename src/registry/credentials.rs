@@ -35,13 +35,17 @@ impl fmt::Debug for Credential {
     }
 }
 
+/// `Credential::fingerprint` of `Anonymous`, the credential of most
+/// lookups: the cache keys it without making the string each time.
+pub const ANONYMOUS_FINGERPRINT: &str = "anonymous";
+
 impl Credential {
     /// A short, stable identity of the credential that reveals nothing of
     /// it: the registry cache is keyed by it so one namespace's private
     /// answer is never served to a pod that lacks the credential.
     pub fn fingerprint(&self) -> String {
         let material = match self {
-            Credential::Anonymous => return "anonymous".to_string(),
+            Credential::Anonymous => return ANONYMOUS_FINGERPRINT.to_string(),
             Credential::Basic { username, password } => format!("basic\0{username}\0{password}"),
             Credential::Bearer(token) => format!("bearer\0{token}"),
         };

@@ -12,7 +12,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 pub use client::{RegistryClient, RegistrySettings};
-pub use credentials::{Credential, Keyring};
+pub use credentials::{ANONYMOUS_FINGERPRINT, Credential, Keyring};
 
 use crate::platform::Platform;
 
