@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::core::v1::{Pod, Toleration};
 
 use crate::cache::Inspector;
+use crate::cluster::NodeInventory;
 use crate::config::Config;
 use crate::image::truncate_for_message;
 use crate::placement::{self, Decision, DecisionKind, DecisionSettings, Injection, Outcome};
@@ -105,6 +106,9 @@ impl ReviewRecord {
 pub struct Reviewer {
     pub inspector: Inspector,
     pub policies: Arc<dyn PolicySource>,
+    /// Which architectures have nodes; `None` without a cluster, and then
+    /// placement does not consider nodes.
+    pub node_inventory: Option<Arc<dyn NodeInventory>>,
     /// Reads pods' pull secrets; `None` without a cluster.
     pub pull_secrets: Option<crate::cluster::PullSecrets>,
     pub settings: Arc<ReviewSettings>,
@@ -184,6 +188,7 @@ impl Reviewer {
         Ok(Reviewer {
             inspector: Inspector::new(client, config.cache_settings()),
             policies,
+            node_inventory: None,
             pull_secrets: None,
             settings: Arc::new(ReviewSettings::from_config(config)),
             draws: Arc::default(),

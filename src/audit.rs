@@ -15,7 +15,7 @@ use kube::api::{Api, ListParams};
 use serde::Serialize;
 
 use crate::admission::{Evaluation, Reviewer};
-use crate::cluster::PullSecrets;
+use crate::cluster::{NodeInventory, PullSecrets};
 use crate::config::Config;
 use crate::placement::{self, ImageLookup, Outcome};
 use crate::policy::{Mode, NamespacePolicy, PolicySource, Rollout};
@@ -179,8 +179,11 @@ pub enum AuditError {
 struct AuditPolicies {
     namespaces: BTreeMap<String, Option<NamespacePolicy>>,
     default_rollout: Rollout,
-    nodes: Arc<BTreeSet<String>>,
 }
+
+/// The architectures of the nodes as listed at the start of the scan;
+/// unknown when no node has one.
+struct AuditNodes(Arc<BTreeSet<String>>);
 
 impl PolicySource for AuditPolicies {
     fn policy(&self, namespace: &str) -> Option<NamespacePolicy> {
@@ -190,9 +193,11 @@ impl PolicySource for AuditPolicies {
                 .unwrap_or_else(|| NamespacePolicy::opted_in(Mode::Audit, self.default_rollout)),
         )
     }
+}
 
+impl NodeInventory for AuditNodes {
     fn node_architectures(&self) -> Option<Arc<BTreeSet<String>>> {
-        (!self.nodes.is_empty()).then(|| self.nodes.clone())
+        (!self.0.is_empty()).then(|| self.0.clone())
     }
 }
 
@@ -242,9 +247,9 @@ pub async fn scan(
             })
             .collect(),
         default_rollout: config.default_rollout,
-        // As `archway serve` sees them: every node's architecture.
-        nodes: Arc::new(node_arch.values().cloned().collect()),
     };
+    // As `archway serve` sees them: every node's architecture.
+    let nodes = AuditNodes(Arc::new(node_arch.values().cloned().collect()));
     let modes: BTreeMap<String, Option<Mode>> = (policies.namespaces.iter())
         .map(|(ns, policy)| (ns.clone(), policy.as_ref().map(|p| p.mode)))
         .collect();
@@ -255,6 +260,7 @@ pub async fn scan(
     let mut config = crate::admission::offline(config);
     config.fail_closed = false;
     let mut reviewer = Reviewer::from_config(&config, Arc::new(policies))?;
+    reviewer.node_inventory = Some(Arc::new(nodes));
     reviewer.pull_secrets = Some(PullSecrets::new(client.clone()));
 
     let workloads = workloads(&client, namespace).await?;

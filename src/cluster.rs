@@ -24,7 +24,16 @@ use crate::registry::Keyring;
 /// secret is seen soon, long enough that a burst of pods reads it once.
 const SECRET_TTL: Duration = Duration::from_secs(30);
 
-/// Namespace policies from the namespaces' own labels and annotations.
+/// Which architectures the cluster has nodes for: what placement avoids
+/// choosing an architecture without nodes by. Not a namespace policy, so
+/// not on `PolicySource`, though `ClusterPolicies` answers both.
+pub trait NodeInventory: Send + Sync {
+    /// The architectures that have nodes, when known.
+    fn node_architectures(&self) -> Option<Arc<BTreeSet<String>>>;
+}
+
+/// Namespace policies from the namespaces' own labels and annotations, and
+/// the node inventory.
 #[derive(Clone)]
 pub struct ClusterPolicies {
     namespaces: Store<PartialObjectMeta<Namespace>>,
@@ -177,10 +186,13 @@ impl PolicySource for ClusterPolicies {
         NamespacePolicy::from_metadata(labels, annotations, default_rollout)
     }
 
+    /// Ready once namespaces have synced and the node inventory is known.
     fn is_ready(&self) -> bool {
         self.namespaces_synced.load(Ordering::Acquire) && self.node_architectures().is_some()
     }
+}
 
+impl NodeInventory for ClusterPolicies {
     fn node_architectures(&self) -> Option<Arc<BTreeSet<String>>> {
         self.node_architectures
             .read()

@@ -95,9 +95,6 @@ impl PolicySource for GuardedPolicies {
     fn is_ready(&self) -> bool {
         self.inner.is_ready() && self.holds.is_synced()
     }
-    fn node_architectures(&self) -> Option<Arc<std::collections::BTreeSet<String>>> {
-        self.inner.node_architectures()
-    }
 }
 
 /// Starts the guard's watches: held workloads, and archway's pods.

@@ -335,10 +335,6 @@ pub trait PolicySource: Send + Sync {
     fn is_ready(&self) -> bool {
         true
     }
-    /// The architectures that have nodes, when known (with a cluster).
-    fn node_architectures(&self) -> Option<std::sync::Arc<std::collections::BTreeSet<String>>> {
-        None
-    }
 }
 
 /// The namespaces listed in the configuration file.

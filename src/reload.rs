@@ -94,6 +94,7 @@ impl ConfigReloader {
         Ok(Reviewer {
             inspector,
             policies,
+            node_inventory: old.node_inventory.clone(),
             pull_secrets: old.pull_secrets.clone(),
             settings: Arc::new(ReviewSettings::from_config(config)),
             draws: old.draws.clone(),

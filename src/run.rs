@@ -31,16 +31,17 @@ pub async fn serve(
     let reviewer = if config.policy_source.uses_cluster() {
         // In-cluster service account, or the current kubeconfig context.
         let client = kube::Client::try_default().await?;
-        let policies = ClusterPolicies::start(client.clone(), config.default_rollout);
-        cluster = Some(policies.clone());
+        let cluster_view = ClusterPolicies::start(client.clone(), config.default_rollout);
+        cluster = Some(cluster_view.clone());
         let holds = crate::guard::Holds::default();
         let policies: Arc<dyn crate::policy::PolicySource> = Arc::new(GuardedPolicies {
-            inner: Arc::new(policies),
+            inner: Arc::new(cluster_view.clone()),
             holds: holds.clone(),
         });
         let detector = config.guard.detector(&config.target_architecture);
         crate::guard::start(client.clone(), policies.clone(), holds.clone(), detector);
         let mut reviewer = Reviewer::from_config(&config, policies)?;
+        reviewer.node_inventory = Some(Arc::new(cluster_view));
         reviewer.pull_secrets = Some(PullSecrets::new(client.clone()));
         reviewer.holds = Some(holds);
         kube_client = Some(client);

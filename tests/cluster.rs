@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use archway::admission::Reviewer;
-use archway::cluster::{ClusterPolicies, PullSecrets};
+use archway::cluster::{ClusterPolicies, NodeInventory, PullSecrets};
 use archway::config::Config;
 use archway::policy::PolicySource;
 use k8s_openapi::api::core::v1::{Namespace, Node};
@@ -72,6 +72,7 @@ async fn cluster(insecure: &[String]) -> Cluster {
     .unwrap();
     let policies = ClusterPolicies::start(client.clone(), config.default_rollout);
     let mut reviewer = Reviewer::from_config(&config, Arc::new(policies.clone())).unwrap();
+    reviewer.node_inventory = Some(Arc::new(policies.clone()));
     reviewer.pull_secrets = Some(PullSecrets::new(client));
     Cluster {
         api,

@@ -22,6 +22,7 @@ fn reviewer(config_yaml: &str) -> Reviewer {
             namespaces: config.namespaces.clone(),
             default_rollout: config.default_rollout,
         }),
+        node_inventory: None,
         pull_secrets: None,
         settings: Arc::new(ReviewSettings::from_config(&config)),
         draws: Arc::default(),
