@@ -293,7 +293,7 @@ read -r ss_min ss_med ss_max sl_min sl_med sl_max < <("$LOADKIT" startup --bin "
 result "startup self-signed $ss_min $ss_med $ss_max $sl_min $sl_med $sl_max"
 
 # ------------------------------------------------------------- throughput
-start_archway throughput 'warn,archway::run=info'
+start_archway throughput 'warn,archway::app=info'
 start_floor
 for size in $SIZES; do
   "$LOADKIT" post --url "$ARCHWAY_URL" --ca "$CA" --expect-patch "$OUT/body-$size.json" 2>>"$OUT/warm.log"
@@ -377,7 +377,7 @@ stop "$ARCHWAY_PID"
 # ------------------------------------------------------ memory and soak
 MEMORY_CONFIG="$OUT/archway-memory.yaml"
 write_config "$MEMORY_CONFIG" $((FILL + 16))
-start_archway memory 'warn,archway::run=info' "$MEMORY_CONFIG"
+start_archway memory 'warn,archway::app=info' "$MEMORY_CONFIG"
 sleep 1
 rss_empty=$(rss_kib "$ARCHWAY_PID")
 log "memory: filling the cache with $FILL distinct images (in two halves)"

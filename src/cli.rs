@@ -252,7 +252,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     std::sync::Arc::new(move || cli.load_config().map(&apply_flags));
                 (path, loader)
             });
-            crate::run::serve(
+            crate::app::run(
                 config,
                 &self_signed_dir,
                 reload,

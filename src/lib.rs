@@ -7,9 +7,11 @@
 //! `registry` (what images publish). `admission::Reviewer::evaluate` is the
 //! one path of a pod through lookups and decision, for the webhook and for
 //! the `review` and `audit` commands; `report` holds how commands show
-//! results, `cli` only parses flags.
+//! results, `cli` only parses flags, and `app` wires `archway serve`
+//! together around `server`'s listeners.
 
 pub mod admission;
+pub mod app;
 pub mod audit;
 pub mod cache;
 pub mod certs;
@@ -29,6 +31,5 @@ pub mod registry;
 pub mod reload;
 pub mod report;
 pub mod review;
-pub mod run;
 pub mod server;
 pub mod telemetry;

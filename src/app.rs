@@ -1,4 +1,6 @@
-//! `archway serve`: everything wired together.
+//! `archway serve`: everything wired together (cluster view, reviewer,
+//! guard, gate controller, configuration reloads) around the listeners
+//! that `server::serve` runs.
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -18,7 +20,7 @@ use crate::server::{self, AppState, Listeners};
 /// and its CA written to `self_signed_dir` (for trying archway locally).
 /// With `reload`, the configuration file at that path is watched and
 /// re-read through the loader when it changes.
-pub async fn serve(
+pub async fn run(
     config: Config,
     self_signed_dir: &Path,
     reload: Option<(PathBuf, Loader)>,
