@@ -142,6 +142,16 @@ fn admission_review_crashes_metadata_absent() {
     crashes_pass("admission_review", "metadata-absent");
 }
 
+/// Was a bug in the check, not in archway: the object sent had
+/// `hostNetwork: [..]`, so it was no Pod before archway's patch either, and
+/// the check demanded a Pod after it. The API server decodes the object into
+/// a Pod before admission, so archway never sees one; the check now asks the
+/// patch to keep a Pod a Pod.
+#[test]
+fn admission_review_crashes_not_a_pod() {
+    crashes_pass("admission_review", "not-a-pod");
+}
+
 #[test]
 fn patch_crashes_metadata_absent() {
     crashes_pass("patch", "metadata-absent");
