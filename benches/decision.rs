@@ -129,7 +129,8 @@ fn decide_and_patch(c: &mut Criterion) {
     };
     let policy = policy();
     let tolerations = Config::default().tolerations;
-    let both = BTreeSet::from([Platform::linux("amd64"), Platform::linux("arm64")]);
+    let both: archway::platform::Platforms =
+        BTreeSet::from([Platform::linux("amd64"), Platform::linux("arm64")]).into();
     let mut group = c.benchmark_group("decide+patch");
     for shape in SHAPES {
         let mut pod: Pod = serde_json::from_value(pods::pod(&shape, &images, "checkout")).unwrap();
@@ -333,7 +334,8 @@ fn patch_json(pod: &Pod, uid: &str) -> String {
         fail_closed: false,
     };
     let policy = policy();
-    let both = BTreeSet::from([Platform::linux("amd64"), Platform::linux("arm64")]);
+    let both: archway::platform::Platforms =
+        BTreeSet::from([Platform::linux("amd64"), Platform::linux("arm64")]).into();
     let lookups: Vec<_> = placement::container_images(pod)
         .into_iter()
         .map(|c| (c, ImageLookup::Found(both.clone())))

@@ -535,7 +535,9 @@ fn row(
     let blockers: Vec<String> = lookups
         .iter()
         .filter_map(|(c, lookup)| match lookup {
-            ImageLookup::Found(p) if crate::platform::linux_architectures(p).contains(target) => {
+            ImageLookup::Found(p)
+                if crate::platform::linux_architectures(p.iter()).contains(target) =>
+            {
                 None
             }
             ImageLookup::Found(p) => Some(format!(

@@ -517,7 +517,7 @@ mod tests {
         let large = Entry {
             lookup: Ok(Arc::new(ImagePlatforms {
                 digest: "sha256:0".into(),
-                platforms,
+                platforms: std::sync::Arc::new(platforms),
                 shape: crate::registry::ManifestShape::Index,
                 endpoint: "registry.example".into(),
             })),

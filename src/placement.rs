@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use k8s_openapi::api::core::v1::{NodeSelectorRequirement, NodeSelectorTerm, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
-use crate::platform::Platform;
+use crate::platform::Platforms;
 use crate::policy::{GuardMode, Mode, NamespacePolicy, Placement, RolloutBy};
 
 pub const ARCH_LABEL: &str = "kubernetes.io/arch";
@@ -51,7 +51,8 @@ pub struct ContainerImage {
 /// What the registry said about one image.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ImageLookup {
-    Found(BTreeSet<Platform>),
+    /// Shared with the cache: a review's containers copy no platform.
+    Found(Platforms),
     /// Could not be inspected; the reason is for people.
     Failed(String),
 }

@@ -6,6 +6,11 @@ use std::fmt;
 
 use serde::Serialize;
 
+/// The platforms one image publishes, as the cache holds them: shared, so
+/// every container of every review that names the image reads the one set
+/// the registry's answer filled, without a copy of its strings.
+pub type Platforms = std::sync::Arc<BTreeSet<Platform>>;
+
 /// One platform an image publishes, e.g. `linux/arm/v7`.
 ///
 /// Values are normalised the way containerd compares them, so `aarch64` and

@@ -144,17 +144,24 @@ fn fnv(bytes: &[u8]) -> u64 {
 /// fuzzer steers it through the image strings it writes.
 fn synthetic_lookup(image: &str) -> ImageLookup {
     let h = fnv(image.as_bytes());
-    let linux = |archs: &[&str]| archs.iter().map(|a| Platform::linux(a)).collect();
+    let linux = |archs: &[&str]| {
+        (archs.iter().map(|a| Platform::linux(a)))
+            .collect::<BTreeSet<_>>()
+            .into()
+    };
     match h % 8 {
         0 => ImageLookup::Failed(format!("synthetic failure for {image}")),
         1 => ImageLookup::Found(linux(&["amd64"])),
         2 => ImageLookup::Found(linux(&["arm64"])),
         3 => ImageLookup::Found(linux(&["amd64", "arm64", "s390x"])),
-        4 => ImageLookup::Found(BTreeSet::from([
-            Platform::new("windows", "amd64", None),
-            Platform::new("linux", "arm", Some("v7")),
-        ])),
-        5 => ImageLookup::Found(BTreeSet::new()),
+        4 => ImageLookup::Found(
+            BTreeSet::from([
+                Platform::new("windows", "amd64", None),
+                Platform::new("linux", "arm", Some("v7")),
+            ])
+            .into(),
+        ),
+        5 => ImageLookup::Found(BTreeSet::new().into()),
         _ => ImageLookup::Found(linux(&["amd64", "arm64"])),
     }
 }

@@ -24,8 +24,15 @@ fn policy(mode: Mode, rollout: u8, placement: Placement) -> NamespacePolicy {
 
 /// What each image publishes, by image name; `None`: not inspectable.
 fn registry(image: &str) -> ImageLookup {
-    let platforms =
-        |archs: &[&str]| ImageLookup::Found(archs.iter().map(|a| Platform::linux(a)).collect());
+    let platforms = |archs: &[&str]| {
+        ImageLookup::Found(
+            archs
+                .iter()
+                .map(|a| Platform::linux(a))
+                .collect::<BTreeSet<_>>()
+                .into(),
+        )
+    };
     match image {
         "app:multi" => platforms(&["amd64", "arm64"]),
         "app:arm" => platforms(&["arm64"]),

@@ -1,6 +1,7 @@
 use serde_json::{Value, json};
 
 use super::*;
+use crate::platform::Platform;
 use crate::policy::Rollout;
 
 fn pod(value: Value) -> Pod {
@@ -41,7 +42,8 @@ fn found(archs: &[&str]) -> ImageLookup {
                 Some((os, arch)) => Platform::new(os, arch, None),
                 None => Platform::linux(a),
             })
-            .collect(),
+            .collect::<BTreeSet<_>>()
+            .into(),
     )
 }
 

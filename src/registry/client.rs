@@ -395,7 +395,7 @@ impl RegistryClient {
         };
         Ok(ImagePlatforms {
             digest: body_digest,
-            platforms,
+            platforms: platforms.into(),
             shape,
             endpoint: endpoint.host.clone(),
         })

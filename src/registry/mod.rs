@@ -6,7 +6,6 @@ pub mod guard;
 pub mod limits;
 pub mod manifest;
 
-use std::collections::BTreeSet;
 use std::time::Duration;
 
 use serde::Serialize;
@@ -14,14 +13,12 @@ use serde::Serialize;
 pub use client::{RegistryClient, RegistrySettings};
 pub use credentials::{ANONYMOUS_FINGERPRINT, Credential, Keyring};
 
-use crate::platform::Platform;
-
 /// What a registry said about one image.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ImagePlatforms {
     /// Digest of the manifest or index the reference resolved to.
     pub digest: String,
-    pub platforms: BTreeSet<Platform>,
+    pub platforms: crate::platform::Platforms,
     pub shape: ManifestShape,
     /// The host that answered (a mirror, or the registry itself).
     pub endpoint: String,
