@@ -372,6 +372,20 @@ fn envelope(c: &mut Criterion) {
             .unwrap()
             .into_pod();
         assert_eq!(patch_json(&full, "u"), patch_json(&skinny, "u"));
+        // Where a review's allocations come from: the read of the body.
+        let (floor, _) = allocations_per_call(200, || {
+            let review: FloorReview<'_> = serde_json::from_slice(black_box(&body)).unwrap();
+            black_box(review.request.unwrap().uid.unwrap().len());
+        });
+        let (one_pass, _) = allocations_per_call(200, || {
+            let text = std::str::from_utf8(black_box(&body)).unwrap();
+            let review: OnePass = serde_json::from_str(text).unwrap();
+            black_box(review.request.unwrap().object.unwrap().into_pod());
+        });
+        println!(
+            "envelope/{}: {floor:.0} allocations for the floor's read, {one_pass:.0} for the one-pass pod view",
+            shape.name
+        );
         group.throughput(Throughput::Bytes(body.len() as u64));
         group.bench_function(format!("{}/floor_uid", shape.name), |b| {
             b.iter(|| {

@@ -163,9 +163,9 @@ pub struct ReviewLabels {
     /// An opted-in namespace, else `other`.
     pub namespace: Label,
     /// The decision kind (`steered`, `held`, `only_option`, `skipped`, ...).
-    pub decision: String,
+    pub decision: Label,
     /// `patched`, `allowed`, `audited` or `denied`.
-    pub outcome: String,
+    pub outcome: Label,
     /// The architectures the pod was placed on, or `none`.
     pub architecture: Label,
 }
@@ -509,8 +509,8 @@ mod tests {
                 .reviews
                 .get_or_create(&ReviewLabels {
                     namespace: Label::OTHER,
-                    decision: "steered".into(),
-                    outcome: "patched".into(),
+                    decision: Label::fixed("steered"),
+                    outcome: Label::fixed("patched"),
                     architecture: architectures_label(["arm64", hostile.as_str(), "amd64"]),
                 })
                 .inc();

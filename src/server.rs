@@ -311,8 +311,8 @@ fn count_review(record: &ReviewRecord) {
             } else {
                 metrics::Label::OTHER
             },
-            decision: record.kind.label().into(),
-            outcome: record.outcome.into(),
+            decision: metrics::Label::fixed(record.kind.label()),
+            outcome: metrics::Label::fixed(record.outcome),
             architecture: metrics::architectures_label(
                 record.placed.iter().flat_map(|placed| placed.split(',')),
             ),
