@@ -94,8 +94,8 @@ impl Reviewer {
                 .filter(|(_, f)| f.pending)
                 .map(|(image, _)| image.to_string())
                 .collect();
-            // Each container's copy made here, once, from the shared
-            // answer: `distinct` is sorted, so a binary search finds it.
+            // Each container's lookup points at its image's shared answer:
+            // `distinct` is sorted, so a binary search finds it.
             images
                 .iter()
                 .map(|c| {
@@ -206,7 +206,8 @@ struct Found {
 }
 
 impl Found {
-    /// The answer as a container's lookup: its own copy of the platforms.
+    /// The answer as a container's lookup: the cache's platform set itself
+    /// (an `Arc`), or its own copy of the error.
     fn lookup(&self) -> ImageLookup {
         match &self.result {
             Ok(found) => ImageLookup::Found(found.platforms.clone()),
