@@ -9,8 +9,16 @@
 //! "allowed, no patch". benches/load.sh drives it next to archway; archway's
 //! throughput over this one's is the "against the floor" ratio.
 //!
+//! With `--read pod` it is the *pod floor*: each body is read as archway
+//! reads it (one pass: the request's fields, and the pod through archway's
+//! own `PodView`, made into a k8s-openapi `Pod`), then answered the same
+//! "allowed, no patch". No webhook that must read the pod the way archway
+//! does can come closer to the floor than this one: its ratio to the floor
+//! is the ceiling of archway's, as if the lookups, the decision, the patch
+//! and the larger answer cost nothing.
+//!
 //! ```sh
-//! floor --listen 127.0.0.1:0 --cert tls.crt --key tls.key
+//! floor --listen 127.0.0.1:0 --cert tls.crt --key tls.key [--read uid|pod]
 //! ```
 //!
 //! prints `floor listening on ADDR` once bound and serves until killed.
@@ -22,9 +30,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use archway::admission::pod::PodView;
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::DefaultBodyLimit;
+use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
@@ -67,7 +76,55 @@ struct ResponseOut<'a> {
     allowed: bool,
 }
 
-async fn mutate(body: Bytes) -> Response {
+/// The review as archway reads it in one pass (src/admission/wire.rs):
+/// the request's fields, and the pod through archway's `PodView`.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[allow(dead_code)] // read, as archway reads them; only the uid is answered
+struct PodReviewIn<'a> {
+    #[serde(borrow)]
+    api_version: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    kind: Option<Cow<'a, str>>,
+    request: Option<PodRequestIn>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[allow(dead_code)]
+struct PodRequestIn {
+    uid: Option<String>,
+    kind: Option<GroupKind>,
+    operation: Option<String>,
+    namespace: Option<String>,
+    name: Option<String>,
+    sub_resource: Option<String>,
+    dry_run: Option<bool>,
+    object: Option<PodView>,
+}
+
+#[derive(Deserialize)]
+#[allow(dead_code)]
+struct GroupKind {
+    #[serde(default)]
+    group: String,
+    #[serde(default)]
+    kind: String,
+}
+
+/// How the floor reads a body (`--read`).
+#[derive(Clone, Copy, PartialEq)]
+enum Read {
+    /// The uid alone: the floor.
+    Uid,
+    /// The pod as archway reads it: the pod floor.
+    Pod,
+}
+
+async fn mutate(State(read): State<Read>, body: Bytes) -> Response {
+    if read == Read::Pod {
+        return mutate_reading_the_pod(&body);
+    }
     let review: ReviewIn<'_> = match serde_json::from_slice(&body) {
         Ok(review) => review,
         Err(e) => return (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response(),
@@ -75,13 +132,37 @@ async fn mutate(body: Bytes) -> Response {
     let Some(uid) = review.request.and_then(|r| r.uid) else {
         return (StatusCode::BAD_REQUEST, "no request uid\n").into_response();
     };
+    allowed(&uid)
+}
+
+fn mutate_reading_the_pod(body: &[u8]) -> Response {
+    // As archway: the body checked as UTF-8 once, then read as a `str`.
+    let review: Result<PodReviewIn<'_>, String> = std::str::from_utf8(body)
+        .map_err(|e| e.to_string())
+        .and_then(|text| serde_json::from_str(text).map_err(|e| e.to_string()));
+    let request = match review {
+        Ok(PodReviewIn {
+            request: Some(request),
+            ..
+        }) => request,
+        Ok(_) => return (StatusCode::BAD_REQUEST, "no request\n").into_response(),
+        Err(e) => return (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response(),
+    };
+    // The pod archway's decision would read, kept until the answer is made.
+    let pod = request.object.map(PodView::into_pod);
+    let response = match &request.uid {
+        Some(uid) => allowed(uid),
+        None => (StatusCode::BAD_REQUEST, "no request uid\n").into_response(),
+    };
+    std::hint::black_box(pod);
+    response
+}
+
+fn allowed(uid: &str) -> Response {
     let out = ReviewOut {
         api_version: "admission.k8s.io/v1",
         kind: "AdmissionReview",
-        response: ResponseOut {
-            uid: &uid,
-            allowed: true,
-        },
+        response: ResponseOut { uid, allowed: true },
     };
     match serde_json::to_vec(&out) {
         Ok(json) => ([(header::CONTENT_TYPE, "application/json")], json).into_response(),
@@ -93,6 +174,7 @@ struct Args {
     listen: SocketAddr,
     cert: PathBuf,
     key: PathBuf,
+    read: Read,
 }
 
 fn parse_args() -> Result<Option<Args>, String> {
@@ -115,6 +197,11 @@ fn parse_args() -> Result<Option<Args>, String> {
             .map_err(|e| format!("--listen: {e}"))?,
         cert: value("--cert")?.into(),
         key: value("--key")?.into(),
+        read: match value("--read").as_deref() {
+            Err(_) | Ok("uid") => Read::Uid,
+            Ok("pod") => Read::Pod,
+            Ok(other) => return Err(format!("--read: uid or pod, not {other}")),
+        },
     }))
 }
 
@@ -135,10 +222,11 @@ fn tls_config(args: &Args) -> Result<rustls::ServerConfig, String> {
     Ok(config)
 }
 
-async fn serve(listener: TcpListener, tls: TlsAcceptor) {
+async fn serve(listener: TcpListener, tls: TlsAcceptor, read: Read) {
     let router = Router::new()
         .route("/mutate", post(mutate))
-        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES));
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(read);
     loop {
         let (stream, _) = match listener.accept().await {
             Ok(accepted) => accepted,
@@ -195,7 +283,7 @@ fn main() -> std::process::ExitCode {
             }
         };
         println!("floor listening on {}", listener.local_addr().unwrap());
-        serve(listener, tls).await;
+        serve(listener, tls, args.read).await;
     });
     std::process::ExitCode::SUCCESS
 }

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # archway under load, side by side with the floor (benches/floor.rs: axum +
-# rustls answering every review "allowed, no patch"), against the goals of
-# the issue "Performance: measure and reach the goals". Run from anywhere:
+# rustls answering every review "allowed, no patch") and the pod floor (the
+# same, reading each pod as archway does: the ceiling of archway's ratio),
+# against the goals of the issue "Performance: measure and reach the goals".
+# Run from anywhere:
 #
 #   benches/load.sh                          # the real thing (~35 min)
 #   DURATION=10 SOAK=60 FILL=2000 benches/load.sh   # a quick pass (~5 min)
@@ -204,22 +206,22 @@ start_archway() { # $1 = name, $2 = log filter, $3 = config
 
 FLOOR_PID=""
 FLOOR_URL=""
-start_floor() {
+start_floor() { # $1 = what it reads: uid (the floor) or pod (the pod floor)
   # shellcheck disable=SC2086
-  env $ARCHWAY_ENV "$FLOOR" --listen 127.0.0.1:0 --cert "$CERT" --key "$KEY" \
-    >"$OUT/floor.out" 2>"$OUT/floor.err" &
+  env $ARCHWAY_ENV "$FLOOR" --listen 127.0.0.1:0 --cert "$CERT" --key "$KEY" --read "$1" \
+    >"$OUT/floor-$1.out" 2>"$OUT/floor-$1.err" &
   FLOOR_PID=$!
   pids+=("$FLOOR_PID")
   local i addr=""
   for i in $(seq 200); do
-    addr=$(awk '/^floor listening on/ {print $4}' "$OUT/floor.out")
+    addr=$(awk '/^floor listening on/ {print $4}' "$OUT/floor-$1.out")
     [ -n "$addr" ] && break
-    kill -0 "$FLOOR_PID" 2>/dev/null || die "floor exited: $(cat "$OUT/floor.err")"
+    kill -0 "$FLOOR_PID" 2>/dev/null || die "floor exited: $(cat "$OUT/floor-$1.err")"
     sleep 0.05
   done
   [ -n "$addr" ] || die "floor did not start"
   FLOOR_URL="https://$addr/mutate"
-  log "floor on $addr, pid $FLOOR_PID"
+  log "floor (--read $1) on $addr, pid $FLOOR_PID"
 }
 
 # ----------------------------------------------------------------- h2load
@@ -294,14 +296,20 @@ result "startup self-signed $ss_min $ss_med $ss_max $sl_min $sl_med $sl_max"
 
 # ------------------------------------------------------------- throughput
 start_archway throughput 'warn,archway::app=info'
-start_floor
+start_floor pod
+POD_FLOOR_PID=$FLOOR_PID POD_FLOOR_URL=$FLOOR_URL
+start_floor uid
 for size in $SIZES; do
   "$LOADKIT" post --url "$ARCHWAY_URL" --ca "$CA" --expect-patch "$OUT/body-$size.json" 2>>"$OUT/warm.log"
 done
 for size in $SIZES; do
   for proto in $PROTOCOLS; do
-    for server in archway floor; do
-      if [ $server = archway ]; then url=$ARCHWAY_URL pid=$ARCHWAY_PID; else url=$FLOOR_URL pid=$FLOOR_PID; fi
+    for server in archway floor podfloor; do
+      case $server in
+        archway) url=$ARCHWAY_URL pid=$ARCHWAY_PID ;;
+        floor) url=$FLOOR_URL pid=$FLOOR_PID ;;
+        podfloor) url=$POD_FLOOR_URL pid=$POD_FLOOR_PID ;;
+      esac
       label="tput-$server-$size-$proto"
       log "throughput: $server, $size (${BODY_BYTES[$size]} B), $proto, ${DURATION}s"
       perf_pid=""
@@ -331,13 +339,14 @@ if [ "$PROFILE" = 1 ]; then
 fi
 stop "$ARCHWAY_PID"
 stop "$FLOOR_PID"
+stop "$POD_FLOOR_PID"
 
 # ---------------------------------------------- latency (logs on) + burst
 start_archway latency info
 for size in $SIZES; do
   "$LOADKIT" post --url "$ARCHWAY_URL" --ca "$CA" --expect-patch "$OUT/body-$size.json" 2>>"$OUT/warm.log"
 done
-start_floor
+start_floor uid
 for size in $SIZES; do
   label="lat-archway-$size"
   log "latency: archway, $size, h2 at $LATENCY_RPS reviews/s for ${LATENCY_DURATION}s, every review logged"
@@ -437,23 +446,30 @@ ok() { if [ "$1" = 1 ]; then echo "MET"; else echo "MISSED"; fi; }
   echo "bodies: $(for s in small typical large; do printf '%s %s B  ' "$s" "${BODY_BYTES[$s]}"; done)"
   echo
   echo "Throughput (archway --log warn; h2: $H2_CLIENTS conns x $H2_STREAMS streams, h1: $H1_CLIENTS keep-alive conns; ${DURATION}s each)"
-  printf '%-8s %-3s | %9s %6s %6s %6s | %9s %6s %6s %6s | %5s | %-30s | %-30s | %s\n' \
+  printf '%-8s %-3s | %9s %6s %6s %6s | %9s %6s %6s %6s | %5s | %9s %6s %6s %7s | %-30s | %-30s | %s\n' \
     body proto "archway/s" errors "cpu us" "h2load" "floor/s" errors "cpu us" "h2load" ratio \
+    "pod fl/s" "cpu us" "h2load" ceiling \
     "archway client p50/p99/p99.9" "floor client p50/p99/p99.9" "load avg"
   for size in $SIZES; do
     for proto in $PROTOCOLS; do
       a=$(awk -v s="$size" -v p="$proto" '$1 == "tput" && $2 == "archway" && $3 == s && $4 == p' "$RESULTS")
       f=$(awk -v s="$size" -v p="$proto" '$1 == "tput" && $2 == "floor" && $3 == s && $4 == p' "$RESULTS")
       read -r _ _ _ _ ar ae _ ac a50 a99 a999 _ ah al <<<"$a"
+      p=$(awk -v s="$size" -v p="$proto" '$1 == "tput" && $2 == "podfloor" && $3 == s && $4 == p' "$RESULTS")
       read -r _ _ _ _ fr fe _ fc f50 f99 f999 _ fh fl <<<"$f"
+      read -r _ _ _ _ pr _ _ pc _ _ _ _ ph _ <<<"$p"
       ratio=$(awk -v a="$ar" -v f="$fr" 'BEGIN {if (f > 0) printf "%.2f", a / f; else print "-"}')
-      printf '%-8s %-3s | %9.0f %6s %6s %6s | %9.0f %6s %6s %6s | %5s | %8s/%8s/%8s ms | %8s/%8s/%8s ms | %s %s\n' \
+      ceiling=$(awk -v a="$pr" -v f="$fr" 'BEGIN {if (f > 0) printf "%.2f", a / f; else print "-"}')
+      printf '%-8s %-3s | %9.0f %6s %6s %6s | %9.0f %6s %6s %6s | %5s | %9.0f %6s %6s %7s | %8s/%8s/%8s ms | %8s/%8s/%8s ms | %s %s\n' \
         "$size" "$proto" "$ar" "$ae" "$ac" "$ah" "$fr" "$fe" "$fc" "$fh" "$ratio" \
+        "$pr" "$pc" "$ph" "$ceiling" \
         "$a50" "$a99" "$a999" "$f50" "$f99" "$f999" "$al" "$fl"
     done
   done
-  echo "(cpu us / h2load: CPU time per review of the server / of h2load; client latencies are at"
-  echo " saturation, so mostly queueing; load avg: the machine's when archway's / the floor's run began)"
+  echo "(cpu us / h2load: CPU time per review of the server / of h2load; ratio: archway/s over floor/s;"
+  echo " pod fl/s: the pod floor, which reads each pod as archway does and answers \"allowed\"; ceiling: its"
+  echo " ratio to the floor, the most archway's could be if lookups, decision, patch and answer were free;"
+  echo " client latencies are at saturation, so mostly queueing; load avg: when archway's / the floor's run began)"
   echo
   echo "Latency at $LATENCY_RPS reviews/s over HTTP/2 (archway --log info: every review logged; ${LATENCY_DURATION}s each)"
   printf '%-8s %-7s | %8s %6s | %-36s | %-36s\n' body server "rate/s" errors \
@@ -489,6 +505,8 @@ ok() { if [ "$1" = 1 ]; then echo "MET"; else echo "MISSED"; fi; }
   echo "  cached p99 <= 1 ms, p99.9 <= 5 ms (server-side, at $LATENCY_RPS/s): worst p99 $worst_p99 ms, p99.9 $worst_p999 ms: $(ok "$(awk -v a="$worst_p99" -v b="$worst_p999" 'BEGIN {print (a <= 1 && b <= 5)}')")"
   echo "  >= 10,000 reviews/s, zero errors, ${DURATION}s (typical, h2): $(printf '%.0f' "$t_a")/s, $t_e errors over all archway runs: $(ok "$(awk -v a="$t_a" -v e="$t_e" -v d="$DURATION" 'BEGIN {print (a >= 10000 && e == 0 && d >= 60)}')")$([ "$DURATION" -ge 60 ] || echo " (run shorter than 60 s)")"
   echo "  >= 0.8 x floor: typical h2 $(awk -v a="$t_a" -v f="$t_f" 'BEGIN {printf "%.2f", a / f}'), worst of all runs $min_ratio: $(ok "$(awk -v m="$min_ratio" 'BEGIN {print (m >= 0.8)}')")"
+  ceilings=$(awk '$1 == "tput" {r[$3" "$4" "$2] = $5} END {lo = 99; hi = 0; for (k in r) {split(k, p, " "); if (p[3] == "podfloor" && r[p[1]" "p[2]" floor"] > 0) {x = r[k] / r[p[1]" "p[2]" floor"]; if (x < lo) lo = x; if (x > hi) hi = x}} printf "%.2f-%.2f", lo, hi}' "$RESULTS")
+  echo "     (the pod floor, reading each pod as archway does and nothing more, reaches $ceilings x floor)"
   bursts_ok=$(awk '$1 == "burst" {for (i = 2; i <= NF; i++) {split($i, kv, "="); v[kv[1]] = kv[2]}
     if (v["answered"] != v["reviews"] || v["manifest"] != 1 || v["blob"] > 1 || v["token"] > 1) bad = 1; n++}
     END {print (n > 0 && !bad)}' "$RESULTS")
