@@ -22,10 +22,14 @@
 //! `cargo bench --bench decision` takes about a minute on 2 cores;
 //! `cargo test --benches` runs each once (it still starts the registry).
 
+#[path = "common/one_pass.rs"]
+mod one_pass;
 #[path = "common/pods.rs"]
 mod pods;
 #[path = "../tests/support/mod.rs"]
 mod support;
+
+use one_pass::{Kind, OnePass};
 
 use std::borrow::Cow;
 use std::collections::BTreeSet;
@@ -286,40 +290,6 @@ struct EnvelopeRequest<'a> {
     dry_run: Option<bool>,
     #[serde(borrow)]
     object: Option<&'a RawValue>,
-}
-
-#[derive(Deserialize)]
-#[allow(dead_code)]
-struct Kind {
-    #[serde(default)]
-    group: String,
-    #[serde(default)]
-    kind: String,
-}
-
-/// The envelope with the pod read in the same pass (the prototype's
-/// fields only): what a single-pass parse would cost.
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-#[allow(dead_code)]
-struct OnePass {
-    api_version: Option<String>,
-    kind: Option<String>,
-    request: Option<OnePassRequest>,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-#[allow(dead_code)]
-struct OnePassRequest {
-    uid: Option<String>,
-    kind: Option<Kind>,
-    operation: Option<String>,
-    namespace: Option<String>,
-    name: Option<String>,
-    sub_resource: Option<String>,
-    dry_run: Option<bool>,
-    object: Option<PodView>,
 }
 
 fn object(body: &[u8]) -> &RawValue {

@@ -30,6 +30,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+#[path = "common/one_pass.rs"]
+mod one_pass;
+
 use archway::admission::pod::PodView;
 use axum::Router;
 use axum::body::Bytes;
@@ -45,6 +48,8 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
+
+use one_pass::OnePass;
 
 /// archway's `server.maxBodyBytes` default.
 const MAX_BODY_BYTES: usize = 3 * 1024 * 1024;
@@ -76,42 +81,6 @@ struct ResponseOut<'a> {
     allowed: bool,
 }
 
-/// The review as archway reads it in one pass (src/admission/wire.rs):
-/// the request's fields, and the pod through archway's `PodView`.
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-#[allow(dead_code)] // read, as archway reads them; only the uid is answered
-struct PodReviewIn<'a> {
-    #[serde(borrow)]
-    api_version: Option<Cow<'a, str>>,
-    #[serde(borrow)]
-    kind: Option<Cow<'a, str>>,
-    request: Option<PodRequestIn>,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-#[allow(dead_code)]
-struct PodRequestIn {
-    uid: Option<String>,
-    kind: Option<GroupKind>,
-    operation: Option<String>,
-    namespace: Option<String>,
-    name: Option<String>,
-    sub_resource: Option<String>,
-    dry_run: Option<bool>,
-    object: Option<PodView>,
-}
-
-#[derive(Deserialize)]
-#[allow(dead_code)]
-struct GroupKind {
-    #[serde(default)]
-    group: String,
-    #[serde(default)]
-    kind: String,
-}
-
 /// How the floor reads a body (`--read`).
 #[derive(Clone, Copy, PartialEq)]
 enum Read {
@@ -137,11 +106,11 @@ async fn mutate(State(read): State<Read>, body: Bytes) -> Response {
 
 fn mutate_reading_the_pod(body: &[u8]) -> Response {
     // As archway: the body checked as UTF-8 once, then read as a `str`.
-    let review: Result<PodReviewIn<'_>, String> = std::str::from_utf8(body)
+    let review: Result<OnePass<'_>, String> = std::str::from_utf8(body)
         .map_err(|e| e.to_string())
         .and_then(|text| serde_json::from_str(text).map_err(|e| e.to_string()));
     let request = match review {
-        Ok(PodReviewIn {
+        Ok(OnePass {
             request: Some(request),
             ..
         }) => request,
