@@ -224,7 +224,7 @@ fn main() -> std::process::ExitCode {
         Ok(Some(args)) => args,
         Ok(None) => {
             eprintln!(
-                "floor: a server for benches/load.sh; run with --listen ADDR --cert F --key K"
+                "floor: a server for benches/load.sh; run with --listen ADDR --cert F --key K [--read uid|pod]"
             );
             return std::process::ExitCode::SUCCESS;
         }
