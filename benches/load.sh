@@ -437,6 +437,20 @@ stop "$ARCHWAY_PID"
 
 # ------------------------------------------------------------------ table
 mib() { awk -v k="$1" 'BEGIN {printf "%.1f", k / 1024}'; }
+# throughput_row SERVER SIZE PROTO: that run's result line
+throughput_row() {
+  awk -v srv="$1" -v s="$2" -v p="$3" '$1 == "tput" && $2 == srv && $3 == s && $4 == p' "$RESULTS"
+}
+# over_floor RATE FLOOR_RATE: the ratio to the floor, to two places
+over_floor() { awk -v a="$1" -v f="$2" 'BEGIN {if (f > 0) printf "%.2f", a / f; else print "-"}'; }
+# ratio_range SERVER: the lowest and highest of SERVER's ratios to the floor over every run
+ratio_range() {
+  awk -v srv="$1" '$1 == "tput" {r[$3" "$4" "$2] = $5}
+    END {lo = 99; hi = 0
+      for (k in r) {split(k, p, " "); if (p[3] == srv && r[p[1]" "p[2]" floor"] > 0) {
+        x = r[k] / r[p[1]" "p[2]" floor"]; if (x < lo) lo = x; if (x > hi) hi = x}}
+      printf "%.2f %.2f\n", lo, hi}' "$RESULTS"
+}
 ok() { if [ "$1" = 1 ]; then echo "MET"; else echo "MISSED"; fi; }
 {
   echo
@@ -452,14 +466,11 @@ ok() { if [ "$1" = 1 ]; then echo "MET"; else echo "MISSED"; fi; }
     "archway client p50/p99/p99.9" "floor client p50/p99/p99.9" "load avg"
   for size in $SIZES; do
     for proto in $PROTOCOLS; do
-      a=$(awk -v s="$size" -v p="$proto" '$1 == "tput" && $2 == "archway" && $3 == s && $4 == p' "$RESULTS")
-      f=$(awk -v s="$size" -v p="$proto" '$1 == "tput" && $2 == "floor" && $3 == s && $4 == p' "$RESULTS")
-      read -r _ _ _ _ ar ae _ ac a50 a99 a999 _ ah al <<<"$a"
-      p=$(awk -v s="$size" -v p="$proto" '$1 == "tput" && $2 == "podfloor" && $3 == s && $4 == p' "$RESULTS")
-      read -r _ _ _ _ fr fe _ fc f50 f99 f999 _ fh fl <<<"$f"
-      read -r _ _ _ _ pr _ _ pc _ _ _ _ ph _ <<<"$p"
-      ratio=$(awk -v a="$ar" -v f="$fr" 'BEGIN {if (f > 0) printf "%.2f", a / f; else print "-"}')
-      ceiling=$(awk -v a="$pr" -v f="$fr" 'BEGIN {if (f > 0) printf "%.2f", a / f; else print "-"}')
+      read -r _ _ _ _ ar ae _ ac a50 a99 a999 _ ah al < <(throughput_row archway "$size" "$proto")
+      read -r _ _ _ _ fr fe _ fc f50 f99 f999 _ fh fl < <(throughput_row floor "$size" "$proto")
+      read -r _ _ _ _ pr _ _ pc _ _ _ _ ph _ < <(throughput_row podfloor "$size" "$proto")
+      ratio=$(over_floor "$ar" "$fr")
+      ceiling=$(over_floor "$pr" "$fr")
       printf '%-8s %-3s | %9.0f %6s %6s %6s | %9.0f %6s %6s %6s | %5s | %9.0f %6s %6s %7s | %8s/%8s/%8s ms | %8s/%8s/%8s ms | %s %s\n' \
         "$size" "$proto" "$ar" "$ae" "$ac" "$ah" "$fr" "$fe" "$fc" "$fh" "$ratio" \
         "$pr" "$pc" "$ph" "$ceiling" \
@@ -499,14 +510,14 @@ ok() { if [ "$1" = 1 ]; then echo "MET"; else echo "MISSED"; fi; }
   t_a=$(awk '$1 == "tput" && $2 == "archway" && $3 == "typical" && $4 == "h2" {print $5}' "$RESULTS")
   t_e=$(awk '$1 == "tput" && $2 == "archway" {e += $6} END {print e + 0}' "$RESULTS")
   t_f=$(awk '$1 == "tput" && $2 == "floor" && $3 == "typical" && $4 == "h2" {print $5}' "$RESULTS")
-  min_ratio=$(awk '$1 == "tput" {r[$3" "$4" "$2] = $5} END {m = 99; for (k in r) {split(k, p, " "); if (p[3] == "archway" && r[p[1]" "p[2]" floor"] > 0) {x = r[k] / r[p[1]" "p[2]" floor"]; if (x < m) m = x}} printf "%.2f", m}' "$RESULTS")
+  read -r min_ratio _ < <(ratio_range archway)
   worst_p99=$(awk '$1 == "lat" && $2 == "archway" {if ($8 > m) m = $8} END {print m + 0}' "$RESULTS")
   worst_p999=$(awk '$1 == "lat" && $2 == "archway" {if ($9 > m) m = $9} END {print m + 0}' "$RESULTS")
   echo "  cached p99 <= 1 ms, p99.9 <= 5 ms (server-side, at $LATENCY_RPS/s): worst p99 $worst_p99 ms, p99.9 $worst_p999 ms: $(ok "$(awk -v a="$worst_p99" -v b="$worst_p999" 'BEGIN {print (a <= 1 && b <= 5)}')")"
   echo "  >= 10,000 reviews/s, zero errors, ${DURATION}s (typical, h2): $(printf '%.0f' "$t_a")/s, $t_e errors over all archway runs: $(ok "$(awk -v a="$t_a" -v e="$t_e" -v d="$DURATION" 'BEGIN {print (a >= 10000 && e == 0 && d >= 60)}')")$([ "$DURATION" -ge 60 ] || echo " (run shorter than 60 s)")"
-  echo "  >= 0.8 x floor: typical h2 $(awk -v a="$t_a" -v f="$t_f" 'BEGIN {printf "%.2f", a / f}'), worst of all runs $min_ratio: $(ok "$(awk -v m="$min_ratio" 'BEGIN {print (m >= 0.8)}')")"
-  ceilings=$(awk '$1 == "tput" {r[$3" "$4" "$2] = $5} END {lo = 99; hi = 0; for (k in r) {split(k, p, " "); if (p[3] == "podfloor" && r[p[1]" "p[2]" floor"] > 0) {x = r[k] / r[p[1]" "p[2]" floor"]; if (x < lo) lo = x; if (x > hi) hi = x}} printf "%.2f-%.2f", lo, hi}' "$RESULTS")
-  echo "     (the pod floor, reading each pod as archway does and nothing more, reaches $ceilings x floor)"
+  echo "  >= 0.8 x floor: typical h2 $(over_floor "$t_a" "$t_f"), worst of all runs $min_ratio: $(ok "$(awk -v m="$min_ratio" 'BEGIN {print (m >= 0.8)}')")"
+  read -r ceiling_lo ceiling_hi < <(ratio_range podfloor)
+  echo "     (the pod floor, reading each pod as archway does and nothing more, reaches $ceiling_lo-$ceiling_hi x floor)"
   bursts_ok=$(awk '$1 == "burst" {for (i = 2; i <= NF; i++) {split($i, kv, "="); v[kv[1]] = kv[2]}
     if (v["answered"] != v["reviews"] || v["manifest"] != 1 || v["blob"] > 1 || v["token"] > 1) bad = 1; n++}
     END {print (n > 0 && !bad)}' "$RESULTS")
