@@ -151,7 +151,7 @@ fn decide_and_patch(c: &mut Criterion) {
             request_uid: "0b5e1c6a-7f00-4d2e-9c1a-000000000001",
             draw: None,
             // No cluster: node architectures unknown.
-            node_architectures: None,
+            nodes: None,
             hold: None,
         };
         assert!(matches!(
@@ -317,7 +317,7 @@ fn patch_json(pod: &Pod, uid: &str) -> String {
         settings: &settings,
         request_uid: uid,
         draw: None,
-        node_architectures: None,
+        nodes: None,
         hold: None,
     });
     let Outcome::Inject(injection) = &decision.outcome else {

@@ -181,9 +181,9 @@ struct AuditPolicies {
     default_rollout: Rollout,
 }
 
-/// The architectures of the nodes as listed at the start of the scan;
-/// unknown when no node has one.
-struct AuditNodes(Arc<BTreeSet<String>>);
+/// The nodes as listed at the start of the scan; unknown when no node has
+/// an architecture.
+struct AuditNodes(Arc<placement::Nodes>);
 
 impl PolicySource for AuditPolicies {
     fn policy(&self, namespace: &str) -> Option<NamespacePolicy> {
@@ -196,7 +196,7 @@ impl PolicySource for AuditPolicies {
 }
 
 impl NodeInventory for AuditNodes {
-    fn node_architectures(&self) -> Option<Arc<BTreeSet<String>>> {
+    fn nodes(&self) -> Option<Arc<placement::Nodes>> {
         (!self.0.is_empty()).then(|| self.0.clone())
     }
 }
@@ -209,15 +209,14 @@ pub async fn scan(
     progress: bool,
 ) -> Result<AuditReport, AuditError> {
     let nodes: Vec<Node> = list(Api::all(client.clone()), "nodes").await?;
-    let node_arch: BTreeMap<String, String> = nodes
+    let node_arch: BTreeMap<String, placement::NodeArch> = nodes
         .iter()
         .filter_map(|n| {
-            let arch = n
-                .metadata
-                .labels
-                .as_ref()?
-                .get(placement::ARCH_LABEL)?
-                .clone();
+            let labels = n.metadata.labels.as_ref()?;
+            let arch = placement::NodeArch {
+                architecture: labels.get(placement::ARCH_LABEL)?.clone(),
+                hostname: labels.get(placement::HOSTNAME_LABEL).cloned(),
+            };
             Some((n.metadata.name.clone()?, arch))
         })
         .collect();
@@ -230,7 +229,9 @@ pub async fn scan(
     let mut node_architectures = BTreeMap::new();
     for node in linux_nodes {
         if let Some(arch) = node.metadata.name.as_ref().and_then(|n| node_arch.get(n)) {
-            *node_architectures.entry(arch.clone()).or_insert(0) += 1;
+            *node_architectures
+                .entry(arch.architecture.clone())
+                .or_insert(0) += 1;
         }
     }
     let namespaces: Vec<Namespace> = list(Api::all(client.clone()), "namespaces").await?;
@@ -249,7 +250,8 @@ pub async fn scan(
         default_rollout: config.default_rollout,
     };
     // As `archway serve` sees them: every node's architecture.
-    let nodes = AuditNodes(Arc::new(node_arch.values().cloned().collect()));
+    let known_nodes = Arc::new(placement::Nodes::new(&node_arch));
+    let nodes = AuditNodes(known_nodes.clone());
     let modes: BTreeMap<String, Option<Mode>> = (policies.namespaces.iter())
         .map(|(ns, policy)| (ns.clone(), policy.as_ref().map(|p| p.mode)))
         .collect();
@@ -272,7 +274,7 @@ pub async fn scan(
         Some(ns) => list(Api::namespaced(client.clone(), ns), "replicasets").await?,
         None => list(Api::all(client.clone()), "replicasets").await?,
     };
-    let pods_of = placement_of_pods(&pods, &replica_sets, &node_arch);
+    let pods_of = placement_of_pods(&pods, &replica_sets, &known_nodes);
 
     // A few workloads at a time; each image once (the cache remembers it).
     let total = workloads.len();
@@ -412,7 +414,7 @@ struct PodsOf {
 fn placement_of_pods(
     pods: &[Pod],
     replica_sets: &[ReplicaSet],
-    node_arch: &BTreeMap<String, String>,
+    nodes: &placement::Nodes,
 ) -> BTreeMap<(String, &'static str, String), PodsOf> {
     let rs_owner: BTreeMap<(String, String), String> = replica_sets
         .iter()
@@ -436,7 +438,7 @@ fn placement_of_pods(
             .spec
             .as_ref()
             .and_then(|s| s.node_name.as_ref())
-            .and_then(|n| node_arch.get(n))
+            .and_then(|n| nodes.of_node(n))
         else {
             continue;
         };
@@ -469,11 +471,11 @@ fn placement_of_pods(
             }
         };
         let of = placed.entry(key).or_default();
-        of.runs_on.insert(arch.clone());
+        of.runs_on.insert(arch.to_string());
         let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
         // A pod on its way out no longer counts as running where it is.
         if phase == Some("Running") && pod.metadata.deletion_timestamp.is_none() {
-            *of.running.entry(arch.clone()).or_insert(0) += 1;
+            *of.running.entry(arch.to_string()).or_insert(0) += 1;
         }
     }
     placed

@@ -5,7 +5,7 @@
 //! so a review makes no API call for them; pull secrets are read with one
 //! `get` each, when a pod names them, and kept briefly.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -16,7 +16,7 @@ use kube::api::{Api, PartialObjectMeta};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 
-use crate::placement::ARCH_LABEL;
+use crate::placement::{ARCH_LABEL, HOSTNAME_LABEL, NodeArch, Nodes};
 use crate::policy::{MODE_LABEL, NamespacePolicy, PolicySource, Rollout};
 use crate::registry::Keyring;
 
@@ -24,12 +24,13 @@ use crate::registry::Keyring;
 /// secret is seen soon, long enough that a burst of pods reads it once.
 const SECRET_TTL: Duration = Duration::from_secs(30);
 
-/// Which architectures the cluster has nodes for: what placement avoids
-/// choosing an architecture without nodes by. Not a namespace policy, so
-/// not on `PolicySource`, though `ClusterPolicies` answers both.
+/// Which architecture each node of the cluster is: what placement avoids
+/// choosing an architecture without nodes by, and checks a pod pinned to
+/// nodes against. Not a namespace policy, so not on `PolicySource`, though
+/// `ClusterPolicies` answers both.
 pub trait NodeInventory: Send + Sync {
-    /// The architectures that have nodes, when known.
-    fn node_architectures(&self) -> Option<Arc<BTreeSet<String>>>;
+    /// The nodes, once known.
+    fn nodes(&self) -> Option<Arc<Nodes>>;
 }
 
 /// Namespace policies from the namespaces' own labels and annotations, and
@@ -40,8 +41,8 @@ pub struct ClusterPolicies {
     /// Changes when the configuration is reloaded.
     default_rollout: Arc<std::sync::atomic::AtomicU8>,
     namespaces_synced: Arc<AtomicBool>,
-    /// The architectures that have nodes; `None` until nodes have synced.
-    node_architectures: Arc<RwLock<Option<Arc<BTreeSet<String>>>>>,
+    /// Each node's architecture; `None` until nodes have synced.
+    nodes: Arc<RwLock<Option<Arc<Nodes>>>>,
 }
 
 impl ClusterPolicies {
@@ -50,7 +51,7 @@ impl ClusterPolicies {
     pub fn start(client: kube::Client, default_rollout: Rollout) -> Self {
         let (namespaces, namespace_writer) = reflector::store();
         let namespaces_synced = Arc::new(AtomicBool::new(false));
-        let node_architectures = Arc::new(RwLock::new(None));
+        let nodes = Arc::new(RwLock::new(None));
 
         // Only namespaces that opted in (or out) are kept: the label selector
         // keeps the store small in clusters of thousands of namespaces, and
@@ -62,10 +63,7 @@ impl ClusterPolicies {
             reflector::reflector(namespace_writer, watcher(namespace_api, namespace_config)),
         ));
         let node_api: Api<PartialObjectMeta<Node>> = Api::all(client);
-        tokio::spawn(watch_node_architectures(
-            node_api,
-            node_architectures.clone(),
-        ));
+        tokio::spawn(watch_nodes(node_api, nodes.clone()));
         tokio::spawn(mark_when_synced(
             namespaces.clone(),
             namespaces_synced.clone(),
@@ -74,7 +72,7 @@ impl ClusterPolicies {
             namespaces,
             default_rollout: Arc::new(std::sync::atomic::AtomicU8::new(default_rollout.percent())),
             namespaces_synced,
-            node_architectures,
+            nodes,
         }
     }
 }
@@ -87,63 +85,65 @@ impl ClusterPolicies {
     }
 }
 
-/// Keeps the set of architectures that have nodes. Reviews read the set,
-/// published only when it changes, instead of scanning every node: node
-/// objects change often (heartbeats) and large clusters have thousands.
-async fn watch_node_architectures(
+/// Keeps each node's architecture. Reviews read a snapshot, published only
+/// when a node's architecture or hostname changes (or a node comes or
+/// goes), instead of scanning every node: node objects change often
+/// (heartbeats) and large clusters have thousands.
+async fn watch_nodes(
     api: Api<PartialObjectMeta<Node>>,
-    published: Arc<RwLock<Option<Arc<BTreeSet<String>>>>>,
+    published: Arc<RwLock<Option<Arc<Nodes>>>>,
 ) {
     let arch_of = |node: &PartialObjectMeta<Node>| {
         let name = node.metadata.name.clone().unwrap_or_default();
-        let arch = node
-            .metadata
-            .labels
-            .as_ref()
-            .and_then(|l| l.get(ARCH_LABEL))
-            .cloned();
+        let labels = node.metadata.labels.as_ref();
+        let label = |key: &str| labels.and_then(|l| l.get(key)).cloned();
+        let arch = label(ARCH_LABEL).map(|architecture| NodeArch {
+            architecture,
+            hostname: label(HOSTNAME_LABEL),
+        });
         (name, arch)
     };
-    let mut nodes: BTreeMap<String, String> = BTreeMap::new();
-    let mut relisting: BTreeMap<String, String> = BTreeMap::new();
+    let mut nodes: BTreeMap<String, NodeArch> = BTreeMap::new();
+    let mut relisting: BTreeMap<String, NodeArch> = BTreeMap::new();
     let mut synced = false;
     let stream = watcher(api, watcher::Config::default()).default_backoff();
     futures::pin_mut!(stream);
     while let Some(event) = stream.next().await {
-        match event {
+        let changed = match event {
             Err(error) => {
                 tracing::warn!(what = "nodes", %error, "watch failed; retrying");
                 continue;
             }
-            Ok(watcher::Event::Init) => relisting.clear(),
+            Ok(watcher::Event::Init) => {
+                relisting.clear();
+                false
+            }
             Ok(watcher::Event::InitApply(node)) => {
                 if let (name, Some(arch)) = arch_of(&node) {
                     relisting.insert(name, arch);
                 }
+                false
             }
             Ok(watcher::Event::InitDone) => {
+                let changed = !synced || nodes != relisting;
                 nodes = std::mem::take(&mut relisting);
                 synced = true;
+                changed
             }
             Ok(watcher::Event::Apply(node)) => match arch_of(&node) {
-                (name, Some(arch)) => {
-                    nodes.insert(name, arch);
-                }
-                (name, None) => {
-                    nodes.remove(&name);
-                }
+                (name, Some(arch)) => nodes.insert(name, arch.clone()) != Some(arch),
+                (name, None) => nodes.remove(&name).is_some(),
             },
-            Ok(watcher::Event::Delete(node)) => {
-                nodes.remove(&arch_of(&node).0);
-            }
-        }
-        if synced {
-            let architectures: BTreeSet<String> = nodes.values().cloned().collect();
-            let mut current = published.write().unwrap_or_else(|e| e.into_inner());
-            if current.as_deref() != Some(&architectures) {
-                tracing::info!(?architectures, nodes = nodes.len(), "node architectures");
-                *current = Some(Arc::new(architectures));
-            }
+            Ok(watcher::Event::Delete(node)) => nodes.remove(&arch_of(&node).0).is_some(),
+        };
+        if synced && changed {
+            let snapshot = Nodes::new(&nodes);
+            tracing::info!(
+                architectures = ?snapshot.architectures(),
+                nodes = snapshot.len(),
+                "node architectures"
+            );
+            *published.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(snapshot));
         }
     }
 }
@@ -188,16 +188,13 @@ impl PolicySource for ClusterPolicies {
 
     /// Ready once namespaces have synced and the node inventory is known.
     fn is_ready(&self) -> bool {
-        self.namespaces_synced.load(Ordering::Acquire) && self.node_architectures().is_some()
+        self.namespaces_synced.load(Ordering::Acquire) && self.nodes().is_some()
     }
 }
 
 impl NodeInventory for ClusterPolicies {
-    fn node_architectures(&self) -> Option<Arc<BTreeSet<String>>> {
-        self.node_architectures
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+    fn nodes(&self) -> Option<Arc<Nodes>> {
+        self.nodes.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 }
 

@@ -77,8 +77,8 @@ pub struct DecisionInput<'a> {
     /// This pod's place in its owner's sequence of unnamed pods, as archway
     /// counted them (see [`spread_owner`]); `None` draws from `request_uid`.
     pub draw: Option<u64>,
-    /// The architectures that have nodes, when known (with a cluster).
-    pub node_architectures: Option<&'a BTreeSet<String>>,
+    /// Each node's architecture, when known (with a cluster).
+    pub nodes: Option<&'a Nodes>,
     /// The guard's hold on the pod's workload, if any; the namespace's
     /// `guard` mode says whether it is enforced.
     pub hold: Option<&'a Hold>,
@@ -331,7 +331,7 @@ pub fn decide_screened(input: &DecisionInput<'_>) -> Decision {
     // The node set is every OS's architectures together: for any OS, an
     // architecture missing from it has no node of that OS either, so
     // dropping it is safe (a kept one may still lack a node of this OS).
-    let choice = avoid_missing_nodes(choice, &supported, input.node_architectures);
+    let choice = avoid_missing_nodes(choice, &supported, input.nodes.map(Nodes::architectures));
     warnings.extend(choice.warnings.iter().cloned());
     inject(input.policy.placement, os, choice, supported, warnings)
 }
@@ -895,7 +895,9 @@ fn describe_images(lookups: &[(ContainerImage, ImageLookup)]) -> String {
         .join("; ")
 }
 
+mod nodes;
 mod recheck;
+pub use nodes::{HOSTNAME_LABEL, NodeArch, Nodes};
 pub use recheck::own_requirement;
 
 #[cfg(test)]

@@ -130,8 +130,8 @@ async fn pods_go_where_there_are_nodes() {
     wait_until("the node change", || {
         cluster
             .policies
-            .node_architectures()
-            .is_some_and(|a| !a.contains("arm64"))
+            .nodes()
+            .is_some_and(|n| !n.architectures().contains("arm64"))
             && cluster.policies.policy("shop").is_some()
     })
     .await;
@@ -151,8 +151,8 @@ async fn pods_go_where_there_are_nodes() {
     wait_until("the new node", || {
         cluster
             .policies
-            .node_architectures()
-            .is_some_and(|a| a.contains("arm64"))
+            .nodes()
+            .is_some_and(|n| n.architectures().contains("arm64"))
     })
     .await;
     let answer = review(&cluster.reviewer, "shop", &pod(&image, &[])).await;
@@ -171,5 +171,5 @@ async fn not_ready_until_the_cluster_view_has_synced() {
     let policies = ClusterPolicies::start(client, archway::policy::Rollout::NONE);
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(!policies.is_ready());
-    assert!(policies.node_architectures().is_none());
+    assert!(policies.nodes().is_none());
 }

@@ -184,12 +184,12 @@ pub fn patch(data: &[u8]) {
         })
         .collect();
     let h = fnv(data);
-    let nodes: BTreeSet<String> = ["amd64", "arm64"]
+    let archs: Vec<&str> = ["amd64", "arm64"]
         .into_iter()
         .filter(|_| h & 1 == 0)
-        .map(String::from)
-        .chain((h & 2 == 0).then(|| "arm".to_string()))
+        .chain((h & 2 == 0).then_some("arm"))
         .collect();
+    let nodes = placement::Nodes::of_architectures(archs);
     for (placement, rollout, rollout_by, fail_closed) in [
         (Placement::Required, 100, RolloutBy::Pod, false),
         (Placement::Required, 0, RolloutBy::Workload, true),
@@ -209,7 +209,7 @@ pub fn patch(data: &[u8]) {
             target_architecture: "arm64".into(),
             fail_closed,
         };
-        for node_architectures in [None, Some(&nodes)] {
+        for nodes in [None, Some(&nodes)] {
             // The first review and the reinvocation differ only in the pod.
             let decide = |pod: &Pod| {
                 placement::decide(&DecisionInput {
@@ -219,7 +219,7 @@ pub fn patch(data: &[u8]) {
                     settings: &settings,
                     request_uid: "fuzz-uid",
                     draw: None,
-                    node_architectures,
+                    nodes,
                     hold: None,
                 })
             };

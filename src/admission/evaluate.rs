@@ -106,7 +106,7 @@ impl Reviewer {
                 .collect()
         };
         let lookups: Vec<_> = images.into_iter().zip(per_container).collect();
-        let nodes = (self.node_inventory.as_ref()).and_then(|n| n.node_architectures());
+        let nodes = (self.node_inventory.as_ref()).and_then(|n| n.nodes());
         let hold = self.holds.as_ref().and_then(|h| h.for_pod(pod));
         evaluation.decision = placement::decide_screened(&DecisionInput {
             pod,
@@ -115,7 +115,7 @@ impl Reviewer {
             settings: &self.settings.decision,
             request_uid,
             draw,
-            node_architectures: nodes.as_deref(),
+            nodes: nodes.as_deref(),
             hold: hold.as_ref(),
         });
         evaluation.lookups = lookups;

@@ -62,7 +62,7 @@ fn decide_for(pod: &Value, policy: &NamespacePolicy, fail_closed: bool) -> Decis
         },
         request_uid: "uid-1",
         draw: None,
-        node_architectures: None,
+        nodes: None,
         hold: None,
     })
 }

@@ -69,7 +69,7 @@ fn run(
         settings: &settings(fail_closed),
         request_uid: "uid-1",
         draw: None,
-        node_architectures: None,
+        nodes: None,
         hold: None,
     })
 }
@@ -460,7 +460,7 @@ fn workload_rollout_puts_every_pod_of_a_deployment_on_one_side() {
                 settings: &settings(false),
                 request_uid: &uid,
                 draw: None,
-                node_architectures: None,
+                nodes: None,
                 hold: None,
             });
             injection(&d).required.clone()
@@ -507,7 +507,7 @@ fn buckets_are_stable_uniform_and_monotone_in_the_rollout() {
                     settings: &settings(false),
                     request_uid: "u",
                     draw: None,
-                    node_architectures: None,
+                    nodes: None,
                     hold: None,
                 });
                 d.kind == DecisionKind::Steered
@@ -559,7 +559,7 @@ fn pods_without_spec_or_images_do_not_panic() {
         settings: &settings(false),
         request_uid: "u",
         draw: None,
-        node_architectures: None,
+        nodes: None,
         hold: None,
     });
     assert_eq!(
@@ -571,7 +571,7 @@ fn pods_without_spec_or_images_do_not_panic() {
 fn with_nodes(rollout: u8, images: &[ImageLookup], nodes: &[&str]) -> Decision {
     let pod = pod(simple_pod());
     let lookups = lookups_for(&pod, images);
-    let nodes = set(nodes);
+    let nodes = Nodes::of_architectures(nodes.iter().copied());
     decide(&DecisionInput {
         pod: &pod,
         policy: &policy(Mode::Enforce, rollout),
@@ -579,7 +579,7 @@ fn with_nodes(rollout: u8, images: &[ImageLookup], nodes: &[&str]) -> Decision {
         settings: &settings(false),
         request_uid: "u",
         draw: None,
-        node_architectures: Some(&nodes),
+        nodes: Some(&nodes),
         hold: None,
     })
 }
@@ -857,7 +857,7 @@ fn a_pod_whose_affinity_allows_several_oses_is_left_to_it() {
 fn a_windows_pod_avoids_architectures_with_no_node_at_all() {
     let pod = pod(windows_pod(json!({"os": {"name": "windows"}})));
     let lookups = lookups_for(&pod, &[found(&["windows/amd64", "windows/arm64"])]);
-    let nodes = set(&["amd64"]);
+    let nodes = Nodes::of_architectures(["amd64"]);
     let d = decide(&DecisionInput {
         pod: &pod,
         policy: &policy(Mode::Enforce, 100),
@@ -865,7 +865,7 @@ fn a_windows_pod_avoids_architectures_with_no_node_at_all() {
         settings: &settings(false),
         request_uid: "u",
         draw: None,
-        node_architectures: Some(&nodes),
+        nodes: Some(&nodes),
         hold: None,
     });
     assert_eq!(
@@ -913,7 +913,7 @@ fn decide_with_hold(policy: &NamespacePolicy, hold: Option<&Hold>, images: &[&st
         settings: &settings(false),
         request_uid: "uid-1",
         draw: None,
-        node_architectures: None,
+        nodes: None,
         hold,
     })
 }
