@@ -212,11 +212,8 @@ pub async fn scan(
     let node_arch: BTreeMap<String, placement::NodeArch> = nodes
         .iter()
         .filter_map(|n| {
-            let labels = n.metadata.labels.as_ref()?;
-            let arch = placement::NodeArch {
-                architecture: labels.get(placement::ARCH_LABEL)?.clone(),
-                hostname: labels.get(placement::HOSTNAME_LABEL).cloned(),
-            };
+            let taints = (n.spec.as_ref()).and_then(|s| s.taints.as_deref());
+            let arch = placement::NodeArch::new(n.metadata.labels.as_ref(), taints.unwrap_or_default())?;
             Some((n.metadata.name.clone()?, arch))
         })
         .collect();

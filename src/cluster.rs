@@ -11,12 +11,15 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Namespace, Node, Secret};
+use std::borrow::Cow;
+
+use k8s_openapi::api::core::v1::{Namespace, Secret, Taint};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, PartialObjectMeta};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 
-use crate::placement::{ARCH_LABEL, HOSTNAME_LABEL, NodeArch, Nodes};
+use crate::placement::{NodeArch, Nodes};
 use crate::policy::{MODE_LABEL, NamespacePolicy, PolicySource, Rollout};
 use crate::registry::Keyring;
 
@@ -62,7 +65,7 @@ impl ClusterPolicies {
             "namespaces",
             reflector::reflector(namespace_writer, watcher(namespace_api, namespace_config)),
         ));
-        let node_api: Api<PartialObjectMeta<Node>> = Api::all(client);
+        let node_api: Api<SlimNode> = Api::all(client);
         tokio::spawn(watch_nodes(node_api, nodes.clone()));
         tokio::spawn(mark_when_synced(
             namespaces.clone(),
@@ -85,22 +88,15 @@ impl ClusterPolicies {
     }
 }
 
-/// Keeps each node's architecture. Reviews read a snapshot, published only
-/// when a node's architecture or hostname changes (or a node comes or
+/// Keeps each node's architecture, labels and taints. Reviews read a
+/// snapshot, published only when one of those changes (or a node comes or
 /// goes), instead of scanning every node: node objects change often
 /// (heartbeats) and large clusters have thousands.
-async fn watch_nodes(
-    api: Api<PartialObjectMeta<Node>>,
-    published: Arc<RwLock<Option<Arc<Nodes>>>>,
-) {
-    let arch_of = |node: &PartialObjectMeta<Node>| {
+async fn watch_nodes(api: Api<SlimNode>, published: Arc<RwLock<Option<Arc<Nodes>>>>) {
+    let arch_of = |node: &SlimNode| {
         let name = node.metadata.name.clone().unwrap_or_default();
-        let labels = node.metadata.labels.as_ref();
-        let label = |key: &str| labels.and_then(|l| l.get(key)).cloned();
-        let arch = label(ARCH_LABEL).map(|architecture| NodeArch {
-            architecture,
-            hostname: label(HOSTNAME_LABEL),
-        });
+        let taints = node.spec.as_ref().map(|s| s.taints.as_slice());
+        let arch = NodeArch::new(node.metadata.labels.as_ref(), taints.unwrap_or_default());
         (name, arch)
     };
     let mut nodes: BTreeMap<String, NodeArch> = BTreeMap::new();
@@ -145,6 +141,47 @@ async fn watch_nodes(
             );
             *published.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(snapshot));
         }
+    }
+}
+
+/// The part of a Node placement reads: its labels (architecture, pool,
+/// hostname) and taints. Decoded into this slim type, not `Node`, so a
+/// watch of thousands of nodes never keeps their status (images,
+/// conditions, addresses).
+#[derive(Debug, Clone, serde::Deserialize)]
+struct SlimNode {
+    metadata: ObjectMeta,
+    #[serde(default)]
+    spec: Option<SlimNodeSpec>,
+}
+
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+struct SlimNodeSpec {
+    #[serde(default)]
+    taints: Vec<Taint>,
+}
+
+impl kube::Resource for SlimNode {
+    type DynamicType = ();
+    type Scope = k8s_openapi::ClusterResourceScope;
+
+    fn kind(_: &()) -> Cow<'_, str> {
+        "Node".into()
+    }
+    fn group(_: &()) -> Cow<'_, str> {
+        "".into()
+    }
+    fn version(_: &()) -> Cow<'_, str> {
+        "v1".into()
+    }
+    fn plural(_: &()) -> Cow<'_, str> {
+        "nodes".into()
+    }
+    fn meta(&self) -> &ObjectMeta {
+        &self.metadata
+    }
+    fn meta_mut(&mut self) -> &mut ObjectMeta {
+        &mut self.metadata
     }
 }
 

@@ -897,7 +897,7 @@ fn describe_images(lookups: &[(ContainerImage, ImageLookup)]) -> String {
 
 mod nodes;
 mod recheck;
-pub use nodes::{HOSTNAME_LABEL, NodeArch, Nodes};
+pub use nodes::{Fit, HOSTNAME_LABEL, NodeArch, NodeTaint, Nodes};
 pub use recheck::own_requirement;
 
 #[cfg(test)]
