@@ -130,6 +130,7 @@ fn decide_and_patch(c: &mut Criterion) {
     let settings = DecisionSettings {
         target_architecture: "arm64".into(),
         fail_closed: false,
+        tolerations: Config::default().tolerations,
     };
     let policy = policy();
     let tolerations = Config::default().tolerations;
@@ -302,6 +303,7 @@ fn patch_json(pod: &Pod, uid: &str) -> String {
     let settings = DecisionSettings {
         target_architecture: "arm64".into(),
         fail_closed: false,
+        tolerations: Config::default().tolerations,
     };
     let policy = policy();
     let both: archway::platform::Platforms =

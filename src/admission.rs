@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::{Pod, Toleration};
+use k8s_openapi::api::core::v1::Pod;
 
 use crate::cache::Inspector;
 use crate::cluster::NodeInventory;
@@ -69,6 +69,9 @@ pub struct ReviewRecord {
     pub placed: Option<String>,
     /// Architectures chosen that have no node in the cluster.
     pub without_nodes: BTreeSet<String>,
+    /// The architectures of the only nodes the pod may use, where its
+    /// images do not run.
+    pub unrunnable_on: BTreeSet<String>,
     pub warnings: usize,
     pub cache_hits: usize,
     pub cache_misses: usize,
@@ -123,7 +126,6 @@ pub struct Reviewer {
 #[derive(Debug, Clone)]
 pub struct ReviewSettings {
     pub decision: DecisionSettings,
-    pub tolerations: BTreeMap<String, Vec<Toleration>>,
     pub excluded_namespaces: Vec<String>,
     pub time_budget: Duration,
     /// For namespaces without `archway.dev/cold`.
@@ -144,8 +146,8 @@ impl ReviewSettings {
             decision: DecisionSettings {
                 target_architecture: config.target_architecture.clone(),
                 fail_closed: config.fail_closed,
+                tolerations: config.tolerations.clone(),
             },
-            tolerations: config.tolerations.clone(),
             excluded_namespaces: config.excluded_namespaces.clone(),
             time_budget: config.time_budget,
             cold: config.gate.default,
@@ -261,6 +263,7 @@ impl Reviewer {
             architectures: answer.architectures,
             placed: answer.placed,
             without_nodes: answer.without_nodes,
+            unrunnable_on: answer.unrunnable_on,
             warnings: answer.response.warnings.len(),
             cache_hits: answer.cache_hits,
             cache_misses: answer.cache_misses,
@@ -288,14 +291,11 @@ impl Reviewer {
             Screen::Pod(screened) => screened,
             Screen::Answered(answer) => return answer,
         };
-        let cold = screened.policy.cold.unwrap_or(self.settings.cold);
-        let gating = self.settings.gating
-            && screened.policy.mode == Mode::Enforce
-            && cold == Cold::Gate
-            && crate::gate::controller_live();
-        if gating && crate::gate::is_gated(&screened.pod) {
-            // Reinvoked after archway gated it: the controller evaluates
-            // every container (a later webhook's too) when it places it.
+        if crate::gate::is_gated(&screened.pod) {
+            // Reinvoked after archway gated it (a later webhook changed
+            // the pod, maybe adding a gate of its own): the controller
+            // evaluates every container when it places it. No second
+            // gate, no second draw, no second count.
             let reason = "gated; archway's controller places the pod";
             return Answer {
                 mode: Some(screened.policy.mode),
@@ -303,6 +303,11 @@ impl Reviewer {
                 ..Answer::skip(DecisionKind::AlreadyDecided, reason)
             };
         }
+        let cold = screened.policy.cold.unwrap_or(self.settings.cold);
+        let gating = self.settings.gating
+            && screened.policy.mode == Mode::Enforce
+            && cold == Cold::Gate
+            && crate::gate::controller_live();
         // A pod archway already placed (reinvocation) is checked again, not
         // drawn again: a second draw would skip a place in its owner's
         // sequence and skew the spread. Nor is it gated: the API server
@@ -440,6 +445,7 @@ impl Reviewer {
             reason: decision.reason,
             architectures: decision.supported,
             without_nodes: decision.without_nodes,
+            unrunnable_on: decision.unrunnable_on,
             cache_hits,
             cache_misses,
             pod: None,
@@ -495,7 +501,12 @@ impl Reviewer {
     /// Puts the patch for `injection` in `response`, unless it would be
     /// larger than `MAX_PATCH_BYTES`: then the pod is admitted unchanged.
     fn patch(&self, pod: &Pod, injection: &Injection, response: &mut Response) -> ReviewOutcome {
-        match crate::patch::encode(pod, injection, &self.settings.tolerations, MAX_PATCH_BYTES) {
+        match crate::patch::encode(
+            pod,
+            injection,
+            &self.settings.decision.tolerations,
+            MAX_PATCH_BYTES,
+        ) {
             Ok(bytes) => {
                 response.patch_type = Some("JSONPatch");
                 response.patch = Some(bytes);
@@ -592,6 +603,7 @@ struct Answer {
     architectures: Option<BTreeSet<String>>,
     placed: Option<String>,
     without_nodes: BTreeSet<String>,
+    unrunnable_on: BTreeSet<String>,
     cache_hits: usize,
     cache_misses: usize,
 }
@@ -609,6 +621,7 @@ impl Answer {
             architectures: None,
             placed: None,
             without_nodes: BTreeSet::new(),
+            unrunnable_on: BTreeSet::new(),
             cache_hits: 0,
             cache_misses: 0,
         }

@@ -213,7 +213,8 @@ pub async fn scan(
         .iter()
         .filter_map(|n| {
             let taints = (n.spec.as_ref()).and_then(|s| s.taints.as_deref());
-            let arch = placement::NodeArch::new(n.metadata.labels.as_ref(), taints.unwrap_or_default())?;
+            let arch =
+                placement::NodeArch::new(n.metadata.labels.as_ref(), taints.unwrap_or_default())?;
             Some((n.metadata.name.clone()?, arch))
         })
         .collect();

@@ -225,6 +225,9 @@ pub struct Metrics {
     cache_lookup_series: [std::sync::OnceLock<Counter>; 2],
     pub cache_entries: Gauge,
     pub no_nodes: Family<ArchitectureLabels, Counter>,
+    /// Pods whose pin or node selectors allow only nodes of an
+    /// architecture their images do not run.
+    pub unrunnable: Family<ArchitectureLabels, Counter>,
     pub config_reloads: Family<ReasonLabels, Counter>,
     /// Pods admitted with archway's scheduling gate.
     pub pods_gated: Counter,
@@ -307,6 +310,12 @@ impl Metrics {
             "Reviews whose chosen architecture had no node in the cluster",
             no_nodes.clone(),
         );
+        let unrunnable = Family::<ArchitectureLabels, Counter>::default();
+        registry.register(
+            "pods_unrunnable",
+            "Pods whose pin or node selectors allow only nodes of an architecture their images do not run, by that architecture",
+            unrunnable.clone(),
+        );
         let config_reloads = Family::<ReasonLabels, Counter>::default();
         registry.register(
             "config_reloads",
@@ -383,6 +392,7 @@ impl Metrics {
             cache_lookup_series: Default::default(),
             cache_entries,
             no_nodes,
+            unrunnable,
             config_reloads,
         }
     }

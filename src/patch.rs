@@ -17,7 +17,7 @@ use serde::{Serialize, Serializer};
 use serde_json::{Value, json};
 
 use crate::placement::{
-    ARCH_LABEL, ARCH_POD_LABEL, ARCHS_ANNOTATION, DECISION_ANNOTATION, Injection, LINUX,
+    ARCH_LABEL, ARCH_POD_LABEL, ARCHS_ANNOTATION, DECISION_ANNOTATION, Injection, Requirement,
 };
 
 /// Weight of archway's preferred term: the strongest, since it carries the
@@ -98,11 +98,11 @@ fn operations<'a>(
     injection: &'a Injection,
     tolerations: &'a BTreeMap<String, Vec<Toleration>>,
 ) -> Vec<Operation<'a>> {
-    let mut ops = vec![if injection.replace_own {
-        replace_own_affinity(pod, &injection.required)
-    } else {
-        required_affinity(pod, &injection.required)
-    }];
+    let mut ops = match injection.requirement {
+        Requirement::AddToEveryTerm => vec![required_affinity(pod, &injection.required)],
+        Requirement::ReplaceOwn => vec![replace_own_affinity(pod, &injection.required)],
+        Requirement::LeaveToPin => Vec::new(),
+    };
     ops.extend(preferred_affinity(pod, injection.preferred.as_ref()));
     ops.extend(add_tolerations(pod, injection, tolerations));
     ops.extend(add_annotations(pod, &injection.annotations));
@@ -457,18 +457,7 @@ fn add_tolerations<'a>(
     }
 }
 
-/// The tolerations configured for nodes of `os` and `arch`: under the key
-/// `os/arch`, or for linux also under the bare `arch` (the original form,
-/// kept valid). The configuration refuses both spellings of one platform.
-pub fn configured_tolerations<'a>(
-    tolerations: &'a BTreeMap<String, Vec<Toleration>>,
-    os: &str,
-    arch: &str,
-) -> &'a [Toleration] {
-    let qualified = tolerations.get(&format!("{os}/{arch}"));
-    let bare = || (os == LINUX).then(|| tolerations.get(arch)).flatten();
-    qualified.or_else(bare).map_or(&[], Vec::as_slice)
-}
+pub use crate::placement::configured_tolerations;
 
 /// archway's annotations, beside the pod's own.
 fn add_annotations<'a>(pod: &Pod, annotations: &'a BTreeMap<String, String>) -> Vec<Operation<'a>> {

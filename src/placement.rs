@@ -6,7 +6,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use k8s_openapi::api::core::v1::{NodeSelectorRequirement, NodeSelectorTerm, Pod};
+use k8s_openapi::api::core::v1::{NodeSelectorRequirement, NodeSelectorTerm, Pod, Toleration};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use crate::platform::Platforms;
@@ -62,6 +62,10 @@ pub enum ImageLookup {
 pub struct DecisionSettings {
     pub target_architecture: String,
     pub fail_closed: bool,
+    /// The tolerations archway gives a pod per platform it may land on
+    /// (`tolerations:` in the configuration; see
+    /// `patch::configured_tolerations`).
+    pub tolerations: BTreeMap<String, Vec<Toleration>>,
 }
 
 /// Everything the decision reads.
@@ -97,6 +101,9 @@ pub struct Decision {
     pub supported: Option<BTreeSet<String>>,
     /// Architectures the rollout chose that have no node in the cluster.
     pub without_nodes: BTreeSet<String>,
+    /// The architectures of the only nodes the pod may use, when its
+    /// images run on none of them (`DecisionKind::Unrunnable`).
+    pub unrunnable_on: BTreeSet<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -109,8 +116,10 @@ pub enum Outcome {
 /// What the patch adds to the pod.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Injection {
-    /// `kubernetes.io/arch In required`, ANDed into every required term.
+    /// The architectures the pod may land on: `kubernetes.io/arch In
+    /// required`, written as `requirement` says.
     pub required: BTreeSet<String>,
+    pub requirement: Requirement,
     /// A preferred term for these architectures, on top of `required`.
     pub preferred: Option<BTreeSet<String>>,
     /// The pod's operating system: tolerations are configured per OS and
@@ -120,12 +129,23 @@ pub struct Injection {
     /// those it may be scheduled on.
     pub tolerate: BTreeSet<String>,
     pub annotations: BTreeMap<String, String>,
-    /// On a pod archway already placed: archway's own arch expression in
-    /// each required term is replaced by `required` (removed when
-    /// `required` is empty), instead of a second one being added.
-    pub replace_own: bool,
     /// `archway.dev/arch` when the rollout chose one architecture.
     pub labels: BTreeMap<String, String>,
+}
+
+/// How the patch writes `Injection::required` into the pod.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Requirement {
+    /// ANDed into every required node-affinity term (archway's own term
+    /// when the pod has none).
+    AddToEveryTerm,
+    /// On a pod archway already placed: archway's own arch expression in
+    /// each required term replaced by `required` (removed when `required`
+    /// is empty), instead of a second one added.
+    ReplaceOwn,
+    /// Not written: a pinned pod is placed by its pin, which an arch
+    /// expression could only contradict (`constraints`).
+    LeaveToPin,
 }
 
 /// Why, as a fixed label for metrics.
@@ -149,7 +169,12 @@ pub enum DecisionKind {
     /// Reviewed again after a later webhook changed the pod: archway's own
     /// expression rewritten (or removed) for the images the pod has now.
     Corrected,
-    NodeNameSet,
+    /// Pinned to nodes (nodeName, hostname, DaemonSet): checked, never
+    /// steered.
+    Pinned,
+    /// The only nodes the pod may use (its pin, selectors or affinity) are
+    /// of architectures its images do not run.
+    Unrunnable,
     MirrorPod,
     UserChoice,
     NoCommonArchitecture,
@@ -168,7 +193,8 @@ impl DecisionKind {
             DecisionKind::Skipped => "skipped",
             DecisionKind::AlreadyDecided => "already_decided",
             DecisionKind::Corrected => "corrected",
-            DecisionKind::NodeNameSet => "node_name_set",
+            DecisionKind::Pinned => "pinned",
+            DecisionKind::Unrunnable => "unrunnable",
             DecisionKind::MirrorPod => "mirror_pod",
             DecisionKind::UserChoice => "user_choice",
             DecisionKind::NoCommonArchitecture => "no_common_architecture",
@@ -186,6 +212,7 @@ impl Decision {
             warnings: Vec::new(),
             supported: None,
             without_nodes: BTreeSet::new(),
+            unrunnable_on: BTreeSet::new(),
         }
     }
 }
@@ -237,16 +264,6 @@ pub fn screen(pod: &Pod) -> Option<Decision> {
             "mirror pod of a static pod",
         ));
     }
-    if pod
-        .spec
-        .as_ref()
-        .is_some_and(|s| s.node_name.as_deref().is_some_and(|n| !n.is_empty()))
-    {
-        return Some(Decision::unchanged(
-            DecisionKind::NodeNameSet,
-            "nodeName is set; the scheduler is bypassed",
-        ));
-    }
     None
 }
 
@@ -261,6 +278,17 @@ pub fn decide_screened(input: &DecisionInput<'_>) -> Decision {
         // The API server rejects such a pod after admission; nothing to do.
         return Decision::unchanged(DecisionKind::Skipped, "the pod has no containers");
     }
+    let mut warnings: Vec<String> = input
+        .policy
+        .problems
+        .iter()
+        .map(|p| format!("namespace policy: {p}"))
+        .collect();
+    if let Some(pin) = constraints::pin(input.pod) {
+        // Before the reinvocation check: a pinned pod gets no expression
+        // of archway's, so it is checked the same way every time.
+        return pinned(input, &pin, warnings);
+    }
     let annotations = input.pod.metadata.annotations.as_ref();
     if let Some(previous) = annotations.and_then(|a| a.get(DECISION_ANNOTATION)) {
         // Reinvocation after a later webhook changed the pod, or a pod
@@ -268,12 +296,6 @@ pub fn decide_screened(input: &DecisionInput<'_>) -> Decision {
         // stacked with a second expression.
         return recheck::recheck(input, previous);
     }
-    let mut warnings: Vec<String> = input
-        .policy
-        .problems
-        .iter()
-        .map(|p| format!("namespace policy: {p}"))
-        .collect();
     let os = match pod_os(input.pod) {
         PodOs::Known(os) => os,
         PodOs::Unclear(why) => {
@@ -299,41 +321,312 @@ pub fn decide_screened(input: &DecisionInput<'_>) -> Decision {
             )
         };
     }
+    let supported = match known_and_shared(input, &os, supported, &mut warnings) {
+        Ok(supported) => supported,
+        Err(refused) => return *refused,
+    };
+    // Where the pod's own selectors and tolerations let it go, among the
+    // architectures its images run: archway never requires one of the
+    // others, where the pod could not be scheduled.
+    let runnable = match fitting(input, &os, &supported, &mut warnings) {
+        Ok(runnable) => runnable,
+        Err(on) => return unrunnable(input, &os, supported, on, warnings),
+    };
+    let mut choice = if os == LINUX {
+        choose(input, &runnable)
+    } else {
+        other_os(&os, &runnable)
+    };
+    if runnable != supported && choice.kind == DecisionKind::OnlyOption {
+        choice.reason = format!(
+            "{}: the only architecture{} of its images' ({}) that its node selectors and tolerations allow",
+            join(&runnable),
+            plural(&runnable),
+            join(&supported)
+        );
+    }
+    // The node set is every OS's architectures together: for any OS, an
+    // architecture missing from it has no node of that OS either, so
+    // dropping it is safe (a kept one may still lack a node of this OS).
+    let mut choice = avoid_missing_nodes(choice, &runnable, input.nodes.map(Nodes::architectures));
+    warnings.extend(choice.warnings.iter().cloned());
+    let placement = match constraints::relative_to_other_pods(input.pod) {
+        // Where such a pod may go depends on other pods: a requirement
+        // could strand it, a preference cannot.
+        Some(why) if choice.archs != runnable => {
+            choice.reason = format!("{} (preferred: the pod has {why})", choice.reason);
+            Placement::Preferred
+        }
+        _ => input.policy.placement,
+    };
+    inject(placement, os, choice, &runnable, supported, warnings)
+}
+
+/// The architectures every image runs on, or the refusal when some image
+/// could not be inspected or they share none.
+fn known_and_shared(
+    input: &DecisionInput<'_>,
+    os: &str,
+    supported: Option<BTreeSet<String>>,
+    warnings: &mut Vec<String>,
+) -> Result<BTreeSet<String>, Box<Decision>> {
     let Some(supported) = supported else {
         warnings.extend(failures(input.lookups));
-        return refuse(
+        return Err(Box::new(refuse(
             input,
             DecisionKind::InspectionFailed,
             "some images could not be inspected",
-            warnings,
+            std::mem::take(warnings),
             None,
-        );
+        )));
     };
     if supported.is_empty() {
         warnings.push(format!(
             "the pod's images share no {} architecture ({}); it would fail on every node",
-            os_name(&os),
+            os_name(os),
             describe_images(input.lookups)
         ));
-        return refuse(
+        return Err(Box::new(refuse(
             input,
             DecisionKind::NoCommonArchitecture,
-            &format!("images share no {} architecture", os_name(&os)),
+            &format!("images share no {} architecture", os_name(os)),
+            std::mem::take(warnings),
+            Some(supported),
+        )));
+    }
+    Ok(supported)
+}
+
+/// Of `supported`, the architectures with a node the pod fits: one its
+/// node selector and required affinity match, and whose taints it
+/// tolerates with archway's tolerations for that architecture. All of
+/// `supported` when nodes are not known, or when no node fits at all (the
+/// pod waits either way, and archway's usual choice stands). `Err` with
+/// the architectures of the only nodes its selectors allow, when its
+/// images run on none of them.
+fn fitting(
+    input: &DecisionInput<'_>,
+    os: &str,
+    supported: &BTreeSet<String>,
+    warnings: &mut Vec<String>,
+) -> Result<BTreeSet<String>, BTreeSet<String>> {
+    let Some(nodes) = input.nodes else {
+        return Ok(supported.clone());
+    };
+    let spec = input.pod.spec.as_ref();
+    let empty = BTreeMap::new();
+    let selector = spec
+        .and_then(|s| s.node_selector.as_ref())
+        .unwrap_or(&empty);
+    let tolerations = spec.and_then(|s| s.tolerations.as_deref());
+    let configured = &input.settings.tolerations;
+    let fit = nodes.fit(
+        selector,
+        required_terms(input.pod),
+        tolerations.unwrap_or_default(),
+        supported,
+        |arch| configured_tolerations(configured, os, arch),
+    );
+    let target = input.settings.target_architecture.as_str();
+    for (arch, taint) in &fit.untolerated {
+        // Worth a word when it keeps the rollout from the target, or the
+        // pod from every node its images run on.
+        if (arch == target && input.policy.rollout.percent() > 0) || fit.architectures.is_empty() {
+            warnings.push(format!(
+                "{arch} nodes carry the taint {taint}, which neither the pod nor archway's tolerations for {arch} (configuration `tolerations`) tolerate: archway does not place the pod there"
+            ));
+        }
+    }
+    if !fit.architectures.is_empty() {
+        // Only architectures with nodes the pod does not fit are dropped;
+        // one without any node is left to `avoid_missing_nodes`, which
+        // says so.
+        let with_nodes = nodes.architectures();
+        let runnable = (supported.iter())
+            .filter(|a| fit.architectures.contains(*a) || !with_nodes.contains(*a))
+            .cloned()
+            .collect();
+        return Ok(runnable);
+    }
+    // Nodes its images run on exist, but its own selectors lead it only
+    // to others. (With no such node at all, archway's choice stands and
+    // the pod waits for one, as `avoid_missing_nodes` says.)
+    let elsewhere = !fit.selected.is_empty() && fit.selected.is_disjoint(supported);
+    if elsewhere && supported.iter().any(|a| nodes.architectures().contains(a)) {
+        return Err(fit.selected);
+    }
+    Ok(supported.clone())
+}
+
+/// The tolerations configured for pods placed on `arch` under `os`: the
+/// `os/arch` key, or for Linux the bare architecture.
+pub fn configured_tolerations<'a>(
+    tolerations: &'a BTreeMap<String, Vec<Toleration>>,
+    os: &str,
+    arch: &str,
+) -> &'a [Toleration] {
+    let qualified = tolerations.get(&format!("{os}/{arch}"));
+    let bare = || (os == LINUX).then(|| tolerations.get(arch)).flatten();
+    qualified.or_else(bare).map_or(&[], Vec::as_slice)
+}
+
+/// A pod whose own constraints allow only nodes of `on`, where its images
+/// do not run: it would fail there with exec format error.
+fn unrunnable(
+    input: &DecisionInput<'_>,
+    os: &str,
+    supported: BTreeSet<String>,
+    on: BTreeSet<String>,
+    mut warnings: Vec<String>,
+) -> Decision {
+    warnings.push(format!(
+        "the pod's node selector and affinity allow only {} nodes, where its images do not run ({}): it would fail there with exec format error",
+        join(&on),
+        recheck::lacking(input.lookups, os, &on)
+    ));
+    let reason = format!(
+        "its node selectors allow only {} nodes; its images publish {}",
+        join(&on),
+        join(&supported)
+    );
+    Decision {
+        unrunnable_on: on,
+        ..refuse(
+            input,
+            DecisionKind::Unrunnable,
+            &reason,
             warnings,
             Some(supported),
-        );
+        )
     }
-    let choice = if os == LINUX {
-        choose(input, &supported)
-    } else {
-        other_os(&os, &supported)
+}
+
+/// A pinned pod: never an arch expression (its pin places it), the
+/// tolerations of its nodes' architectures, and a check that its images
+/// run there.
+fn pinned(
+    input: &DecisionInput<'_>,
+    pin: &constraints::Pin<'_>,
+    mut warnings: Vec<String>,
+) -> Decision {
+    let os = match pod_os(input.pod) {
+        PodOs::Known(os) => os,
+        PodOs::Unclear(why) => {
+            return Decision {
+                warnings,
+                ..Decision::unchanged(DecisionKind::Pinned, why)
+            };
+        }
     };
-    // The node set is every OS's architectures together: for any OS, an
-    // architecture missing from it has no node of that OS either, so
-    // dropping it is safe (a kept one may still lack a node of this OS).
-    let choice = avoid_missing_nodes(choice, &supported, input.nodes.map(Nodes::architectures));
-    warnings.extend(choice.warnings.iter().cloned());
-    inject(input.policy.placement, os, choice, supported, warnings)
+    let supported = supported_architectures(input.lookups, &os);
+    let supported = match known_and_shared(input, &os, supported, &mut warnings) {
+        Ok(supported) => supported,
+        Err(refused) => return *refused,
+    };
+    let architecture_of = |node: &constraints::NamedNode<'_>| {
+        let nodes = input.nodes?;
+        match node.hostname {
+            true => nodes.of_hostname(node.name),
+            false => nodes.of_node(node.name),
+        }
+    };
+    let mut on: BTreeSet<String> = BTreeSet::new();
+    let mut unrunnable: BTreeMap<String, Vec<&str>> = BTreeMap::new();
+    for node in &pin.nodes {
+        let Some(arch) = architecture_of(node) else {
+            continue;
+        };
+        if supported.contains(arch) {
+            on.insert(arch.to_string());
+        } else {
+            unrunnable
+                .entry(arch.to_string())
+                .or_default()
+                .push(node.name);
+        }
+    }
+    if !unrunnable.is_empty() {
+        let archs: BTreeSet<String> = unrunnable.keys().cloned().collect();
+        let nodes: Vec<String> = (unrunnable.iter())
+            .map(|(arch, names)| format!("{} ({arch})", describe_names(names)))
+            .collect();
+        warnings.push(format!(
+            "the pod is pinned to {} {} {}, but {}: it would fail there with exec format error",
+            node_word(unrunnable.values().map(Vec::len).sum()),
+            nodes.join(", "),
+            pin.how,
+            recheck::lacking(input.lookups, &os, &archs)
+        ));
+        let reason = format!(
+            "pinned {} to {} nodes, where its images do not run",
+            pin.how,
+            join(&archs)
+        );
+        return Decision {
+            unrunnable_on: archs,
+            ..refuse(
+                input,
+                DecisionKind::Unrunnable,
+                &reason,
+                warnings,
+                Some(supported),
+            )
+        };
+    }
+    let names: Vec<&str> = pin.nodes.iter().map(|n| n.name).collect();
+    let reason = match (names.is_empty(), on.is_empty()) {
+        (true, _) => format!("pinned {}; not steered", pin.how),
+        (false, true) => format!(
+            "pinned to {} {} {} (architecture not known to archway); not steered",
+            node_word(names.len()),
+            describe_names(&names),
+            pin.how
+        ),
+        (false, false) => format!(
+            "pinned to {} {} ({}) {}; not steered",
+            node_word(names.len()),
+            describe_names(&names),
+            join(&on),
+            pin.how
+        ),
+    };
+    let annotations = BTreeMap::from([
+        (ARCHS_ANNOTATION.to_string(), join(&supported)),
+        (DECISION_ANNOTATION.to_string(), reason.clone()),
+    ]);
+    Decision {
+        outcome: Outcome::Inject(Injection {
+            tolerate: on.clone(),
+            required: on,
+            requirement: Requirement::LeaveToPin,
+            preferred: None,
+            os,
+            annotations,
+            labels: BTreeMap::new(),
+        }),
+        kind: DecisionKind::Pinned,
+        reason,
+        warnings,
+        supported: Some(supported),
+        without_nodes: BTreeSet::new(),
+        unrunnable_on: BTreeSet::new(),
+    }
+}
+
+fn node_word(count: usize) -> &'static str {
+    if count == 1 { "node" } else { "nodes" }
+}
+
+/// `a, b, c and 7 more`: names from the pod, each cut short, at most three.
+fn describe_names(names: &[&str]) -> String {
+    const SHOWN: usize = 3;
+    let mut text: Vec<String> = (names.iter().take(SHOWN))
+        .map(|n| crate::image::short_image(n))
+        .collect();
+    if names.len() > SHOWN {
+        text.push(format!("and {} more", names.len() - SHOWN));
+    }
+    text.join(", ")
 }
 
 /// Why each image that could not be inspected could not be.
@@ -398,7 +691,10 @@ fn choose(input: &DecisionInput<'_>, supported: &BTreeSet<String>) -> Choice {
         return choice(DecisionKind::OnlyOption, supported.clone(), reason);
     }
     let rollout = input.policy.rollout.percent();
-    let bucket = match (input.draw, spread_owner(input.pod, input.policy.rollout_by)) {
+    let owner = input
+        .draw
+        .and_then(|_| draw_owner(input.pod, input.policy.rollout_by));
+    let bucket = match (input.draw, owner) {
         (Some(index), Some(owner)) => spread_bucket(&owner, index),
         _ => rollout_bucket(&bucket_key(
             input.pod,
@@ -501,6 +797,7 @@ fn inject(
     placement: Placement,
     os: String,
     choice: Choice,
+    runnable: &BTreeSet<String>,
     supported: BTreeSet<String>,
     warnings: Vec<String>,
 ) -> Decision {
@@ -519,9 +816,7 @@ fn inject(
     let (required, preferred) = match placement {
         Placement::Required => (choice.archs, None),
         // A preference only means something when there is a choice.
-        Placement::Preferred if choice.archs != supported => {
-            (supported.clone(), Some(choice.archs))
-        }
+        Placement::Preferred if choice.archs != *runnable => (runnable.clone(), Some(choice.archs)),
         Placement::Preferred => (choice.archs, None),
     };
     let annotations = BTreeMap::from([
@@ -533,9 +828,9 @@ fn inject(
             os,
             tolerate: required.clone(),
             required,
+            requirement: Requirement::AddToEveryTerm,
             preferred,
             annotations,
-            replace_own: false,
             labels,
         }),
         kind: choice.kind,
@@ -543,6 +838,7 @@ fn inject(
         warnings,
         supported: Some(supported),
         without_nodes: choice.without_nodes,
+        unrunnable_on: BTreeSet::new(),
     }
 }
 
@@ -567,6 +863,7 @@ fn refuse(
         warnings,
         supported,
         without_nodes: BTreeSet::new(),
+        unrunnable_on: BTreeSet::new(),
     }
 }
 
@@ -803,10 +1100,20 @@ fn workload_of<'a>(meta: &ObjectMeta, kind: &'a str, name: &'a str) -> (&'a str,
 /// but it has none at admission, and the review's uid is random: drawn at
 /// random, a 10-replica Deployment at rollout 10% would get no arm64 pod at
 /// all one time in three. Drawn in sequence (see [`spread_bucket`]), it gets
-/// exactly one.
+/// exactly one. A pinned pod is never steered, so it takes no place.
 pub fn spread_owner(pod: &Pod, rollout_by: RolloutBy) -> Option<String> {
     let unnamed = pod.metadata.name.as_deref().is_none_or(str::is_empty);
-    if rollout_by != RolloutBy::Pod || !unnamed {
+    if !unnamed || constraints::pin(pod).is_some() {
+        return None;
+    }
+    draw_owner(pod, rollout_by)
+}
+
+/// The workload a recorded draw counts in: as [`spread_owner`], named or
+/// not. A gated pod has its name by the time archway's controller decides
+/// with the draw the webhook recorded at admission.
+fn draw_owner(pod: &Pod, rollout_by: RolloutBy) -> Option<String> {
+    if rollout_by != RolloutBy::Pod {
         return None;
     }
     let owner = pod
@@ -895,10 +1202,14 @@ fn describe_images(lookups: &[(ContainerImage, ImageLookup)]) -> String {
         .join("; ")
 }
 
+mod constraints;
 mod nodes;
 mod recheck;
+pub use constraints::{Pin, pin};
 pub use nodes::{Fit, HOSTNAME_LABEL, NodeArch, NodeTaint, Nodes};
 pub use recheck::own_requirement;
 
+#[cfg(test)]
+mod constraint_tests;
 #[cfg(test)]
 mod tests;

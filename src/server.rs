@@ -322,13 +322,18 @@ fn count_review(record: &ReviewRecord) {
         .review_duration
         .observe(record.elapsed.as_secs_f64());
     metrics.review_warnings.inc_by(record.warnings as u64);
-    for architecture in &record.without_nodes {
-        metrics
-            .no_nodes
-            .get_or_create(&metrics::ArchitectureLabels {
-                architecture: metrics::architecture_label(architecture),
-            })
-            .inc();
+    let by_architecture = [
+        (&metrics.no_nodes, &record.without_nodes),
+        (&metrics.unrunnable, &record.unrunnable_on),
+    ];
+    for (family, architectures) in by_architecture {
+        for architecture in architectures {
+            family
+                .get_or_create(&metrics::ArchitectureLabels {
+                    architecture: metrics::architecture_label(architecture),
+                })
+                .inc();
+        }
     }
 }
 

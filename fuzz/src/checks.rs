@@ -208,6 +208,7 @@ pub fn patch(data: &[u8]) {
         let settings = DecisionSettings {
             target_architecture: "arm64".into(),
             fail_closed,
+            tolerations: tolerations(),
         };
         for nodes in [None, Some(&nodes)] {
             // The first review and the reinvocation differ only in the pod.
@@ -233,7 +234,8 @@ pub fn patch(data: &[u8]) {
             // Only a correction on reinvocation may require nothing: it
             // removes archway's own expression.
             assert!(
-                injection.replace_own || !injection.required.is_empty(),
+                injection.requirement != placement::Requirement::AddToEveryTerm
+                    || !injection.required.is_empty(),
                 "{decision:?}"
             );
             let patch = archway::patch::build(&pod, injection, &tolerations());

@@ -16,7 +16,8 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
     Affinity, Container, LocalObjectReference, NodeAffinity, NodeSelector, NodeSelectorRequirement,
-    NodeSelectorTerm, Pod, PodOS, PodSpec, PreferredSchedulingTerm, Toleration,
+    NodeSelectorTerm, Pod, PodAffinity, PodAffinityTerm, PodAntiAffinity, PodOS, PodSchedulingGate,
+    PodSpec, PreferredSchedulingTerm, Toleration, TopologySpreadConstraint,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use serde::Deserialize;
@@ -71,14 +72,76 @@ struct SpecView {
     init_containers: Option<Bounded<ContainerView, InitContainers>>,
     #[serde(default)]
     containers: Bounded<ContainerView, Containers>,
+    /// Other controllers' gates stay, and archway's own says the pod was
+    /// gated already (a reinvocation).
+    scheduling_gates: Option<Bounded<PodSchedulingGate, SchedulingGates>>,
+    /// A hard spread over the architecture makes the rollout a preference.
+    topology_spread_constraints: Option<Bounded<SpreadView, SpreadConstraints>>,
 }
 
-/// Pod (anti-)affinity only matter as "an affinity is present", which
-/// `SpecView::affinity` already says: they are skipped like any other field.
+/// Pod (anti-)affinity matter only as "required terms are present" (the
+/// rollout's choice is then a preference: `placement::constraints`), so of
+/// each term only its topology key is kept.
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct AffinityView {
     node_affinity: Option<NodeAffinityView>,
+    pod_affinity: Option<PodAffinityView>,
+    pod_anti_affinity: Option<PodAffinityView>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct PodAffinityView {
+    required_during_scheduling_ignored_during_execution:
+        Option<Bounded<PodAffinityTermView, PodAffinityTerms>>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct PodAffinityTermView {
+    #[serde(default)]
+    topology_key: String,
+}
+
+impl From<PodAffinityTermView> for PodAffinityTerm {
+    fn from(t: PodAffinityTermView) -> PodAffinityTerm {
+        PodAffinityTerm {
+            topology_key: t.topology_key,
+            ..Default::default()
+        }
+    }
+}
+
+impl PodAffinityView {
+    fn required(self) -> Option<Vec<PodAffinityTerm>> {
+        (self.required_during_scheduling_ignored_during_execution).map(Bounded::into_vec)
+    }
+}
+
+/// A topology spread constraint, without its label selector.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct SpreadView {
+    #[serde(default)]
+    max_skew: i32,
+    #[serde(default)]
+    topology_key: String,
+    #[serde(default)]
+    when_unsatisfiable: String,
+    node_affinity_policy: Option<String>,
+}
+
+impl From<SpreadView> for TopologySpreadConstraint {
+    fn from(c: SpreadView) -> TopologySpreadConstraint {
+        TopologySpreadConstraint {
+            max_skew: c.max_skew,
+            topology_key: c.topology_key,
+            when_unsatisfiable: c.when_unsatisfiable,
+            node_affinity_policy: c.node_affinity_policy,
+            ..Default::default()
+        }
+    }
 }
 
 /// k8s-openapi's `NodeAffinity`, field for field (the same required
@@ -190,6 +253,9 @@ bounds! {
     PreferredTerms: MAX_ENTRIES, "preferred node selector terms";
     Expressions: MAX_ENTRIES, "expressions in a node selector term";
     Values: MAX_ENTRIES, "values in a node selector expression";
+    SchedulingGates: MAX_ENTRIES, "scheduling gates";
+    PodAffinityTerms: MAX_ENTRIES, "required pod (anti-)affinity terms";
+    SpreadConstraints: MAX_ENTRIES, "topology spread constraints";
 }
 
 fn past_bound<B: Bound, E: serde::de::Error>() -> E {
@@ -309,8 +375,17 @@ impl PodView {
                 os: s.os,
                 affinity: s.affinity.map(|a| Affinity {
                     node_affinity: a.node_affinity.map(NodeAffinity::from),
-                    ..Default::default()
+                    pod_affinity: a.pod_affinity.map(|p| PodAffinity {
+                        required_during_scheduling_ignored_during_execution: p.required(),
+                        ..Default::default()
+                    }),
+                    pod_anti_affinity: a.pod_anti_affinity.map(|p| PodAntiAffinity {
+                        required_during_scheduling_ignored_during_execution: p.required(),
+                        ..Default::default()
+                    }),
                 }),
+                scheduling_gates: s.scheduling_gates.map(|g| g.0),
+                topology_spread_constraints: s.topology_spread_constraints.map(Bounded::into_vec),
                 tolerations: s.tolerations.map(|t| t.0),
                 image_pull_secrets: s.image_pull_secrets.map(|i| i.0),
                 init_containers: s.init_containers.map(Bounded::into_vec),
@@ -400,6 +475,16 @@ mod tests {
                 meta.clone(),
             ),
             base(
+                json!({
+                    "schedulingGates": [{"name": "example.com/quota"}, {"name": "archway.dev/inspect"}],
+                    "affinity": {"podAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
+                        {"topologyKey": "kubernetes.io/hostname", "labelSelector": {"matchLabels": {"app": "db"}}}]}},
+                    "topologySpreadConstraints": [{"maxSkew": 1, "topologyKey": "kubernetes.io/arch",
+                        "whenUnsatisfiable": "DoNotSchedule", "labelSelector": {"matchLabels": {"app": "web"}}}]
+                }),
+                meta.clone(),
+            ),
+            base(
                 json!({"os": {"name": "windows"}, "tolerations": [{"key": "os", "operator": "Equal",
                                      "value": "windows", "effect": "NoSchedule"}]}),
                 meta,
@@ -416,7 +501,7 @@ mod tests {
             tolerate: set(&["amd64", "arm64"]),
             labels: BTreeMap::new(),
             annotations: BTreeMap::from([("archway.dev/decision".into(), "x".into())]),
-            replace_own: false,
+            requirement: crate::placement::Requirement::AddToEveryTerm,
         }
     }
 
@@ -455,6 +540,28 @@ mod tests {
                 )
             };
             assert_eq!(images(&full), images(&view), "{text}");
+            let spec = |pod: &Pod| {
+                let spec = pod.spec.clone().unwrap_or_default();
+                let affinity = spec.affinity.unwrap_or_default();
+                let keys = |terms: Option<Vec<PodAffinityTerm>>| {
+                    terms.map(|t| t.into_iter().map(|t| t.topology_key).collect::<Vec<_>>())
+                };
+                (
+                    spec.scheduling_gates,
+                    keys(
+                        affinity
+                            .pod_affinity
+                            .and_then(|a| a.required_during_scheduling_ignored_during_execution),
+                    ),
+                    keys(
+                        affinity
+                            .pod_anti_affinity
+                            .and_then(|a| a.required_during_scheduling_ignored_during_execution),
+                    ),
+                    crate::placement::pin(pod).map(|p| p.how),
+                )
+            };
+            assert_eq!(spec(&full), spec(&view), "{text}");
             assert_eq!(
                 crate::placement::pod_os(&full),
                 crate::placement::pod_os(&view),
@@ -570,6 +677,41 @@ mod tests {
                 Box::new(|n| {
                     required(json!([
                 {"matchFields": list(n, requirement(json!([])))}]))
+                }),
+            ),
+            (
+                "schedulingGates",
+                MAX_ENTRIES,
+                Box::new(|n| {
+                    spec(
+                        "schedulingGates",
+                        list(n, json!({"name": "example.com/quota"})),
+                    )
+                }),
+            ),
+            (
+                "topologySpreadConstraints",
+                MAX_ENTRIES,
+                Box::new(|n| {
+                    spec(
+                        "topologySpreadConstraints",
+                        list(
+                            n,
+                            json!({"maxSkew": 1, "topologyKey": "kubernetes.io/arch",
+                                       "whenUnsatisfiable": "DoNotSchedule"}),
+                        ),
+                    )
+                }),
+            ),
+            (
+                "podAntiAffinity",
+                MAX_ENTRIES,
+                Box::new(|n| {
+                    spec(
+                        "affinity",
+                        json!({"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution":
+                            list(n, json!({"topologyKey": "kubernetes.io/hostname"}))}}),
+                    )
                 }),
             ),
             (

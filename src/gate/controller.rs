@@ -156,7 +156,7 @@ async fn reconcile(pod: Arc<Pod>, context: Arc<Context>) -> Result<Action, GateE
             ),
             Released::Unplaced(reason) => (Release::Unplaced(reason.clone()), "-".into()),
         };
-        let patch = super::release_patch(&pod, &how, &reviewer.settings.tolerations)?;
+        let patch = super::release_patch(&pod, &how, &reviewer.settings.decision.tolerations)?;
         let _write = context.writes.acquire().await;
         match api
             .patch(name, &PatchParams::default(), &Patch::Json::<()>(patch))

@@ -40,7 +40,7 @@ fn injection(archs: &[&str], preferred: Option<&[&str]>) -> crate::placement::In
             crate::placement::DECISION_ANNOTATION.to_string(),
             "arm64: rollout 100%".to_string(),
         )]),
-        replace_own: false,
+        requirement: crate::placement::Requirement::AddToEveryTerm,
         labels: Default::default(),
     }
 }

@@ -21,7 +21,7 @@ fn injection(required: &[&str], preferred: Option<&[&str]>) -> Injection {
                 "arm64: rollout 100%, bucket 3".to_string(),
             ),
         ]),
-        replace_own: false,
+        requirement: crate::placement::Requirement::AddToEveryTerm,
     }
 }
 

@@ -19,7 +19,6 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::api::core::v1::{NodeSelectorRequirement, NodeSelectorTerm, Taint, Toleration};
 
-
 /// The node label a pod pins itself to a node with, besides `nodeName`
 /// and `matchFields metadata.name`. Usually equal to the node's name, but
 /// not always (some clouds set it to the short host name).
@@ -117,10 +116,7 @@ impl Nodes {
         for (name, node) in nodes {
             let mut labels = node.labels.clone();
             labels.remove(HOSTNAME_LABEL);
-            labels.insert(
-                super::ARCH_LABEL.to_string(),
-                node.architecture.clone(),
-            );
+            labels.insert(super::ARCH_LABEL.to_string(), node.architecture.clone());
             let profile = Profile {
                 architecture: node.architecture.clone(),
                 labels,
@@ -232,7 +228,9 @@ impl Nodes {
                 }
             }
         };
-        if terms_name_nodes(terms) || selector.contains_key(HOSTNAME_LABEL) || needs_each_node(terms)
+        if terms_name_nodes(terms)
+            || selector.contains_key(HOSTNAME_LABEL)
+            || needs_each_node(terms)
         {
             // The pod names nodes or asks about hostnames: each node counts.
             for (name, (profile, hostname)) in &self.by_name {
@@ -258,8 +256,8 @@ pub fn terms_name_nodes(terms: &[NodeSelectorTerm]) -> bool {
 
 /// The nodes a term names (node names or hostnames), if it names any.
 pub fn term_named_nodes(term: &NodeSelectorTerm) -> Vec<&str> {
-    let by_field = (term.match_fields.iter().flatten())
-        .find(|f| f.key == NAME_FIELD && f.operator == "In");
+    let by_field =
+        (term.match_fields.iter().flatten()).find(|f| f.key == NAME_FIELD && f.operator == "In");
     let by_hostname = (term.match_expressions.iter().flatten())
         .find(|e| e.key == HOSTNAME_LABEL && e.operator == "In");
     match by_field.or(by_hostname) {
@@ -311,7 +309,9 @@ impl NodeView<'_> {
         if expressions.is_empty() && fields.is_empty() {
             return false;
         }
-        expressions.iter().all(|e| requirement_holds(e, self.label(&e.key)))
+        expressions
+            .iter()
+            .all(|e| requirement_holds(e, self.label(&e.key)))
             && fields.iter().all(|f| {
                 // Only metadata.name is a valid field; the API server
                 // rejects others, so they match nothing here.

@@ -149,7 +149,7 @@ fn corrected(
             preferred: None,
             os,
             annotations,
-            replace_own: true,
+            requirement: super::Requirement::ReplaceOwn,
             labels,
         }),
         kind: DecisionKind::Corrected,
@@ -157,12 +157,13 @@ fn corrected(
         warnings: vec![warning],
         supported: Some(supported.clone()),
         without_nodes: BTreeSet::new(),
+        unrunnable_on: BTreeSet::new(),
     }
 }
 
 /// The containers whose images lack one of `dropped` for `os`, e.g.
 /// `istio-proxy (proxy:1.2) has no arm64`; bounded by the pod's size.
-fn lacking(
+pub(super) fn lacking(
     lookups: &[(ContainerImage, ImageLookup)],
     os: &str,
     dropped: &BTreeSet<String>,

@@ -59,6 +59,7 @@ fn decide_for(pod: &Value, policy: &NamespacePolicy, fail_closed: bool) -> Decis
         settings: &DecisionSettings {
             target_architecture: "arm64".into(),
             fail_closed,
+            tolerations: tolerations(),
         },
         request_uid: "uid-1",
         draw: None,

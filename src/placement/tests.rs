@@ -31,6 +31,7 @@ fn settings(fail_closed: bool) -> DecisionSettings {
     DecisionSettings {
         target_architecture: "arm64".into(),
         fail_closed,
+        tolerations: crate::config::Config::default().tolerations,
     }
 }
 
@@ -345,10 +346,6 @@ fn prescreen_reasons_need_no_lookup() {
         (
             json!({"metadata": {"annotations": {"kubernetes.io/config.mirror": "abc"}}}),
             DecisionKind::MirrorPod,
-        ),
-        (
-            json!({"spec": {"nodeName": "node-1", "containers": []}}),
-            DecisionKind::NodeNameSet,
         ),
     ];
     for (value, kind) in cases {

@@ -44,7 +44,12 @@ fn cluster() -> Nodes {
     for i in 0..3 {
         nodes.insert(
             format!("amd64-{i}"),
-            node("amd64", Some(&format!("amd64-{i}")), &[("agentpool", "x86"), ("zone", &format!("z{i}"))], &[]),
+            node(
+                "amd64",
+                Some(&format!("amd64-{i}")),
+                &[("agentpool", "x86"), ("zone", &format!("z{i}"))],
+                &[],
+            ),
         );
         nodes.insert(
             format!("arm64-{i}"),
@@ -60,7 +65,9 @@ fn cluster() -> Nodes {
 }
 
 fn arch_toleration(arch: &str) -> Vec<Toleration> {
-    vec![toleration(json!({"key": "kubernetes.io/arch", "operator": "Equal", "value": arch, "effect": "NoSchedule"}))]
+    vec![toleration(
+        json!({"key": "kubernetes.io/arch", "operator": "Equal", "value": arch, "effect": "NoSchedule"}),
+    )]
 }
 
 fn fit(
@@ -75,19 +82,26 @@ fn fit(
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
-    nodes.fit(&selector, terms, tolerations, &set(&["amd64", "arm64"]), |arch| {
-        match arch {
+    nodes.fit(
+        &selector,
+        terms,
+        tolerations,
+        &set(&["amd64", "arm64"]),
+        |arch| match arch {
             "amd64" => &amd,
             "arm64" => &arm,
             _ => &[],
-        }
-    })
+        },
+    )
 }
 
 #[test]
 fn nodes_are_found_by_name_and_by_hostname() {
     let nodes = Nodes::new(&BTreeMap::from([
-        ("aks-arm-0".to_string(), node("arm64", Some("arm-host-0"), &[], &[])),
+        (
+            "aks-arm-0".to_string(),
+            node("arm64", Some("arm-host-0"), &[], &[]),
+        ),
         ("amd-0".to_string(), node("amd64", None, &[], &[])),
     ]));
     assert_eq!(nodes.of_node("aks-arm-0"), Some("arm64"));
@@ -106,7 +120,12 @@ fn nodes_of_a_pool_share_one_profile() {
     // Pool and zone: three zones per architecture.
     assert_eq!(nodes.profiles.len(), 6);
     let one_zone: BTreeMap<String, NodeArch> = (0..100)
-        .map(|i| (format!("n{i}"), node("amd64", Some(&format!("n{i}")), &[("pool", "a")], &[])))
+        .map(|i| {
+            (
+                format!("n{i}"),
+                node("amd64", Some(&format!("n{i}")), &[("pool", "a")], &[]),
+            )
+        })
         .collect();
     assert_eq!(Nodes::new(&one_zone).profiles.len(), 1);
 }
@@ -124,15 +143,26 @@ fn a_taint_archway_does_not_tolerate_keeps_its_architecture_out() {
     nodes.insert("amd64-0".into(), node("amd64", None, &[], &[]));
     nodes.insert(
         "arm64-0".into(),
-        node("arm64", None, &[], &["kubernetes.io/arch=arm64:NoSchedule", "sku=arm:NoSchedule"]),
+        node(
+            "arm64",
+            None,
+            &[],
+            &["kubernetes.io/arch=arm64:NoSchedule", "sku=arm:NoSchedule"],
+        ),
     );
     let nodes = Nodes::new(&nodes);
     let f = fit(&nodes, &[], &[], &[]);
     assert_eq!(f.architectures, set(&["amd64"]));
-    assert_eq!(f.untolerated.get("arm64").map(String::as_str), Some("sku=arm:NoSchedule"));
+    assert_eq!(
+        f.untolerated.get("arm64").map(String::as_str),
+        Some("sku=arm:NoSchedule")
+    );
     // The pod's own toleration lets it in.
     let own = [toleration(json!({"key": "sku", "operator": "Exists"}))];
-    assert_eq!(fit(&nodes, &[], &[], &own).architectures, set(&["amd64", "arm64"]));
+    assert_eq!(
+        fit(&nodes, &[], &[], &own).architectures,
+        set(&["amd64", "arm64"])
+    );
     // PreferNoSchedule keeps no pod off.
     let soft = Nodes::new(&BTreeMap::from([(
         "arm64-0".to_string(),
@@ -145,15 +175,23 @@ fn a_taint_archway_does_not_tolerate_keeps_its_architecture_out() {
 fn a_pool_selector_or_affinity_limits_the_architectures() {
     let nodes = cluster();
     let f = fit(&nodes, &[("agentpool", "x86")], &[], &[]);
-    assert_eq!((f.architectures, f.selected), (set(&["amd64"]), set(&["amd64"])));
-    let t = terms(json!([{"matchExpressions": [{"key": "agentpool", "operator": "In", "values": ["arm"]}]}]));
+    assert_eq!(
+        (f.architectures, f.selected),
+        (set(&["amd64"]), set(&["amd64"]))
+    );
+    let t = terms(
+        json!([{"matchExpressions": [{"key": "agentpool", "operator": "In", "values": ["arm"]}]}]),
+    );
     assert_eq!(fit(&nodes, &[], &t, &[]).architectures, set(&["arm64"]));
     // Terms are ORed.
     let t = terms(json!([
         {"matchExpressions": [{"key": "agentpool", "operator": "In", "values": ["arm"]}]},
         {"matchExpressions": [{"key": "zone", "operator": "In", "values": ["z1"]}]}
     ]));
-    assert_eq!(fit(&nodes, &[], &t, &[]).architectures, set(&["amd64", "arm64"]));
+    assert_eq!(
+        fit(&nodes, &[], &t, &[]).architectures,
+        set(&["amd64", "arm64"])
+    );
     // A selector that matches nothing.
     let f = fit(&nodes, &[("agentpool", "gpu")], &[], &[]);
     assert!(f.architectures.is_empty() && f.selected.is_empty());
@@ -164,10 +202,14 @@ fn hostnames_and_node_names_are_matched_node_by_node() {
     let nodes = cluster();
     let f = fit(&nodes, &[("kubernetes.io/hostname", "amd64-1")], &[], &[]);
     assert_eq!(f.architectures, set(&["amd64"]));
-    let t = terms(json!([{"matchFields": [{"key": "metadata.name", "operator": "In", "values": ["arm64-2"]}]}]));
+    let t = terms(
+        json!([{"matchFields": [{"key": "metadata.name", "operator": "In", "values": ["arm64-2"]}]}]),
+    );
     assert_eq!(fit(&nodes, &[], &t, &[]).architectures, set(&["arm64"]));
-    let t = terms(json!([{"matchExpressions": [{"key": "kubernetes.io/hostname", "operator": "NotIn",
-        "values": ["arm64-0", "arm64-1", "arm64-2"]}]}]));
+    let t = terms(
+        json!([{"matchExpressions": [{"key": "kubernetes.io/hostname", "operator": "NotIn",
+        "values": ["arm64-0", "arm64-1", "arm64-2"]}]}]),
+    );
     assert_eq!(fit(&nodes, &[], &t, &[]).architectures, set(&["amd64"]));
     assert!(terms_name_nodes(&terms(json!([
         {"matchFields": [{"key": "metadata.name", "operator": "In", "values": ["a"]}]},
@@ -206,28 +248,52 @@ fn requirements_follow_the_scheduler_s_operators() {
         (r("Whatever", &["a"]), Some("a"), false),
     ];
     for (requirement, value, expected) in cases {
-        assert_eq!(requirement_holds(&requirement, value), expected, "{requirement:?} {value:?}");
+        assert_eq!(
+            requirement_holds(&requirement, value),
+            expected,
+            "{requirement:?} {value:?}"
+        );
     }
     // An empty term matches no node.
     let nodes = cluster();
-    assert!(fit(&nodes, &[], &terms(json!([{}])), &[]).architectures.is_empty());
+    assert!(
+        fit(&nodes, &[], &terms(json!([{}])), &[])
+            .architectures
+            .is_empty()
+    );
 }
 
 #[test]
 fn tolerations_follow_the_scheduler_s_rule() {
     let t = taint("kubernetes.io/arch=arm64:NoSchedule");
     let cases = [
-        (json!({"key": "kubernetes.io/arch", "operator": "Equal", "value": "arm64", "effect": "NoSchedule"}), true),
+        (
+            json!({"key": "kubernetes.io/arch", "operator": "Equal", "value": "arm64", "effect": "NoSchedule"}),
+            true,
+        ),
         (json!({"key": "kubernetes.io/arch", "value": "arm64"}), true),
-        (json!({"key": "kubernetes.io/arch", "operator": "Equal", "value": "amd64"}), false),
-        (json!({"key": "kubernetes.io/arch", "operator": "Exists"}), true),
-        (json!({"key": "kubernetes.io/arch", "operator": "Exists", "effect": "NoExecute"}), false),
+        (
+            json!({"key": "kubernetes.io/arch", "operator": "Equal", "value": "amd64"}),
+            false,
+        ),
+        (
+            json!({"key": "kubernetes.io/arch", "operator": "Exists"}),
+            true,
+        ),
+        (
+            json!({"key": "kubernetes.io/arch", "operator": "Exists", "effect": "NoExecute"}),
+            false,
+        ),
         (json!({"operator": "Exists"}), true),
         (json!({"operator": "Exists", "effect": "NoSchedule"}), true),
         (json!({"key": "", "operator": "Equal"}), false),
         (json!({"key": "other", "operator": "Exists"}), false),
     ];
     for (toleration_json, expected) in cases {
-        assert_eq!(tolerates(&toleration(toleration_json.clone()), &t), expected, "{toleration_json}");
+        assert_eq!(
+            tolerates(&toleration(toleration_json.clone()), &t),
+            expected,
+            "{toleration_json}"
+        );
     }
 }
