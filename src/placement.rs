@@ -352,8 +352,9 @@ pub fn decide_screened(input: &DecisionInput<'_>) -> Decision {
     warnings.extend(choice.warnings.iter().cloned());
     let placement = match constraints::relative_to_other_pods(input.pod) {
         // Where such a pod may go depends on other pods: a requirement
-        // could strand it, a preference cannot.
-        Some(why) if choice.archs != runnable => {
+        // that takes away nodes it could use without archway could strand
+        // it; a preference cannot.
+        Some(why) if !reachable_without_archway(input, &runnable).is_subset(&choice.archs) => {
             choice.reason = format!("{} (preferred: the pod has {why})", choice.reason);
             Placement::Preferred
         }
@@ -456,6 +457,32 @@ fn fitting(
         return Err(fit.selected);
     }
     Ok(supported.clone())
+}
+
+/// Of `runnable`, the architectures whose nodes the pod could use as it
+/// came, without archway's tolerations (all of them when nodes are not
+/// known).
+fn reachable_without_archway(
+    input: &DecisionInput<'_>,
+    runnable: &BTreeSet<String>,
+) -> BTreeSet<String> {
+    let Some(nodes) = input.nodes else {
+        return runnable.clone();
+    };
+    let spec = input.pod.spec.as_ref();
+    let empty = BTreeMap::new();
+    let selector = spec
+        .and_then(|s| s.node_selector.as_ref())
+        .unwrap_or(&empty);
+    let tolerations = spec.and_then(|s| s.tolerations.as_deref());
+    let fit = nodes.fit(
+        selector,
+        required_terms(input.pod),
+        tolerations.unwrap_or_default(),
+        runnable,
+        |_| &[],
+    );
+    fit.architectures
 }
 
 /// The tolerations configured for pods placed on `arch` under `os`: the

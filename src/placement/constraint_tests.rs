@@ -411,6 +411,32 @@ fn pods_placed_relative_to_others_get_the_rollout_as_a_preference() {
             );
         }
     }
+    // Kept off a tainted target it could not reach without archway: the
+    // requirement takes nothing away, so it stays (rollout 0 moves no pod).
+    let p = pod(
+        json!({"affinity": {"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": term}}}),
+        json!({"name": "db-0"}),
+    );
+    let d = decide_on_cluster(&p, 0, &["amd64", "arm64"]);
+    assert_eq!(
+        (d.kind, &injection(&d).required, &injection(&d).preferred),
+        (DecisionKind::Held, &set(&["amd64"]), &None)
+    );
+    // Untainted arm64 nodes it could reach as it came: kept off them only
+    // by preference.
+    let untainted = Nodes::of_architectures(["amd64", "arm64"]);
+    let d = decide_case(Case {
+        pod: &p,
+        rollout: 0,
+        images: &["amd64", "arm64"],
+        fail_closed: false,
+        nodes: Some(&untainted),
+        draw: None,
+    });
+    assert_eq!(
+        (&injection(&d).required, &injection(&d).preferred),
+        (&set(&["amd64", "arm64"]), &Some(set(&["amd64"])))
+    );
     // With one architecture to run on, there is nothing to prefer.
     let p = pod(
         json!({"affinity": {"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": term}}}),

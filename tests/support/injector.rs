@@ -32,19 +32,35 @@ pub struct SidecarInjector {
     pub calls: Arc<AtomicUsize>,
 }
 
+/// What the injector adds to each pod.
+#[derive(Debug, Clone)]
+enum Addition {
+    Nothing,
+    /// A container of this image, named [`SIDECAR`].
+    Sidecar(String),
+    /// A scheduling gate of this name, as a quota controller's webhook
+    /// (Kueue's) adds one.
+    Gate(String),
+}
+
 impl SidecarInjector {
     /// Serves on 127.0.0.1 (HTTPS, HTTP/1.1) from a thread of its own, for
     /// the life of the test process.
     pub fn start(sidecar_image: &str) -> SidecarInjector {
-        Self::serve(Some(sidecar_image.to_string()))
+        Self::serve(Addition::Sidecar(sidecar_image.to_string()))
     }
 
     /// A webhook that allows every pod unchanged.
     pub fn allow_all() -> SidecarInjector {
-        Self::serve(None)
+        Self::serve(Addition::Nothing)
     }
 
-    fn serve(image: Option<String>) -> SidecarInjector {
+    /// A webhook that adds the scheduling gate `name` to every pod.
+    pub fn gate(name: &str) -> SidecarInjector {
+        Self::serve(Addition::Gate(name.to_string()))
+    }
+
+    fn serve(addition: Addition) -> SidecarInjector {
         let ca = TestCa::new("sidecar injector CA");
         let issued = ca.issue_server(&["127.0.0.1"]);
         let certs = CertificateDer::pem_slice_iter(issued.cert_pem.as_bytes())
@@ -73,7 +89,7 @@ impl SidecarInjector {
                         continue;
                     };
                     let acceptor = acceptor.clone();
-                    let image = image.clone();
+                    let addition = addition.clone();
                     let counted = counted.clone();
                     tokio::spawn(async move {
                         let Ok(tls) = acceptor.accept(stream).await else {
@@ -81,7 +97,7 @@ impl SidecarInjector {
                         };
                         let service =
                             service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
-                                let image = image.clone();
+                                let addition = addition.clone();
                                 let counted = counted.clone();
                                 async move {
                                     let body = request.into_body().collect().await?.to_bytes();
@@ -89,8 +105,7 @@ impl SidecarInjector {
                                     let review: Value =
                                         serde_json::from_slice(&body).unwrap_or(Value::Null);
                                     let answer =
-                                        serde_json::to_vec(&inject(&review, image.as_deref()))
-                                            .unwrap();
+                                        serde_json::to_vec(&inject(&review, &addition)).unwrap();
                                     Ok::<_, hyper::Error>(
                                         hyper::Response::builder()
                                             .header("content-type", "application/json")
@@ -116,11 +131,16 @@ impl SidecarInjector {
     /// Its MutatingWebhookConfiguration, for pods created in `namespace`.
     /// `zz-` sorts after `archway`: configurations run in name order.
     pub fn configuration(&self, namespace: &str) -> Value {
+        self.configuration_for(&[namespace])
+    }
+
+    /// As [`Self::configuration`], for pods created in any of `namespaces`.
+    pub fn configuration_for(&self, namespaces: &[&str]) -> Value {
         let ca = base64::engine::general_purpose::STANDARD.encode(&self.ca_pem);
         json!({
             "apiVersion": "admissionregistration.k8s.io/v1",
             "kind": "MutatingWebhookConfiguration",
-            "metadata": {"name": format!("zz-sidecar-injector-{namespace}")},
+            "metadata": {"name": format!("zz-sidecar-injector-{}", namespaces[0])},
             "webhooks": [{
                 "name": "sidecar.injector.test",
                 "admissionReviewVersions": ["v1"],
@@ -131,25 +151,40 @@ impl SidecarInjector {
                 "clientConfig": {"url": format!("https://127.0.0.1:{}/inject", self.port), "caBundle": ca},
                 "rules": [{"operations": ["CREATE"], "apiGroups": [""], "apiVersions": ["v1"],
                            "resources": ["pods"], "scope": "Namespaced"}],
-                "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}},
+                "namespaceSelector": {"matchExpressions": [{"key": "kubernetes.io/metadata.name",
+                    "operator": "In", "values": namespaces}]},
             }],
         })
     }
 }
 
-/// The answer to `review`: the sidecar added, unless the pod has it or
-/// there is no sidecar to add.
-fn inject(review: &Value, image: Option<&str>) -> Value {
+/// The answer to `review`: the sidecar or gate added, unless the pod has
+/// it or there is nothing to add.
+fn inject(review: &Value, addition: &Addition) -> Value {
     let request = &review["request"];
-    let containers = request["object"]["spec"]["containers"].as_array();
-    let has_sidecar = containers
-        .into_iter()
-        .flatten()
-        .any(|c| c["name"] == SIDECAR);
+    let spec = &request["object"]["spec"];
+    let has = |list: &str, name: &str| {
+        (spec[list].as_array().into_iter().flatten()).any(|item| item["name"] == name)
+    };
+    let patch = match addition {
+        Addition::Sidecar(image) if !has("containers", SIDECAR) => {
+            Some(json!([{"op": "add", "path": "/spec/containers/-",
+                    "value": {"name": SIDECAR, "image": image}}]))
+        }
+        Addition::Gate(gate) if !has("schedulingGates", gate) => {
+            Some(match spec["schedulingGates"].is_array() {
+                true => {
+                    json!([{"op": "add", "path": "/spec/schedulingGates/-", "value": {"name": gate}}])
+                }
+                false => {
+                    json!([{"op": "add", "path": "/spec/schedulingGates", "value": [{"name": gate}]}])
+                }
+            })
+        }
+        _ => None,
+    };
     let mut response = json!({"uid": request["uid"], "allowed": true});
-    if let (false, Some(image)) = (has_sidecar, image) {
-        let patch = json!([{"op": "add", "path": "/spec/containers/-",
-                            "value": {"name": SIDECAR, "image": image}}]);
+    if let Some(patch) = patch {
         response["patchType"] = "JSONPatch".into();
         response["patch"] = base64::engine::general_purpose::STANDARD
             .encode(serde_json::to_vec(&patch).unwrap())

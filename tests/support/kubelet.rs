@@ -23,6 +23,18 @@ use super::controlplane::KUBELET_MANUAL;
 pub struct FakeKubelet;
 
 impl FakeKubelet {
+    /// Runs on a thread and runtime of its own, for the life of the test
+    /// process, as the cluster admin of `kubeconfig`.
+    pub fn spawn(kubeconfig: std::path::PathBuf) {
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Runtime::new().expect("kubelet runtime");
+            runtime.block_on(async {
+                let client = super::controlplane::client_from_kubeconfig(&kubeconfig).await;
+                FakeKubelet::run(client).await
+            });
+        });
+    }
+
     /// Runs until the runtime it is spawned on stops.
     pub async fn run(client: kube::Client) {
         let pods: Api<Pod> = Api::all(client);

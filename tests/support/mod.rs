@@ -22,6 +22,7 @@ pub mod registry;
 pub mod tls;
 pub mod token;
 pub mod webhook;
+pub mod world;
 
 pub use http::{HttpResponse, MANIFEST_MEDIA_TYPES, accept_all_manifests, sha256_digest};
 pub use images::{ATTESTATION_PLATFORM, ImageSpec, Layout, PlatformManifest, build_layout};
