@@ -46,6 +46,9 @@ pub struct WorkloadRow {
     pub warnings: Vec<String>,
     /// The rollout guard's hold on it: `arm64: held: 2 pods ...`.
     pub hold: Option<String>,
+    /// A DaemonSet with pods on nodes its images do not run on:
+    /// `DaemonSet logging/fluent-bit can run on arm64 nodes, but ...`.
+    pub failing_pods: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -304,6 +307,7 @@ pub async fn scan(
             mode,
             &config.target_architecture,
             pods,
+            &known_nodes,
         ));
     }
     if progress && total > 0 {
@@ -506,6 +510,11 @@ fn pod_of(workload: &Workload) -> Pod {
     if metadata.name.is_none() {
         metadata.name = workload.meta.name.clone();
     }
+    if workload.kind == "DaemonSet" {
+        // Judged as its pods are: pinned by their DaemonSet.
+        let name = workload.meta.name.as_deref().unwrap_or_default();
+        metadata.owner_references = Some(vec![placement::daemon_set_owner(name)]);
+    }
     Pod {
         metadata,
         spec: workload.template.spec.clone(),
@@ -519,6 +528,7 @@ fn row(
     mode: Option<Mode>,
     target: &str,
     pods: PodsOf,
+    nodes: &placement::Nodes,
 ) -> WorkloadRow {
     let mode = mode.map_or("off", Mode::label);
     let Evaluation {
@@ -528,6 +538,14 @@ fn row(
         ..
     } = evaluation;
     warnings.extend(decision.warnings.iter().cloned());
+    let failing_pods = (workload.kind == "DaemonSet")
+        .then(|| placement::daemon_set_mismatch(&pod_of(workload), &lookups, nodes))
+        .flatten()
+        .map(|mismatch| {
+            let name = workload.meta.name.as_deref().unwrap_or_default();
+            let namespace = workload.meta.namespace.as_deref().unwrap_or_default();
+            format!("DaemonSet {namespace}/{name} {mismatch}")
+        });
     let would_inject = match &decision.outcome {
         Outcome::Inject(i) => placement::join(&i.required),
         Outcome::Unchanged | Outcome::Deny => "-".to_string(),
@@ -566,6 +584,7 @@ fn row(
         blockers,
         warnings,
         hold: hold_of(&workload.meta),
+        failing_pods,
     }
 }
 
@@ -615,6 +634,15 @@ pub fn render_table(report: &AuditReport) -> String {
     );
     let blocked = report.workloads.iter().filter(|w| !w.target_ready).count();
     let held = report.workloads.iter().filter(|w| w.hold.is_some()).count();
+    let failing: Vec<&String> = (report.workloads.iter())
+        .filter_map(|w| w.failing_pods.as_ref())
+        .collect();
+    if !failing.is_empty() {
+        out.push_str("\nPods that will fail where they are pinned:\n");
+        for line in failing {
+            out.push_str(&format!("  {line}\n"));
+        }
+    }
     if held > 0 {
         out.push_str(&format!(
             "\n{held} held by the rollout guard: new pods go to the other architecture; \
@@ -758,6 +786,16 @@ td:first-child,td:nth-child(2){{white-space:nowrap}}.ready{{color:#17692b}}.no{{
         ));
     }
     html.push_str("</tbody></table>");
+    let failing: Vec<String> = (rows.iter())
+        .filter_map(|w| w.failing_pods.as_deref())
+        .map(|line| format!("<li>{}</li>", escape(line)))
+        .collect();
+    if !failing.is_empty() {
+        html.push_str(&format!(
+            "<h2>Pods that will fail where they are pinned</h2><ul class=\"no\">{}</ul>",
+            failing.concat()
+        ));
+    }
     html.push_str(&namespaces_html(report));
     html.push_str("</body></html>\n");
     html
@@ -866,6 +904,7 @@ mod tests {
             blockers: Vec::new(),
             warnings: Vec::new(),
             hold: None,
+            failing_pods: None,
         }
     }
 

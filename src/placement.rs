@@ -644,6 +644,76 @@ fn node_word(count: usize) -> &'static str {
     if count == 1 { "node" } else { "nodes" }
 }
 
+/// What a DaemonSet's pods would meet on `nodes`: the nodes its template's
+/// selectors and tolerations give it a pod on whose architecture one of
+/// its images does not publish, as one line for `review` and `audit`, e.g.
+/// `can run on arm64 nodes, but fluent-bit:2.1 publishes only linux/amd64:
+/// its pods on arm64-0, arm64-1 will fail`. `None` when every such node
+/// runs its images, or its images are not all known.
+pub fn daemon_set_mismatch(
+    template: &Pod,
+    lookups: &[(ContainerImage, ImageLookup)],
+    nodes: &Nodes,
+) -> Option<String> {
+    let PodOs::Known(os) = pod_os(template) else {
+        return None;
+    };
+    let supported = supported_architectures(lookups, &os)?;
+    let spec = template.spec.as_ref();
+    let empty = BTreeMap::new();
+    let selector = spec
+        .and_then(|s| s.node_selector.as_ref())
+        .unwrap_or(&empty);
+    let tolerations = spec.and_then(|s| s.tolerations.as_deref());
+    let on = nodes.daemon_set_nodes(
+        selector,
+        required_terms(template),
+        tolerations.unwrap_or_default(),
+    );
+    let mut failing: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for (name, arch) in on {
+        if !supported.contains(arch) {
+            failing.entry(arch).or_default().push(name);
+        }
+    }
+    if failing.is_empty() {
+        return None;
+    }
+    let archs: BTreeSet<String> = failing.keys().map(|a| a.to_string()).collect();
+    let names: Vec<&str> = failing.values().flatten().copied().collect();
+    let images: Vec<String> = (lookups.iter())
+        .filter_map(|(c, lookup)| match lookup {
+            ImageLookup::Found(p) => {
+                let published: Vec<String> = (p.iter())
+                    .filter(|p| p.os == os)
+                    .map(ToString::to_string)
+                    .collect();
+                let lacks = archs
+                    .iter()
+                    .any(|a| !p.iter().any(|p| p.os == os && p.architecture == *a));
+                lacks.then(|| {
+                    format!(
+                        "{} publishes only {}",
+                        crate::image::short_image(&c.image),
+                        if published.is_empty() {
+                            "other OSes".to_string()
+                        } else {
+                            published.join(",")
+                        }
+                    )
+                })
+            }
+            ImageLookup::Failed(_) => None,
+        })
+        .collect();
+    Some(format!(
+        "can run on {} nodes, but {}: its pods on {} will fail",
+        join(&archs),
+        images.join("; "),
+        describe_names(&names)
+    ))
+}
+
 /// `a, b, c and 7 more`: names from the pod, each cut short, at most three.
 fn describe_names(names: &[&str]) -> String {
     const SHOWN: usize = 3;
@@ -1232,7 +1302,7 @@ fn describe_images(lookups: &[(ContainerImage, ImageLookup)]) -> String {
 mod constraints;
 mod nodes;
 mod recheck;
-pub use constraints::{Pin, pin};
+pub use constraints::{Pin, daemon_set_owner, pin};
 pub use nodes::{Fit, HOSTNAME_LABEL, NodeArch, NodeTaint, Nodes};
 pub use recheck::own_requirement;
 

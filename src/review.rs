@@ -12,6 +12,7 @@ use serde_json::{Value, json};
 use crate::admission::Reviewer;
 use crate::admission::pod::PodView;
 use crate::config::Config;
+use crate::placement;
 use crate::policy::{Mode, NamespacePolicy, PolicySource, Rollout, StaticPolicies};
 use crate::report::Format;
 
@@ -84,6 +85,7 @@ pub async fn run(
         rollout,
     });
     let reviewer = Reviewer::from_config(&crate::admission::offline(config), policies)?;
+    let nodes = assumed_nodes(config);
     let mut rows = Vec::new();
     for (index, document) in serde_yaml::Deserializer::from_str(&text).enumerate() {
         let value = Value::deserialize(document)
@@ -92,7 +94,9 @@ pub async fn run(
             continue;
         }
         for object in flatten_lists(value) {
-            if let Some(row) = review_object(&reviewer, &object, default_namespace, index).await? {
+            if let Some(row) =
+                review_object(&reviewer, &nodes, &object, default_namespace, index).await?
+            {
                 rows.push(row);
             }
         }
@@ -130,6 +134,68 @@ fn render_table(rows: &[ReviewRow]) -> anyhow::Result<String> {
     Ok(out)
 }
 
+/// Offline there are no nodes to look at: a DaemonSet is checked against
+/// one node of each architecture the configuration places pods on, the
+/// target's tainted as its configured tolerations say (the pool a
+/// migration adds is reserved so), the others untainted.
+fn assumed_nodes(config: &Config) -> placement::Nodes {
+    let linux_arch = |key: &str| match key.split_once('/') {
+        Some((os, arch)) => (os == placement::LINUX).then(|| arch.to_string()),
+        None => Some(key.to_string()),
+    };
+    let mut archs: BTreeSet<String> = config
+        .tolerations
+        .keys()
+        .filter_map(|k| linux_arch(k))
+        .collect();
+    archs.insert(config.target_architecture.clone());
+    let nodes = archs
+        .into_iter()
+        .map(|arch| {
+            let taints = match arch == config.target_architecture {
+                true => {
+                    placement::configured_tolerations(&config.tolerations, placement::LINUX, &arch)
+                        .iter()
+                        .filter_map(|t| {
+                            Some(placement::NodeTaint {
+                                key: t.key.clone()?,
+                                value: t.value.clone().unwrap_or_default(),
+                                effect: t.effect.clone().unwrap_or_else(|| "NoSchedule".into()),
+                            })
+                        })
+                        .collect()
+                }
+                false => Vec::new(),
+            };
+            let node = placement::NodeArch {
+                architecture: arch.clone(),
+                taints,
+                ..placement::NodeArch::default()
+            };
+            (format!("any {arch} node"), node)
+        })
+        .collect();
+    placement::Nodes::new(&nodes)
+}
+
+/// The DaemonSet pod's mismatch with the nodes it would run on (offline:
+/// [`assumed_nodes`]). Its images were just looked up: the cache answers.
+async fn daemon_set_mismatch(
+    reviewer: &Reviewer,
+    nodes: &placement::Nodes,
+    pod: &Value,
+    namespace: &str,
+    uid: &str,
+) -> Option<String> {
+    let typed: k8s_openapi::api::core::v1::Pod = serde_json::from_value(pod.clone()).ok()?;
+    let policy = reviewer.policies.policy(namespace)?;
+    let deadline = tokio::time::Instant::now() + reviewer.settings.time_budget;
+    let evaluation = reviewer
+        .evaluate(&typed, &policy, deadline, uid, None)
+        .await;
+    placement::daemon_set_mismatch(&typed, &evaluation.lookups, nodes)
+}
+
 /// A `kind: List` holds its objects in `items`.
 fn flatten_lists(value: Value) -> Vec<Value> {
     if value["kind"] == "List" {
@@ -141,6 +207,7 @@ fn flatten_lists(value: Value) -> Vec<Value> {
 
 async fn review_object(
     reviewer: &Reviewer,
+    nodes: &placement::Nodes,
     object: &Value,
     default_namespace: &str,
     index: usize,
@@ -164,6 +231,10 @@ async fn review_object(
     if kind != "Pod" && pod["metadata"]["name"].is_null() {
         pod["metadata"]["generateName"] = json!(format!("{name}-"));
     }
+    if kind == "DaemonSet" {
+        // Judged as its pods are: pinned by their DaemonSet.
+        pod["metadata"]["ownerReferences"] = json!([placement::daemon_set_owner(&name)]);
+    }
     // Read as the webhook reads it, so the answer is the webhook's.
     let typed = serde_json::from_value::<PodView>(pod.clone())
         .map(PodView::into_pod)
@@ -173,7 +244,14 @@ async fn review_object(
         .review_pod(typed, &namespace, &uid)
         .await
         .map_err(|e| anyhow::anyhow!("{kind} {name}: {e}"))?;
-    let response = answer.response;
+    let mut response = answer.response;
+    if kind == "DaemonSet"
+        && let Some(mismatch) = daemon_set_mismatch(reviewer, nodes, &pod, &namespace, &uid).await
+    {
+        response
+            .warnings
+            .push(format!("DaemonSet {namespace}/{name} {mismatch}"));
+    }
     if let Some(patch) = &response.patch {
         let patch: json_patch::Patch = serde_json::from_slice(patch)?;
         json_patch::patch(&mut pod, &patch)?;

@@ -480,4 +480,76 @@ async fn every_pod_bound_without_archway_is_bound_with_it_on_an_architecture_its
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
     drop(webhooks);
+    daemon_sets_that_will_fail_are_flagged(&world);
+}
+
+/// `archway audit` and `archway review` name a DaemonSet whose pods land
+/// on nodes its image does not run on, with the nodes.
+fn daemon_sets_that_will_fail_are_flagged(world: &World) {
+    let config = world.archway.dir.join("commands.yaml");
+    let insecure = format!("registry: {{insecure: [\"{}\"]}}\n", world.registry.host());
+    std::fs::write(&config, insecure).unwrap();
+    let namespace = Setting::Rollout(0).namespace("daemonset-amd64-only");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_archway"))
+        .args(["audit", "-n", &namespace, "-o", "json", "--config"])
+        .arg(&config)
+        .env("KUBECONFIG", &world.plane.admin_kubeconfig)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let failing: Vec<&Value> = (report["workloads"].as_array().unwrap().iter())
+        .map(|w| &w["failing_pods"])
+        .filter(|f| !f.is_null())
+        .collect();
+    let expected = format!(
+        "DaemonSet {namespace}/fluent-bit can run on arm64 nodes, but {} publishes only linux/amd64: its pods on arm64-0, arm64-1, arm64-2 will fail",
+        world.image("amd64-only:v1")
+    );
+    assert_eq!(failing, [&json!(expected)], "{report:#}");
+    eprintln!("archway audit: {expected}");
+
+    let file = world.archway.dir.join("fluent-bit.yaml");
+    let text = std::fs::read_to_string(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/corpus/daemonset-amd64-only.yaml"),
+    )
+    .unwrap();
+    let shape: Shape = serde_yaml::from_str(&text).unwrap();
+    let documents: Vec<String> = (shape.objects.iter())
+        .map(|o| {
+            serde_yaml::to_string(o)
+                .unwrap()
+                .replace("${AMD64}", &world.image("amd64-only:v1"))
+        })
+        .collect();
+    std::fs::write(&file, documents.join("---\n")).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_archway"))
+        .args(["review", "-n", "logging", "--config"])
+        .arg(&config)
+        .arg("-f")
+        .arg(&file)
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{table}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let expected = format!(
+        "warning: DaemonSet logging/fluent-bit can run on arm64 nodes, but {} publishes only linux/amd64: its pods on any arm64 node will fail",
+        world.image("amd64-only:v1")
+    );
+    assert!(table.contains(&expected), "{table}");
+    assert!(
+        table.contains(
+            "DaemonSet logging/fluent-bit: pinned (pinned by its DaemonSet; not steered)"
+        ),
+        "{table}"
+    );
+    eprintln!("archway review:\n{table}");
 }

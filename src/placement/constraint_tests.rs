@@ -489,3 +489,65 @@ fn a_recorded_draw_counts_in_the_workload_s_sequence_once_the_pod_is_named() {
     }
     assert_eq!(steered, 5);
 }
+
+#[test]
+fn daemon_sets_are_flagged_where_their_pods_would_fail() {
+    let template = |tolerations: Value, selector: Value| {
+        pod(
+            json!({"tolerations": tolerations, "nodeSelector": selector}),
+            json!({"name": "fluent-bit"}),
+        )
+    };
+    let lookups = |pod: &Pod, archs: &[&str]| -> Vec<(ContainerImage, ImageLookup)> {
+        container_images(pod)
+            .into_iter()
+            .map(|c| (c, found(archs)))
+            .collect()
+    };
+    let nodes = cluster();
+    let tolerant = template(json!([{"operator": "Exists"}]), json!({}));
+    assert_eq!(
+        daemon_set_mismatch(&tolerant, &lookups(&tolerant, &["amd64"]), &nodes).as_deref(),
+        Some(
+            "can run on arm64 nodes, but r/app:1 publishes only linux/amd64: its pods on arm64-0, arm64-1, arm64-2 will fail"
+        )
+    );
+    // Not tolerating the arm64 taint, it never gets a pod there.
+    let plain = template(json!([]), json!({}));
+    assert_eq!(
+        daemon_set_mismatch(&plain, &lookups(&plain, &["amd64"]), &nodes),
+        None
+    );
+    // Kept to amd64 by its selector.
+    let kept = template(
+        json!([{"operator": "Exists"}]),
+        json!({"kubernetes.io/arch": "amd64"}),
+    );
+    assert_eq!(
+        daemon_set_mismatch(&kept, &lookups(&kept, &["amd64"]), &nodes),
+        None
+    );
+    // A multi-arch image runs everywhere it lands.
+    assert_eq!(
+        daemon_set_mismatch(&tolerant, &lookups(&tolerant, &["amd64", "arm64"]), &nodes),
+        None
+    );
+    // The DaemonSet controller's own tolerations count: a cordoned node
+    // still gets its pod.
+    let mut cordoned = BTreeMap::new();
+    cordoned.insert(
+        "arm64-9".to_string(),
+        NodeArch {
+            architecture: "arm64".into(),
+            hostname: None,
+            labels: BTreeMap::new(),
+            taints: vec![NodeTaint {
+                key: "node.kubernetes.io/unschedulable".into(),
+                value: String::new(),
+                effect: "NoSchedule".into(),
+            }],
+        },
+    );
+    let cordoned = Nodes::new(&cordoned);
+    assert!(daemon_set_mismatch(&plain, &lookups(&plain, &["amd64"]), &cordoned).is_some());
+}

@@ -20,6 +20,7 @@
 //!   requirement only says where every image runs.
 
 use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 
 use super::nodes::{HOSTNAME_LABEL, term_named_nodes, terms_name_nodes};
 use super::{ARCH_LABEL, BETA_ARCH_LABEL, required_terms};
@@ -90,6 +91,18 @@ pub fn pin(pod: &Pod) -> Option<Pin<'_>> {
         nodes: Vec::new(),
         how: "by its DaemonSet",
     })
+}
+
+/// The owner reference the DaemonSet controller writes into each pod of
+/// the DaemonSet `name`: a template given it is judged as its pods are.
+pub fn daemon_set_owner(name: &str) -> OwnerReference {
+    OwnerReference {
+        api_version: "apps/v1".into(),
+        kind: "DaemonSet".into(),
+        name: name.to_string(),
+        controller: Some(true),
+        ..OwnerReference::default()
+    }
 }
 
 /// Whether the DaemonSet controller created the pod: it places each such

@@ -248,6 +248,56 @@ impl Nodes {
     }
 }
 
+impl Nodes {
+    /// The nodes a DaemonSet with this template's selector, required terms
+    /// and tolerations gets a pod on, as the DaemonSet controller decides
+    /// (its own tolerations added, `DAEMON_SET_TOLERATIONS`): name and
+    /// architecture of each, in name order.
+    pub fn daemon_set_nodes(
+        &self,
+        selector: &BTreeMap<String, String>,
+        terms: &[NodeSelectorTerm],
+        tolerations: &[Toleration],
+    ) -> Vec<(&str, &str)> {
+        let own = daemon_set_tolerations();
+        let tolerated = |profile: &Profile| {
+            (profile.taints.iter())
+                .all(|taint| tolerations.iter().chain(&own).any(|t| tolerates(t, taint)))
+        };
+        (self.by_name.iter())
+            .filter_map(|(name, (profile, hostname))| {
+                let profile = &self.profiles[*profile];
+                let node = NodeView {
+                    profile,
+                    hostname: Some(hostname.as_deref().unwrap_or(name)),
+                    name: Some(name),
+                };
+                (node.matches(selector, terms) && tolerated(profile))
+                    .then_some((name.as_str(), profile.architecture.as_str()))
+            })
+            .collect()
+    }
+}
+
+/// The tolerations the DaemonSet controller gives every pod it makes, so
+/// that a node's trouble does not evict or keep out its pods.
+fn daemon_set_tolerations() -> Vec<Toleration> {
+    let toleration = |key: &str, effect: &str| Toleration {
+        key: Some(key.to_string()),
+        operator: Some("Exists".into()),
+        effect: Some(effect.to_string()),
+        ..Toleration::default()
+    };
+    vec![
+        toleration("node.kubernetes.io/not-ready", "NoExecute"),
+        toleration("node.kubernetes.io/unreachable", "NoExecute"),
+        toleration("node.kubernetes.io/disk-pressure", "NoSchedule"),
+        toleration("node.kubernetes.io/memory-pressure", "NoSchedule"),
+        toleration("node.kubernetes.io/pid-pressure", "NoSchedule"),
+        toleration("node.kubernetes.io/unschedulable", "NoSchedule"),
+    ]
+}
+
 /// Whether every term names its nodes: a term pins when it has a
 /// `matchFields metadata.name In` or a `kubernetes.io/hostname In`.
 pub fn terms_name_nodes(terms: &[NodeSelectorTerm]) -> bool {
