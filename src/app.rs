@@ -14,6 +14,7 @@ use crate::config::Config;
 use crate::guard::GuardedPolicies;
 use crate::reload::{ConfigReloader, Loader};
 use crate::server::{self, AppState, Listeners};
+use crate::settings_report::SettingsReporter;
 
 /// Starts archway with `config` and serves until `shutdown` completes.
 /// Without a certificate in the configuration, a self-signed one is made
@@ -33,7 +34,12 @@ pub async fn run(
     let reviewer = if config.policy_source.uses_cluster() {
         // In-cluster service account, or the current kubeconfig context.
         let client = kube::Client::try_default().await?;
-        let cluster_view = ClusterPolicies::start(client.clone(), config.default_rollout);
+        let settings = SettingsReporter::start(client.clone(), crate::gate::lease::own_identity());
+        let cluster_view = ClusterPolicies::start_reporting(
+            client.clone(),
+            config.default_rollout,
+            Some(settings),
+        );
         cluster = Some(cluster_view.clone());
         let holds = crate::guard::Holds::default();
         let policies: Arc<dyn crate::policy::PolicySource> = Arc::new(GuardedPolicies {

@@ -22,6 +22,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use crate::placement::{NodeArch, Nodes};
 use crate::policy::{MODE_LABEL, NamespacePolicy, PolicySource, Rollout};
 use crate::registry::Keyring;
+use crate::settings_report::SettingsReporter;
 
 /// How long a pull secret's content is reused: short, so a rotated
 /// secret is seen soon, long enough that a burst of pods reads it once.
@@ -49,22 +50,25 @@ pub struct ClusterPolicies {
 }
 
 impl ClusterPolicies {
-    /// Starts watching namespaces that carry the mode label, and nodes.
-    /// Returns at once; `is_ready` tells when both have synced.
+    /// Starts watching namespaces and nodes. Returns at once; `is_ready`
+    /// tells when both have synced.
     pub fn start(client: kube::Client, default_rollout: Rollout) -> Self {
+        Self::start_reporting(client, default_rollout, None)
+    }
+
+    /// As `start`, and hands every namespace the watch sees to `settings`,
+    /// which tells namespace owners about mistakes in their settings.
+    pub fn start_reporting(
+        client: kube::Client,
+        default_rollout: Rollout,
+        settings: Option<SettingsReporter>,
+    ) -> Self {
         let (namespaces, namespace_writer) = reflector::store();
         let namespaces_synced = Arc::new(AtomicBool::new(false));
         let nodes = Arc::new(RwLock::new(None));
 
-        // Only namespaces that opted in (or out) are kept: the label selector
-        // keeps the store small in clusters of thousands of namespaces, and
-        // the API server sends a DELETED event when the label is removed.
-        let namespace_config = watcher::Config::default().labels(MODE_LABEL);
         let namespace_api: Api<PartialObjectMeta<Namespace>> = Api::all(client.clone());
-        tokio::spawn(run_reflector(
-            "namespaces",
-            reflector::reflector(namespace_writer, watcher(namespace_api, namespace_config)),
-        ));
+        tokio::spawn(watch_namespaces(namespace_api, namespace_writer, settings));
         let node_api: Api<SlimNode> = Api::all(client);
         tokio::spawn(watch_nodes(node_api, nodes.clone()));
         tokio::spawn(mark_when_synced(
@@ -77,6 +81,62 @@ impl ClusterPolicies {
             namespaces_synced,
             nodes,
         }
+    }
+}
+
+/// Watches every namespace (metadata only). The settings report sees them
+/// all, since a mistake can be anywhere (a mode label spelled `Enforce`, a
+/// key spelled `archway.dev/rolout`); the store keeps only namespaces with
+/// the mode label, which are the only ones a policy can come from, so it
+/// stays small in clusters of thousands of namespaces. The watcher resumes
+/// or relists by itself on errors; backoff keeps an unreachable API server
+/// from being hammered.
+async fn watch_namespaces(
+    api: Api<PartialObjectMeta<Namespace>>,
+    mut store: reflector::store::Writer<PartialObjectMeta<Namespace>>,
+    settings: Option<SettingsReporter>,
+) {
+    let stream = watcher(api, watcher::Config::default()).default_backoff();
+    futures::pin_mut!(stream);
+    while let Some(event) = stream.next().await {
+        let event = match event {
+            Ok(event) => event,
+            Err(error) => {
+                tracing::warn!(what = "namespaces", %error, "watch failed; retrying");
+                continue;
+            }
+        };
+        if let Some(settings) = &settings {
+            settings.observe(&event);
+        }
+        if let Some(event) = with_mode_label_only(event) {
+            store.apply_watcher_event(&event);
+        }
+    }
+}
+
+/// The watch event as the store of namespaces with the mode label sees it:
+/// a namespace without the label is not listed, and one that lost it is
+/// deleted. Their managed fields are dropped: policy reads only labels and
+/// annotations.
+fn with_mode_label_only(
+    event: watcher::Event<PartialObjectMeta<Namespace>>,
+) -> Option<watcher::Event<PartialObjectMeta<Namespace>>> {
+    let labelled = |namespace: &PartialObjectMeta<Namespace>| {
+        (namespace.metadata.labels.as_ref()).is_some_and(|l| l.contains_key(MODE_LABEL))
+    };
+    let slim = |mut namespace: PartialObjectMeta<Namespace>| {
+        namespace.metadata.managed_fields = None;
+        namespace
+    };
+    match event {
+        watcher::Event::InitApply(namespace) if !labelled(&namespace) => None,
+        watcher::Event::InitApply(namespace) => Some(watcher::Event::InitApply(slim(namespace))),
+        watcher::Event::Apply(namespace) if !labelled(&namespace) => {
+            Some(watcher::Event::Delete(namespace))
+        }
+        watcher::Event::Apply(namespace) => Some(watcher::Event::Apply(slim(namespace))),
+        other => Some(other),
     }
 }
 
@@ -197,21 +257,6 @@ where
     }
 }
 
-/// Drives a reflector forever. The watcher resumes or relists by itself on
-/// errors; backoff keeps an unreachable API server from being hammered.
-async fn run_reflector<S, T>(what: &'static str, stream: S)
-where
-    S: futures::Stream<Item = Result<watcher::Event<T>, watcher::Error>> + Send,
-{
-    let stream = stream.default_backoff();
-    futures::pin_mut!(stream);
-    while let Some(event) = stream.next().await {
-        if let Err(error) = event {
-            tracing::warn!(what, %error, "watch failed; retrying");
-        }
-    }
-}
-
 impl PolicySource for ClusterPolicies {
     fn policy(&self, namespace: &str) -> Option<NamespacePolicy> {
         let object = self.namespaces.get(&ObjectRef::new(namespace))?;
@@ -305,4 +350,58 @@ pub fn keyring_from_secret(secret: &Secret) -> Result<Keyring, String> {
         .and_then(|d| d.get(key))
         .ok_or_else(|| format!("has no {key}"))?;
     Keyring::from_docker_config(&data.0).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ManagedFieldsEntry, ObjectMeta};
+
+    use super::*;
+
+    fn namespace(name: &str, mode: Option<&str>) -> PartialObjectMeta<Namespace> {
+        let labels = mode.map(|m| BTreeMap::from([(MODE_LABEL.to_string(), m.to_string())]));
+        PartialObjectMeta {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                labels,
+                managed_fields: Some(vec![ManagedFieldsEntry::default()]),
+                ..Default::default()
+            },
+            ..Default::default()
+        }
+    }
+
+    /// Every namespace is watched; the store keeps those with the mode
+    /// label (any value, as the label selector it replaces did), without
+    /// their managed fields.
+    #[test]
+    fn the_store_keeps_namespaces_with_the_mode_label() {
+        let (store, mut writer) = reflector::store();
+        let events = [
+            watcher::Event::Init,
+            watcher::Event::InitApply(namespace("plain", None)),
+            watcher::Event::InitApply(namespace("shop", Some("enforce"))),
+            watcher::Event::InitApply(namespace("lab", Some("off"))),
+            watcher::Event::InitDone,
+            watcher::Event::Apply(namespace("plain", Some("audit"))),
+            // The label removed: gone from the store.
+            watcher::Event::Apply(namespace("lab", None)),
+        ];
+        for event in events {
+            if let Some(event) = with_mode_label_only(event) {
+                writer.apply_watcher_event(&event);
+            }
+        }
+        let mut names: Vec<String> = (store.state().iter())
+            .map(|n| n.metadata.name.clone().unwrap())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["plain", "shop"]);
+        assert!(
+            store
+                .state()
+                .iter()
+                .all(|n| n.metadata.managed_fields.is_none())
+        );
+    }
 }

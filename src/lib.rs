@@ -32,4 +32,5 @@ pub mod reload;
 pub mod report;
 pub mod review;
 pub mod server;
+pub mod settings_report;
 pub mod telemetry;

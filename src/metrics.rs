@@ -241,6 +241,9 @@ pub struct Metrics {
     pub guard_failing_everywhere: Counter,
     pub guard_watched_pods: Gauge,
     pub guard_held_workloads: Gauge,
+    /// Namespaces whose `archway.dev/` labels or annotations hold a mistake
+    /// (`settings_report`), as this replica sees them.
+    pub namespaces_invalid_settings: Gauge,
 }
 
 fn latency_histogram() -> Histogram {
@@ -373,8 +376,15 @@ impl Metrics {
             "Workloads that carry a hold",
             guard_held_workloads.clone(),
         );
+        let namespaces_invalid_settings = Gauge::default();
+        registry.register(
+            "namespaces_invalid_settings",
+            "Namespaces with an archway.dev/ label or annotation archway cannot use as written (see their InvalidArchwaySetting Events)",
+            namespaces_invalid_settings.clone(),
+        );
         Metrics {
             registry,
+            namespaces_invalid_settings,
             pods_gated,
             gate_duration,
             gates_removed,

@@ -38,6 +38,8 @@ pub struct InstalledArchway {
     pub log: PathBuf,
     program: PathBuf,
     args: Vec<String>,
+    /// `POD_NAME`, which names the replica in Events and the gate's Lease.
+    pod_name: String,
     child: Mutex<Option<Child>>,
 }
 
@@ -114,11 +116,50 @@ impl InstalledArchway {
                 format!("--tls-cert={}", cert.display()),
                 format!("--tls-key={}", key.display()),
             ],
+            pod_name: "archway-0".into(),
             child: Mutex::new(None),
         };
         installed.start();
         installed.wait_until_called(plane);
         installed
+    }
+
+    /// A second replica beside this one, as deploy/'s Deployment runs two:
+    /// `archway serve` with the same configuration, certificate and
+    /// ServiceAccount, on ports of its own, named `pod_name`. The webhook
+    /// still calls this one; both watch the same API server.
+    pub fn another_replica(&self, pod_name: &str) -> InstalledArchway {
+        let dir = self.dir.join(pod_name);
+        std::fs::create_dir_all(&dir).expect("replica folder");
+        let webhook_port = free_port();
+        let admin_port = free_port();
+        let text = std::fs::read_to_string(&self.config_path).expect("read archway.yaml");
+        let mut config: serde_yaml::Value = serde_yaml::from_str(&text).expect("archway.yaml");
+        config["server"]["listen"] = format!("127.0.0.1:{webhook_port}").into();
+        config["server"]["adminListen"] = format!("127.0.0.1:{admin_port}").into();
+        let config_path = dir.join("archway.yaml");
+        std::fs::write(&config_path, serde_yaml::to_string(&config).unwrap())
+            .expect("write the replica's archway.yaml");
+        let args = (self.args.iter())
+            .map(|arg| match arg.starts_with("--config=") {
+                true => format!("--config={}", config_path.display()),
+                false => arg.clone(),
+            })
+            .collect();
+        let replica = InstalledArchway {
+            log: dir.join("archway.log"),
+            dir,
+            webhook_port,
+            admin_port,
+            config_path,
+            kubeconfig: self.kubeconfig.clone(),
+            program: self.program.clone(),
+            args,
+            pod_name: pod_name.into(),
+            child: Mutex::new(None),
+        };
+        replica.start();
+        replica
     }
 
     /// Starts `archway serve` and waits for `/readyz`, which needs both
@@ -132,6 +173,7 @@ impl InstalledArchway {
         let mut cmd = Command::new(&self.program);
         cmd.args(&self.args)
             .env("KUBECONFIG", &self.kubeconfig)
+            .env("POD_NAME", &self.pod_name)
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("clone log"))
             .stderr(log);
