@@ -331,15 +331,18 @@ impl Reviewer {
             .evaluate(&screened.pod, &screened.policy, deadline, uid, draw)
             .await;
         let mode = screened.policy.mode;
-        if gating && crate::gate::should_gate(mode, cold, &evaluation.pending, &screened.pod) {
-            return Answer {
-                pod: screened.name,
-                ..self.gate(&screened.pod, evaluation, draw, dry_run)
+        let mut answer =
+            if gating && crate::gate::should_gate(mode, cold, &evaluation.pending, &screened.pod) {
+                self.gate(&screened.pod, evaluation, draw, dry_run)
+            } else {
+                self.respond(&screened.pod, screened.policy.mode, evaluation)
             };
+        if !placed {
+            disown(&screened.pod, &mut answer);
         }
         Answer {
             pod: screened.name,
-            ..self.respond(&screened.pod, screened.policy.mode, evaluation)
+            ..answer
         }
     }
 
@@ -388,11 +391,17 @@ impl Reviewer {
                 Some(decision) => decision,
             },
         };
-        Screen::Answered(Answer {
+        let mut answer = Answer {
             mode,
             pod: name,
             ..Answer::skip(decision.kind, decision.reason)
-        })
+        };
+        if decision.kind == DecisionKind::Skipped {
+            // Skipped by its author's own annotation: still no key of
+            // archway's that archway did not write.
+            disown(&pod, &mut answer);
+        }
+        Screen::Answered(answer)
     }
 
     /// The response that carries `evaluation` out in the namespace's mode.
@@ -520,6 +529,41 @@ impl Reviewer {
             }
         }
     }
+}
+
+/// In an enforced namespace, archway's keys that the pod's author set are
+/// removed from the pod, on its first review (`placement::
+/// foreign_archway_keys`): the answer's patch gains a `remove` for each it
+/// does not itself write, and the author a warning. On a pod archway
+/// already decided or gated (a reinvocation), the keys are archway's own.
+fn disown(pod: &Pod, answer: &mut Answer) {
+    let enforced = answer.mode == Some(Mode::Enforce) && answer.response.allowed;
+    if !enforced || crate::gate::is_gated(pod) {
+        return;
+    }
+    let annotations = pod.metadata.annotations.as_ref();
+    if annotations.is_some_and(|a| a.contains_key(placement::DECISION_ANNOTATION)) {
+        return;
+    }
+    let (labels, annotations) = placement::foreign_archway_keys(&pod.metadata);
+    if labels.is_empty() && annotations.is_empty() {
+        return;
+    }
+    let response = &mut answer.response;
+    match crate::patch::remove_keys(response.patch.as_deref(), &labels, &annotations) {
+        Ok(patch) => {
+            response.patch = Some(patch);
+            response.patch_type = Some("JSONPatch");
+        }
+        // Cannot happen: archway wrote the patch it reads back.
+        Err(e) => response.warnings.push(warning(&format!("archway: {e}"))),
+    }
+    let keys: Vec<&str> = labels.iter().chain(&annotations).copied().collect();
+    let shown = crate::image::truncate_for_message(&keys.join(", "));
+    response.warnings.push(warning(&format!(
+        "archway: removed {shown} from the pod: archway alone writes archway.dev/ keys on pods (yours: {})",
+        placement::USER_POD_KEYS.join(", ")
+    )));
 }
 
 // An `Answered` is returned before the review awaits anything; only the

@@ -76,6 +76,35 @@ pub fn encode(
     Ok(bytes)
 }
 
+/// `patch` (a JSON Patch array, or none) with a `remove` of each of these
+/// labels and annotations the patch does not itself write: archway's keys
+/// that a pod's author set (`placement::foreign_archway_keys`).
+pub fn remove_keys(
+    patch: Option<&[u8]>,
+    labels: &[&str],
+    annotations: &[&str],
+) -> Result<Vec<u8>, serde_json::Error> {
+    let mut ops: Vec<PatchOperation> = match patch {
+        Some(bytes) => serde_json::from_slice::<Patch>(bytes)?.0,
+        None => Vec::new(),
+    };
+    let written: std::collections::HashSet<PointerBuf> = (ops.iter())
+        .filter_map(|op| match op {
+            PatchOperation::Add(add) => Some(add.path.clone()),
+            _ => None,
+        })
+        .collect();
+    let targets =
+        (labels.iter().map(|k| (LABELS, k))).chain(annotations.iter().map(|k| (ANNOTATIONS, k)));
+    for (parent, key) in targets {
+        let path = parent.with_trailing_token(*key);
+        if !written.contains(&path) {
+            ops.push(PatchOperation::Remove(RemoveOperation { path }));
+        }
+    }
+    serde_json::to_vec(&Patch(ops))
+}
+
 /// The patch that applies `injection` to `pod`. `tolerations` are the
 /// configured tolerations per platform (see [`configured_tolerations`]).
 pub fn build(

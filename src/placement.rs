@@ -248,6 +248,29 @@ pub fn not_opted_in() -> Decision {
     Decision::unchanged(DecisionKind::NotOptedIn, "namespace not opted in")
 }
 
+/// What a pod's author may set of archway's keys: everything else under
+/// `archway.dev/` on a pod is archway's to write.
+pub const USER_POD_KEYS: [&str; 1] = [SKIP_ANNOTATION];
+const ARCHWAY_PREFIX: &str = "archway.dev/";
+
+/// archway's keys on a pod that archway did not write: on a pod's first
+/// review in an enforced namespace, every `archway.dev/` label and
+/// annotation but the user's inputs (`USER_POD_KEYS`). A pod author who
+/// wrote `archway.dev/arch: arm64` would otherwise pass for a pod the
+/// rollout placed. Labels first, then annotations.
+pub fn foreign_archway_keys(meta: &ObjectMeta) -> (Vec<&str>, Vec<&str>) {
+    fn foreign(map: Option<&BTreeMap<String, String>>) -> Vec<&str> {
+        (map.into_iter().flatten())
+            .map(|(key, _)| key.as_str())
+            .filter(|key| key.starts_with(ARCHWAY_PREFIX) && !USER_POD_KEYS.contains(key))
+            .collect()
+    }
+    (
+        foreign(meta.labels.as_ref()),
+        foreign(meta.annotations.as_ref()),
+    )
+}
+
 /// The reasons in the pod itself to leave it alone, before any lookup.
 pub fn screen(pod: &Pod) -> Option<Decision> {
     let annotations = pod.metadata.annotations.as_ref();

@@ -236,3 +236,79 @@ fn long_warnings_are_cut() {
     let cut = warning(&text);
     assert_eq!(cut.chars().count(), MAX_WARNING_CHARS);
 }
+
+fn patch_of(out: &Value) -> Value {
+    use base64::Engine;
+    let encoded = out["response"]["patch"].as_str().expect("a patch");
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(encoded)
+        .unwrap();
+    serde_json::from_slice(&bytes).unwrap()
+}
+
+/// archway's keys on a pod are archway's to write: on a pod's first review
+/// in an enforced namespace, those its author set go, with a warning;
+/// `archway.dev/skip` is the author's.
+#[tokio::test]
+async fn archway_keys_a_pod_author_set_are_removed_in_enforced_namespaces() {
+    let reviewer = reviewer(NAMESPACES);
+    let forged = |extra_annotations: Value| {
+        let mut p = pod("127.0.0.1:1/app:v1");
+        p["metadata"]["labels"] =
+            json!({"app": "web", "archway.dev/arch": "arm64", "archway.dev/gated": "true"});
+        let mut annotations =
+            json!({"archway.dev/hold-reason": "x", "archway.dev/skip": "false", "note": "mine"});
+        for (k, v) in extra_annotations.as_object().unwrap() {
+            annotations[k] = v.clone();
+        }
+        p["metadata"]["annotations"] = annotations;
+        p
+    };
+    // Admitted unchanged (its registry is down), but disowned.
+    let (out, record) = answer(&reviewer, &review("shop", forged(json!({})))).await;
+    assert_eq!(record.kind, DecisionKind::InspectionFailed);
+    assert_eq!(
+        patch_of(&out),
+        json!([
+            {"op": "remove", "path": "/metadata/labels/archway.dev~1arch"},
+            {"op": "remove", "path": "/metadata/labels/archway.dev~1gated"},
+            {"op": "remove", "path": "/metadata/annotations/archway.dev~1hold-reason"},
+        ])
+    );
+    let warnings = out["response"]["warnings"].to_string();
+    assert!(
+        warnings.contains("archway: removed archway.dev/arch, archway.dev/gated, archway.dev/hold-reason from the pod: archway alone writes archway.dev/ keys on pods (yours: archway.dev/skip)"),
+        "{warnings}"
+    );
+    // Skipped by its author: still disowned.
+    let skipped = forged(json!({"archway.dev/skip": "true"}));
+    let (out, record) = answer(&reviewer, &review("shop", skipped)).await;
+    assert_eq!(record.kind, DecisionKind::Skipped);
+    assert_eq!(patch_of(&out).as_array().unwrap().len(), 3);
+    // An audit namespace changes nothing; a pod archway already decided
+    // (a reinvocation) keeps archway's keys.
+    let (out, _) = answer(&reviewer, &review("lab", forged(json!({})))).await;
+    assert!(out["response"].get("patch").is_none(), "{out}");
+    let decided = forged(json!({"archway.dev/decision": "arm64: rollout 100%, bucket 3"}));
+    let (out, _) = answer(&reviewer, &review("shop", decided)).await;
+    assert!(out["response"].get("patch").is_none(), "{out}");
+}
+
+/// Whatever a pod carries in its gates is bounded like the rest of the
+/// pod view: 10,000 gates get the bound's warning, not a patch.
+#[tokio::test]
+async fn a_pod_with_ten_thousand_gates_is_admitted_unchanged() {
+    let reviewer = reviewer(NAMESPACES);
+    let gates: Vec<Value> = (0..10_000)
+        .map(|i| json!({"name": format!("example.com/g{i}")}))
+        .collect();
+    let mut p = pod("127.0.0.1:1/app:v1");
+    p["spec"]["schedulingGates"] = json!(gates);
+    let (out, _) = answer(&reviewer, &review("shop", p)).await;
+    assert!(out["response"].get("patch").is_none(), "{out}");
+    let warning = out["response"]["warnings"][0].as_str().unwrap();
+    assert!(
+        warning.contains("the pod has over 1024 scheduling gates; archway reads at most 1024"),
+        "{warning}"
+    );
+}
