@@ -268,6 +268,7 @@ async fn every_pod_bound_without_archway_is_bound_with_it_on_an_architecture_its
         tokio::time::sleep(Duration::from_secs(3)).await;
     }
     let metrics_before = world.archway.counter("archway_pods_unrunnable_total", &[]);
+    let gated_before = world.archway.counter("archway_pods_gated_total", &[]);
     for loaded in &shapes {
         for setting in Setting::all() {
             let namespace = setting.namespace(&loaded.name);
@@ -472,6 +473,28 @@ async fn every_pod_bound_without_archway_is_bound_with_it_on_an_architecture_its
         report.push(format!("{row}   ({})", loaded.shape.shape));
     }
     eprintln!("CORPUS OUTCOMES\n{}", report.join("\n"));
+    // Every pod of a `gate` namespace was gated once (its image cold), and
+    // counted once, though a second webhook made the API server call
+    // archway again.
+    let gate_namespaces: BTreeSet<String> = (shapes.iter())
+        .filter(|l| {
+            l.shape
+                .namespace_annotations
+                .get("archway.dev/cold")
+                .map(String::as_str)
+                == Some("gate")
+        })
+        .flat_map(|l| ROLLOUTS.map(|r| Setting::Rollout(r).namespace(&l.name)))
+        .collect();
+    let in_gate_namespaces = (final_pods.iter())
+        .filter(|p| gate_namespaces.contains(p.metadata.namespace.as_deref().unwrap_or_default()))
+        .count() as f64;
+    let gated = world.archway.counter("archway_pods_gated_total", &[]) - gated_before;
+    if gated != in_gate_namespaces {
+        failures.push(format!(
+            "archway_pods_gated_total rose by {gated} for {in_gate_namespaces} pods in gate namespaces"
+        ));
+    }
     let unrunnable = world.archway.counter("archway_pods_unrunnable_total", &[]) - metrics_before;
     if unrunnable != unrunnable_expected {
         failures.push(format!(
