@@ -5,9 +5,9 @@
 //! Why not `oci_client::Client` for the HTTP: it reads whole bodies with no
 //! size limit, builds its own HTTP client (so no resolver guard or redirect
 //! policy can be set), and keeps the first credentials it sees per registry,
-//! where archway needs one answer per (image, credential). oci-client's
-//! reference grammar is used for parsing (see `image.rs`); the requests are
-//! these few, on the same reqwest it uses.
+//! where archway needs one answer per (image, credential). The requests
+//! are these few, on the same reqwest it uses; references are read by
+//! archway's own parser, as the kubelet reads them (see `image.rs`).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -27,7 +27,7 @@ use super::guard::{
 use super::limits::{LookupLimits, Turn};
 use super::manifest::{self, MANIFEST_ACCEPT, ManifestContent};
 use super::{ImagePlatforms, InspectError, ManifestShape};
-use crate::image::ImageRef;
+use crate::image::{DigestAlgorithm, ImageRef};
 use crate::metrics::{Label, RegistryNames, status_label};
 
 /// How the client talks to registries.
@@ -351,7 +351,10 @@ impl RegistryClient {
                 &credential,
             )
             .await?;
-        let body_digest = manifest::sha256_digest(&manifest.body);
+        // A digest is checked with its own algorithm (sha512 names content
+        // as validly as sha256); a tag's answer is named by its sha256.
+        let algorithm = image.digest_algorithm().unwrap_or(DigestAlgorithm::Sha256);
+        let body_digest = manifest::digest_of(algorithm, &manifest.body);
         if let Some(expected) = image.digest().filter(|expected| *expected != body_digest) {
             return Err(InspectError::DigestMismatch {
                 host: endpoint.host.clone(),
@@ -376,7 +379,13 @@ impl RegistryClient {
                         &credential,
                     )
                     .await?;
-                let actual = manifest::sha256_digest(&config.body);
+                let algorithm = manifest::validate_digest(&config_digest).map_err(|error| {
+                    InspectError::Manifest {
+                        host: endpoint.host.clone(),
+                        error,
+                    }
+                })?;
+                let actual = manifest::digest_of(algorithm, &config.body);
                 if actual != config_digest {
                     return Err(InspectError::DigestMismatch {
                         host: endpoint.host.clone(),
