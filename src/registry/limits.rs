@@ -384,7 +384,6 @@ impl BodyBudget {
             return false;
         };
         let before = held.bytes;
-        held.most = held.most.max(bytes);
         held.bytes = bytes;
         if bytes <= before || ledger.every_body_can_finish(self.total, self.share) {
             return true;
