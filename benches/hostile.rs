@@ -1,7 +1,9 @@
-//! Issue 14's attacks, re-run against `archway serve` (a release build, its
-//! own process) on loopback, with the issue's sizes: what was sent, what
-//! archway answered, its peak RSS (VmHWM, reset before each attack through
-//! /proc/PID/clear_refs) and how many requests reached the registry.
+//! Issue 14's attacks, and issue 24's on the registry client, re-run
+//! against `archway serve` (a release build, its own process) on loopback,
+//! with the issues' sizes: what was sent, what archway answered (and, where
+//! the attack is on others, how long another namespace's review took), its
+//! peak RSS (VmHWM, reset before each attack through /proc/PID/clear_refs)
+//! and how many requests reached the registry.
 //! Run by benches/hostile.sh, which builds both binaries:
 //!
 //! ```text
@@ -237,6 +239,7 @@ async fn classify(response: reqwest::Result<reqwest::Response>) -> String {
             "not found",
             "unreadable",
             "larger",
+            "slower",
         ]
         .into_iter()
         .find(|w| first.contains(w))
@@ -345,14 +348,40 @@ async fn run(bin: PathBuf, out: PathBuf, only: Option<Vec<String>>) {
         &ImageSpec::multi_arch().with_salt("hostile-bench"),
     );
     let (layout_dir, addr) = (layout.dir.clone(), registry.addr());
-    let registry = tokio::task::spawn_blocking(move || {
-        registry.push(&layout_dir, "held/multi:v1", Format::Oci);
-        registry
+    let (registry, held_digest, held_index) = tokio::task::spawn_blocking(move || {
+        let digest = registry.push(&layout_dir, "held/multi:v1", Format::Oci);
+        let index = registry.inspect_raw("held/multi:v1");
+        (registry, digest, index)
     })
     .await
     .unwrap();
     let proxy = CountingProxy::start(addr).await;
     let host = proxy.host();
+    // Issue 24, item 3: a host whose manifests drip, chunked, a byte a second.
+    let drip_proxy = CountingProxy::start(addr).await;
+    drip_proxy.set_fault_rule(|request| {
+        if request.is_manifest() {
+            Fault::Drip {
+                status: 200,
+                headers: vec![("content-type".into(), OCI_INDEX.into())],
+                chunk: 1,
+                interval: Duration::from_secs(1),
+                total: 4 * 1024 * 1024,
+            }
+        } else {
+            Fault::None
+        }
+    });
+    // Issue 24, item 4: the same registry at an IPv6 address, and the held
+    // index under its sha512 name (as a registry storing sha512 serves it).
+    let ipv6_proxy = CountingProxy::start_on("[::1]:0".parse().unwrap(), addr).await;
+    let held_sha512 = {
+        let hash = ring::digest::digest(&ring::digest::SHA512, &held_index);
+        let hex: String = hash.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+        format!("sha512:{hex}")
+    };
+    let sha512_path = format!("/v2/held/multi/manifests/{held_sha512}");
+    let held_index = Bytes::from(held_index);
     // Crafted indexes for item 4: 256 platforms, 4,000-character architectures.
     let hostile_index = {
         let long = "a".repeat(4000);
@@ -373,6 +402,12 @@ async fn run(bin: PathBuf, out: PathBuf, only: Option<Vec<String>>) {
                 vec![("content-type".into(), OCI_INDEX.into())],
                 hostile_index.clone(),
             )
+        } else if request.path == sha512_path {
+            Fault::Body(
+                200,
+                vec![("content-type".into(), OCI_INDEX.into())],
+                held_index.clone(),
+            )
         } else {
             Fault::None
         }
@@ -381,7 +416,9 @@ async fn run(bin: PathBuf, out: PathBuf, only: Option<Vec<String>>) {
     // ns0..ns99: floods spread over namespaces, so that the per-namespace
     // budget does not hide what items 3, 4 and 8 bound.
     let mut config = format!(
-        "targetArchitecture: arm64\ntimeBudget: 2500ms\ncache: {{ tagTtl: 1h }}\nregistry:\n  insecure: [\"{host}\"]\n  allowPrivate: [\"127.0.0.0/8\"]\nnamespaces:\n  shop: {{ mode: enforce, rollout: 100 }}\n  other: {{ mode: enforce, rollout: 100 }}\n  noisy: {{ mode: enforce, rollout: 100 }}\n"
+        "targetArchitecture: arm64\ntimeBudget: 2500ms\ncache: {{ tagTtl: 1h }}\nregistry:\n  insecure: [\"{host}\", \"{}\", \"{}\"]\n  allowPrivate: [\"127.0.0.0/8\"]\nnamespaces:\n  shop: {{ mode: enforce, rollout: 100 }}\n  other: {{ mode: enforce, rollout: 100 }}\n  noisy: {{ mode: enforce, rollout: 100 }}\n",
+        drip_proxy.host(),
+        ipv6_proxy.host()
     );
     for n in 0..100 {
         config.push_str(&format!("  ns{n}: {{ mode: enforce, rollout: 100 }}\n"));
@@ -739,6 +776,98 @@ async fn run(bin: PathBuf, out: PathBuf, only: Option<Vec<String>>) {
         });
     }
 
+    if wanted("drips") {
+        // Issue 24, item 3: 2, then 20, chunked manifests dripping a byte a
+        // second (one namespace, one host), then a cold review in another
+        // namespace for an image on another, healthy, host.
+        for (count, victim) in [
+            (2, format!("{host}/held/multi@{held_digest}")),
+            (20, format!("{host}/held/multi:v1@{held_digest}")),
+        ] {
+            archway.reset_peak();
+            let rss_before = archway.rss_mib();
+            let before = registry_count();
+            let drips_before = drip_proxy.requests().len();
+            let bodies: Vec<Bytes> = (0..count)
+                .map(|i| {
+                    let image = format!("{}/drip/c{count}i{i}:v1", drip_proxy.host());
+                    Bytes::from(review(&format!("d{i}"), "noisy", pod("d", &[image])))
+                })
+                .collect();
+            let clients = vec![archway.client(false)];
+            let attack = tokio::spawn({
+                let url = url.clone();
+                async move { flood(&clients, &url, bodies, count).await }
+            });
+            // Every drip the host may serve at once (16) is flowing.
+            let started = Instant::now();
+            while drip_proxy.requests().len() - drips_before < count.min(16)
+                && started.elapsed() < Duration::from_secs(10)
+            {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let (took, answer) = probe(
+                &archway,
+                review("victim", "other", pod("victim", &[victim])),
+            )
+            .await;
+            let tally = attack.await.unwrap();
+            rows.push(Row {
+                attack: "24.3 slow drips",
+                sent: format!(
+                    "{count} pods, each a chunked manifest at 1 byte/s (one namespace, one host)"
+                ),
+                answer: format!(
+                    "{}; another namespace's cold review (healthy host): {answer} in {:.0} ms; RSS before {rss_before:.1}",
+                    tally.summary(),
+                    took.as_secs_f64() * 1000.0
+                ),
+                peak_mib: archway.peak_mib(),
+                registry: registry_count() - before,
+            });
+        }
+    }
+
+    if wanted("sha512") {
+        // Issue 24, item 4: a pod pinned by a sha512 digest.
+        archway.reset_peak();
+        let before = registry_count();
+        let image = format!("{host}/held/multi@{held_sha512}");
+        let (took, answer) = probe(&archway, review("s512", "shop", pod("s512", &[image]))).await;
+        rows.push(Row {
+            attack: "24.4 sha512 digest",
+            sent: "1 pod, image@sha512:<128 hex> (the held index)".into(),
+            answer: format!("{answer} in {:.0} ms", took.as_secs_f64() * 1000.0),
+            peak_mib: archway.peak_mib(),
+            registry: registry_count() - before,
+        });
+    }
+
+    if wanted("ipv6") {
+        // Issue 24, item 4: registries at IPv6 addresses, one configured
+        // (registry.insecure), the others internal and not.
+        archway.reset_peak();
+        let before = ipv6_proxy.requests().len();
+        let tally = Tally::default();
+        for image in [
+            format!("{}/held/multi:v1", ipv6_proxy.host()),
+            "[::1]:1/app:v1".to_string(),
+            "[fd00::1]/app:v1".to_string(),
+            "[fe80::1]:5000/app:v1".to_string(),
+        ] {
+            let (_, answer) = probe(&archway, review("v6", "shop", pod("v6", &[image]))).await;
+            tally.add(answer);
+        }
+        rows.push(Row {
+            attack: "24.4 IPv6 registries",
+            sent: "4 pods: [::1]:PORT (configured), [::1]:1, [fd00::1], [fe80::1]:5000".into(),
+            answer: tally.summary(),
+            peak_mib: archway.peak_mib(),
+            registry: ipv6_proxy.requests().len() - before,
+        });
+    }
+
     println!("| attack | what was sent | archway's answer | peak RSS MiB | registry requests |");
     println!("|---|---|---|---|---|");
     for row in rows {
@@ -749,6 +878,8 @@ async fn run(bin: PathBuf, out: PathBuf, only: Option<Vec<String>>) {
     }
     drop(archway);
     drop(proxy);
+    drop(drip_proxy);
+    drop(ipv6_proxy);
     tokio::task::spawn_blocking(move || drop(registry))
         .await
         .unwrap();

@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# Issue 14's attacks against a release `archway serve`, on loopback, with
-# the issue's sizes; prints a table (attack, what was sent, archway's
-# answer, peak RSS, registry requests). About 3 minutes.
+# Issues 14's and 24's attacks against a release `archway serve`, on
+# loopback, with the issues' sizes; prints a table (attack, what was sent,
+# archway's answer with another namespace's review time where the attack is
+# on others, peak RSS, registry requests). About 3 minutes.
 #
 #   benches/hostile.sh                 # every attack
 #   ONLY=bodies,fanout benches/hostile.sh
+#   ONLY=drips,sha512,ipv6,indexes benches/hostile.sh   # issue 24's registry rows
 #
 # Needs docker-registry and skopeo (the tests' harness). Output: $OUT.
 set -euo pipefail

@@ -282,9 +282,8 @@ impl Inspector {
         Requester::new(Some(namespace))
     }
 
-    /// `image` parsed, remembered: parsing with oci-client's grammar (a
-    /// regex) costs about a microsecond, and pods name the same images
-    /// over and over.
+    /// `image` parsed, remembered: pods name the same images over and
+    /// over, and each parse allocates the normalised parts.
     pub fn parse_reference(
         &self,
         image: &str,

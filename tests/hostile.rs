@@ -1,8 +1,8 @@
-//! Hostile pod authors, round 2 (issue 14): what a pod spec or an image
-//! reference carries reaches archway, so every path is bounded: where it
-//! connects, how much it holds, how many requests it makes, and for whom.
-//! Against a real registry, a real TLS webhook and loopback servers that
-//! count what reaches them.
+//! Hostile pod authors, rounds 2 and 3 (issues 14 and 24): what a pod spec
+//! or an image reference carries reaches archway, so every path is
+//! bounded: where it connects, how much it holds, how many requests it
+//! makes, and for whom. Against a real registry, a real TLS webhook and
+//! loopback servers that count what reaches them (and drip what they send).
 
 mod support;
 
@@ -16,7 +16,7 @@ use archway::image::ImageRef;
 use archway::registry::{Credential, InspectError, RegistryClient, RegistrySettings};
 use serde_json::json;
 use support::webhook::{TestWebhook, pod_review};
-use support::{CountingProxy, ImageSpec, Registry, RegistryOptions, build_layout};
+use support::{CountingProxy, Fault, ImageSpec, Registry, RegistryOptions, build_layout};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn install_crypto() {
@@ -455,4 +455,169 @@ async fn silent_connections_are_closed_and_capped() {
         .expect("served once a place is free")
         .unwrap();
     webhook.stop().await;
+}
+
+const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+
+/// A registry stand-in whose manifests under `/v2/drip/` come chunked (no
+/// length, so each may still grow to the 4 MiB limit) at `chunk` bytes
+/// every `interval`, to 4 MiB; everything else goes to `upstream`.
+async fn dripping(
+    upstream: std::net::SocketAddr,
+    chunk: usize,
+    interval: Duration,
+) -> CountingProxy {
+    let proxy = CountingProxy::start(upstream).await;
+    proxy.set_fault_rule(move |r| {
+        if r.path.starts_with("/v2/drip/") && r.is_manifest() {
+            Fault::Drip {
+                status: 200,
+                headers: vec![("content-type".into(), OCI_INDEX.into())],
+                chunk,
+                interval,
+                total: 4 * 1024 * 1024,
+            }
+        } else {
+            Fault::None
+        }
+    });
+    proxy
+}
+
+/// Issue 24, item 3: answers that drip a byte a second used to reserve
+/// the 4 MiB limit each from the 8 MiB budget of registry bytes in flight,
+/// so two of them made a review in another namespace, whose registry had
+/// its answer ready, wait past its 2.5 s time budget and go unplaced. Bytes
+/// are now charged as they arrive and one host holds at most half: with 2,
+/// and with 20, drips running, the other namespace's cold review (a real
+/// registry, an image never asked for) is placed within its time budget.
+#[tokio::test]
+async fn slow_drips_leave_another_namespace_s_cold_review_its_time_budget() {
+    let registry = Registry::start(RegistryOptions::plain());
+    let dir = tempfile::tempdir().unwrap();
+    let layout = build_layout(
+        dir.path(),
+        &ImageSpec::multi_arch().with_salt("hostile-drips"),
+    );
+    // Each round starts archway afresh: the image is cold in both.
+    registry.push(&layout.dir, "victim/multi:v1", support::Format::Oci);
+    let drips = dripping(registry.addr(), 1, Duration::from_secs(1)).await;
+    for count in [2usize, 20] {
+        let config = Config::from_yaml(&format!(
+            "targetArchitecture: arm64\ntimeBudget: 2500ms\npolicySource: static\n\
+             namespaces:\n  victim: {{ mode: enforce, rollout: 100 }}\n  \
+             attacker: {{ mode: enforce, rollout: 100 }}\n\
+             registry:\n  insecure: [\"{}\", \"{}\"]\n  requestTimeout: 30s\n",
+            registry.host(),
+            drips.host()
+        ))
+        .unwrap();
+        let webhook = TestWebhook::start(config).await;
+        let before = drips.count(|r| r.path.starts_with("/v2/drip/"));
+        let attacks: Vec<_> = (0..count)
+            .map(|i| {
+                let pod = json!({"metadata": {"name": format!("a{i}")}, "spec": {"containers": [
+                    {"name": "c", "image": format!("{}/drip/n{count}i{i}:v1", drips.host())}]}});
+                let body =
+                    serde_json::to_vec(&pod_review(&format!("a{i}"), "attacker", &pod)).unwrap();
+                let (client, url) = (webhook.client.clone(), webhook.url());
+                tokio::spawn(async move {
+                    let _ = client
+                        .post(url)
+                        .header("content-type", "application/json")
+                        .body(body)
+                        .send()
+                        .await;
+                })
+            })
+            .collect();
+        // Every drip the registry's host may serve at once (16) is flowing.
+        let started = Instant::now();
+        while drips.count(|r| r.path.starts_with("/v2/drip/")) - before < count.min(16) {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "the drips did not start"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let pod = json!({"metadata": {"name": "victim"}, "spec": {"containers": [
+            {"name": "c", "image": format!("{}/victim/multi:v1", registry.host())}]}});
+        let answer = webhook.review(&pod_review("victim", "victim", &pod)).await;
+        eprintln!(
+            "{count} drips: the victim's warnings {}",
+            answer["response"]["warnings"]
+        );
+        assert!(
+            answer["response"]["patch"].is_string(),
+            "{count} drips: the victim was not placed: {answer}"
+        );
+        for attack in attacks {
+            attack.abort();
+        }
+        webhook.stop().await;
+    }
+}
+
+/// Issue 24, item 3: an answer slower than 1 KiB a second, after its first
+/// second, is given up (`too_slow`), long before the request timeout; one
+/// at 2.5 KiB a second is read to its end (and found unreadable: it is all
+/// `x`).
+#[tokio::test]
+async fn an_answer_slower_than_the_minimum_rate_is_given_up() {
+    let server = SlowServer::start(Duration::ZERO).await;
+    let slow = dripping(server.addr, 16, Duration::from_millis(100)).await;
+    let fast_enough = CountingProxy::start(server.addr).await;
+    fast_enough.set_fault_rule(|r| {
+        if r.is_manifest() {
+            Fault::Drip {
+                status: 200,
+                headers: vec![("content-type".into(), OCI_INDEX.into())],
+                chunk: 256,
+                interval: Duration::from_millis(100),
+                total: 8 * 1024,
+            }
+        } else {
+            Fault::None
+        }
+    });
+    let settings = RegistrySettings {
+        request_timeout: Duration::from_secs(30),
+        ..plain(&[slow.host(), fast_enough.host()])
+    };
+    let inspector = inspector(settings, CacheSettings::default());
+    let (answer, _) = inspector
+        .inspect(
+            &image(&format!("{}/drip/app:v1", slow.host())),
+            &Credential::Anonymous,
+        )
+        .await;
+    let error = answer.unwrap_err();
+    assert_eq!(error.metric_label(), "too_slow", "{error}");
+    assert_eq!(
+        error.to_string(),
+        format!(
+            "registry {} sent the manifest or config slower than 1024 bytes a second",
+            slow.host()
+        )
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let settled = slow.dripped_bytes();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        slow.dripped_bytes(),
+        settled,
+        "the answer is no longer read"
+    );
+    assert!(settled < 1024, "{settled} bytes");
+
+    let (answer, _) = inspector
+        .inspect(
+            &image(&format!("{}/app:v1", fast_enough.host())),
+            &Credential::Anonymous,
+        )
+        .await;
+    let error = answer.unwrap_err();
+    assert_eq!(error.metric_label(), "bad_manifest", "{error}");
+    assert_eq!(fast_enough.dripped_bytes(), 8 * 1024, "read to its end");
 }

@@ -662,3 +662,110 @@ async fn a_rate_limited_registry_is_left_alone_until_retry_after() {
         .await;
     assert_eq!(platforms(&later.unwrap()), ["linux/amd64"]);
 }
+
+/// `<algorithm>:<hex>` of `bytes`, computed here independently of archway.
+fn digest_with(algorithm: &'static ring::digest::Algorithm, name: &str, bytes: &[u8]) -> String {
+    let hash = ring::digest::digest(algorithm, bytes);
+    let hex: String = hash.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+    format!("{name}:{hex}")
+}
+
+/// Issue 24, item 4: `image@sha512:<128 hex>` is valid OCI. Its content is
+/// checked with sha512 (it used to be hashed with sha256, never matched,
+/// and was cached as the registry's failure). The stand-in serves the
+/// index pushed to the real registry under its sha512 name, as a registry
+/// that stores sha512 content does; other bytes under that name are
+/// refused, named with the algorithm asked for.
+#[tokio::test]
+async fn a_sha512_digest_is_checked_with_sha512() {
+    let fx = fixture();
+    let raw = fx.registry.inspect_raw("demo:v1");
+    let sha512 = digest_with(&ring::digest::SHA512, "sha512", &raw);
+    let other = fx.registry.inspect_raw("docker-list:v1");
+    let other_sha512 = digest_with(&ring::digest::SHA512, "sha512", &other);
+    let wrong = format!("sha512:{}", "0".repeat(128));
+    let proxy = CountingProxy::start(fx.registry.addr()).await;
+    let (right_path, wrong_path) = (
+        format!("/v2/demo/manifests/{sha512}"),
+        format!("/v2/demo/manifests/{wrong}"),
+    );
+    let index = "application/vnd.oci.image.index.v1+json".to_string();
+    proxy.set_fault_rule(move |r| {
+        let headers = vec![("content-type".to_string(), index.clone())];
+        if r.path == right_path {
+            support::Fault::Body(200, headers, raw.clone().into())
+        } else if r.path == wrong_path {
+            support::Fault::Body(200, headers, other.clone().into())
+        } else {
+            support::Fault::None
+        }
+    });
+    let host = proxy.host();
+    let inspector = inspector(settings_for(std::slice::from_ref(&host)));
+    let (found, _) = inspector
+        .inspect(
+            &image(&format!("{host}/demo@{sha512}")),
+            &Credential::Anonymous,
+        )
+        .await;
+    let found = found.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(platforms(&found), ["linux/amd64", "linux/arm64"]);
+    assert_eq!(found.digest, sha512, "named by the digest asked for");
+
+    let (lied, _) = inspector
+        .inspect(
+            &image(&format!("{host}/demo@{wrong}")),
+            &Credential::Anonymous,
+        )
+        .await;
+    match lied {
+        Err(InspectError::DigestMismatch {
+            expected, actual, ..
+        }) => {
+            assert_eq!(expected, wrong);
+            assert_eq!(actual, other_sha512);
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+/// Issue 24, item 4: a registry at an IPv6 address (`[::1]:PORT/x`) is
+/// read as the kubelet reads it (it used to be an invalid reference) and
+/// answers when configured; unconfigured, the network guard refuses
+/// loopback, unique-local and link-local IPv6 as it does their IPv4
+/// kin, before connecting.
+#[tokio::test]
+async fn a_registry_at_an_ipv6_address_is_asked_and_guarded() {
+    let fx = fixture();
+    let proxy = CountingProxy::start_on("[::1]:0".parse().unwrap(), fx.registry.addr()).await;
+    let host = proxy.host();
+    assert!(host.starts_with("[::1]:"), "{host}");
+    let reference = image(&format!("{host}/demo:v1"));
+    assert_eq!(reference.registry(), host);
+
+    let configured = inspector(settings_for(std::slice::from_ref(&host)));
+    let (found, _) = configured.inspect(&reference, &Credential::Anonymous).await;
+    assert_eq!(platforms(&found.unwrap()), ["linux/amd64", "linux/arm64"]);
+    let asked = proxy.requests().len();
+    assert!(asked >= 1);
+
+    let strict = inspector(RegistrySettings::default());
+    for (reference, range) in [
+        (format!("{host}/demo:v1"), "loopback"),
+        ("[fd00::1]/x:v1".to_string(), "unique-local"),
+        ("[fe80::1]:5000/x:v1".to_string(), "link-local"),
+        ("[::]:5000/x:v1".to_string(), "unspecified"),
+        (
+            "[64:ff9b::a9fe:a9fe]/latest/meta-data:v1".to_string(),
+            "NAT64",
+        ),
+    ] {
+        let (refused, _) = strict
+            .inspect(&image(&reference), &Credential::Anonymous)
+            .await;
+        let error = refused.unwrap_err();
+        assert_eq!(error.metric_label(), "refused", "{reference}: {error}");
+        assert!(error.to_string().contains(range), "{reference}: {error}");
+    }
+    assert_eq!(proxy.requests().len(), asked, "nothing more reached it");
+}

@@ -5,9 +5,9 @@
 //! Why not `oci_client::Client` for the HTTP: it reads whole bodies with no
 //! size limit, builds its own HTTP client (so no resolver guard or redirect
 //! policy can be set), and keeps the first credentials it sees per registry,
-//! where archway needs one answer per (image, credential). oci-client's
-//! reference grammar is used for parsing (see `image.rs`); the requests are
-//! these few, on the same reqwest it uses.
+//! where archway needs one answer per (image, credential). The requests
+//! are these few, on the same reqwest it uses; references are read by
+//! archway's own parser, as the kubelet reads them (see `image.rs`).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -24,10 +24,10 @@ use super::credentials::{Credential, Keyring};
 use super::guard::{
     ConnectionGuard, DEFAULT_TRUSTED_HOSTS, GuardedResolver, NetworkGuard, Refusal,
 };
-use super::limits::{LookupLimits, Turn};
+use super::limits::{BodyBudget, BodyCharge, LookupLimits, Turn};
 use super::manifest::{self, MANIFEST_ACCEPT, ManifestContent};
 use super::{ImagePlatforms, InspectError, ManifestShape};
-use crate::image::ImageRef;
+use crate::image::{DigestAlgorithm, ImageRef};
 use crate::metrics::{Label, RegistryNames, status_label};
 
 /// How the client talks to registries.
@@ -49,6 +49,10 @@ pub struct RegistrySettings {
     pub keyring: Keyring,
     pub max_manifest_bytes: usize,
     pub max_token_bytes: usize,
+    /// The slowest a response body may come: after its first second, each
+    /// second must bring at least this many bytes (or the end), or the
+    /// answer is given up (`InspectError::TooSlow`). 0: no minimum.
+    pub min_body_bytes_per_second: u64,
     /// Lookups asking registries at once, in total and per host; more wait
     /// their turn (first come, first served; a review's own lookups go a
     /// few at a time, see `cache::Requester`).
@@ -70,6 +74,7 @@ impl Default for RegistrySettings {
             keyring: Keyring::default(),
             max_manifest_bytes: 4 * 1024 * 1024,
             max_token_bytes: 1024 * 1024,
+            min_body_bytes_per_second: 1024,
             max_concurrent_lookups: 64,
             max_concurrent_lookups_per_host: 16,
             guard: NetworkGuard {
@@ -98,9 +103,9 @@ pub struct RegistryClient {
     /// whole host backs off, not just the image that was refused.
     backoff: Arc<std::sync::Mutex<BTreeMap<String, std::time::Instant>>>,
     limits: Arc<LookupLimits>,
-    /// Registry response bodies held at once, in KiB: 64 lookups reading
-    /// 4 MiB manifests would otherwise hold 256 MiB.
-    body_kib: Arc<tokio::sync::Semaphore>,
+    /// Registry response bytes held at once, charged as they arrive: 64
+    /// lookups reading 4 MiB manifests would otherwise hold 256 MiB.
+    bodies: Arc<BodyBudget>,
     /// How hosts are named in metrics.
     names: Arc<RegistryNames>,
 }
@@ -109,8 +114,16 @@ pub struct RegistryClient {
 /// names gets no more entries than this.
 const MAX_BACKING_OFF: usize = 1024;
 
-/// Registry response bytes held at once (at least one largest body).
+/// Registry response bytes held at once; at least two of the largest
+/// bodies, as one host or one namespace may hold half of it.
 const BODY_BYTES_IN_FLIGHT: usize = 8 * 1024 * 1024;
+
+/// The first second of a body is not held to the minimum rate: it covers
+/// the registry's time to start sending and TCP's slow start.
+const BODY_GRACE: Duration = Duration::from_secs(1);
+
+/// The smallest allocation for a body of unknown length; it then doubles.
+const FIRST_BODY_CAPACITY: usize = 8 * 1024;
 
 /// How long a host backs off after a 429 without `Retry-After`, and the
 /// most a `Retry-After` is believed.
@@ -234,15 +247,13 @@ impl RegistryClient {
             settings.max_concurrent_lookups,
             settings.max_concurrent_lookups_per_host,
         ));
-        let body_kib = BODY_BYTES_IN_FLIGHT
-            .max(settings.max_manifest_bytes)
-            .max(settings.max_token_bytes)
-            .div_ceil(1024);
+        let largest_body = settings.max_manifest_bytes.max(settings.max_token_bytes);
+        let in_flight = BODY_BYTES_IN_FLIGHT.max(2 * largest_body);
         Ok(RegistryClient {
             http,
             names,
             limits,
-            body_kib: Arc::new(tokio::sync::Semaphore::new(body_kib)),
+            bodies: BodyBudget::new(in_flight, in_flight / 2),
             settings: Arc::new(settings),
             guard,
             backoff: Arc::default(),
@@ -281,7 +292,7 @@ impl RegistryClient {
         let mut last_error = None;
         for endpoint in self.endpoints(image) {
             let permit = self.limits.acquire(&endpoint.host, turn).await;
-            let result = self.inspect_at(&endpoint, image, credential).await;
+            let result = self.inspect_at(&endpoint, image, credential, turn).await;
             drop(permit);
             match result {
                 Ok(found) => return Ok(found),
@@ -328,6 +339,7 @@ impl RegistryClient {
         endpoint: &Endpoint,
         image: &ImageRef,
         credential: &Credential,
+        turn: &Turn,
     ) -> Result<ImagePlatforms, InspectError> {
         // A pod's credential belongs to the image's registry; a mirror gets
         // only the cluster's own credential for it.
@@ -349,9 +361,13 @@ impl RegistryClient {
                 &format!("manifests/{reference}"),
                 MANIFEST_ACCEPT,
                 &credential,
+                turn,
             )
             .await?;
-        let body_digest = manifest::sha256_digest(&manifest.body);
+        // A digest is checked with its own algorithm (sha512 names content
+        // as validly as sha256); a tag's answer is named by its sha256.
+        let algorithm = image.digest_algorithm().unwrap_or(DigestAlgorithm::Sha256);
+        let body_digest = manifest::digest_of(algorithm, &manifest.body);
         if let Some(expected) = image.digest().filter(|expected| *expected != body_digest) {
             return Err(InspectError::DigestMismatch {
                 host: endpoint.host.clone(),
@@ -364,6 +380,8 @@ impl RegistryClient {
                 host: endpoint.host.clone(),
                 error,
             })?;
+        // Read: its bytes go back to the budget before the config is asked.
+        drop(manifest);
         let (platforms, shape) = match content {
             ManifestContent::Index(platforms) => (platforms, ManifestShape::Index),
             ManifestContent::Image { config_digest } => {
@@ -374,9 +392,16 @@ impl RegistryClient {
                         &format!("blobs/{config_digest}"),
                         "*/*",
                         &credential,
+                        turn,
                     )
                     .await?;
-                let actual = manifest::sha256_digest(&config.body);
+                let algorithm = manifest::validate_digest(&config_digest).map_err(|error| {
+                    InspectError::Manifest {
+                        host: endpoint.host.clone(),
+                        error,
+                    }
+                })?;
+                let actual = manifest::digest_of(algorithm, &config.body);
                 if actual != config_digest {
                     return Err(InspectError::DigestMismatch {
                         host: endpoint.host.clone(),
@@ -456,6 +481,7 @@ impl RegistryClient {
         path: &str,
         accept: &str,
         credential: &Credential,
+        turn: &Turn,
     ) -> Result<Fetched, InspectError> {
         let url = reqwest::Url::parse(&format!(
             "{}://{}/v2/{repository}/{path}",
@@ -495,7 +521,7 @@ impl RegistryClient {
                     .and_then(|v| v.to_str().ok())
                     .map(str::to_string);
                 let value = self
-                    .authenticate(endpoint, repository, credential, challenge.as_deref())
+                    .authenticate(endpoint, repository, credential, challenge.as_deref(), turn)
                     .await?;
                 self.auth.insert(key.clone(), value.clone()).await;
                 authorization = Some(value);
@@ -503,7 +529,7 @@ impl RegistryClient {
             }
             let sent_credentials = authorization.is_some() && !credential.is_anonymous();
             return self
-                .finish(endpoint, repository, response, sent_credentials)
+                .finish(endpoint, repository, response, sent_credentials, turn)
                 .await;
         }
         Err(InspectError::Unauthorized {
@@ -519,6 +545,7 @@ impl RegistryClient {
         repository: &str,
         response: Response,
         sent_credentials: bool,
+        turn: &Turn,
     ) -> Result<Fetched, InspectError> {
         let status = response.status();
         let host = endpoint.host.clone();
@@ -529,14 +556,15 @@ impl RegistryClient {
                     .get(CONTENT_TYPE)
                     .and_then(|v| v.to_str().ok())
                     .map(str::to_string);
-                let (body, held) = read_limited(
-                    response,
-                    self.settings.max_manifest_bytes,
-                    &self.body_kib,
-                    &host,
-                    "manifest or config",
-                )
-                .await?;
+                let (body, held) = self
+                    .read_limited(
+                        response,
+                        self.settings.max_manifest_bytes,
+                        &host,
+                        turn,
+                        "manifest or config",
+                    )
+                    .await?;
                 Ok(Fetched {
                     content_type,
                     body,
@@ -571,6 +599,7 @@ impl RegistryClient {
         repository: &str,
         credential: &Credential,
         challenge: Option<&str>,
+        turn: &Turn,
     ) -> Result<StoredAuth, InspectError> {
         let unauthorized = || InspectError::Unauthorized {
             host: endpoint.host.clone(),
@@ -593,7 +622,14 @@ impl RegistryClient {
             } => {
                 let scope = scope.unwrap_or_else(|| format!("repository:{repository}:pull"));
                 let token = self
-                    .fetch_token(endpoint, &realm, service.as_deref(), &scope, credential)
+                    .fetch_token(
+                        endpoint,
+                        &realm,
+                        service.as_deref(),
+                        &scope,
+                        credential,
+                        turn,
+                    )
                     .await?;
                 Ok(StoredAuth::new(
                     format!("Bearer {}", token.value),
@@ -612,6 +648,7 @@ impl RegistryClient {
         service: Option<&str>,
         scope: &str,
         credential: &Credential,
+        turn: &Turn,
     ) -> Result<Token, InspectError> {
         let url = self.token_url(endpoint, realm, service, scope).await?;
         let mut request = self.http.get(url).timeout(self.settings.request_timeout);
@@ -642,14 +679,15 @@ impl RegistryClient {
                 format!("token endpoint answered HTTP {}", status.as_u16()),
             ));
         }
-        let (body, _held) = read_limited(
-            response,
-            self.settings.max_token_bytes,
-            &self.body_kib,
-            &endpoint.host,
-            "token response",
-        )
-        .await?;
+        let (body, _held) = self
+            .read_limited(
+                response,
+                self.settings.max_token_bytes,
+                &endpoint.host,
+                turn,
+                "token response",
+            )
+            .await?;
         parse_token(&body).map_err(|reason| token_error(endpoint, reason.into()))
     }
 
@@ -699,6 +737,119 @@ impl RegistryClient {
             query.append_pair("scope", scope);
         }
         Ok(url)
+    }
+}
+
+impl RegistryClient {
+    /// Reads a body of at most `limit` bytes, refusing more without
+    /// reading them. Its memory is charged to the budget of bytes in flight
+    /// as it grows (never ahead of what arrived, except the doubling of the
+    /// buffer), waiting for room if need be. A body slower than the
+    /// minimum rate is given up.
+    async fn read_limited(
+        &self,
+        mut response: Response,
+        limit: usize,
+        host: &str,
+        turn: &Turn,
+        what: &'static str,
+    ) -> Result<(Vec<u8>, BodyCharge), InspectError> {
+        let too_large = || InspectError::TooLarge {
+            host: host.to_string(),
+            what,
+            limit,
+        };
+        // No room before the request's end: archway's own shortage, which
+        // says nothing about the registry (not remembered).
+        let budget_full = || InspectError::Local {
+            host: host.to_string(),
+            reason: format!(
+                "registry answers in memory are at archway's limit ({} MiB)",
+                self.bodies.total() / (1024 * 1024)
+            ),
+        };
+        let announced = response.content_length();
+        if announced.is_some_and(|len| len > limit as u64) {
+            return Err(too_large());
+        }
+        // hyper reads no more than an announced length.
+        let most = announced.map_or(limit, |len| len as usize);
+        let mut charge = self.bodies.open(host, turn.namespace.clone(), most);
+        let deadline = tokio::time::Instant::now() + self.settings.request_timeout;
+        let mut pace = Pace::new(self.settings.min_body_bytes_per_second);
+        let mut body = Vec::new();
+        loop {
+            let chunk = match tokio::time::timeout_at(pace.window_end, response.chunk()).await {
+                Err(_) => {
+                    if !pace.window_ended() {
+                        return Err(InspectError::TooSlow {
+                            host: host.to_string(),
+                            what,
+                            bytes_per_second: pace.min_bytes_per_second,
+                        });
+                    }
+                    continue;
+                }
+                Ok(chunk) => chunk.map_err(|e| transport_error(host, e))?,
+            };
+            let Some(chunk) = chunk else { break };
+            pace.received(chunk.len());
+            let needed = body.len() + chunk.len();
+            if needed > most {
+                return Err(too_large());
+            }
+            if needed > body.capacity() {
+                let capacity = needed
+                    .max(2 * body.capacity())
+                    .max(FIRST_BODY_CAPACITY)
+                    .min(most);
+                let waited = charge
+                    .grow_to(capacity, deadline)
+                    .await
+                    .map_err(|_| budget_full())?;
+                // Waiting for room is archway's time, not the registry's.
+                pace.window_end += waited;
+                body.reserve_exact(capacity - body.len());
+            }
+            body.extend_from_slice(&chunk);
+        }
+        charge.finish(body.capacity());
+        Ok((body, charge))
+    }
+}
+
+/// The minimum rate of a body: its first second is free (`BODY_GRACE`),
+/// then each second must bring `min_bytes_per_second`. Checked when a
+/// second ends with the body waiting for bytes, so a body that keeps
+/// coming is never stopped here.
+struct Pace {
+    min_bytes_per_second: u64,
+    window_end: tokio::time::Instant,
+    in_window: u64,
+    in_grace: bool,
+}
+
+impl Pace {
+    fn new(min_bytes_per_second: u64) -> Pace {
+        Pace {
+            min_bytes_per_second,
+            window_end: tokio::time::Instant::now() + BODY_GRACE,
+            in_window: 0,
+            in_grace: true,
+        }
+    }
+
+    fn received(&mut self, bytes: usize) {
+        self.in_window = self.in_window.saturating_add(bytes as u64);
+    }
+
+    /// A second is over: whether it brought enough. The next one starts.
+    fn window_ended(&mut self) -> bool {
+        let enough = self.in_grace || self.in_window >= self.min_bytes_per_second;
+        self.in_grace = false;
+        self.in_window = 0;
+        self.window_end += Duration::from_secs(1);
+        enough
     }
 }
 
@@ -753,8 +904,9 @@ struct Endpoint {
 struct Fetched {
     content_type: Option<String>,
     body: Vec<u8>,
-    /// The body's share of `BODY_BYTES_IN_FLIGHT`, given back on drop.
-    _held: tokio::sync::OwnedSemaphorePermit,
+    /// The body's charge on the budget of bytes in flight, given back on
+    /// drop.
+    _held: BodyCharge,
 }
 
 struct Token {
@@ -764,54 +916,6 @@ struct Token {
 
 fn basic_value(username: &str, password: &str) -> String {
     base64::engine::general_purpose::STANDARD.encode(format!("{username}:{password}"))
-}
-
-/// Reads at most `limit` bytes, refusing more without reading them. The
-/// bytes are first taken from `budget` (KiB), all at once so that no read
-/// holds part of it while waiting for more: the declared length, or the
-/// limit, cut to what was read.
-async fn read_limited(
-    mut response: Response,
-    limit: usize,
-    budget: &Arc<tokio::sync::Semaphore>,
-    host: &str,
-    what: &'static str,
-) -> Result<(Vec<u8>, tokio::sync::OwnedSemaphorePermit), InspectError> {
-    let too_large = || InspectError::TooLarge {
-        host: host.to_string(),
-        what,
-        limit,
-    };
-    if response
-        .content_length()
-        .is_some_and(|len| len > limit as u64)
-    {
-        return Err(too_large());
-    }
-    let expected = response.content_length().map_or(limit, |len| len as usize);
-    let kib = |bytes: usize| u32::try_from(bytes.div_ceil(1024).max(1)).unwrap_or(u32::MAX);
-    let mut held = budget
-        .clone()
-        .acquire_many_owned(kib(expected))
-        .await
-        .map_err(|_| InspectError::Internal("body budget closed".into()))?;
-    let mut body = Vec::with_capacity(response.content_length().unwrap_or(0) as usize);
-    while let Some(chunk) = response
-        .chunk()
-        .await
-        .map_err(|e| transport_error(host, e))?
-    {
-        if body.len() + chunk.len() > limit {
-            return Err(too_large());
-        }
-        body.extend_from_slice(&chunk);
-    }
-    // Give back what an undeclared length did not use.
-    let used = kib(body.len()) as usize;
-    if held.num_permits() > used {
-        drop(held.split(held.num_permits() - used));
-    }
-    Ok((body, held))
 }
 
 fn retry_after(headers: &HeaderMap) -> Option<Duration> {

@@ -646,6 +646,30 @@ mod tests {
         assert_eq!(parse_authority("a/b"), None);
     }
 
+    /// Registries at IPv6 addresses (`[::1]:5000/app` in a reference)
+    /// are allowed as written there, on that port only; ranges allow them
+    /// whatever the port.
+    #[test]
+    fn ipv6_hosts_are_allowed_as_references_write_them() {
+        let guard = NetworkGuard {
+            allowed_hosts: vec!["[::1]:5000".into()],
+            allowed_networks: vec!["fd00::/8".parse().unwrap()],
+            ..NetworkGuard::default()
+        };
+        assert!(check_now(&guard, "http://[::1]:5000/v2/").is_ok());
+        assert!(
+            check_now(&guard, "http://[0:0::1]:5000/v2/").is_ok(),
+            "another spelling"
+        );
+        assert!(check_now(&guard, "http://[::1]:5001/v2/").is_err());
+        assert!(check_now(&guard, "https://[fd12::1]/v2/").is_ok());
+        let refused = check_now(&guard, "https://[fe80::1]:5000/v2/").unwrap_err();
+        assert!(refused.0.contains("link-local"), "{refused}");
+        let peer = |s: &str| s.parse::<SocketAddr>().unwrap();
+        assert!(guard.check_connected(peer("[::1]:5000")).is_ok());
+        assert!(guard.check_connected(peer("[::1]:5001")).is_err());
+    }
+
     #[test]
     fn realms_and_redirects_follow_only_to_trusted_hosts() {
         let guard = NetworkGuard {

@@ -1,12 +1,14 @@
 //! How many registry lookups run at once: in total, and per registry host.
 //! A flood of distinct images (400 pods of 64 tags) then queues here
 //! instead of opening thousands of connections, and a slow host fills its
-//! own queue, not everyone's.
+//! own queue, not everyone's. And how many bytes of registry answers are
+//! held in memory at once (`BodyBudget`).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use tokio::sync::oneshot;
+use tokio::sync::{Notify, oneshot};
 
 /// Hosts with a queue of their own at once; idle queues are forgotten
 /// past it (pods name hosts, so their number is the attacker's to pick).
@@ -277,6 +279,229 @@ impl Drop for Pending {
     }
 }
 
+/// The bytes of registry answers (manifests, configs, tokens) held in
+/// memory at once, charged as they arrive: a body holds what it has
+/// received, never what it announces, so responses that drip a byte a
+/// second hold next to nothing. One registry host, and the lookups of one
+/// namespace, hold at most `share` of the `total`, so one slow host or one
+/// namespace cannot take it all.
+///
+/// Charging as bytes arrive can deadlock: bodies each holding part of the
+/// budget, each waiting for more. So a body gets more only when every body
+/// holding bytes still has a way to finish: some order in which each, given
+/// the rest it may still need (its announced length, or the limit), fits
+/// within what is free, then gives its bytes back (the banker's algorithm,
+/// over the total and each host's and namespace's share). Then some body
+/// can always finish, nobody fails for lack of room, and the bytes held
+/// never exceed the budget.
+pub struct BodyBudget {
+    total: usize,
+    share: usize,
+    ledger: Mutex<Ledger>,
+    /// Woken whenever bytes are given back.
+    given_back: Notify,
+}
+
+#[derive(Default)]
+struct Ledger {
+    next_id: u64,
+    bodies: HashMap<u64, Held>,
+}
+
+struct Held {
+    host: Box<str>,
+    namespace: Option<Arc<str>>,
+    bytes: usize,
+    /// The most this body can come to: its announced length, or the limit.
+    most: usize,
+}
+
+/// One body's charge on a `BodyBudget`, given back on drop.
+pub struct BodyCharge {
+    budget: Arc<BodyBudget>,
+    id: u64,
+}
+
+/// No room came before the deadline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BudgetFull;
+
+impl BodyBudget {
+    /// `share` is what one host, or one namespace, may hold; it must be at
+    /// least the largest body, or such a body could never be read.
+    pub fn new(total: usize, share: usize) -> Arc<BodyBudget> {
+        Arc::new(BodyBudget {
+            total,
+            share: share.min(total),
+            ledger: Mutex::default(),
+            given_back: Notify::new(),
+        })
+    }
+
+    pub fn total(&self) -> usize {
+        self.total
+    }
+
+    /// A charge of nothing yet, for a body of at most `most` bytes read
+    /// from `host` for a lookup of `namespace`.
+    pub fn open(
+        self: &Arc<Self>,
+        host: &str,
+        namespace: Option<Arc<str>>,
+        most: usize,
+    ) -> BodyCharge {
+        let mut ledger = self.lock();
+        let id = ledger.next_id;
+        ledger.next_id += 1;
+        ledger.bodies.insert(
+            id,
+            Held {
+                host: host.to_ascii_lowercase().into(),
+                namespace,
+                bytes: 0,
+                most,
+            },
+        );
+        BodyCharge {
+            budget: self.clone(),
+            id,
+        }
+    }
+
+    /// Bytes held now, by every body.
+    pub fn held(&self) -> usize {
+        self.lock().bodies.values().map(|h| h.bytes).sum()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Ledger> {
+        self.ledger.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Sets body `id` to `bytes` if that leaves a way out for everyone.
+    fn try_set(&self, id: u64, bytes: usize) -> bool {
+        let mut ledger = self.lock();
+        let Some(held) = ledger.bodies.get_mut(&id) else {
+            return false;
+        };
+        let before = held.bytes;
+        held.bytes = bytes;
+        if bytes <= before || ledger.every_body_can_finish(self.total, self.share) {
+            return true;
+        }
+        if let Some(held) = ledger.bodies.get_mut(&id) {
+            held.bytes = before;
+        }
+        false
+    }
+}
+
+impl Ledger {
+    /// The banker's safety check: bodies that can finish with what is
+    /// free finish and give back what they hold, until all have or none
+    /// can. Only bodies holding bytes count: one holding none can wait.
+    fn every_body_can_finish(&self, total: usize, share: usize) -> bool {
+        let holding: Vec<&Held> = self.bodies.values().filter(|h| h.bytes > 0).collect();
+        let mut free_total = total as i64;
+        let mut free_host: HashMap<&str, i64> = HashMap::new();
+        let mut free_namespace: HashMap<Option<&str>, i64> = HashMap::new();
+        for held in &holding {
+            let bytes = held.bytes as i64;
+            free_total -= bytes;
+            *free_host.entry(&held.host).or_insert(share as i64) -= bytes;
+            *free_namespace
+                .entry(held.namespace.as_deref())
+                .or_insert(share as i64) -= bytes;
+        }
+        let over = free_total < 0
+            || free_host.values().any(|f| *f < 0)
+            || free_namespace.values().any(|f| *f < 0);
+        if over {
+            return false;
+        }
+        let mut unfinished = holding;
+        // Smallest need first: usually one pass finishes them all.
+        unfinished.sort_by_key(|h| h.most.saturating_sub(h.bytes));
+        loop {
+            let before = unfinished.len();
+            unfinished.retain(|held| {
+                let need = held.most.saturating_sub(held.bytes) as i64;
+                let host = free_host[&*held.host];
+                let namespace = free_namespace[&held.namespace.as_deref()];
+                if need > free_total || need > host || need > namespace {
+                    return true;
+                }
+                let bytes = held.bytes as i64;
+                free_total += bytes;
+                *free_host.get_mut(&*held.host).expect("counted above") += bytes;
+                *free_namespace
+                    .get_mut(&held.namespace.as_deref())
+                    .expect("counted above") += bytes;
+                false
+            });
+            if unfinished.is_empty() {
+                return true;
+            }
+            if unfinished.len() == before {
+                return false;
+            }
+        }
+    }
+}
+
+impl BodyCharge {
+    /// Bytes this body holds.
+    pub fn bytes(&self) -> usize {
+        self.budget
+            .lock()
+            .bodies
+            .get(&self.id)
+            .map_or(0, |h| h.bytes)
+    }
+
+    /// Grows the charge to `bytes`, waiting until that leaves every body a
+    /// way to finish, but not past `deadline`. Returns how long it waited.
+    pub async fn grow_to(
+        &mut self,
+        bytes: usize,
+        deadline: tokio::time::Instant,
+    ) -> Result<Duration, BudgetFull> {
+        let started = tokio::time::Instant::now();
+        loop {
+            let given_back = self.budget.given_back.notified();
+            tokio::pin!(given_back);
+            // Registered before the check, so bytes given back between the
+            // check and the wait still wake it.
+            given_back.as_mut().enable();
+            if self.budget.try_set(self.id, bytes) {
+                return Ok(started.elapsed());
+            }
+            if tokio::time::timeout_at(deadline, given_back).await.is_err() {
+                return Err(BudgetFull);
+            }
+        }
+    }
+
+    /// The body is whole, in `bytes` (at most what it was charged): it
+    /// needs no more, which may open a way out for others.
+    pub fn finish(&mut self, bytes: usize) {
+        {
+            let mut ledger = self.budget.lock();
+            if let Some(held) = ledger.bodies.get_mut(&self.id) {
+                held.bytes = held.bytes.min(bytes);
+                held.most = held.bytes;
+            }
+        }
+        self.budget.given_back.notify_waiters();
+    }
+}
+
+impl Drop for BodyCharge {
+    fn drop(&mut self) {
+        self.budget.lock().bodies.remove(&self.id);
+        self.budget.given_back.notify_waiters();
+    }
+}
+
 #[cfg(test)]
 impl FairQueue {
     /// Waiters in line (live or not yet forgotten).
@@ -380,6 +605,148 @@ mod tests {
         // A review's own lookups keep their order.
         let flood: Vec<usize> = order.into_iter().filter(|&i| i != 50).collect();
         assert!(flood.windows(2).all(|w| w[0] < w[1]), "{flood:?}");
+    }
+
+    const MIB: usize = 1024 * 1024;
+
+    fn soon() -> tokio::time::Instant {
+        tokio::time::Instant::now() + Duration::from_millis(50)
+    }
+
+    /// The attack: chunked answers (so each may still come to the
+    /// 4 MiB limit) that drip a byte at a time hold what they received, and
+    /// an answer for another namespace from another host gets its room at
+    /// once, with 2 or 20 of them running, in one namespace or many.
+    #[tokio::test]
+    async fn drips_hold_what_arrived_and_leave_room_for_others() {
+        for (drips, namespaces) in [(2, 1), (20, 1), (20, 20)] {
+            let budget = BodyBudget::new(8 * MIB, 4 * MIB);
+            let mut held = Vec::new();
+            let mut waiting = 0;
+            for i in 0..drips {
+                let namespace = format!("attacker{}", i % namespaces);
+                let mut drip =
+                    budget.open(&format!("evil{i}.example"), Some(namespace.into()), 4 * MIB);
+                match drip.grow_to(8 * 1024, soon()).await {
+                    Ok(_) => held.push(drip),
+                    Err(BudgetFull) => waiting += 1,
+                }
+            }
+            assert!(budget.held() <= drips * 8 * 1024, "{}", budget.held());
+            let mut victim = budget.open("registry.example", Some("victim".into()), 4 * MIB);
+            for step in 1..=64 {
+                victim
+                    .grow_to(step * 64 * 1024, soon())
+                    .await
+                    .unwrap_or_else(|_| {
+                        panic!(
+                            "{drips} drips in {namespaces} namespaces: the victim waited at {step}"
+                        )
+                    });
+            }
+            eprintln!(
+                "{drips} drips, {namespaces} namespaces: {} hold bytes, {waiting} wait",
+                held.len()
+            );
+            // In one namespace, one chunked answer at a time may hold bytes:
+            // each could still need the whole share.
+            if namespaces == 1 {
+                assert_eq!(held.len(), 1);
+            }
+        }
+    }
+
+    /// One host, or one namespace, holds at most its share, however many
+    /// answers it has in flight; the rest stays for the others.
+    #[tokio::test]
+    async fn a_host_or_a_namespace_holds_at_most_its_share() {
+        let budget = BodyBudget::new(8 * MIB, 4 * MIB);
+        let mut hogs = Vec::new();
+        for i in 0..8 {
+            // Announced 1 MiB each: four fill the share of `slow.example`.
+            let mut hog = budget.open("slow.example", Some(format!("ns{i}").into()), MIB);
+            if hog.grow_to(MIB, soon()).await.is_ok() {
+                hogs.push(hog);
+            }
+        }
+        assert_eq!(hogs.len(), 4);
+        assert_eq!(budget.held(), 4 * MIB);
+        for i in 0..8 {
+            let mut hog = budget.open(&format!("h{i}.example"), Some("greedy".into()), MIB);
+            if hog.grow_to(MIB, soon()).await.is_ok() {
+                hogs.push(hog);
+            }
+        }
+        assert_eq!(hogs.len(), 8, "the namespace got its share, no more");
+        assert_eq!(budget.held(), 8 * MIB);
+        let mut other = budget.open("registry.example", Some("victim".into()), MIB);
+        assert_eq!(
+            other.grow_to(1024, soon()).await,
+            Err(BudgetFull),
+            "the whole budget is held"
+        );
+        drop(hogs.pop());
+        other
+            .grow_to(MIB, soon())
+            .await
+            .expect("room given back is given on");
+    }
+
+    /// Bodies that each took part of the budget and all want more never
+    /// wait on each other for ever: a body gets more only while every body
+    /// holding bytes can still finish. Twelve bodies of up to 4 MiB growing
+    /// 256 KiB at a time, in three namespaces on two hosts, all finish, and
+    /// the bytes held never pass the budget or a share.
+    #[tokio::test]
+    async fn bodies_growing_together_all_finish_within_the_budget() {
+        let budget = BodyBudget::new(8 * MIB, 4 * MIB);
+        let peak = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let readers: Vec<_> = (0..12)
+            .map(|i| {
+                let (budget, peak) = (budget.clone(), peak.clone());
+                tokio::spawn(async move {
+                    let most = if i % 3 == 0 { 4 * MIB } else { 3 * MIB / 2 };
+                    let mut body = budget.open(
+                        &format!("h{}", i % 2),
+                        Some(format!("ns{}", i % 3).into()),
+                        most,
+                    );
+                    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+                    let mut size = 0;
+                    while size < most {
+                        size = (size + 256 * 1024).min(most);
+                        body.grow_to(size, deadline)
+                            .await
+                            .expect("no body waits for ever");
+                        peak.fetch_max(budget.held(), std::sync::atomic::Ordering::SeqCst);
+                        tokio::task::yield_now().await;
+                    }
+                    body.finish(size);
+                    tokio::task::yield_now().await;
+                })
+            })
+            .collect();
+        for reader in readers {
+            reader.await.unwrap();
+        }
+        assert!(peak.load(std::sync::atomic::Ordering::SeqCst) <= 8 * MIB);
+        assert_eq!(budget.held(), 0);
+    }
+
+    /// What a finished body no longer needs is no constraint on others.
+    #[tokio::test]
+    async fn a_finished_body_needs_no_more() {
+        let budget = BodyBudget::new(8 * MIB, 4 * MIB);
+        let mut first = budget.open("h", Some("ns".into()), 4 * MIB);
+        first.grow_to(64 * 1024, soon()).await.unwrap();
+        let mut second = budget.open("h", Some("ns".into()), 4 * MIB);
+        assert_eq!(second.grow_to(64 * 1024, soon()).await, Err(BudgetFull));
+        first.finish(10_000);
+        assert_eq!(first.bytes(), 10_000);
+        second
+            .grow_to(64 * 1024, soon())
+            .await
+            .expect("the first needs no more");
     }
 
     /// A waiter that stops waiting leaves the line, and a place sent to one

@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::Deserialize;
 
+use crate::image::DigestAlgorithm;
 use crate::platform::Platform;
 
 pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
@@ -173,35 +174,36 @@ pub fn parse_config(body: &[u8]) -> Result<Platform, ManifestError> {
     )?)
 }
 
-/// Only sha256 digests are accepted: it is what every registry serves, and
-/// it lets us verify what we are sent.
-pub fn validate_digest(digest: &str) -> Result<(), ManifestError> {
-    let hex = digest
-        .strip_prefix("sha256:")
-        .ok_or_else(|| ManifestError::Digest(crate::image::truncate_for_message(digest)))?;
-    if hex.len() == 64
-        && hex
-            .bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-    {
-        Ok(())
-    } else {
-        Err(ManifestError::Digest(crate::image::truncate_for_message(
-            digest,
-        )))
-    }
+/// A digest as the OCI image spec registers them (sha256, sha384,
+/// sha512, lowercase hex of the right length), and which algorithm it is,
+/// so that what a registry sends is checked with that algorithm.
+pub fn validate_digest(digest: &str) -> Result<DigestAlgorithm, ManifestError> {
+    crate::image::parse_digest(digest)
+        .map_err(|_| ManifestError::Digest(crate::image::truncate_for_message(digest)))
 }
 
-/// `sha256:<hex>` of a body, to check what a registry sent against the
-/// digest we asked for.
-pub fn sha256_digest(body: &[u8]) -> String {
-    let digest = ring::digest::digest(&ring::digest::SHA256, body);
-    let mut out = String::with_capacity(71);
-    out.push_str("sha256:");
+/// `<algorithm>:<hex>` of a body, to check what a registry sent against
+/// the digest we asked for.
+pub fn digest_of(algorithm: DigestAlgorithm, body: &[u8]) -> String {
+    use std::fmt::Write;
+    let hash = match algorithm {
+        DigestAlgorithm::Sha256 => &ring::digest::SHA256,
+        DigestAlgorithm::Sha384 => &ring::digest::SHA384,
+        DigestAlgorithm::Sha512 => &ring::digest::SHA512,
+    };
+    let digest = ring::digest::digest(hash, body);
+    let mut out = String::with_capacity(algorithm.name().len() + 1 + 2 * digest.as_ref().len());
+    out.push_str(algorithm.name());
+    out.push(':');
     for byte in digest.as_ref() {
-        out.push_str(&format!("{byte:02x}"));
+        let _ = write!(out, "{byte:02x}");
     }
     out
+}
+
+/// `sha256:<hex>` of a body: the digest registries name content by.
+pub fn sha256_digest(body: &[u8]) -> String {
+    digest_of(DigestAlgorithm::Sha256, body)
 }
 
 #[cfg(test)]
@@ -372,8 +374,18 @@ mod tests {
             sha256_digest(b""),
             "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
         );
-        assert!(validate_digest(DIGEST).is_ok());
+        assert_eq!(validate_digest(DIGEST), Ok(DigestAlgorithm::Sha256));
         assert!(validate_digest(&DIGEST.to_uppercase()).is_err());
         assert!(validate_digest("sha256:abc").is_err());
+        // sha512 (and sha384) digests are valid OCI and checked as such.
+        let sha512_of_nothing = "sha512:cf83e1357eefb8bdf1542850d66d8007d620e4050b5715dc83f4a921d36ce9ce\
+47d0d13c5d85f2b0ff8318d2877eec2f63b931bd47417a81a538327af927da3e";
+        assert_eq!(digest_of(DigestAlgorithm::Sha512, b""), sha512_of_nothing);
+        assert_eq!(
+            validate_digest(sha512_of_nothing),
+            Ok(DigestAlgorithm::Sha512)
+        );
+        assert!(digest_of(DigestAlgorithm::Sha384, b"").starts_with("sha384:38b060a751ac9638"));
+        assert_eq!(digest_of(DigestAlgorithm::Sha384, b"").len(), 7 + 96);
     }
 }

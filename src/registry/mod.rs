@@ -64,6 +64,12 @@ pub enum InspectError {
         what: &'static str,
         limit: usize,
     },
+    #[error("registry {host} sent the {what} slower than {bytes_per_second} bytes a second")]
+    TooSlow {
+        host: String,
+        what: &'static str,
+        bytes_per_second: u64,
+    },
     #[error("registry {host} sent content whose digest {actual} is not the expected {expected}")]
     DigestMismatch {
         host: String,
@@ -105,6 +111,7 @@ impl InspectError {
             InspectError::RateLimited { .. } => "rate_limited",
             InspectError::Status { .. } => "status",
             InspectError::TooLarge { .. } => "too_large",
+            InspectError::TooSlow { .. } => "too_slow",
             InspectError::DigestMismatch { .. } => "digest_mismatch",
             InspectError::Manifest { .. } => "bad_manifest",
             InspectError::Token { .. } => "token",

@@ -97,7 +97,12 @@ type ProxyBody = BoxBody<Bytes, hyper::Error>;
 impl CountingProxy {
     /// Listens on 127.0.0.1:0 in the current tokio runtime.
     pub async fn start(upstream: SocketAddr) -> CountingProxy {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
+        Self::start_on("127.0.0.1:0".parse().unwrap(), upstream).await
+    }
+
+    /// Listens on `bind` (`[::1]:0` for a registry at an IPv6 address).
+    pub async fn start_on(bind: SocketAddr, upstream: SocketAddr) -> CountingProxy {
+        let listener = TcpListener::bind(bind).await.expect("bind proxy");
         let addr = listener.local_addr().unwrap();
         let (close, closed) = tokio::sync::watch::channel(false);
         let state = Arc::new(State {
@@ -134,7 +139,8 @@ impl CountingProxy {
         self.addr
     }
 
-    /// "127.0.0.1:PORT"; use it as the registry host in image references.
+    /// "127.0.0.1:PORT" (or "[::1]:PORT"); use it as the registry host in
+    /// image references.
     pub fn host(&self) -> String {
         self.addr.to_string()
     }
