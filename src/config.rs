@@ -137,6 +137,10 @@ pub struct RegistryConfig {
     /// host; more wait their turn.
     pub max_concurrent_lookups: usize,
     pub max_concurrent_lookups_per_host: usize,
+    /// After an answer's first second, the least it must bring each second,
+    /// or it is given up (`too_slow`): a registry that drips holds no room
+    /// of the body budget for long.
+    pub min_body_bytes_per_second: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -257,6 +261,7 @@ impl Default for RegistryConfig {
             trusted_hosts: None,
             max_concurrent_lookups: d.max_concurrent_lookups,
             max_concurrent_lookups_per_host: d.max_concurrent_lookups_per_host,
+            min_body_bytes_per_second: d.min_body_bytes_per_second,
         }
     }
 }
@@ -450,6 +455,7 @@ impl Config {
             max_manifest_bytes: self.registry.max_manifest_bytes,
             max_concurrent_lookups: self.registry.max_concurrent_lookups,
             max_concurrent_lookups_per_host: self.registry.max_concurrent_lookups_per_host,
+            min_body_bytes_per_second: self.registry.min_body_bytes_per_second,
             ..RegistrySettings::default()
         })
     }
