@@ -108,6 +108,7 @@ fn policy() -> NamespacePolicy {
         placement: Placement::Required,
         cold: None,
         guard: Default::default(),
+        ramp: None,
         problems: Vec::new(),
     }
 }

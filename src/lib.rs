@@ -27,6 +27,7 @@ pub mod patch;
 pub mod placement;
 pub mod platform;
 pub mod policy;
+pub mod ramp;
 pub mod registry;
 pub mod reload;
 pub mod report;

@@ -38,6 +38,11 @@ const NAMESPACE_SETTINGS: &[(&str, Place)] = &[
     (PLACEMENT_ANNOTATION, Place::Annotation),
     (COLD_ANNOTATION, Place::Annotation),
     (GUARD_ANNOTATION, Place::Annotation),
+    (crate::ramp::RAMP_ANNOTATION, Place::Annotation),
+    (crate::ramp::RAMP_STEP_ANNOTATION, Place::Annotation),
+    (crate::ramp::RAMP_ON_FAILURE_ANNOTATION, Place::Annotation),
+    // Written by archway, removed by a person to resume a paused ramp.
+    (crate::ramp::RAMP_STATUS_ANNOTATION, Place::Annotation),
 ];
 
 /// The most mistakes reported for one namespace: each becomes an Event, and
@@ -116,7 +121,7 @@ pub struct InvalidValue {
 }
 
 impl InvalidValue {
-    fn new(what: &'static str, expected: impl Into<String>, value: &str) -> InvalidValue {
+    pub fn new(what: &'static str, expected: impl Into<String>, value: &str) -> InvalidValue {
         InvalidValue {
             what,
             expected: expected.into(),
@@ -244,6 +249,9 @@ pub struct NamespacePolicy {
     /// configuration's `gate.default` applies.
     pub cold: Option<Cold>,
     pub guard: GuardMode,
+    /// The migration autopilot's ramp (`archway.dev/ramp`), when the
+    /// namespace has a valid one; only from the cluster.
+    pub ramp: Option<crate::ramp::Ramp>,
     /// The settings that could not be read, each as a sentence
     /// (`SettingProblem`). The policy then falls back to the safe value (no
     /// steering; per pod; required), and the review warns so the namespace
@@ -262,6 +270,7 @@ impl NamespacePolicy {
             placement: Placement::default(),
             cold: None,
             guard: GuardMode::default(),
+            ramp: None,
             problems: Vec::new(),
         }
     }
@@ -295,6 +304,7 @@ impl StaticNamespace {
             placement: self.placement,
             cold: self.cold,
             guard: self.guard,
+            ramp: None,
             problems: Vec::new(),
         }
     }
@@ -387,6 +397,7 @@ impl NamespacePolicy {
             placement: values.placement,
             cold: values.cold,
             guard: values.guard,
+            ramp: values.ramp,
             problems: problems.iter().map(SettingProblem::to_string).collect(),
         })
     }
@@ -450,6 +461,7 @@ struct AnnotatedValues {
     placement: Placement,
     cold: Option<Cold>,
     guard: GuardMode,
+    ramp: Option<crate::ramp::Ramp>,
 }
 
 impl AnnotatedValues {
@@ -506,8 +518,62 @@ impl AnnotatedValues {
             placement,
             cold,
             guard,
+            ramp: read_ramp(annotations, problems),
         }
     }
+}
+
+/// The namespace's ramp: its steps and how long each holds are both
+/// needed, and a mistake in either means no ramp (never a guessed one);
+/// a failure setting that cannot be read keeps `pause`.
+fn read_ramp(
+    annotations: &BTreeMap<String, String>,
+    problems: &mut Vec<SettingProblem>,
+) -> Option<crate::ramp::Ramp> {
+    use crate::ramp::{RAMP_ANNOTATION, RAMP_ON_FAILURE_ANNOTATION, RAMP_STEP_ANNOTATION};
+    let steps = annotations.get(RAMP_ANNOTATION);
+    let hold = annotations.get(RAMP_STEP_ANNOTATION);
+    let mut problem = |key: &str, value: &str, reason: String| {
+        problems.push(SettingProblem::new(Place::Annotation, key, value, reason));
+    };
+    let (steps, hold) = match (steps, hold) {
+        (None, None) => return None,
+        (None, Some(hold)) => {
+            let reason = format!("has no {RAMP_ANNOTATION} beside it; ignored");
+            problem(RAMP_STEP_ANNOTATION, hold, reason);
+            return None;
+        }
+        (Some(steps), None) => {
+            let reason =
+                format!("has no {RAMP_STEP_ANNOTATION} beside it; the namespace has no ramp");
+            problem(RAMP_ANNOTATION, steps, reason);
+            return None;
+        }
+        (Some(steps), Some(hold)) => (steps, hold),
+    };
+    let parsed_steps = crate::ramp::parse_steps(steps);
+    let parsed_hold = crate::ramp::parse_step_duration(hold);
+    let no_ramp =
+        |invalid: &InvalidValue| format!("is not {}; the namespace has no ramp", invalid.expected);
+    if let Err(invalid) = &parsed_steps {
+        problem(RAMP_ANNOTATION, steps, no_ramp(invalid));
+    }
+    if let Err(invalid) = &parsed_hold {
+        problem(RAMP_STEP_ANNOTATION, hold, no_ramp(invalid));
+    }
+    let on_failure = match annotations.get(RAMP_ON_FAILURE_ANNOTATION) {
+        None => crate::ramp::OnFailure::default(),
+        Some(value) => value.parse().unwrap_or_else(|invalid: InvalidValue| {
+            let reason = format!("is not {}; using pause", invalid.expected);
+            problem(RAMP_ON_FAILURE_ANNOTATION, value, reason);
+            crate::ramp::OnFailure::Pause
+        }),
+    };
+    Some(crate::ramp::Ramp {
+        steps: parsed_steps.ok()?,
+        hold: parsed_hold.ok()?,
+        on_failure,
+    })
 }
 
 /// An annotation's value; `absent` when it is not there, `fallback` (with
@@ -867,6 +933,89 @@ mod tests {
 
     /// The configuration file's static namespaces read values the same way,
     /// and a mistake there refuses the file, with the same expectation.
+    #[test]
+    fn a_ramp_needs_valid_steps_and_a_step_duration_and_is_never_guessed() {
+        use crate::ramp::{
+            OnFailure, RAMP_ANNOTATION, RAMP_ON_FAILURE_ANNOTATION, RAMP_STEP_ANNOTATION, Ramp,
+        };
+        let policy = |pairs: &[(&str, &str)]| {
+            NamespacePolicy::from_metadata(&enforced(), &map(pairs), Rollout::NONE).unwrap()
+        };
+        let good = policy(&[
+            (RAMP_ANNOTATION, "10,50,100"),
+            (RAMP_STEP_ANNOTATION, "24h"),
+            (RAMP_ON_FAILURE_ANNOTATION, "step-back"),
+        ]);
+        assert_eq!(
+            good.ramp,
+            Some(Ramp {
+                steps: vec![10, 50, 100],
+                hold: std::time::Duration::from_secs(86_400),
+                on_failure: OnFailure::StepBack,
+            })
+        );
+        assert!(good.problems.is_empty(), "{:?}", good.problems);
+        let steps = "is not increasing whole percentages from 1 to 100, comma-separated (e.g. 10,25,50,100); the namespace has no ramp";
+        let hold = "is not a duration from 1s to 366 days, such as 24h, 90m or 1h30m; the namespace has no ramp";
+        let cases: &[(&[(&str, &str)], &str)] = &[
+            (
+                &[(RAMP_ANNOTATION, "50,25"), (RAMP_STEP_ANNOTATION, "1h")],
+                steps,
+            ),
+            (
+                &[(RAMP_ANNOTATION, "10,150"), (RAMP_STEP_ANNOTATION, "1h")],
+                steps,
+            ),
+            (
+                &[(RAMP_ANNOTATION, "10,50"), (RAMP_STEP_ANNOTATION, "1d")],
+                hold,
+            ),
+            (
+                &[
+                    (RAMP_ANNOTATION, "10,50"),
+                    (RAMP_STEP_ANNOTATION, "5 fortnights"),
+                ],
+                hold,
+            ),
+            (
+                &[(RAMP_ANNOTATION, "10,50")],
+                "has no archway.dev/ramp-step beside it; the namespace has no ramp",
+            ),
+            (
+                &[(RAMP_STEP_ANNOTATION, "1h")],
+                "has no archway.dev/ramp beside it; ignored",
+            ),
+        ];
+        for (pairs, reason) in cases {
+            let read = policy(pairs);
+            assert_eq!(read.ramp, None, "{pairs:?}");
+            assert_eq!(read.problems.len(), 1, "{pairs:?}: {:?}", read.problems);
+            assert!(
+                read.problems[0].ends_with(reason),
+                "{pairs:?}: {}",
+                read.problems[0]
+            );
+            // The namespace's owner hears of it through the same report.
+            let labels = enforced();
+            assert_eq!(setting_problems(&labels, &map(pairs)).len(), 1);
+        }
+        let paused = policy(&[
+            (RAMP_ANNOTATION, "10,50"),
+            (RAMP_STEP_ANNOTATION, "1h"),
+            (RAMP_ON_FAILURE_ANNOTATION, "panic"),
+        ]);
+        assert_eq!(paused.ramp.unwrap().on_failure, OnFailure::Pause);
+        assert!(
+            paused.problems[0].ends_with("is not one of pause, step-back, rollback; using pause")
+        );
+        // archway's own status is a known key, not a mistake.
+        let status = map(&[(
+            crate::ramp::RAMP_STATUS_ANNOTATION,
+            "holding 10% since 2026-12-03T10:00:00Z",
+        )]);
+        assert!(setting_problems(&enforced(), &status).is_empty());
+    }
+
     #[test]
     fn static_namespaces_refuse_what_namespaces_report() {
         for (field, key, value) in [

@@ -203,6 +203,7 @@ pub fn patch(data: &[u8]) {
             placement,
             cold: None,
             guard: Default::default(),
+            ramp: None,
             problems: Vec::new(),
         };
         let settings = DecisionSettings {

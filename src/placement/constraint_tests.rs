@@ -19,6 +19,7 @@ fn policy(rollout: u8) -> NamespacePolicy {
         placement: Placement::Required,
         cold: None,
         guard: Default::default(),
+        ramp: None,
         problems: Vec::new(),
     }
 }

@@ -18,6 +18,7 @@ fn policy(mode: Mode, rollout: u8, placement: Placement) -> NamespacePolicy {
         placement,
         cold: None,
         guard: Default::default(),
+        ramp: None,
         problems: Vec::new(),
     }
 }

@@ -23,6 +23,7 @@ fn policy(mode: Mode, rollout: u8) -> NamespacePolicy {
         placement: Placement::Required,
         cold: None,
         guard: Default::default(),
+        ramp: None,
         problems: Vec::new(),
     }
 }
