@@ -211,6 +211,31 @@ impl Command {
     }
 }
 
+/// The command-line reference (docs/cli.md), from the flags themselves:
+/// each command's `--help`, so the document cannot drift from the code
+/// (`tests/docs.rs` checks it).
+pub fn reference() -> String {
+    use clap::CommandFactory;
+    let mut root = Cli::command().term_width(100);
+    root.build();
+    let mut out = String::from(
+        "# Command-line reference\n\nGenerated from `archway --help` (`ARCHWAY_BLESS=1 cargo test --test docs` rewrites it).\n",
+    );
+    let mut section = |title: &str, command: &mut clap::Command| {
+        let help = command.render_long_help().to_string();
+        out.push_str(&format!(
+            "\n## `{title}`\n\n```text\n{}\n```\n",
+            help.trim_end()
+        ));
+    };
+    section("archway", &mut root.clone());
+    for sub in root.get_subcommands_mut() {
+        let title = format!("archway {}", sub.get_name());
+        section(&title, sub);
+    }
+    out
+}
+
 impl Cli {
     /// The configuration file with the flags and environment over it.
     pub fn load_config(&self) -> Result<Config, crate::config::ConfigError> {

@@ -259,6 +259,12 @@ pub fn global() -> &'static Metrics {
     &METRICS
 }
 
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
 impl Metrics {
     fn new() -> Metrics {
         let mut registry = Registry::with_prefix("archway");
