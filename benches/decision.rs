@@ -40,12 +40,12 @@ use std::time::Duration;
 use archway::admission::Reviewer;
 use archway::admission::pod::PodView;
 use archway::config::Config;
-use archway::image::ImageRef;
-use archway::patch;
-use archway::placement::{self, DecisionInput, DecisionSettings, ImageLookup, Outcome};
-use archway::platform::Platform;
-use archway::policy::{Mode, NamespacePolicy, Placement, Rollout, RolloutBy};
-use archway::registry::Credential;
+use archway::decision::patch;
+use archway::decision::placement::{self, DecisionInput, DecisionSettings, ImageLookup, Outcome};
+use archway::decision::platform::Platform;
+use archway::decision::policy::{Mode, NamespacePolicy, Placement, Rollout, RolloutBy};
+use archway::lookup::image::ImageRef;
+use archway::lookup::registry::Credential;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use k8s_openapi::api::core::v1::Pod;
 use serde::Deserialize;
@@ -135,7 +135,7 @@ fn decide_and_patch(c: &mut Criterion) {
     };
     let policy = policy();
     let tolerations = Config::default().tolerations;
-    let both: archway::platform::Platforms =
+    let both: archway::decision::platform::Platforms =
         BTreeSet::from([Platform::linux("amd64"), Platform::linux("arm64")]).into();
     let mut group = c.benchmark_group("decide+patch");
     for shape in SHAPES {
@@ -307,7 +307,7 @@ fn patch_json(pod: &Pod, uid: &str) -> String {
         tolerations: Config::default().tolerations,
     };
     let policy = policy();
-    let both: archway::platform::Platforms =
+    let both: archway::decision::platform::Platforms =
         BTreeSet::from([Platform::linux("amd64"), Platform::linux("arm64")]).into();
     let lookups: Vec<_> = placement::container_images(pod)
         .into_iter()
@@ -428,7 +428,7 @@ fn lookup(c: &mut Criterion) {
     group.bench_function("typical/respond_to_vec", |b| {
         b.iter(|| serde_json::to_vec(black_box(&out)).unwrap())
     });
-    // As the server writes it (src/server.rs).
+    // As the server writes it (src/serve/server.rs).
     group.bench_function("typical/respond_to_json", |b| {
         b.iter(|| black_box(&out).to_json().unwrap())
     });

@@ -2,7 +2,7 @@
 //!
 //! axum + rustls (ring provider; ALPN h2 and http/1.1; the certificate
 //! `archway certs` makes), the same per-connection accept loop as
-//! `src/server.rs` (TLS handshake, then hyper-util's auto HTTP/1.1-or-2
+//! `src/serve/server.rs` (TLS handshake, then hyper-util's auto HTTP/1.1-or-2
 //! builder over the axum router), on the same default tokio runtime. Every
 //! `POST /mutate` is parsed just enough to echo the request's uid (serde_json
 //! with a borrowed struct, as any real webhook must) and answered

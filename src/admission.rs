@@ -9,12 +9,14 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Pod;
 
-use crate::cache::Inspector;
 use crate::cluster::NodeInventory;
 use crate::config::Config;
-use crate::image::truncate_for_message;
-use crate::placement::{self, Decision, DecisionKind, DecisionSettings, Injection, Outcome};
-use crate::policy::{Cold, Mode, NamespacePolicy, PolicySource};
+use crate::decision::placement::{
+    self, Decision, DecisionKind, DecisionSettings, Injection, Outcome,
+};
+use crate::decision::policy::{Cold, Mode, NamespacePolicy, PolicySource};
+use crate::lookup::cache::Inspector;
+use crate::lookup::image::truncate_for_message;
 pub use draws::RolloutDraws;
 pub use evaluate::{Evaluation, MAX_IMAGES_PER_POD};
 use warnings::{budget_warnings, warning};
@@ -119,7 +121,7 @@ pub struct Reviewer {
     /// buckets; kept across configuration reloads.
     pub draws: Arc<RolloutDraws>,
     /// The rollout guard's holds; `None` without a cluster.
-    pub holds: Option<crate::guard::Holds>,
+    pub holds: Option<crate::controllers::guard::Holds>,
 }
 
 /// The parts of the configuration a review reads.
@@ -176,7 +178,7 @@ pub enum SetupError {
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
     #[error("registry client: {0}")]
-    Client(#[from] crate::registry::client::ClientBuildError),
+    Client(#[from] crate::lookup::registry::client::ClientBuildError),
 }
 
 impl Reviewer {
@@ -186,7 +188,7 @@ impl Reviewer {
         config: &Config,
         policies: Arc<dyn PolicySource>,
     ) -> Result<Reviewer, SetupError> {
-        let client = crate::registry::RegistryClient::new(config.registry_settings()?)?;
+        let client = crate::lookup::registry::RegistryClient::new(config.registry_settings()?)?;
         Ok(Reviewer {
             inspector: Inspector::new(client, config.cache_settings()),
             policies,
@@ -291,7 +293,7 @@ impl Reviewer {
             Screen::Pod(screened) => screened,
             Screen::Answered(answer) => return answer,
         };
-        if crate::gate::is_gated(&screened.pod) {
+        if crate::decision::gating::is_gated(&screened.pod) {
             // Reinvoked after archway gated it (a later webhook changed
             // the pod, maybe adding a gate of its own): the controller
             // evaluates every container when it places it. No second
@@ -307,7 +309,7 @@ impl Reviewer {
         let gating = self.settings.gating
             && screened.policy.mode == Mode::Enforce
             && cold == Cold::Gate
-            && crate::gate::controller_live();
+            && crate::decision::gating::controller_live();
         // A pod archway already placed (reinvocation) is checked again, not
         // drawn again: a second draw would skip a place in its owner's
         // sequence and skew the spread. Nor is it gated: the API server
@@ -331,12 +333,13 @@ impl Reviewer {
             .evaluate(&screened.pod, &screened.policy, deadline, uid, draw)
             .await;
         let mode = screened.policy.mode;
-        let mut answer =
-            if gating && crate::gate::should_gate(mode, cold, &evaluation.pending, &screened.pod) {
-                self.gate(&screened.pod, evaluation, draw, dry_run)
-            } else {
-                self.respond(&screened.pod, screened.policy.mode, evaluation)
-            };
+        let mut answer = if gating
+            && crate::decision::gating::should_gate(mode, cold, &evaluation.pending, &screened.pod)
+        {
+            self.gate(&screened.pod, evaluation, draw, dry_run)
+        } else {
+            self.respond(&screened.pod, screened.policy.mode, evaluation)
+        };
         if !placed {
             disown(&screened.pod, &mut answer);
         }
@@ -466,11 +469,11 @@ impl Reviewer {
     /// still being looked up.
     fn gate(&self, pod: &Pod, evaluation: Evaluation, draw: Option<u64>, dry_run: bool) -> Answer {
         let pending = evaluation.pending.len();
-        let ops = crate::gate::gate_patch(pod, &evaluation.pending, draw);
+        let ops = crate::decision::gating::gate_patch(pod, &evaluation.pending, draw);
         let mut response = Response {
             warnings: vec![warning(&format!(
                 "archway: {pending} image(s) still being looked up; the pod waits for archway to place it (scheduling gate {}, at most {})",
-                crate::gate::GATE,
+                crate::decision::gating::GATE,
                 humantime::format_duration(self.settings.gate_timeout)
             ))],
             ..Response::default()
@@ -510,7 +513,7 @@ impl Reviewer {
     /// Puts the patch for `injection` in `response`, unless it would be
     /// larger than `MAX_PATCH_BYTES`: then the pod is admitted unchanged.
     fn patch(&self, pod: &Pod, injection: &Injection, response: &mut Response) -> ReviewOutcome {
-        match crate::patch::encode(
+        match crate::decision::patch::encode(
             pod,
             injection,
             &self.settings.decision.tolerations,
@@ -538,7 +541,7 @@ impl Reviewer {
 /// already decided or gated (a reinvocation), the keys are archway's own.
 fn disown(pod: &Pod, answer: &mut Answer) {
     let enforced = answer.mode == Some(Mode::Enforce) && answer.response.allowed;
-    if !enforced || crate::gate::is_gated(pod) {
+    if !enforced || crate::decision::gating::is_gated(pod) {
         return;
     }
     let annotations = pod.metadata.annotations.as_ref();
@@ -550,7 +553,7 @@ fn disown(pod: &Pod, answer: &mut Answer) {
         return;
     }
     let response = &mut answer.response;
-    match crate::patch::remove_keys(response.patch.as_deref(), &labels, &annotations) {
+    match crate::decision::patch::remove_keys(response.patch.as_deref(), &labels, &annotations) {
         Ok(patch) => {
             response.patch = Some(patch);
             response.patch_type = Some("JSONPatch");
@@ -559,7 +562,7 @@ fn disown(pod: &Pod, answer: &mut Answer) {
         Err(e) => response.warnings.push(warning(&format!("archway: {e}"))),
     }
     let keys: Vec<&str> = labels.iter().chain(&annotations).copied().collect();
-    let shown = crate::image::truncate_for_message(&keys.join(", "));
+    let shown = crate::lookup::image::truncate_for_message(&keys.join(", "));
     response.warnings.push(warning(&format!(
         "archway: removed {shown} from the pod: archway alone writes archway.dev/ keys on pods (yours: {})",
         placement::USER_POD_KEYS.join(", ")

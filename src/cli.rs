@@ -100,7 +100,7 @@ pub enum Command {
         namespace: String,
         /// Rollout to assume, over the namespace's.
         #[arg(long)]
-        rollout: Option<crate::policy::Rollout>,
+        rollout: Option<crate::decision::policy::Rollout>,
         /// Output format.
         #[arg(long, short = 'o', default_value = "table", value_parser = table_or_json())]
         output: Format,
@@ -273,15 +273,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             // The file is watched and reloaded with the same flags over it.
             let reload = cli.config.clone().map(|path| {
                 let cli = cli.clone();
-                let loader: crate::reload::Loader =
+                let loader: crate::serve::reload::Loader =
                     std::sync::Arc::new(move || cli.load_config().map(&apply_flags));
                 (path, loader)
             });
-            crate::app::run(
+            crate::serve::runtime::run(
                 config,
                 &self_signed_dir,
                 reload,
-                crate::server::shutdown_signal(),
+                crate::serve::server::shutdown_signal(),
             )
             .await?;
             Ok(ExitCode::SUCCESS)
@@ -292,10 +292,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             rollout,
             output,
             ..
-        } => crate::review::run(&config, &file, &namespace, rollout, output).await,
+        } => crate::commands::review::run(&config, &file, &namespace, rollout, output).await,
         Command::Audit {
             namespace, output, ..
-        } => crate::audit::run(&config, namespace.as_deref(), output).await,
+        } => crate::commands::audit::run(&config, namespace.as_deref(), output).await,
         Command::Certs {
             service,
             namespace,
@@ -305,7 +305,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         } => crate::certs::run(&service, &namespace, &out, days, force),
         Command::Ungate { namespace } => {
             let client = kube::Client::try_default().await?;
-            let ungated = crate::gate::controller::ungate_all(client, namespace.as_deref()).await?;
+            let ungated =
+                crate::controllers::gate::ungate_all(client, namespace.as_deref()).await?;
             println!("removed archway's scheduling gate from {ungated} pod(s)");
             Ok(ExitCode::SUCCESS)
         }
@@ -314,6 +315,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             output,
             credentials,
             ..
-        } => crate::inspect::run(&config, &images, output, credentials.as_deref()).await,
+        } => crate::commands::inspect::run(&config, &images, output, credentials.as_deref()).await,
     }
 }

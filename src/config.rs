@@ -10,10 +10,10 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::Toleration;
 use serde::Deserialize;
 
-use crate::cache::CacheSettings;
-use crate::policy::{Cold, Rollout, StaticNamespace, StaticPolicies};
-use crate::registry::guard::Cidr;
-use crate::registry::{Keyring, RegistrySettings};
+use crate::decision::policy::{Cold, Rollout, StaticNamespace, StaticPolicies};
+use crate::lookup::cache::CacheSettings;
+use crate::lookup::registry::network::Cidr;
+use crate::lookup::registry::{Keyring, RegistrySettings};
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
@@ -47,7 +47,7 @@ pub struct Config {
     /// Cold lookups: the scheduling gate and its controller.
     pub gate: GateConfig,
     /// The rollout guard's thresholds (see `guard.rs`).
-    pub guard: crate::guard::GuardConfig,
+    pub guard: crate::controllers::guard::GuardConfig,
 }
 
 /// The `gate` section: what happens to pods whose images are not cached.
@@ -241,7 +241,7 @@ impl Default for Config {
             registry: RegistryConfig::default(),
             server: ServerConfig::default(),
             gate: GateConfig::default(),
-            guard: crate::guard::GuardConfig::default(),
+            guard: crate::controllers::guard::GuardConfig::default(),
         }
     }
 }
@@ -471,7 +471,7 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::{Mode, Placement, PolicySource, RolloutBy};
+    use crate::decision::policy::{Mode, Placement, PolicySource, RolloutBy};
 
     #[test]
     fn empty_file_is_all_defaults() {
@@ -538,13 +538,15 @@ tolerations:
             config.tolerations["arm64"][0].key.as_deref(),
             Some("dedicated")
         );
-        let windows = crate::patch::configured_tolerations(&config.tolerations, "windows", "amd64");
+        let windows =
+            crate::decision::patch::configured_tolerations(&config.tolerations, "windows", "amd64");
         assert_eq!(windows[0].value.as_deref(), Some("windows"));
-        let linux = crate::patch::configured_tolerations(&config.tolerations, "linux", "arm64");
+        let linux =
+            crate::decision::patch::configured_tolerations(&config.tolerations, "linux", "arm64");
         assert_eq!(linux[0].value.as_deref(), Some("graviton"));
         // The bare form is linux only; no list is configured for windows/arm64.
         assert!(
-            crate::patch::configured_tolerations(&config.tolerations, "windows", "arm64")
+            crate::decision::patch::configured_tolerations(&config.tolerations, "windows", "arm64")
                 .is_empty()
         );
     }

@@ -1,39 +1,38 @@
 //! archway: a Kubernetes admission webhook that steers pods to the CPU
 //! architectures their images publish.
 //!
-//! The path of a review, top to bottom: `server` (HTTPS) -> `admission`
-//! (review in, response out) -> `placement` (the pure decision) -> `patch`;
-//! the lookups it needs come from `policy` (namespaces) and `cache` over
-//! `registry` (what images publish). `admission::Reviewer::evaluate` is the
-//! one path of a pod through lookups and decision, for the webhook and for
-//! the `review` and `audit` commands; `report` holds how commands show
-//! results, `cli` only parses flags, and `app` wires `archway serve`
-//! together around `server`'s listeners.
+//! The layers, each using only those above it:
+//!
+//! - `decision`: the pure core. Given a pod, its namespace's policy and the
+//!   platforms its images publish, what archway injects and why; the patch;
+//!   the gate's patches; the ramp, the comparison and the cost arithmetic.
+//!   No I/O, no clock.
+//! - `lookup`: what images publish: references read as the kubelet reads
+//!   them, the registry client, the cache.
+//! - `cluster`: what archway reads of the cluster and how it writes to it
+//!   (namespace and node watches, pull secrets, the Lease, Events).
+//! - `admission`: one review: the pod read, looked up, decided, answered.
+//!   The webhook, `review` and `audit` all come through it.
+//! - `controllers`: what runs beside the webhook in `archway serve`: the
+//!   gate controller, the rollout guard, the settings reporter.
+//! - `serve`: the runtime that starts, leads and stops all of it, and the
+//!   HTTPS and admin servers.
+//! - `commands`: `review`, `audit`, `inspect` (and `cli`, which parses the
+//!   flags and hands over).
+//!
+//! Beside them: `config` (the file's schema and validation), `metrics`,
+//! `telemetry` (logs), `certs` (serving certificates), `report` (tables).
 
 pub mod admission;
-pub mod app;
-pub mod audit;
-pub mod cache;
 pub mod certs;
 pub mod cli;
 pub mod cluster;
-pub mod compare;
+pub mod commands;
 pub mod config;
-pub mod cost;
-pub mod gate;
-pub mod guard;
-pub mod image;
-pub mod inspect;
+pub mod controllers;
+pub mod decision;
+pub mod lookup;
 pub mod metrics;
-pub mod patch;
-pub mod placement;
-pub mod platform;
-pub mod policy;
-pub mod ramp;
-pub mod registry;
-pub mod reload;
 pub mod report;
-pub mod review;
-pub mod server;
-pub mod settings_report;
+pub mod serve;
 pub mod telemetry;

@@ -439,7 +439,12 @@ impl Metrics {
     }
 
     /// Records a hold the guard made (or could not record).
-    pub fn guard_hold(&self, architecture: &str, mode: crate::policy::GuardMode, result: &str) {
+    pub fn guard_hold(
+        &self,
+        architecture: &str,
+        mode: crate::decision::policy::GuardMode,
+        result: &str,
+    ) {
         self.guard_holds
             .get_or_create(&GuardHoldLabels {
                 architecture: architecture_label(architecture),

@@ -15,7 +15,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use archway::config::Config;
-use archway::server::{AppState, webhook_router};
+use archway::serve::server::{AppState, webhook_router};
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use serde_json::{Value, json};

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use archway::admission::Reviewer;
 use archway::cluster::{ClusterPolicies, NodeInventory, PullSecrets};
 use archway::config::Config;
-use archway::policy::PolicySource;
+use archway::decision::policy::PolicySource;
 use k8s_openapi::api::core::v1::{Namespace, Node};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde_json::{Value, json};
@@ -168,7 +168,7 @@ async fn not_ready_until_the_cluster_view_has_synced() {
     // An API server that refuses connections: nothing ever syncs.
     let client =
         kube::Client::try_from(kube::Config::new("http://127.0.0.1:1".parse().unwrap())).unwrap();
-    let policies = ClusterPolicies::start(client, archway::policy::Rollout::NONE);
+    let policies = ClusterPolicies::start(client, archway::decision::policy::Rollout::NONE);
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(!policies.is_ready());
     assert!(policies.nodes().is_none());

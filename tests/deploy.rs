@@ -21,7 +21,7 @@ use serde_yaml::Value;
 
 const KUBERNETES_VERSION: &str = "1.33.0";
 const NAMESPACE: &str = "archway";
-/// archway's drain of in-flight reviews on SIGTERM (src/server.rs).
+/// archway's drain of in-flight reviews on SIGTERM (src/serve/server.rs).
 const DRAIN_SECONDS: i64 = 25;
 
 // ---------------------------------------------------------------------------

@@ -10,10 +10,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use archway::cache::{CacheSettings, Inspector};
 use archway::config::Config;
-use archway::image::ImageRef;
-use archway::registry::{Credential, InspectError, RegistryClient, RegistrySettings};
+use archway::lookup::cache::{CacheSettings, Inspector};
+use archway::lookup::image::ImageRef;
+use archway::lookup::registry::{Credential, InspectError, RegistryClient, RegistrySettings};
 use serde_json::json;
 use support::webhook::{TestWebhook, pod_review};
 use support::{CountingProxy, Fault, ImageSpec, Registry, RegistryOptions, build_layout};

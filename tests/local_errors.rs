@@ -6,8 +6,8 @@ mod support;
 
 use std::time::Duration;
 
-use archway::cache::{CacheSettings, Inspector};
-use archway::registry::{Credential, InspectError, RegistryClient, RegistrySettings};
+use archway::lookup::cache::{CacheSettings, Inspector};
+use archway::lookup::registry::{Credential, InspectError, RegistryClient, RegistrySettings};
 use support::{Format, ImageSpec, Registry, RegistryOptions, build_layout};
 
 #[tokio::test]

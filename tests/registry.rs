@@ -5,9 +5,9 @@ mod support;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use archway::cache::{CacheOutcome, CacheSettings, Inspector};
-use archway::image::ImageRef;
-use archway::registry::{
+use archway::lookup::cache::{CacheOutcome, CacheSettings, Inspector};
+use archway::lookup::image::ImageRef;
+use archway::lookup::registry::{
     Credential, InspectError, Keyring, ManifestShape, RegistryClient, RegistrySettings,
 };
 use support::{CountingProxy, Format, ImageSpec, Registry, RegistryOptions, build_layout};
@@ -88,7 +88,7 @@ fn image(s: &str) -> ImageRef {
     s.parse().unwrap()
 }
 
-fn platforms(found: &archway::registry::ImagePlatforms) -> Vec<String> {
+fn platforms(found: &archway::lookup::registry::ImagePlatforms) -> Vec<String> {
     found.platforms.iter().map(ToString::to_string).collect()
 }
 

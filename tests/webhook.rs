@@ -581,7 +581,7 @@ async fn the_patch_is_base64_json_patch_exactly_as_documented() {
             .unwrap(),
     )
     .unwrap();
-    let bucket = archway::placement::rollout_bucket("r100/Pod/web");
+    let bucket = archway::decision::placement::rollout_bucket("r100/Pod/web");
     assert_eq!(
         ops,
         json!([

@@ -13,13 +13,13 @@ use std::sync::Arc;
 
 use archway::admission::Reviewer;
 use archway::config::Config;
-use archway::image::ImageRef;
-use archway::placement::{
+use archway::decision::placement::{
     self, ContainerImage, DecisionInput, DecisionKind, DecisionSettings, ImageLookup, Outcome,
 };
-use archway::platform::Platform;
-use archway::policy::{Mode, NamespacePolicy, Placement, Rollout, RolloutBy};
-use archway::registry::manifest::{self, MAX_INDEX_ENTRIES, ManifestContent};
+use archway::decision::platform::Platform;
+use archway::decision::policy::{Mode, NamespacePolicy, Placement, Rollout, RolloutBy};
+use archway::lookup::image::ImageRef;
+use archway::lookup::registry::manifest::{self, MAX_INDEX_ENTRIES, ManifestContent};
 use base64::Engine;
 use k8s_openapi::api::core::v1::{Pod, Toleration};
 use serde::Deserialize;
@@ -239,7 +239,7 @@ pub fn patch(data: &[u8]) {
                     || !injection.required.is_empty(),
                 "{decision:?}"
             );
-            let patch = archway::patch::build(&pod, injection, &tolerations());
+            let patch = archway::decision::patch::build(&pod, injection, &tolerations());
             let mut patched = object.clone();
             json_patch::patch(&mut patched, &patch).unwrap_or_else(|e| {
                 panic!(

@@ -8,10 +8,10 @@ use std::sync::Arc;
 use k8s_openapi::api::core::v1::Pod;
 
 use super::Reviewer;
-use crate::cache::CacheOutcome;
-use crate::placement::{self, ContainerImage, Decision, DecisionInput, ImageLookup};
-use crate::policy::NamespacePolicy;
-use crate::registry::{ImagePlatforms, InspectError, Keyring};
+use crate::decision::placement::{self, ContainerImage, Decision, DecisionInput, ImageLookup};
+use crate::decision::policy::NamespacePolicy;
+use crate::lookup::cache::CacheOutcome;
+use crate::lookup::registry::{ImagePlatforms, InspectError, Keyring};
 
 /// More distinct images than any real pod has; each costs a lookup.
 pub const MAX_IMAGES_PER_POD: usize = 64;
@@ -163,7 +163,7 @@ impl Reviewer {
         &self,
         images: &[&str],
         keyring: &Keyring,
-        requester: &crate::cache::Requester,
+        requester: &crate::lookup::cache::Requester,
         deadline: tokio::time::Instant,
     ) -> Vec<Found> {
         let lookups = images.iter().map(|&image| async move {

@@ -405,7 +405,7 @@ mod tests {
 
     use super::*;
     use crate::config::Config;
-    use crate::placement::Injection;
+    use crate::decision::placement::Injection;
 
     /// Pods of every shape the patch builder distinguishes, with fields the
     /// view skips (env, volumes, resources, probes, pod affinity) around
@@ -501,7 +501,7 @@ mod tests {
             tolerate: set(&["amd64", "arm64"]),
             labels: BTreeMap::new(),
             annotations: BTreeMap::from([("archway.dev/decision".into(), "x".into())]),
-            requirement: crate::placement::Requirement::AddToEveryTerm,
+            requirement: crate::decision::placement::Requirement::AddToEveryTerm,
         }
     }
 
@@ -558,18 +558,18 @@ mod tests {
                             .pod_anti_affinity
                             .and_then(|a| a.required_during_scheduling_ignored_during_execution),
                     ),
-                    crate::placement::pin(pod).map(|p| p.how),
+                    crate::decision::placement::pin(pod).map(|p| p.how),
                 )
             };
             assert_eq!(spec(&full), spec(&view), "{text}");
             assert_eq!(
-                crate::placement::pod_os(&full),
-                crate::placement::pod_os(&view),
+                crate::decision::placement::pod_os(&full),
+                crate::decision::placement::pod_os(&view),
                 "{text}"
             );
 
-            let patch_full = crate::patch::build(&full, &injection(), &tolerations);
-            let patch_view = crate::patch::build(&view, &injection(), &tolerations);
+            let patch_full = crate::decision::patch::build(&full, &injection(), &tolerations);
+            let patch_view = crate::decision::patch::build(&view, &injection(), &tolerations);
             assert_eq!(patch_full, patch_view, "{text}");
             // And the patch applies to the JSON the API server sent.
             let mut patched = value.clone();

@@ -2,10 +2,10 @@ use serde_json::{Value, json};
 
 use super::warnings::MAX_WARNING_CHARS;
 use super::*;
-use crate::cache::CacheSettings;
 use crate::config::Config;
-use crate::policy::StaticPolicies;
-use crate::registry::{RegistryClient, RegistrySettings};
+use crate::decision::policy::StaticPolicies;
+use crate::lookup::cache::CacheSettings;
+use crate::lookup::registry::{RegistryClient, RegistrySettings};
 
 fn reviewer(config_yaml: &str) -> Reviewer {
     let _ = rustls::crypto::ring::default_provider().install_default();

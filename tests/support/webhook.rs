@@ -9,7 +9,7 @@ use std::time::Duration;
 use archway::admission::Reviewer;
 use archway::certs::ReloadingCertificate;
 use archway::config::Config;
-use archway::server::{self, AppState, Listeners};
+use archway::serve::server::{self, AppState, Listeners};
 use base64::Engine;
 use serde_json::{Value, json};
 

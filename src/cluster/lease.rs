@@ -1,0 +1,212 @@
+//! One active gate controller among archway's replicas, through a
+//! coordination.k8s.io/v1 Lease: acquired and renewed with the Lease's
+//! resourceVersion (so two replicas never both win a round), taken over
+//! when its holder has stopped renewing for `leaseDuration`.
+//!
+//! Expiry is judged as client-go's leader election judges it: by how long
+//! this replica has seen the Lease unchanged, on its own monotonic clock,
+//! never by comparing the holder's `renewTime` with this machine's wall
+//! clock (the two machines' clocks may disagree by more than a lease).
+
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
+use kube::api::{Api, PostParams};
+use tokio::sync::watch;
+
+/// Which Lease, who this replica is, and how long a holder keeps it.
+#[derive(Debug, Clone)]
+pub struct LeaseSettings {
+    pub namespace: String,
+    pub name: String,
+    pub identity: String,
+    pub duration: Duration,
+}
+
+/// The namespace archway runs in (its ServiceAccount's), else `archway`.
+pub fn own_namespace() -> String {
+    std::fs::read_to_string("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+        .ok()
+        .map(|n| n.trim().to_string())
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(|| "archway".into())
+}
+
+/// This replica's name as a holder: its pod's name (the hostname in a pod),
+/// so a restarted container takes its own Lease back at once, while a new
+/// pod waits for the old one's to expire. Outside a pod, the machine's
+/// hostname: a restarted `archway serve` there takes its Lease back too.
+pub fn own_identity() -> String {
+    std::env::var("POD_NAME")
+        .or_else(|_| std::env::var("HOSTNAME"))
+        .ok()
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        .map(|n| n.trim().to_string())
+        .filter(|n| !n.is_empty())
+        .map(|n| n.chars().take(128).collect())
+        .unwrap_or_else(|| format!("archway-{}", std::process::id()))
+}
+
+/// One replica's side of the election.
+pub struct Elector {
+    api: Api<Lease>,
+    settings: LeaseSettings,
+    /// The holder and renewal last seen, and when this replica saw them.
+    observed: Option<((String, Option<MicroTime>), Instant)>,
+    /// After the last round: another replica holds the Lease and renews it.
+    other_holds: bool,
+}
+
+impl Elector {
+    pub fn new(client: kube::Client, settings: LeaseSettings) -> Elector {
+        Elector {
+            api: Api::namespaced(client, &settings.namespace),
+            settings,
+            observed: None,
+            other_holds: false,
+        }
+    }
+
+    /// One round: `true` when this replica holds the Lease after it.
+    pub async fn try_acquire_or_renew(&mut self) -> Result<bool, kube::Error> {
+        let now = MicroTime(k8s_openapi::jiff::Timestamp::now());
+        let seconds = i32::try_from(self.settings.duration.as_secs()).unwrap_or(i32::MAX);
+        let Some(mut lease) = self.api.get_opt(&self.settings.name).await? else {
+            let lease = Lease {
+                metadata: ObjectMeta {
+                    name: Some(self.settings.name.clone()),
+                    namespace: Some(self.settings.namespace.clone()),
+                    ..Default::default()
+                },
+                spec: Some(LeaseSpec {
+                    holder_identity: Some(self.settings.identity.clone()),
+                    acquire_time: Some(now.clone()),
+                    renew_time: Some(now),
+                    lease_duration_seconds: Some(seconds),
+                    lease_transitions: Some(0),
+                    ..Default::default()
+                }),
+            };
+            return match self.api.create(&PostParams::default(), &lease).await {
+                Ok(_) => Ok(true),
+                // Another replica created it first.
+                Err(kube::Error::Api(e)) if e.code == 409 => Ok(false),
+                Err(e) => Err(e),
+            };
+        };
+        let spec = lease.spec.get_or_insert_with(LeaseSpec::default);
+        let holder = spec.holder_identity.clone().unwrap_or_default();
+        let record = (holder.clone(), spec.renew_time.clone());
+        let seen_at = match &self.observed {
+            Some((seen, at)) if *seen == record => *at,
+            _ => {
+                self.observed = Some((record, Instant::now()));
+                Instant::now()
+            }
+        };
+        let held_for = spec
+            .lease_duration_seconds
+            .and_then(|s| u64::try_from(s).ok())
+            .map_or(self.settings.duration, Duration::from_secs);
+        let ours = holder == self.settings.identity;
+        let expired = holder.is_empty() || seen_at.elapsed() >= held_for;
+        self.other_holds = !ours && !expired;
+        if self.other_holds {
+            return Ok(false);
+        }
+        if !ours {
+            spec.acquire_time = Some(now.clone());
+            spec.lease_transitions = Some(spec.lease_transitions.unwrap_or(0).saturating_add(1));
+            spec.holder_identity = Some(self.settings.identity.clone());
+        }
+        spec.renew_time = Some(now);
+        spec.lease_duration_seconds = Some(seconds);
+        // `lease` carries the resourceVersion read above: if another replica
+        // wrote in between, this update is refused with 409.
+        match self
+            .api
+            .replace(&self.settings.name, &PostParams::default(), &lease)
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(kube::Error::Api(e)) if e.code == 409 => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Gives the Lease up (at shutdown), so another replica takes over
+    /// without waiting for it to expire.
+    pub async fn release(&mut self) -> Result<(), kube::Error> {
+        let Some(mut lease) = self.api.get_opt(&self.settings.name).await? else {
+            return Ok(());
+        };
+        let spec = lease.spec.get_or_insert_with(LeaseSpec::default);
+        if spec.holder_identity.as_deref() != Some(self.settings.identity.as_str()) {
+            return Ok(());
+        }
+        spec.holder_identity = None;
+        spec.acquire_time = None;
+        spec.renew_time = None;
+        self.api
+            .replace(&self.settings.name, &PostParams::default(), &lease)
+            .await
+            .map(|_| ())
+    }
+
+    /// Runs the election until `stop` is dropped or set, telling `leading`
+    /// whether this replica holds the Lease. A holder that cannot renew
+    /// steps down after two thirds of the lease, before any other replica
+    /// may take over.
+    pub async fn run(mut self, leading: watch::Sender<bool>, mut stop: watch::Receiver<bool>) {
+        let retry = self.settings.duration / 3;
+        let step_down_after = self.settings.duration * 2 / 3;
+        let mut renewed: Option<Instant> = None;
+        let mut live_at: Option<Instant> = None;
+        loop {
+            self.other_holds = false;
+            match self.try_acquire_or_renew().await {
+                Ok(true) => renewed = Some(Instant::now()),
+                Ok(false) => renewed = None,
+                Err(error) => {
+                    tracing::warn!(%error, lease = %self.settings.name, "could not renew or acquire the gate Lease");
+                }
+            }
+            let holds = renewed.is_some_and(|at| at.elapsed() < step_down_after);
+            if holds || self.other_holds {
+                live_at = Some(Instant::now());
+            }
+            // Some replica's controller runs (this one's or another's, as
+            // far as this one can see): the webhook may gate pods.
+            crate::decision::gating::set_controller_live(
+                live_at.is_some_and(|at| at.elapsed() < self.settings.duration),
+            );
+            leading.send_if_modified(|was| {
+                let changed = *was != holds;
+                if changed {
+                    tracing::info!(
+                        lease = %self.settings.name,
+                        identity = %self.settings.identity,
+                        leading = holds,
+                        "gate controller Lease"
+                    );
+                }
+                *was = holds;
+                changed
+            });
+            tokio::select! {
+                _ = tokio::time::sleep(retry) => {}
+                _ = stop.changed() => break,
+            }
+        }
+        leading.send_replace(false);
+        crate::decision::gating::set_controller_live(false);
+        if renewed.is_some()
+            && let Err(error) = tokio::time::timeout(Duration::from_secs(2), self.release())
+                .await
+                .unwrap_or(Ok(()))
+        {
+            tracing::warn!(%error, "could not release the gate Lease");
+        }
+    }
+}

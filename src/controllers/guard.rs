@@ -1,0 +1,264 @@
+//! The rollout guard: stops sending a workload to the target architecture
+//! when its pods fail there and not elsewhere.
+//!
+//! archway labels every pod whose architecture the rollout chose
+//! (`archway.dev/arch`, either side; `placement.rs`). The guard watches
+//! only those pods, by label selector, decoded into a slim type and
+//! reduced to a few words each (`detect.rs`), so its memory grows by
+//! little per pod whatever the pods hold. Labelling both sides is what
+//! lets it tell "fails on arm64" from "fails everywhere" without a second
+//! look at the workload.
+//!
+//! When a workload trips, the hold is written on it (`holds.rs`), which
+//! the webhook reads from a watched map: new pods of the workload go to
+//! the other architecture. Running pods are left alone (no eviction).
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use kube::api::Api;
+use kube::runtime::{WatchStreamExt, watcher};
+use serde::Deserialize;
+
+use crate::decision::placement::{self, ARCH_POD_LABEL, Hold};
+use crate::decision::policy::{GuardMode, NamespacePolicy, PolicySource};
+pub use detect::{Detector, DetectorSettings, Failure, Observation, Verdict};
+pub use holds::{HOLD_LABEL, HOLD_REASON_ANNOTATION, HoldError, HoldWriter, Holds};
+use pods::GuardPod;
+
+pub mod detect;
+pub mod holds;
+pub mod pods;
+
+/// The guard's configuration (`guard:` in the configuration file).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct GuardConfig {
+    /// Failing pods on the target architecture, within `window`, that hold
+    /// a workload.
+    pub threshold: usize,
+    #[serde(with = "humantime_serde")]
+    pub window: Duration,
+    /// Restarts of one pod within `window` that count as failing, without
+    /// CrashLoopBackOff or an exec format error.
+    pub restarts: u32,
+}
+
+impl Default for GuardConfig {
+    fn default() -> Self {
+        GuardConfig {
+            threshold: 2,
+            window: Duration::from_secs(600),
+            restarts: 5,
+        }
+    }
+}
+
+impl GuardConfig {
+    pub fn check(&self) -> Result<(), String> {
+        if self.threshold == 0 {
+            return Err("guard.threshold must be at least 1".into());
+        }
+        if self.restarts == 0 {
+            return Err("guard.restarts must be at least 1".into());
+        }
+        if self.window.is_zero() {
+            return Err("guard.window must be longer than zero".into());
+        }
+        Ok(())
+    }
+
+    pub fn detector(&self, target: &str) -> DetectorSettings {
+        DetectorSettings {
+            target: target.to_string(),
+            threshold: self.threshold,
+            window: self.window,
+            restarts: self.restarts,
+        }
+    }
+}
+
+/// Namespace policies whose readiness also waits for the holds: a review
+/// answered before them could steer a held workload's pod.
+pub struct GuardedPolicies {
+    pub inner: Arc<dyn PolicySource>,
+    pub holds: Holds,
+}
+
+impl PolicySource for GuardedPolicies {
+    fn policy(&self, namespace: &str) -> Option<NamespacePolicy> {
+        self.inner.policy(namespace)
+    }
+    fn is_ready(&self) -> bool {
+        self.inner.is_ready() && self.holds.is_synced()
+    }
+}
+
+/// Starts the guard's watches: held workloads, and archway's pods.
+pub fn start(
+    client: kube::Client,
+    policies: Arc<dyn PolicySource>,
+    holds: Holds,
+    settings: DetectorSettings,
+) {
+    tokio::spawn(holds::watch_holds::<Deployment>(
+        client.clone(),
+        "Deployment",
+        holds.clone(),
+    ));
+    tokio::spawn(holds::watch_holds::<StatefulSet>(
+        client.clone(),
+        "StatefulSet",
+        holds.clone(),
+    ));
+    let guard = Guard {
+        detector: Detector::new(settings),
+        writer: HoldWriter::new(client.clone()),
+        policies,
+        holds,
+    };
+    tokio::spawn(guard.run(Api::all(client)));
+}
+
+struct Guard {
+    detector: Detector,
+    writer: HoldWriter,
+    policies: Arc<dyn PolicySource>,
+    holds: Holds,
+}
+
+impl Guard {
+    async fn run(mut self, pods: Api<GuardPod>) {
+        let config = watcher::Config::default().labels(ARCH_POD_LABEL);
+        let stream = watcher(pods, config).default_backoff();
+        futures::pin_mut!(stream);
+        // The uids a relist brought: pods followed before and missing from
+        // it were deleted while the watch was down.
+        let mut relisted: Option<HashSet<String>> = None;
+        while let Some(event) = stream.next().await {
+            match event {
+                Err(error) => tracing::warn!(what = "guard pods", %error, "watch failed; retrying"),
+                Ok(watcher::Event::Init) => relisted = Some(HashSet::new()),
+                Ok(watcher::Event::InitApply(pod)) => {
+                    if let (Some(seen), Some(uid)) = (&mut relisted, &pod.metadata.uid) {
+                        seen.insert(uid.clone());
+                    }
+                    self.observe(&pod);
+                }
+                Ok(watcher::Event::InitDone) => {
+                    if let Some(seen) = relisted.take() {
+                        self.detector.retain(|uid| seen.contains(uid));
+                    }
+                }
+                Ok(watcher::Event::Apply(pod)) => self.observe(&pod),
+                Ok(watcher::Event::Delete(pod)) => {
+                    if let Some(uid) = &pod.metadata.uid {
+                        self.detector.forget(uid);
+                    }
+                }
+            }
+            crate::metrics::global()
+                .guard_watched_pods
+                .set(self.detector.pods() as i64);
+        }
+    }
+
+    fn observe(&mut self, pod: &GuardPod) {
+        let meta = &pod.metadata;
+        let (Some(uid), Some(namespace)) = (&meta.uid, &meta.namespace) else {
+            return;
+        };
+        let mode = self.policies.policy(namespace).map(|p| p.guard);
+        let architecture = meta.labels.as_ref().and_then(|l| l.get(ARCH_POD_LABEL));
+        let workload = placement::workload(meta);
+        let (Some(mode), Some(architecture), Some((kind, name))) = (mode, architecture, workload)
+        else {
+            // Not (or no longer) the guard's: a bare pod has no workload to
+            // hold, and a namespace that left archway is not watched.
+            self.detector.forget(uid);
+            return;
+        };
+        if mode == GuardMode::Off {
+            self.detector.forget(uid);
+            return;
+        }
+        let key = holds::workload_key(namespace, &kind, &name);
+        let (failure, restarts) = pod.failure();
+        let seen = Observation {
+            pod: uid,
+            workload: &key,
+            architecture,
+            failure,
+            restarts,
+        };
+        if let Some(verdict) = self.detector.observe(&seen, now_secs()) {
+            self.act(verdict, namespace, &kind, &name, mode);
+        }
+    }
+
+    fn act(&self, verdict: Verdict, namespace: &str, kind: &str, name: &str, mode: GuardMode) {
+        let metrics = crate::metrics::global();
+        let (pods, failures, architecture, since) = match verdict {
+            Verdict::FailingEverywhere { workload, pods } => {
+                tracing::warn!(
+                    %workload, pods,
+                    "pods fail on every architecture: not an architecture problem, not held"
+                );
+                metrics.guard_failing_everywhere.inc();
+                return;
+            }
+            Verdict::Hold {
+                pods,
+                failures,
+                architecture,
+                since,
+                ..
+            } => (pods, failures, architecture, since),
+        };
+        let key = holds::workload_key(namespace, kind, name);
+        if self.holds.get(&key).is_some() {
+            return;
+        }
+        let reason = detect::hold_reason(pods, &failures, &architecture, since);
+        let hold = Hold {
+            architecture: architecture.clone(),
+            reason: reason.clone(),
+        };
+        if !holds::HOLDABLE_KINDS.contains(&kind) {
+            tracing::warn!(workload = %key, %reason, "pods fail on one architecture, but a {kind} cannot carry a hold");
+            metrics.guard_hold(&architecture, mode, "not_holdable");
+            return;
+        }
+        tracing::warn!(workload = %key, mode = mode.label(), %reason, "workload held");
+        self.holds.insert(key.clone(), hold.clone());
+        let writer = self.writer.clone();
+        let holds = self.holds.clone();
+        let (namespace, kind, name) = (namespace.to_string(), kind.to_string(), name.to_string());
+        tokio::spawn(async move {
+            let metrics = crate::metrics::global();
+            match writer.record(&namespace, &kind, &name, &hold).await {
+                Ok(uid) => {
+                    metrics.guard_hold(&hold.architecture, mode, "recorded");
+                    let workload = (namespace.as_str(), kind.as_str(), name.as_str());
+                    writer.announce(workload, uid, &hold, mode).await;
+                }
+                Err(error) => {
+                    // Only holds the cluster carries are kept: one archway
+                    // knew alone would vanish with a restart, shown nowhere.
+                    holds.remove(&key);
+                    metrics.guard_hold(&hold.architecture, mode, error.metric_label());
+                    tracing::warn!(workload = %key, %error, "could not record the hold");
+                }
+            }
+        });
+    }
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}

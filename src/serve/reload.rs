@@ -1,0 +1,113 @@
+//! Reloading the configuration file when it changes (a ConfigMap update),
+//! without a restart. An invalid new file is refused with a clear log line
+//! and the running configuration stays.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::admission::{ReviewSettings, Reviewer, SetupError};
+use crate::cluster::ClusterPolicies;
+use crate::config::{Config, ConfigError};
+use crate::lookup::cache::Inspector;
+use crate::lookup::registry::RegistryClient;
+use crate::metrics;
+use crate::serve::server::AppState;
+
+/// How often the file is looked at. A ConfigMap update reaches the pod's
+/// volume within the kubelet's sync period (a minute or so); polling the
+/// content is simple and sees the symlink swap the kubelet does.
+pub const POLL: Duration = Duration::from_secs(2);
+
+/// Reads the configuration again: the file with the command line's flags
+/// and environment over it, exactly as at start-up.
+pub type Loader = Arc<dyn Fn() -> Result<Config, ConfigError> + Send + Sync>;
+
+pub struct ConfigReloader {
+    pub path: PathBuf,
+    pub loader: Loader,
+    pub current: Config,
+    /// With a cluster, the namespace view stays; only its default rollout
+    /// follows the file.
+    pub cluster: Option<ClusterPolicies>,
+}
+
+impl ConfigReloader {
+    /// Watches the file forever (the caller aborts the task at shutdown).
+    pub async fn run(mut self, state: AppState) {
+        let mut last = std::fs::read(&self.path).ok();
+        let mut tick = tokio::time::interval(POLL);
+        loop {
+            tick.tick().await;
+            let content = std::fs::read(&self.path).ok();
+            if content.is_none() || content == last {
+                continue;
+            }
+            last = content;
+            match (self.loader)() {
+                Err(error) => {
+                    tracing::error!(%error, path = %self.path.display(), "invalid configuration: keeping the previous one");
+                    count("invalid");
+                }
+                Ok(config) => match self.rebuild(&state.reviewer(), &config) {
+                    Ok(reviewer) => {
+                        state.replace_reviewer(reviewer);
+                        if config.server != self.current.server {
+                            tracing::warn!(
+                                "server settings changed: they take effect at the next restart"
+                            );
+                        }
+                        self.current = config;
+                        tracing::info!(path = %self.path.display(), "configuration reloaded");
+                        count("ok");
+                    }
+                    Err(error) => {
+                        tracing::error!(%error, "configuration not applied: keeping the previous one");
+                        count("invalid");
+                    }
+                },
+            }
+        }
+    }
+
+    /// A reviewer for `config`, keeping what did not change: the image
+    /// cache (warm) when registry and cache settings are the same, the
+    /// cluster view, the pull-secret reader.
+    pub fn rebuild(&self, old: &Reviewer, config: &Config) -> Result<Reviewer, SetupError> {
+        let inspector =
+            if config.registry == self.current.registry && config.cache == self.current.cache {
+                old.inspector.clone()
+            } else {
+                tracing::info!("registry or cache settings changed: starting a new image cache");
+                Inspector::new(
+                    RegistryClient::new(config.registry_settings()?)?,
+                    config.cache_settings(),
+                )
+            };
+        let policies: Arc<dyn crate::decision::policy::PolicySource> = match &self.cluster {
+            Some(cluster) => {
+                cluster.set_default_rollout(config.default_rollout);
+                old.policies.clone()
+            }
+            None => Arc::new(config.static_policies()),
+        };
+        Ok(Reviewer {
+            inspector,
+            policies,
+            node_inventory: old.node_inventory.clone(),
+            pull_secrets: old.pull_secrets.clone(),
+            settings: Arc::new(ReviewSettings::from_config(config)),
+            draws: old.draws.clone(),
+            holds: old.holds.clone(),
+        })
+    }
+}
+
+fn count(result: &str) {
+    metrics::global()
+        .config_reloads
+        .get_or_create(&metrics::ReasonLabels {
+            reason: result.into(),
+        })
+        .inc();
+}

@@ -1,0 +1,154 @@
+//! `archway serve`: everything wired together (cluster view, reviewer,
+//! guard, gate controller, configuration reloads) around the listeners
+//! that `server::serve` runs.
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::admission::Reviewer;
+use crate::certs::{self, ReloadingCertificate};
+use crate::cluster::{ClusterPolicies, PullSecrets};
+use crate::config::Config;
+use crate::controllers::guard::GuardedPolicies;
+use crate::controllers::settings_report::SettingsReporter;
+use crate::serve::reload::{ConfigReloader, Loader};
+use crate::serve::server::{self, AppState, Listeners};
+
+/// Starts archway with `config` and serves until `shutdown` completes.
+/// Without a certificate in the configuration, a self-signed one is made
+/// and its CA written to `self_signed_dir` (for trying archway locally).
+/// With `reload`, the configuration file at that path is watched and
+/// re-read through the loader when it changes.
+pub async fn run(
+    config: Config,
+    self_signed_dir: &Path,
+    reload: Option<(PathBuf, Loader)>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let certificate = Arc::new(serving_certificate(&config, self_signed_dir)?);
+    let mut cluster = None;
+    let mut kube_client = None;
+    let reviewer = if config.policy_source.uses_cluster() {
+        // In-cluster service account, or the current kubeconfig context.
+        let client = kube::Client::try_default().await?;
+        let settings =
+            SettingsReporter::start(client.clone(), crate::cluster::lease::own_identity());
+        let cluster_view = ClusterPolicies::start_reporting(
+            client.clone(),
+            config.default_rollout,
+            Some(settings),
+        );
+        cluster = Some(cluster_view.clone());
+        let holds = crate::controllers::guard::Holds::default();
+        let policies: Arc<dyn crate::decision::policy::PolicySource> = Arc::new(GuardedPolicies {
+            inner: Arc::new(cluster_view.clone()),
+            holds: holds.clone(),
+        });
+        let detector = config.guard.detector(&config.target_architecture);
+        crate::controllers::guard::start(client.clone(), policies.clone(), holds.clone(), detector);
+        let mut reviewer = Reviewer::from_config(&config, policies)?;
+        reviewer.node_inventory = Some(Arc::new(cluster_view));
+        reviewer.pull_secrets = Some(PullSecrets::new(client.clone()));
+        reviewer.holds = Some(holds);
+        kube_client = Some(client);
+        reviewer
+    } else {
+        Reviewer::from_config(&config, Arc::new(config.static_policies()))?
+    };
+    let listeners = Listeners::bind(config.server.listen, config.server.admin_listen).await?;
+    tracing::info!(
+        webhook = %listeners.webhook.local_addr()?,
+        admin = %listeners.admin.local_addr()?,
+        target = %config.target_architecture,
+        static_namespaces = config.namespaces.len(),
+        startup_ms = started.elapsed().as_secs_f64() * 1000.0,
+        "archway serving"
+    );
+    let state = AppState::new(reviewer);
+    // The gate controller needs the cluster; without one the webhook gates
+    // nothing (`ReviewSettings::gating`), since nothing would release it.
+    let (stop_gate, gate_stopped) = tokio::sync::watch::channel(false);
+    let gate = kube_client.map(|client| {
+        let lease = crate::cluster::lease::LeaseSettings {
+            namespace: (config.gate.lease_namespace.clone())
+                .unwrap_or_else(crate::cluster::lease::own_namespace),
+            name: config.gate.lease_name.clone(),
+            identity: crate::cluster::lease::own_identity(),
+            duration: config.gate.lease_duration,
+        };
+        tokio::spawn(crate::controllers::gate::run(
+            client,
+            state.clone(),
+            lease,
+            gate_stopped,
+        ))
+    });
+    let reloader = reload.map(|(path, loader)| {
+        let reloader = ConfigReloader {
+            path,
+            loader,
+            current: config.clone(),
+            cluster,
+        };
+        tokio::spawn(reloader.run(state.clone()))
+    });
+    server::serve(
+        listeners,
+        state,
+        certificate,
+        server::ServerLimits::from(&config.server),
+        shutdown,
+    )
+    .await;
+    if let Some(task) = reloader {
+        task.abort();
+    }
+    // Stops the controller and gives the Lease up, so another replica
+    // takes over at once.
+    stop_gate.send_replace(true);
+    if let Some(task) = gate {
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(3), task).await;
+    }
+    tracing::info!("archway stopped");
+    Ok(())
+}
+
+fn serving_certificate(
+    config: &Config,
+    self_signed_dir: &Path,
+) -> anyhow::Result<ReloadingCertificate> {
+    if let (Some(cert), Some(key)) = (&config.server.cert_file, &config.server.key_file) {
+        return Ok(ReloadingCertificate::from_files(cert, key)?);
+    }
+    let mut names = certs::service_names("archway", "archway");
+    names.extend(["localhost".to_string(), "127.0.0.1".to_string()]);
+    let generated = certs::generate(&names, 30)?;
+    let key = certs::certified_key(
+        generated.cert_pem.as_bytes(),
+        generated.key_pem.as_bytes(),
+        Path::new("self-signed"),
+    )?;
+    let ca_path = self_signed_dir.join("ca.crt");
+    match std::fs::create_dir_all(self_signed_dir)
+        .and_then(|_| std::fs::write(&ca_path, &generated.ca_pem))
+    {
+        Ok(()) => {
+            tracing::info!(
+                ca = %ca_path.display(),
+                "no certificate configured: serving a self-signed one for localhost; trust it with `curl --cacert {}`",
+                ca_path.display()
+            )
+        }
+        Err(error) => {
+            tracing::warn!(%error, "no certificate configured: serving a self-signed one; could not write its CA, printing it")
+        }
+    }
+    eprintln!(
+        "archway self-signed CA (for local use):\n{}",
+        generated.ca_pem
+    );
+    Ok(ReloadingCertificate::fixed(key))
+}
