@@ -15,8 +15,8 @@ use crate::decision::placement::{
     self, Decision, DecisionKind, DecisionSettings, Injection, Outcome,
 };
 use crate::decision::policy::{Cold, Mode, NamespacePolicy, PolicySource};
+use crate::decision::text::truncate_for_message;
 use crate::lookup::cache::Inspector;
-use crate::lookup::image::truncate_for_message;
 pub use draws::RolloutDraws;
 pub use evaluate::{Evaluation, MAX_IMAGES_PER_POD};
 use warnings::{budget_warnings, warning};
@@ -562,7 +562,7 @@ fn disown(pod: &Pod, answer: &mut Answer) {
         Err(e) => response.warnings.push(warning(&format!("archway: {e}"))),
     }
     let keys: Vec<&str> = labels.iter().chain(&annotations).copied().collect();
-    let shown = crate::lookup::image::truncate_for_message(&keys.join(", "));
+    let shown = crate::decision::text::truncate_for_message(&keys.join(", "));
     response.warnings.push(warning(&format!(
         "archway: removed {shown} from the pod: archway alone writes archway.dev/ keys on pods (yours: {})",
         placement::USER_POD_KEYS.join(", ")

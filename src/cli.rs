@@ -7,10 +7,11 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::builder::TypedValueParser as _;
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand};
 
 use crate::config::Config;
 use crate::report::Format;
+use crate::telemetry::LogFormat;
 
 #[derive(Parser, Debug, Clone)]
 #[command(
@@ -31,7 +32,7 @@ pub struct Cli {
     )]
     pub log_format: LogFormat,
     /// Log filter, e.g. `info` or `archway=debug`.
-    #[arg(long, global = true, env = "ARCHWAY_LOG", default_value = "info")]
+    #[arg(long, global = true, env = "ARCHWAY_LOG", default_value = "info", value_parser = log_filter)]
     pub log: String,
     #[command(subcommand)]
     pub command: Command,
@@ -170,10 +171,10 @@ fn table_or_json() -> impl clap::builder::TypedValueParser<Value = Format> {
     })
 }
 
-#[derive(Clone, Copy, Debug, ValueEnum)]
-pub enum LogFormat {
-    Text,
-    Json,
+/// A log filter that tracing can read: a mistake is an error at start,
+/// not a silent `info`.
+fn log_filter(value: &str) -> Result<String, String> {
+    crate::telemetry::check_filter(value).map(|()| value.to_string())
 }
 
 impl Command {
@@ -250,7 +251,12 @@ impl Cli {
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    let config = cli.load_config()?;
+    // `certs` and `ungate` read no configuration: a broken file must not
+    // stop making a certificate or letting gated pods go.
+    let config = match &cli.command {
+        Command::Certs { .. } | Command::Ungate { .. } => Config::default(),
+        _ => cli.load_config()?,
+    };
     match cli.command.clone() {
         Command::Serve {
             listen,
@@ -316,5 +322,51 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             credentials,
             ..
         } => crate::commands::inspect::run(&config, &images, output, credentials.as_deref()).await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[test]
+    fn a_log_filter_tracing_cannot_read_is_an_error() {
+        let parse =
+            |filter: &str| Cli::try_parse_from(["archway", "--log", filter, "inspect", "nginx"]);
+        assert!(parse("archway=debug,info").is_ok());
+        let error = parse("archway=loud").unwrap_err().to_string();
+        assert!(error.contains("not a log filter"), "{error}");
+    }
+
+    #[tokio::test]
+    async fn certs_need_no_configuration() {
+        let dir = tempfile::tempdir().unwrap();
+        let broken = dir.path().join("archway.yaml");
+        std::fs::write(&broken, "notAField: 1\n").unwrap();
+        let out = dir.path().join("certs");
+        let cli = Cli::try_parse_from([
+            "archway".as_ref(),
+            "--config".as_ref(),
+            broken.as_os_str(),
+            "certs".as_ref(),
+            "--out".as_ref(),
+            out.as_os_str(),
+        ])
+        .unwrap();
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        assert_eq!(run(cli).await.unwrap(), ExitCode::SUCCESS);
+        assert!(out.join("tls.crt").exists());
+        // Others do read it.
+        let cli = Cli::try_parse_from([
+            "archway".as_ref(),
+            "--config".as_ref(),
+            broken.as_os_str(),
+            "inspect".as_ref(),
+            "nginx".as_ref(),
+        ])
+        .unwrap();
+        assert!(run(cli).await.is_err());
     }
 }

@@ -207,27 +207,12 @@ fn check_toleration_key(
     Ok(())
 }
 
-fn toleration(arch: &str) -> Toleration {
-    Toleration {
-        key: Some("kubernetes.io/arch".into()),
-        operator: Some("Equal".into()),
-        value: Some(arch.into()),
-        effect: Some("NoSchedule".into()),
-        ..Default::default()
-    }
-}
-
 impl Default for Config {
     fn default() -> Self {
         Config {
             target_architecture: "arm64".into(),
             default_rollout: Rollout::NONE,
-            // The taint cloud providers and platform teams commonly put on
-            // nodes reserved for one architecture (GKE does for arm64).
-            tolerations: ["arm64", "amd64"]
-                .into_iter()
-                .map(|arch| (arch.to_string(), vec![toleration(arch)]))
-                .collect(),
+            tolerations: crate::decision::placement::default_tolerations(),
             fail_closed: false,
             time_budget: Duration::from_millis(2500),
             excluded_namespaces: vec![

@@ -439,16 +439,11 @@ impl Metrics {
     }
 
     /// Records a hold the guard made (or could not record).
-    pub fn guard_hold(
-        &self,
-        architecture: &str,
-        mode: crate::decision::policy::GuardMode,
-        result: &str,
-    ) {
+    pub fn guard_hold(&self, architecture: &str, mode: &'static str, result: &str) {
         self.guard_holds
             .get_or_create(&GuardHoldLabels {
                 architecture: architecture_label(architecture),
-                mode: mode.label().into(),
+                mode: mode.into(),
                 result: result.into(),
             })
             .inc();

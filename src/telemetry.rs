@@ -13,7 +13,19 @@ use std::io::{self, Write};
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::MakeWriter;
 
-use crate::cli::LogFormat;
+/// How log lines are written.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Whether `filter` is a filter tracing reads (`info`, `archway=debug`).
+pub fn check_filter(filter: &str) -> Result<(), String> {
+    EnvFilter::try_new(filter)
+        .map(drop)
+        .map_err(|e| format!("not a log filter ({e}); e.g. info or archway=debug"))
+}
 
 pub fn init(format: LogFormat, filter: &str) {
     use tracing_subscriber::util::SubscriberInitExt;
@@ -30,6 +42,8 @@ pub fn subscriber<W>(
 where
     W: for<'a> MakeWriter<'a> + Send + Sync + 'static,
 {
+    // `check_filter` refused a bad one at start; a caller that skipped it
+    // still gets logs.
     let filter = EnvFilter::try_new(filter).unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

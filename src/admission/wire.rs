@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use super::pod;
-use crate::lookup::image::truncate_for_message;
+use crate::decision::text::truncate_for_message;
 
 pub const API_VERSION: &str = "admission.k8s.io/v1";
 

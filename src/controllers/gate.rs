@@ -292,7 +292,7 @@ async fn publish(context: &Context, pod: &Pod, kind: &str, reason: &str, note: &
         event_time: Some(MicroTime(now)),
         action: Some("Ungate".into()),
         reason: Some(reason.into()),
-        note: Some(crate::lookup::image::truncate_for_message(note)),
+        note: Some(crate::decision::text::truncate_for_message(note)),
         type_: Some(kind.into()),
         reporting_controller: Some(REPORTER.into()),
         reporting_instance: Some(context.identity.clone()),

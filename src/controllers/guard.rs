@@ -229,7 +229,7 @@ impl Guard {
         };
         if !holds::HOLDABLE_KINDS.contains(&kind) {
             tracing::warn!(workload = %key, %reason, "pods fail on one architecture, but a {kind} cannot carry a hold");
-            metrics.guard_hold(&architecture, mode, "not_holdable");
+            metrics.guard_hold(&architecture, mode.label(), "not_holdable");
             return;
         }
         tracing::warn!(workload = %key, mode = mode.label(), %reason, "workload held");
@@ -241,7 +241,7 @@ impl Guard {
             let metrics = crate::metrics::global();
             match writer.record(&namespace, &kind, &name, &hold).await {
                 Ok(uid) => {
-                    metrics.guard_hold(&hold.architecture, mode, "recorded");
+                    metrics.guard_hold(&hold.architecture, mode.label(), "recorded");
                     let workload = (namespace.as_str(), kind.as_str(), name.as_str());
                     writer.announce(workload, uid, &hold, mode).await;
                 }
@@ -249,7 +249,7 @@ impl Guard {
                     // Only holds the cluster carries are kept: one archway
                     // knew alone would vanish with a restart, shown nowhere.
                     holds.remove(&key);
-                    metrics.guard_hold(&hold.architecture, mode, error.metric_label());
+                    metrics.guard_hold(&hold.architecture, mode.label(), error.metric_label());
                     tracing::warn!(workload = %key, %error, "could not record the hold");
                 }
             }

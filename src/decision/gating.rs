@@ -137,7 +137,7 @@ fn pending_value(pending: &[String]) -> String {
         value.push_str(sep);
         value.push_str(image);
     }
-    crate::lookup::image::truncate_for_message(&value)
+    crate::decision::text::truncate_for_message(&value)
 }
 
 /// How a gated pod leaves the gate.
@@ -173,7 +173,7 @@ pub fn release(
             json_patch::patch(&mut value, &patch)?;
         }
         Release::Unplaced(reason) => {
-            let reason = crate::lookup::image::truncate_for_message(reason);
+            let reason = crate::decision::text::truncate_for_message(reason);
             if !value["metadata"]["annotations"].is_object() {
                 value["metadata"]["annotations"] = json!({});
             }

@@ -9,3 +9,4 @@ pub mod placement;
 pub mod platform;
 pub mod policy;
 pub mod ramp;
+pub mod text;

@@ -508,6 +508,24 @@ fn reachable_without_archway(
     fit.architectures
 }
 
+/// The tolerations archway gives pods placed on each architecture unless
+/// configured otherwise: for the taint cloud providers and platform teams
+/// commonly put on nodes reserved for one architecture (GKE does for
+/// arm64), `kubernetes.io/arch=<arch>:NoSchedule`, for arm64 and amd64.
+pub fn default_tolerations() -> BTreeMap<String, Vec<Toleration>> {
+    let toleration = |arch: &str| Toleration {
+        key: Some(ARCH_LABEL.into()),
+        operator: Some("Equal".into()),
+        value: Some(arch.into()),
+        effect: Some("NoSchedule".into()),
+        ..Default::default()
+    };
+    ["arm64", "amd64"]
+        .into_iter()
+        .map(|arch| (arch.to_string(), vec![toleration(arch)]))
+        .collect()
+}
+
 /// The tolerations configured for pods placed on `arch` under `os`: the
 /// `os/arch` key, or for Linux the bare architecture.
 pub fn configured_tolerations<'a>(
@@ -717,7 +735,7 @@ pub fn daemon_set_mismatch(
                 lacks.then(|| {
                     format!(
                         "{} publishes only {}",
-                        crate::lookup::image::short_image(&c.image),
+                        crate::decision::text::short_image(&c.image),
                         if published.is_empty() {
                             "other OSes".to_string()
                         } else {
@@ -741,7 +759,7 @@ pub fn daemon_set_mismatch(
 fn describe_names(names: &[&str]) -> String {
     const SHOWN: usize = 3;
     let mut text: Vec<String> = (names.iter().take(SHOWN))
-        .map(|n| crate::lookup::image::short_image(n))
+        .map(|n| crate::decision::text::short_image(n))
         .collect();
     if names.len() > SHOWN {
         text.push(format!("and {} more", names.len() - SHOWN));
@@ -756,8 +774,8 @@ fn failures(lookups: &[(ContainerImage, ImageLookup)]) -> Vec<String> {
         .filter_map(|(c, lookup)| match lookup {
             ImageLookup::Failed(reason) => Some(format!(
                 "image {} (container {}): {reason}",
-                crate::lookup::image::short_image(&c.image),
-                crate::lookup::image::short_image(&c.container)
+                crate::decision::text::short_image(&c.image),
+                crate::decision::text::short_image(&c.container)
             )),
             ImageLookup::Found(_) => None,
         })

@@ -393,7 +393,7 @@ impl Inspector {
                 crate::metrics::global().cache_lookup(false);
                 return (
                     Err(InspectError::Throttled {
-                        namespace: crate::lookup::image::truncate_for_message(namespace),
+                        namespace: crate::decision::text::truncate_for_message(namespace),
                     }),
                     CacheOutcome::Miss,
                 );

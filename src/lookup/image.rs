@@ -182,7 +182,7 @@ impl FromStr for ImageRef {
 
     fn from_str(input: &str) -> Result<Self, Self::Err> {
         let error = |reason: &str| ImageRefError {
-            reference: short_image(input),
+            reference: crate::decision::text::short_image(input),
             reason: reason.to_string(),
         };
         if input.is_empty() {
@@ -374,28 +374,6 @@ fn is_host_component(component: &str) -> bool {
 
 /// Longer than any reference the grammar accepts.
 pub const MAX_REFERENCE_LEN: usize = 1024;
-
-/// Strings from pod authors, kept short in messages and logs.
-pub fn truncate_for_message(input: &str) -> String {
-    truncate_to(input, 256)
-}
-
-/// An image as messages name it: long enough to recognise, short enough
-/// that the reason after it survives the API server's warning limits.
-pub fn short_image(image: &str) -> String {
-    truncate_to(image, 96)
-}
-
-fn truncate_to(input: &str, max: usize) -> String {
-    if input.len() <= max {
-        return input.to_string();
-    }
-    let mut end = max;
-    while !input.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &input[..end])
-}
 
 #[cfg(test)]
 mod tests {

@@ -46,7 +46,7 @@ fn injection(archs: &[&str], preferred: Option<&[&str]>) -> crate::decision::pla
 }
 
 fn tolerations() -> BTreeMap<String, Vec<k8s_openapi::api::core::v1::Toleration>> {
-    crate::config::Config::default().tolerations
+    crate::decision::placement::default_tolerations()
 }
 
 /// The rules the API server enforces on a gated pod's update

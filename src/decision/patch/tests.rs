@@ -3,7 +3,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde_json::{Value, json};
 
 use super::*;
-use crate::config::Config;
 use crate::decision::placement::{ARCHS_ANNOTATION, DECISION_ANNOTATION};
 
 fn injection(required: &[&str], preferred: Option<&[&str]>) -> Injection {
@@ -28,7 +27,11 @@ fn injection(required: &[&str], preferred: Option<&[&str]>) -> Injection {
 /// Builds the patch, applies it, and checks the result is still a Pod.
 fn apply(pod: Value, injection: &Injection) -> (Value, Pod) {
     let typed: Pod = serde_json::from_value(pod.clone()).unwrap();
-    let patch = build(&typed, injection, &Config::default().tolerations);
+    let patch = build(
+        &typed,
+        injection,
+        &crate::decision::placement::default_tolerations(),
+    );
     for op in &patch.0 {
         assert!(
             matches!(op, PatchOperation::Add(_)),
@@ -234,7 +237,11 @@ fn many_terms_make_one_operation_and_an_oversized_patch_is_refused() {
     pod["spec"]["affinity"] = json!({"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": terms}}});
     let typed: Pod = serde_json::from_value(pod.clone()).unwrap();
     let injection = injection(&["arm64"], None);
-    let patch = build(&typed, &injection, &Config::default().tolerations);
+    let patch = build(
+        &typed,
+        &injection,
+        &crate::decision::placement::default_tolerations(),
+    );
     assert_eq!(
         patch.0.len(),
         3,
@@ -260,7 +267,12 @@ fn many_terms_make_one_operation_and_an_oversized_patch_is_refused() {
         {"nodeSelectorTerms": vec![json!({}); 1_000_000]}}});
     let huge: Pod = serde_json::from_value(huge).unwrap();
     let started = std::time::Instant::now();
-    let refused = encode(&huge, &injection, &Config::default().tolerations, 1 << 20);
+    let refused = encode(
+        &huge,
+        &injection,
+        &crate::decision::placement::default_tolerations(),
+        1 << 20,
+    );
     assert!(
         matches!(
             refused,
@@ -276,7 +288,13 @@ fn many_terms_make_one_operation_and_an_oversized_patch_is_refused() {
         "refused without building"
     );
     // Under the limit, `encode` is `build` serialised.
-    let small = encode(&typed, &injection, &Config::default().tolerations, 1 << 20).unwrap();
+    let small = encode(
+        &typed,
+        &injection,
+        &crate::decision::placement::default_tolerations(),
+        1 << 20,
+    )
+    .unwrap();
     assert_eq!(small, serde_json::to_vec(&patch).unwrap());
 }
 
@@ -284,7 +302,7 @@ fn many_terms_make_one_operation_and_an_oversized_patch_is_refused() {
 fn tolerations_are_those_of_the_pods_os() {
     let windows_toleration =
         json!({"key": "os", "operator": "Equal", "value": "windows", "effect": "NoSchedule"});
-    let mut tolerations = Config::default().tolerations;
+    let mut tolerations = crate::decision::placement::default_tolerations();
     tolerations.insert(
         "windows/amd64".into(),
         vec![serde_json::from_value(windows_toleration.clone()).unwrap()],
@@ -297,7 +315,7 @@ fn tolerations_are_those_of_the_pods_os() {
     assert_eq!(patched["spec"]["tolerations"], json!([windows_toleration]));
     // The defaults are for Linux nodes: a Windows pod gets none of them.
     let mut patched = base();
-    let defaults = Config::default().tolerations;
+    let defaults = crate::decision::placement::default_tolerations();
     json_patch::patch(&mut patched, &build(&typed, &windows, &defaults)).unwrap();
     assert_eq!(patched["spec"].get("tolerations"), None);
     // A Linux pod still gets the arch taint's toleration, as before.
@@ -352,7 +370,7 @@ fn encode_writes_what_build_serialises() {
     with_terms["metadata"]["annotations"] = json!({"a": "b"});
     with_terms["metadata"]["labels"] = json!({"app": "web"});
     pods.push(with_terms);
-    let tolerations = Config::default().tolerations;
+    let tolerations = crate::decision::placement::default_tolerations();
     for pod in pods {
         let typed: Pod = serde_json::from_value(pod).unwrap();
         for preferred in [None, Some(&["arm64"][..])] {

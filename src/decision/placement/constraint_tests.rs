@@ -111,7 +111,7 @@ fn decide_case(case: Case<'_>) -> Decision {
         settings: &DecisionSettings {
             target_architecture: "arm64".into(),
             fail_closed: case.fail_closed,
-            tolerations: crate::config::Config::default().tolerations,
+            tolerations: crate::decision::placement::default_tolerations(),
         },
         request_uid: "uid-1",
         draw: case.draw,
@@ -158,7 +158,7 @@ fn a_daemon_set_pod_is_never_steered_and_gets_its_node_s_tolerations() {
             let patch = crate::decision::patch::build(
                 &daemon_set_pod(node),
                 i,
-                &crate::config::Config::default().tolerations,
+                &crate::decision::placement::default_tolerations(),
             );
             let text = serde_json::to_string(&patch).unwrap();
             assert!(!text.contains("nodeAffinity"), "{text}");

@@ -32,7 +32,7 @@ fn settings(fail_closed: bool) -> DecisionSettings {
     DecisionSettings {
         target_architecture: "arm64".into(),
         fail_closed,
-        tolerations: crate::config::Config::default().tolerations,
+        tolerations: crate::decision::placement::default_tolerations(),
     }
 }
 

@@ -179,7 +179,7 @@ pub fn parse_config(body: &[u8]) -> Result<Platform, ManifestError> {
 /// so that what a registry sends is checked with that algorithm.
 pub fn validate_digest(digest: &str) -> Result<DigestAlgorithm, ManifestError> {
     crate::lookup::image::parse_digest(digest)
-        .map_err(|_| ManifestError::Digest(crate::lookup::image::truncate_for_message(digest)))
+        .map_err(|_| ManifestError::Digest(crate::decision::text::truncate_for_message(digest)))
 }
 
 /// `<algorithm>:<hex>` of a body, to check what a registry sent against
