@@ -106,6 +106,28 @@ impl ReviewRecord {
     }
 }
 
+/// The reviewer in force, shared by the webhook and the controllers that
+/// evaluate pods as the webhook does: replaced whole when the
+/// configuration is reloaded; each review works with the one it started
+/// with.
+#[derive(Clone)]
+pub struct SharedReviewer(Arc<std::sync::RwLock<Reviewer>>);
+
+impl SharedReviewer {
+    pub fn new(reviewer: Reviewer) -> Self {
+        SharedReviewer(Arc::new(std::sync::RwLock::new(reviewer)))
+    }
+
+    /// The current reviewer (a cheap clone of shared parts).
+    pub fn reviewer(&self) -> Reviewer {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn replace(&self, reviewer: Reviewer) {
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = reviewer;
+    }
+}
+
 /// Everything a review needs, shared by all requests.
 #[derive(Clone)]
 pub struct Reviewer {

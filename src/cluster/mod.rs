@@ -24,7 +24,8 @@ use crate::decision::policy::{MODE_LABEL, NamespacePolicy, PolicySource, Rollout
 use crate::lookup::registry::Keyring;
 
 pub mod lease;
-use crate::controllers::settings_report::SettingsReporter;
+pub mod settings_report;
+use crate::cluster::settings_report::SettingsReporter;
 
 /// How long a pull secret's content is reused: short, so a rotated
 /// secret is seen soon, long enough that a burst of pods reads it once.

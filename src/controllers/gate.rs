@@ -22,7 +22,7 @@ use crate::cluster::lease::{Elector, LeaseSettings};
 use crate::decision::gating::{self, GATED_LABEL, Next, Release};
 use crate::decision::placement::{self, Outcome};
 use crate::decision::policy::Mode;
-use crate::serve::server::AppState;
+use crate::admission::SharedReviewer;
 
 /// Gated pods worked on at once. A pod being worked on mostly waits for a
 /// lookup shared with the other pods of its image (a small future beside
@@ -64,7 +64,7 @@ impl GateError {
 
 struct Context {
     client: kube::Client,
-    state: AppState,
+    state: SharedReviewer,
     identity: String,
     writes: tokio::sync::Semaphore,
 }
@@ -73,7 +73,7 @@ struct Context {
 /// controller; until `stop` is set or dropped.
 pub async fn run(
     client: kube::Client,
-    state: AppState,
+    state: SharedReviewer,
     lease: LeaseSettings,
     stop: watch::Receiver<bool>,
 ) {

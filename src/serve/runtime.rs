@@ -12,7 +12,7 @@ use crate::certs::{self, ReloadingCertificate};
 use crate::cluster::{ClusterPolicies, PullSecrets};
 use crate::config::Config;
 use crate::controllers::guard::GuardedPolicies;
-use crate::controllers::settings_report::SettingsReporter;
+use crate::cluster::settings_report::SettingsReporter;
 use crate::serve::reload::{ConfigReloader, Loader};
 use crate::serve::server::{self, AppState, Listeners};
 
@@ -81,7 +81,7 @@ pub async fn run(
         };
         tokio::spawn(crate::controllers::gate::run(
             client,
-            state.clone(),
+            state.reviewers.clone(),
             lease,
             gate_stopped,
         ))

@@ -15,7 +15,7 @@ pub use budget::{BodyBudget, Reservation};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
@@ -33,7 +33,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 
-use crate::admission::{ReviewRecord, Reviewer};
+use crate::admission::{ReviewRecord, Reviewer, SharedReviewer};
 use crate::certs::ReloadingCertificate;
 use crate::config::ServerConfig;
 use crate::metrics;
@@ -88,9 +88,8 @@ struct BodyLimits {
 /// What the handlers share.
 #[derive(Clone)]
 pub struct AppState {
-    /// Replaced whole when the configuration is reloaded; each review
-    /// works with the one it started with.
-    reviewer: Arc<RwLock<Reviewer>>,
+    /// The reviewer in force, shared with the controllers.
+    pub reviewers: SharedReviewer,
     /// Set once the HTTPS listener is bound.
     pub serving: Arc<AtomicBool>,
 }
@@ -98,21 +97,18 @@ pub struct AppState {
 impl AppState {
     pub fn new(reviewer: Reviewer) -> Self {
         AppState {
-            reviewer: Arc::new(RwLock::new(reviewer)),
+            reviewers: SharedReviewer::new(reviewer),
             serving: Arc::new(AtomicBool::new(false)),
         }
     }
 
     /// The current reviewer (a cheap clone of shared parts).
     pub fn reviewer(&self) -> Reviewer {
-        self.reviewer
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.reviewers.reviewer()
     }
 
     pub fn replace_reviewer(&self, reviewer: Reviewer) {
-        *self.reviewer.write().unwrap_or_else(|e| e.into_inner()) = reviewer;
+        self.reviewers.replace(reviewer);
     }
 }
 
