@@ -202,7 +202,7 @@ fn start_filled() -> Filled {
         pods::NAMESPACE
     ))
     .unwrap();
-    let reviewer = Reviewer::from_config(&config, Arc::new(config.static_policies())).unwrap();
+    let reviewer = archway::setup::reviewer(&config, Arc::new(config.static_policies())).unwrap();
     // archway's runtime on this machine: tokio's multi-threaded default.
     let runtime = tokio::runtime::Runtime::new().unwrap();
     Filled {

@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::core::v1::Pod;
 
 use crate::cluster::NodeInventory;
-use crate::config::Config;
 use crate::decision::placement::{
     self, Decision, DecisionKind, DecisionSettings, Injection, Outcome,
 };
@@ -164,62 +163,23 @@ pub struct ReviewSettings {
     pub gating: bool,
 }
 
-impl ReviewSettings {
-    pub fn from_config(config: &Config) -> Self {
-        ReviewSettings {
-            decision: DecisionSettings {
-                target_architecture: config.target_architecture.clone(),
-                fail_closed: config.fail_closed,
-                tolerations: config.tolerations.clone(),
-            },
-            excluded_namespaces: config.excluded_namespaces.clone(),
-            time_budget: config.time_budget,
-            cold: config.gate.default,
-            sync_budget: config.gate.sync_budget,
-            gate_timeout: config.gate.timeout,
-            gating: config.policy_source.uses_cluster(),
-        }
-    }
-}
-
-/// The configuration for reviewing away from the API server (`review`,
-/// `audit`): no webhook timeout to meet, so each lookup gets the registry's
-/// own timeouts.
-pub fn offline(config: &Config) -> Config {
-    let mut config = config.clone();
-    config.time_budget = config.registry.request_timeout * 2;
-    // The whole budget for lookups in `gate` namespaces too: a command
-    // shows the answer, not a gate, unless the registry never answers.
-    config.gate.sync_budget = config.time_budget;
-    config
-}
-
-/// Why a reviewer could not be built from a configuration.
-#[derive(Debug, thiserror::Error)]
-pub enum SetupError {
-    #[error(transparent)]
-    Config(#[from] crate::config::ConfigError),
-    #[error("registry client: {0}")]
-    Client(#[from] crate::lookup::registry::client::ClientBuildError),
-}
-
 impl Reviewer {
-    /// A reviewer with the configuration's registry, cache and settings, and
-    /// the given source of namespace policies.
-    pub fn from_config(
-        config: &Config,
+    /// A reviewer over `inspector` with these settings and policies, and
+    /// no cluster (`setup::reviewer` builds one from a configuration).
+    pub fn new(
+        inspector: Inspector,
         policies: Arc<dyn PolicySource>,
-    ) -> Result<Reviewer, SetupError> {
-        let client = crate::lookup::registry::RegistryClient::new(config.registry_settings()?)?;
-        Ok(Reviewer {
-            inspector: Inspector::new(client, config.cache_settings()),
+        settings: ReviewSettings,
+    ) -> Reviewer {
+        Reviewer {
+            inspector,
             policies,
             node_inventory: None,
             pull_secrets: None,
-            settings: Arc::new(ReviewSettings::from_config(config)),
+            settings: Arc::new(settings),
             draws: Arc::default(),
             holds: None,
-        })
+        }
     }
 
     /// Answers one review body.

@@ -35,4 +35,5 @@ pub mod lookup;
 pub mod metrics;
 pub mod report;
 pub mod serve;
+pub mod setup;
 pub mod telemetry;

@@ -71,7 +71,7 @@ async fn cluster(insecure: &[String]) -> Cluster {
     ))
     .unwrap();
     let policies = ClusterPolicies::start(client.clone(), config.default_rollout);
-    let mut reviewer = Reviewer::from_config(&config, Arc::new(policies.clone())).unwrap();
+    let mut reviewer = archway::setup::reviewer(&config, Arc::new(policies.clone())).unwrap();
     reviewer.node_inventory = Some(Arc::new(policies.clone()));
     reviewer.pull_secrets = Some(PullSecrets::new(client));
     Cluster {

@@ -480,7 +480,7 @@ fn reviewer() -> Reviewer {
         "timeBudget: 200ms\nfailClosed: false\nregistry:\n  insecure: [\"{UNREACHABLE}\", \"{FAKE}\"]\n  connectTimeout: 200ms\n  requestTimeout: 200ms\nnamespaces:\n{namespaces}"
     );
     let config = Config::from_yaml(&yaml).expect("the fuzz configuration is valid");
-    Reviewer::from_config(&config, Arc::new(config.static_policies()))
+    archway::setup::reviewer(&config, Arc::new(config.static_policies()))
         .expect("the fuzz reviewer builds")
 }
 

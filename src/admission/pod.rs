@@ -404,7 +404,6 @@ mod tests {
     use serde_json::{Value, json};
 
     use super::*;
-    use crate::config::Config;
     use crate::decision::placement::Injection;
 
     /// Pods of every shape the patch builder distinguishes, with fields the
@@ -509,7 +508,7 @@ mod tests {
     /// k8s-openapi Pod gives the decision and the patch, the view gives too.
     #[test]
     fn the_view_reads_what_the_decision_and_the_patch_read() {
-        let tolerations = Config::default().tolerations;
+        let tolerations = crate::decision::placement::default_tolerations();
         for value in pods() {
             let text = value.to_string();
             let full: Pod = serde_json::from_str(&text).unwrap();

@@ -24,7 +24,7 @@ fn reviewer(config_yaml: &str) -> Reviewer {
         }),
         node_inventory: None,
         pull_secrets: None,
-        settings: Arc::new(ReviewSettings::from_config(&config)),
+        settings: Arc::new(crate::setup::review_settings(&config)),
         draws: Arc::default(),
         holds: None,
     }

@@ -173,7 +173,7 @@ pub enum AuditError {
         source: kube::Error,
     },
     #[error(transparent)]
-    Setup(#[from] crate::admission::SetupError),
+    Setup(#[from] crate::setup::SetupError),
 }
 
 /// The namespaces as listed at the start of the scan. A namespace not opted
@@ -260,9 +260,9 @@ pub async fn scan(
         .filter_map(|(ns, policy)| Some((ns.clone(), policy.as_ref()?.rollout.percent())))
         .collect();
     // The audit judges every namespace, and never denies: it plans a move.
-    let mut config = crate::admission::offline(config);
+    let mut config = crate::setup::offline(config);
     config.fail_closed = false;
-    let mut reviewer = Reviewer::from_config(&config, Arc::new(policies))?;
+    let mut reviewer = crate::setup::reviewer(&config, Arc::new(policies))?;
     reviewer.node_inventory = Some(Arc::new(nodes));
     reviewer.pull_secrets = Some(PullSecrets::new(client.clone()));
 

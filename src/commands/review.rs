@@ -84,7 +84,7 @@ pub async fn run(
         configured: config.static_policies(),
         rollout,
     });
-    let reviewer = Reviewer::from_config(&crate::admission::offline(config), policies)?;
+    let reviewer = crate::setup::reviewer(&crate::setup::offline(config), policies)?;
     let nodes = assumed_nodes(config);
     let mut rows = Vec::new();
     for (index, document) in serde_yaml::Deserializer::from_str(&text).enumerate() {

@@ -18,11 +18,11 @@ use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::watcher;
 use tokio::sync::watch;
 
+use crate::admission::SharedReviewer;
 use crate::cluster::lease::{Elector, LeaseSettings};
 use crate::decision::gating::{self, GATED_LABEL, Next, Release};
 use crate::decision::placement::{self, Outcome};
 use crate::decision::policy::Mode;
-use crate::admission::SharedReviewer;
 
 /// Gated pods worked on at once. A pod being worked on mostly waits for a
 /// lookup shared with the other pods of its image (a small future beside

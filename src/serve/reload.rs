@@ -6,13 +6,14 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::admission::{ReviewSettings, Reviewer, SetupError};
+use crate::admission::Reviewer;
 use crate::cluster::ClusterPolicies;
 use crate::config::{Config, ConfigError};
 use crate::lookup::cache::Inspector;
 use crate::lookup::registry::RegistryClient;
 use crate::metrics;
 use crate::serve::server::AppState;
+use crate::setup::SetupError;
 
 /// How often the file is looked at. A ConfigMap update reaches the pod's
 /// volume within the kubelet's sync period (a minute or so); polling the
@@ -96,7 +97,7 @@ impl ConfigReloader {
             policies,
             node_inventory: old.node_inventory.clone(),
             pull_secrets: old.pull_secrets.clone(),
-            settings: Arc::new(ReviewSettings::from_config(config)),
+            settings: Arc::new(crate::setup::review_settings(config)),
             draws: old.draws.clone(),
             holds: old.holds.clone(),
         })

@@ -7,12 +7,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::admission::Reviewer;
 use crate::certs::{self, ReloadingCertificate};
+use crate::cluster::settings_report::SettingsReporter;
 use crate::cluster::{ClusterPolicies, PullSecrets};
 use crate::config::Config;
 use crate::controllers::guard::GuardedPolicies;
-use crate::cluster::settings_report::SettingsReporter;
 use crate::serve::reload::{ConfigReloader, Loader};
 use crate::serve::server::{self, AppState, Listeners};
 
@@ -49,14 +48,14 @@ pub async fn run(
         });
         let detector = config.guard.detector(&config.target_architecture);
         crate::controllers::guard::start(client.clone(), policies.clone(), holds.clone(), detector);
-        let mut reviewer = Reviewer::from_config(&config, policies)?;
+        let mut reviewer = crate::setup::reviewer(&config, policies)?;
         reviewer.node_inventory = Some(Arc::new(cluster_view));
         reviewer.pull_secrets = Some(PullSecrets::new(client.clone()));
         reviewer.holds = Some(holds);
         kube_client = Some(client);
         reviewer
     } else {
-        Reviewer::from_config(&config, Arc::new(config.static_policies()))?
+        crate::setup::reviewer(&config, Arc::new(config.static_policies()))?
     };
     let listeners = Listeners::bind(config.server.listen, config.server.admin_listen).await?;
     tracing::info!(

@@ -46,7 +46,8 @@ impl TestWebhook {
         std::fs::write(&cert, &issued.cert_pem).unwrap();
         std::fs::write(&key, &issued.key_pem).unwrap();
         let certificate = Arc::new(ReloadingCertificate::from_files(&cert, &key).unwrap());
-        let reviewer = Reviewer::from_config(&config, Arc::new(config.static_policies())).unwrap();
+        let reviewer =
+            archway::setup::reviewer(&config, Arc::new(config.static_policies())).unwrap();
         let listeners = Listeners::bind(
             "127.0.0.1:0".parse().unwrap(),
             "127.0.0.1:0".parse().unwrap(),
