@@ -23,6 +23,7 @@ use crate::decision::placement::{NodeArch, Nodes};
 use crate::decision::policy::{MODE_LABEL, NamespacePolicy, PolicySource, Rollout};
 use crate::lookup::registry::Keyring;
 
+pub mod events;
 pub mod lease;
 pub mod settings_report;
 use crate::cluster::settings_report::SettingsReporter;

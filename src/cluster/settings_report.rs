@@ -17,12 +17,10 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Namespace, ObjectReference};
-use k8s_openapi::api::events::v1::Event;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
-use kube::api::{Api, PartialObjectMeta, PostParams};
+use super::events::{EventRecorder, Kind, NewEvent, Recorded, Regarding};
+use k8s_openapi::api::core::v1::Namespace;
+use kube::api::PartialObjectMeta;
 use kube::runtime::watcher;
 use tokio::sync::mpsc;
 
@@ -36,9 +34,6 @@ const REPORTER: &str = "archway.dev/settings";
 /// Announcements waiting for their Event. Past it a mistake is announced
 /// the next time its namespace changes or is listed again.
 const QUEUE: usize = 1024;
-/// Tries of one Event's create when the API server fails (not when it
-/// refuses).
-const TRIES: u32 = 3;
 
 /// Watches what namespaces' settings say and announces their mistakes.
 #[derive(Clone)]
@@ -193,20 +188,19 @@ async fn publish_all(
     mut pending: mpsc::Receiver<Announcement>,
     announced: Arc<Mutex<Announced>>,
 ) {
+    let recorder = EventRecorder::new(client, REPORTER, &identity);
     while let Some(announcement) = pending.recv().await {
         let Announcement {
             namespace, problem, ..
         } = &announcement;
-        let event = event(&announcement, &identity);
-        let api: Api<Event> = Api::namespaced(client.clone(), namespace);
-        match create(&api, &event).await {
-            Ok(()) => tracing::warn!(
+        match recorder.record(event(&announcement)).await {
+            Ok(Recorded::Created) => tracing::warn!(
                 namespace = %namespace,
                 setting = %problem.note(),
                 "invalid archway setting"
             ),
             // Another replica, or this one before a restart, told it.
-            Err(kube::Error::Api(status)) if status.code == 409 => {
+            Ok(Recorded::AlreadyTold) => {
                 tracing::debug!(namespace = %namespace, setting = %problem.note(), "invalid archway setting already announced")
             }
             Err(error) => {
@@ -223,62 +217,26 @@ async fn publish_all(
     }
 }
 
-/// One create, tried again while the API server fails (5xx, 429, or no
-/// answer); a refusal (403, 404, 409, 422) is final.
-async fn create(api: &Api<Event>, event: &Event) -> Result<(), kube::Error> {
-    let mut wait = Duration::from_secs(1);
-    let mut tries = 1;
-    loop {
-        match api.create(&PostParams::default(), event).await {
-            Ok(_) => return Ok(()),
-            Err(kube::Error::Api(status))
-                if tries < TRIES && (status.code >= 500 || status.code == 429) => {}
-            Err(kube::Error::Api(status)) => return Err(kube::Error::Api(status)),
-            Err(_) if tries < TRIES => {}
-            Err(error) => return Err(error),
-        }
-        tokio::time::sleep(wait).await;
-        wait *= 4;
-        tries += 1;
-    }
-}
-
 /// The Event of one mistake: named for the namespace and the mistake, so
 /// every replica makes the same name for it. It is kept in the namespace
 /// itself, beside the Events of its pods (`kubectl get events -n shop`),
 /// where those who work there look and may read. (Kubernetes keeps the
 /// Events of other cluster-scoped objects in `default`, which a namespace's
-/// users often may not read; an Event inside a namespace must name it as
-/// the namespace of what it regards, so `regarding.namespace` is set.)
-fn event(announcement: &Announcement, identity: &str) -> Event {
+/// users often may not read.)
+fn event(announcement: &Announcement) -> NewEvent {
     let Announcement {
         namespace,
         uid,
         problem,
     } = announcement;
-    Event {
-        metadata: ObjectMeta {
-            name: Some(event_name(namespace, problem)),
-            namespace: Some(namespace.clone()),
-            ..Default::default()
-        },
-        event_time: Some(MicroTime(k8s_openapi::jiff::Timestamp::now())),
-        action: Some("ReadSettings".into()),
-        reason: Some(REASON.into()),
+    NewEvent {
+        kind: Kind::Warning,
+        reason: REASON,
+        action: "ReadSettings",
         // Bounded by construction (`SettingProblem`), under the 1 kB of a note.
-        note: Some(problem.note()),
-        type_: Some("Warning".into()),
-        reporting_controller: Some(REPORTER.into()),
-        reporting_instance: Some(identity.chars().take(128).collect()),
-        regarding: Some(ObjectReference {
-            api_version: Some("v1".into()),
-            kind: Some("Namespace".into()),
-            name: Some(namespace.clone()),
-            namespace: Some(namespace.clone()),
-            uid: uid.clone(),
-            ..Default::default()
-        }),
-        ..Default::default()
+        note: problem.note(),
+        regarding: Regarding::namespace(namespace, uid.clone()),
+        name: Some(event_name(namespace, problem)),
     }
 }
 
@@ -382,13 +340,15 @@ mod tests {
             uid: Some("u-1".into()),
             problem: bad.clone(),
         };
-        let event = event(&announcement, "archway-0");
+        let event = crate::cluster::events::build(event(&announcement), REPORTER, "archway-0");
         let name = event.metadata.name.clone().unwrap();
         assert_eq!(name, format!("shop.archway-setting.{}", bad.fingerprint()));
         assert_eq!(event.metadata.namespace.as_deref(), Some("shop"));
         // Another replica, another time: the same name.
         assert_eq!(
-            super::event(&announcement, "archway-1").metadata.name,
+            crate::cluster::events::build(super::event(&announcement), REPORTER, "archway-1")
+                .metadata
+                .name,
             Some(name.clone())
         );
         // A DNS subdomain, as Event names must be, for the longest namespace.

@@ -12,6 +12,11 @@ pub fn short_image(image: &str) -> String {
     truncate_to(image, 96)
 }
 
+/// An Event's note: the API server refuses notes over 1 kB.
+pub fn truncate_note(input: &str) -> String {
+    truncate_to(input, 1000)
+}
+
 fn truncate_to(input: &str, max: usize) -> String {
     if input.len() <= max {
         return input.to_string();
