@@ -367,9 +367,11 @@ impl Config {
         if !name_ok {
             return invalid("cache.facts.configMap must be a Kubernetes object name".into());
         }
-        if facts.max_bytes < 4096 || facts.max_bytes > crate::registry::facts::MAX_ENCODED_BYTES {
+        if (1..4096).contains(&facts.max_bytes)
+            || facts.max_bytes > crate::registry::facts::MAX_ENCODED_BYTES
+        {
             return invalid(format!(
-                "cache.facts.maxBytes must be from 4096 to {} (a ConfigMap holds at most 1 MiB)",
+                "cache.facts.maxBytes must be 0 (no facts) or from 4096 to {} (a ConfigMap holds at most 1 MiB)",
                 crate::registry::facts::MAX_ENCODED_BYTES
             ));
         }
@@ -516,6 +518,7 @@ mod tests {
         );
         assert_eq!(config.server.listen.port(), 8443);
         assert!(config.server.http2);
+        assert!(Config::from_yaml("cache: {facts: {maxBytes: 0}}").is_ok());
         let http1 = Config::from_yaml("server: {http2: false}").unwrap();
         assert!(!http1.server.http2);
     }
@@ -612,6 +615,10 @@ tolerations:
             ),
             (
                 "cache: { facts: { maxBytes: 2097152 } }",
+                "cache.facts.maxBytes",
+            ),
+            (
+                "cache: { facts: { maxBytes: 1000 } }",
                 "cache.facts.maxBytes",
             ),
             ("cache: { facts: { writeInterval: 0s } }", "writeInterval"),

@@ -54,7 +54,8 @@ pub struct FactsSettings {
     /// Its namespace; absent: the one archway runs in.
     pub namespace: Option<String>,
     /// The most bytes of their encoding, the ConfigMap's data: the oldest
-    /// facts go past it. Under the API's 1 MiB per object.
+    /// facts go past it. Under the API's 1 MiB per object. 0: no facts are
+    /// kept, and every lookup not in the cache asks the registry.
     pub max_bytes: usize,
     /// The leader saves new facts at most this often (facts only
     /// confirmed: at most every `REFRESH_WRITE_INTERVAL`).
@@ -635,6 +636,10 @@ mod tests {
         let oldest = image("registry.example/team/app-0:v0");
         assert!(facts.platforms(&oldest, &digest(0)).is_none(), "oldest out");
         assert!(!facts.knows_repository(&oldest));
+        // maxBytes 0: nothing is kept.
+        let none = Facts::new(0);
+        none.record(&newest, &found(1, &["amd64"]), 1);
+        assert!(none.is_empty());
         // A fact larger than a share of the bound is not kept at all.
         let huge: Vec<String> = (0..256).map(|i| format!("arch{i}")).collect();
         let huge: Vec<&str> = huge.iter().map(String::as_str).collect();
