@@ -403,13 +403,7 @@ async fn the_leader_writes_the_facts_and_a_replica_that_is_not_leading_only_read
     let plane = tokio::task::spawn_blocking(ControlPlane::start)
         .await
         .unwrap();
-    plane.create_namespace("archway", &[], &[]);
-    let rbac = support::controlplane::repo_root().join("deploy/base/rbac.yaml");
-    plane.kubectl(&["apply", "-f", rbac.to_str().unwrap()], None);
-    let kubeconfig = plane.kubeconfig_for(
-        "system:serviceaccount:archway:archway",
-        &["system:serviceaccounts", "system:serviceaccounts:archway"],
-    );
+    let kubeconfig = plane.archway_account();
     let client = client_from_kubeconfig(&kubeconfig).await;
     let admin = plane.client().await;
     let config_maps: Api<ConfigMap> = Api::namespaced(admin, "archway");
