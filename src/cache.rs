@@ -384,7 +384,6 @@ impl Inspector {
     ) -> (Lookup, CacheOutcome) {
         let key = CacheKey::new(image, credential);
         if let Some(lookup) = self.cached(&key, image, credential, requester).await {
-            crate::metrics::global().cache_lookup(true);
             return (lookup, CacheOutcome::Hit);
         }
         // moka runs one init future per key and hands its value to every
@@ -407,8 +406,8 @@ impl Inspector {
         (entry.lookup, outcome)
     }
 
-    /// An answer that needs no registry request: the cache's (an expired
-    /// one starts its revalidation), else the shared facts'.
+    /// An answer that needs no registry request (a hit): the cache's (an
+    /// expired one starts its revalidation), else the shared facts'.
     async fn cached(
         &self,
         key: &CacheKey,
@@ -421,10 +420,12 @@ impl Inspector {
             if entry.stale_at(now) {
                 self.revalidate_in_background(key, &entry, image, credential, requester);
             }
+            crate::metrics::global().cache_lookup(true);
             return Some(entry.lookup);
         }
         let entry = self.facts_answer(image, credential, now)?;
         self.cache.insert(key.clone(), entry.clone()).await;
+        crate::metrics::global().cache_lookup(true);
         Some(entry.lookup)
     }
 
@@ -599,7 +600,6 @@ impl Inspector {
         // The common case, a cached answer, needs no task.
         let key = CacheKey::new(image, credential);
         if let Some(lookup) = self.cached(&key, image, credential, requester).await {
-            crate::metrics::global().cache_lookup(true);
             return (lookup, CacheOutcome::Hit);
         }
         let first = self
