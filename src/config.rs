@@ -141,6 +141,10 @@ pub struct RegistryConfig {
     /// or it is given up (`too_slow`): a registry that drips holds no room
     /// of the body budget for long.
     pub min_body_bytes_per_second: u64,
+    /// Registry (as written in references, or a mirror's host) -> manifest
+    /// GETs archway may send it per hour, per replica; a lookup past it
+    /// gets a warning. Registries not listed have no budget.
+    pub manifest_gets_per_hour: BTreeMap<String, u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -247,6 +251,7 @@ impl Default for RegistryConfig {
             max_concurrent_lookups: d.max_concurrent_lookups,
             max_concurrent_lookups_per_host: d.max_concurrent_lookups_per_host,
             min_body_bytes_per_second: d.min_body_bytes_per_second,
+            manifest_gets_per_hour: d.manifest_gets_per_hour,
         }
     }
 }
@@ -336,6 +341,34 @@ impl Config {
                 "cache.namespaceMissesPerSecond and cache.namespaceMissBurst must be at least 1"
                     .into(),
             );
+        }
+        let facts = &self.cache.facts;
+        let name_ok = !facts.config_map.is_empty()
+            && facts.config_map.len() <= 253
+            && facts
+                .config_map
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'.'));
+        if !name_ok {
+            return invalid("cache.facts.configMap must be a Kubernetes object name".into());
+        }
+        if (1..4096).contains(&facts.max_bytes)
+            || facts.max_bytes > crate::lookup::registry::facts::MAX_ENCODED_BYTES
+        {
+            return invalid(format!(
+                "cache.facts.maxBytes must be 0 (no facts) or from 4096 to {} (a ConfigMap holds at most 1 MiB)",
+                crate::lookup::registry::facts::MAX_ENCODED_BYTES
+            ));
+        }
+        if facts.write_interval < Duration::from_secs(1) {
+            return invalid("cache.facts.writeInterval must be at least 1s".into());
+        }
+        if let Some((registry, _)) =
+            (self.registry.manifest_gets_per_hour.iter()).find(|(_, n)| **n == 0)
+        {
+            return invalid(format!(
+                "registry.manifestGetsPerHour: {registry} must be at least 1 (leave it out for no budget)"
+            ));
         }
         if self.registry.max_concurrent_lookups == 0
             || self.registry.max_concurrent_lookups_per_host == 0
@@ -441,6 +474,7 @@ impl Config {
             max_concurrent_lookups: self.registry.max_concurrent_lookups,
             max_concurrent_lookups_per_host: self.registry.max_concurrent_lookups_per_host,
             min_body_bytes_per_second: self.registry.min_body_bytes_per_second,
+            manifest_gets_per_hour: self.registry.manifest_gets_per_hour.clone(),
             ..RegistrySettings::default()
         })
     }
@@ -469,6 +503,7 @@ mod tests {
         );
         assert_eq!(config.server.listen.port(), 8443);
         assert!(config.server.http2);
+        assert!(Config::from_yaml("cache: {facts: {maxBytes: 0}}").is_ok());
         let http1 = Config::from_yaml("server: {http2: false}").unwrap();
         assert!(!http1.server.http2);
     }
@@ -482,8 +517,9 @@ defaultRollout: 10
 failClosed: true
 timeBudget: 1500ms
 excludedNamespaces: [kube-system]
-cache: { maxEntries: 50, maxBytes: 1048576, tagTtl: 5m, failureTtl: 10s, namespaceMissesPerSecond: 2 }
+cache: { maxEntries: 50, maxBytes: 1048576, tagTtl: 5m, failureTtl: 10s, staleTtl: 1m, namespaceMissesPerSecond: 2, facts: { configMap: shared-facts, namespace: kube-system } }
 registry:
+  manifestGetsPerHour: { docker.io: 100, ghcr.io: 500 }
   insecure: ["127.0.0.1:5000"]
   mirrors: { docker.io: ["mirror.local:5000"] }
   requestTimeout: 3s
@@ -503,6 +539,16 @@ tolerations:
         assert_eq!(config.cache.tag_ttl, Duration::from_secs(300));
         assert_eq!(config.cache.max_bytes, 1024 * 1024);
         assert_eq!(config.cache.namespace_misses_per_second, 2);
+        assert_eq!(config.cache.stale_ttl, Duration::from_secs(60));
+        assert_eq!(config.cache.facts.config_map, "shared-facts");
+        assert_eq!(config.cache.facts.namespace.as_deref(), Some("kube-system"));
+        assert_eq!(config.cache.facts.max_bytes, 768 * 1024, "the default");
+        let budgets = config.registry_settings().unwrap().manifest_gets_per_hour;
+        assert_eq!((budgets["docker.io"], budgets["ghcr.io"]), (100, 500));
+        assert_eq!(
+            Config::default().registry.manifest_gets_per_hour["docker.io"],
+            20
+        );
         assert_eq!(config.cache_settings(), config.cache);
         assert_eq!(config.registry.request_timeout, Duration::from_secs(3));
         let policies = config.static_policies();
@@ -549,6 +595,24 @@ tolerations:
             ("server: { certFile: /x }", "go together"),
             ("targetArchitecture: linux/arm64", "targetArchitecture"),
             ("cache: { tagTtl: soon }", "tagTtl"),
+            ("cache: { staleTtl: later }", "staleTtl"),
+            (
+                "cache: { facts: { configMap: Facts } }",
+                "cache.facts.configMap",
+            ),
+            (
+                "cache: { facts: { maxBytes: 2097152 } }",
+                "cache.facts.maxBytes",
+            ),
+            (
+                "cache: { facts: { maxBytes: 1000 } }",
+                "cache.facts.maxBytes",
+            ),
+            ("cache: { facts: { writeInterval: 0s } }", "writeInterval"),
+            (
+                "registry: { manifestGetsPerHour: { docker.io: 0 } }",
+                "manifestGetsPerHour",
+            ),
             ("registry: { allowPrivate: [10.0.0.0/40] }", "allowPrivate"),
             ("cache: { maxBytes: 1000 }", "maxBytes"),
             ("tolerations: { windows/amd64/v2: [] }", "os/architecture"),

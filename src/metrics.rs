@@ -188,6 +188,13 @@ pub struct RegistryResultLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RegistryMethodLabels {
+    pub registry: Label,
+    /// `GET` or `HEAD`.
+    pub method: Label,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CacheLabels {
     /// `hit` or `miss`.
     pub result: String,
@@ -217,6 +224,14 @@ pub struct Metrics {
     pub bad_requests: Family<ReasonLabels, Counter>,
     pub registry_requests: Family<RegistryResultLabels, Counter>,
     pub registry_duration: HistogramFamily<RegistryLabels>,
+    /// Manifest requests sent, by registry and method: Docker Hub counts
+    /// every GET against its pull limit, and no HEAD.
+    pub registry_manifest_requests: Family<RegistryMethodLabels, Counter>,
+    /// Lookups that needed a manifest GET past `registry.manifestGetsPerHour`.
+    pub registry_get_budget_spent: Family<RegistryLabels, Counter>,
+    /// Writes of the shared facts' ConfigMap, by reason (`ok`, `conflict`,
+    /// `error`).
+    pub facts_writes: Family<ReasonLabels, Counter>,
     pub cache_lookups: Family<CacheLabels, Counter>,
     /// `cache_lookups`' two series, each taken from the family at its first
     /// lookup (so the output is the family's as ever): every image of every
@@ -300,6 +315,24 @@ impl Metrics {
             "registry_request_duration_seconds",
             "Registry HTTP request latency",
             registry_duration.clone(),
+        );
+        let registry_manifest_requests = Family::<RegistryMethodLabels, Counter>::default();
+        registry.register(
+            "registry_manifest_requests",
+            "Registry manifest requests sent, by registry and method (GET, HEAD)",
+            registry_manifest_requests.clone(),
+        );
+        let registry_get_budget_spent = Family::<RegistryLabels, Counter>::default();
+        registry.register(
+            "registry_get_budget_spent",
+            "Lookups refused because the registry's manifest GET budget (registry.manifestGetsPerHour) was spent",
+            registry_get_budget_spent.clone(),
+        );
+        let facts_writes = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "facts_writes",
+            "Writes of the ConfigMap of shared image facts, by reason (ok, conflict, error)",
+            facts_writes.clone(),
         );
         let cache_lookups = Family::<CacheLabels, Counter>::default();
         registry.register(
@@ -404,6 +437,9 @@ impl Metrics {
             bad_requests,
             registry_requests,
             registry_duration,
+            registry_manifest_requests,
+            registry_get_budget_spent,
+            facts_writes,
             cache_lookups,
             cache_lookup_series: Default::default(),
             cache_entries,
@@ -426,6 +462,25 @@ impl Metrics {
                 registry: registry.clone(),
             })
             .observe(elapsed.as_secs_f64());
+    }
+
+    /// One manifest request (`GET` or `HEAD`) sent to `registry`.
+    pub fn registry_manifest_request(&self, registry: &Label, method: &'static str) {
+        self.registry_manifest_requests
+            .get_or_create(&RegistryMethodLabels {
+                registry: registry.clone(),
+                method: Label::fixed(method),
+            })
+            .inc();
+    }
+
+    /// One lookup refused for `registry`'s spent GET budget.
+    pub fn get_budget_spent(&self, registry: &Label) {
+        self.registry_get_budget_spent
+            .get_or_create(&RegistryLabels {
+                registry: registry.clone(),
+            })
+            .inc();
     }
 
     /// One gate removed after `gated` (since the pod's creation).

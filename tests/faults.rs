@@ -78,6 +78,8 @@ struct Setup {
     connect_timeout: &'static str,
     failure_ttl: &'static str,
     tag_ttl: &'static str,
+    stale_ttl: &'static str,
+    facts_max_bytes: usize,
 }
 
 impl Setup {
@@ -90,6 +92,8 @@ impl Setup {
             connect_timeout: "2s",
             failure_ttl: "30s",
             tag_ttl: "10m",
+            stale_ttl: "10m",
+            facts_max_bytes: 786_432,
         }
     }
 
@@ -98,7 +102,7 @@ impl Setup {
             r#"
 timeBudget: {}
 failClosed: {}
-cache: {{ failureTtl: {}, tagTtl: {} }}
+cache: {{ failureTtl: {}, tagTtl: {}, staleTtl: {}, facts: {{ maxBytes: {} }} }}
 registry:
   insecure: {:?}
   requestTimeout: {}
@@ -110,6 +114,8 @@ namespaces:
             self.fail_closed,
             self.failure_ttl,
             self.tag_ttl,
+            self.stale_ttl,
+            self.facts_max_bytes,
             self.insecure,
             self.request_timeout,
             self.connect_timeout,
@@ -902,6 +908,9 @@ async fn killing_the_registry_mid_burst_and_restarting_it() {
         connect_timeout: "500ms",
         request_timeout: "2s",
         failure_ttl: "300ms",
+        // No facts kept: a digest archway knows is answered without the
+        // registry, and each review here must be a registry lookup.
+        facts_max_bytes: 0,
         ..Setup::new(&[registry.host()])
     };
     let budget = setup.budget();
@@ -1050,6 +1059,7 @@ async fn broken_storage_under_a_running_registry_never_turns_into_a_cached_succe
     let proxy = CountingProxy::start(registry.addr()).await;
     let setup = Setup {
         tag_ttl: "3s",
+        stale_ttl: "2s",
         failure_ttl: "300ms",
         ..Setup::new(&[proxy.host()])
     };
@@ -1129,12 +1139,15 @@ async fn broken_storage_under_a_running_registry_never_turns_into_a_cached_succe
         ),
     );
 
-    // Once the tag TTL has passed, the cached success goes and the
-    // registry's failure shows: no stale answer is served past its TTL.
-    tokio::time::sleep(
-        Duration::from_secs(3).saturating_sub(cached_at.elapsed()) + Duration::from_millis(300),
-    )
-    .await;
+    // Past the tag TTL, the cached success is still served while the
+    // registry fails to revalidate it (cache.staleTtl); once that has
+    // passed too, it goes and the registry's failure shows: no stale answer
+    // is served past tagTtl + staleTtl.
+    let after = |time: Duration| time.saturating_sub(cached_at.elapsed());
+    tokio::time::sleep(after(Duration::from_millis(3300))).await;
+    let stale = review(&webhook, &cached, budget).await;
+    assert!(stale.patched.is_some(), "served within staleTtl: {stale:?}");
+    tokio::time::sleep(after(Duration::from_millis(5300))).await;
     let expired = review(&webhook, &cached, budget).await;
     assert_warned(&expired, "answered HTTP 500");
 

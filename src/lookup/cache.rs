@@ -1,5 +1,17 @@
 //! The registry answer cache: one registry round trip per image however many
 //! reviews ask at once, answers kept by how long they can be true.
+//!
+//! A tag's answer that has expired is revalidated with a HEAD of its
+//! manifest (which Docker Hub does not count against its pull limit): the
+//! same digest renews it, and only a digest whose platforms archway does not
+//! know costs a GET. Meanwhile the expired answer is still served, for at
+//! most `staleTtl` past `tagTtl`: a review never waits for a revalidation.
+//! Why not wait: the answer nearly always stands, and a review that waits
+//! for a slow registry at every `tagTtl` risks its time budget and escapes
+//! placement; serving it a little longer is the same risk as a `tagTtl`
+//! a little longer, bounded. A failed revalidation keeps serving it (a
+//! registry down for minutes does not unplace pods) until `staleTtl` ends,
+//! unless the registry said the tag is gone or refused the credential.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -9,7 +21,9 @@ use serde::Deserialize;
 use tokio::sync::Semaphore;
 
 use crate::lookup::image::ImageRef;
-use crate::lookup::registry::limits::{Turn, next_review_id};
+use crate::lookup::registry::client::Known;
+use crate::lookup::registry::facts::{Facts, FactsSettings, unix_millis};
+use crate::lookup::registry::limits::{Bucket, Turn, next_review_id};
 use crate::lookup::registry::{Credential, ImagePlatforms, InspectError, RegistryClient};
 
 /// How long answers are kept, how many and how large, and how many
@@ -32,11 +46,18 @@ pub struct CacheSettings {
     /// pod creates, short enough that a fixed one is seen soon.
     #[serde(with = "humantime_serde")]
     pub failure_ttl: Duration,
+    /// Past `tagTtl`, how long a tag's answer is still served while it is
+    /// revalidated in the background, or while its registry cannot be
+    /// asked. 0: an expired tag is looked up with the review waiting.
+    #[serde(with = "humantime_serde")]
+    pub stale_ttl: Duration,
     /// Registry lookups (cache misses) one namespace may start per second,
     /// after a burst of `namespaceMissBurst`: one namespace cannot spend a
     /// registry's rate limit for everyone.
     pub namespace_misses_per_second: u32,
     pub namespace_miss_burst: u32,
+    /// Facts shared by the replicas and kept across restarts.
+    pub facts: FactsSettings,
 }
 
 impl Default for CacheSettings {
@@ -47,9 +68,11 @@ impl Default for CacheSettings {
             tag_ttl: Duration::from_secs(600),
             digest_ttl: Duration::from_secs(24 * 3600),
             failure_ttl: Duration::from_secs(30),
+            stale_ttl: Duration::from_secs(600),
             namespace_misses_per_second: 5,
             // A pod's worth of images (admission::MAX_IMAGES_PER_POD).
             namespace_miss_burst: 64,
+            facts: FactsSettings::default(),
         }
     }
 }
@@ -91,13 +114,40 @@ impl CacheKey {
 #[derive(Clone)]
 struct Entry {
     lookup: Lookup,
-    ttl: Duration,
+    /// Served as it is until then.
+    fresh_until: Instant,
+    /// Kept until then; past `fresh_until`, served while revalidated.
+    keep_until: Instant,
+    /// No revalidation starts before then (one that failed waits
+    /// `failureTtl`).
+    retry_at: Instant,
 }
 
 /// moka's own bookkeeping per entry, roughly; counted in each weight.
 const ENTRY_OVERHEAD: usize = 256;
 
 impl Entry {
+    /// An answer got at `now`: fresh for `ttl`, then served `stale` longer.
+    fn new(lookup: Lookup, ttl: Duration, stale: Duration, now: Instant) -> Entry {
+        let fresh_until = now + ttl;
+        Entry {
+            lookup,
+            fresh_until,
+            keep_until: fresh_until + stale,
+            retry_at: fresh_until,
+        }
+    }
+
+    fn fresh_at(&self, now: Instant) -> bool {
+        now < self.fresh_until
+    }
+
+    /// A tag's answer past `tagTtl` but within `staleTtl`: served while it
+    /// is revalidated. (Failures are never served stale: they expire.)
+    fn stale_at(&self, now: Instant) -> bool {
+        self.lookup.is_ok() && !self.fresh_at(now) && now < self.keep_until
+    }
+
     /// An estimate of the bytes the entry holds.
     fn size(&self, key: &CacheKey) -> usize {
         let value = match &self.lookup {
@@ -124,8 +174,20 @@ impl Entry {
 struct EntryExpiry;
 
 impl moka::Expiry<CacheKey, Entry> for EntryExpiry {
-    fn expire_after_create(&self, _: &CacheKey, entry: &Entry, _: Instant) -> Option<Duration> {
-        Some(entry.ttl)
+    fn expire_after_create(&self, _: &CacheKey, entry: &Entry, now: Instant) -> Option<Duration> {
+        Some(entry.keep_until.saturating_duration_since(now))
+    }
+
+    /// A revalidated answer is put over the old one: it lives by its own
+    /// times, not by what was left of the old one's.
+    fn expire_after_update(
+        &self,
+        _: &CacheKey,
+        entry: &Entry,
+        now: Instant,
+        _: Option<Duration>,
+    ) -> Option<Duration> {
+        Some(entry.keep_until.saturating_duration_since(now))
     }
 }
 
@@ -137,7 +199,10 @@ pub struct Inspector {
     settings: CacheSettings,
     references: Arc<std::sync::RwLock<std::collections::HashMap<Box<str>, Arc<ImageRef>>>>,
     budgets: Arc<Mutex<NamespaceBudgets>>,
-    /// Keys whose lookup is under way: a review that joins one asks the
+    /// What holds whoever asks (digest -> platforms, tags confirmed),
+    /// shared by the replicas through `registry::facts::configmap`.
+    facts: Arc<Facts>,
+    /// Keys whose lookup (or revalidation) is under way: a review that joins one asks the
     /// registry nothing, so it is not charged to its namespace. Without
     /// this, a burst of pods of one new image spends the namespace's whole
     /// budget on a single registry request, and the rest are throttled.
@@ -198,12 +263,6 @@ struct NamespaceBudgets {
     burst: f64,
 }
 
-#[derive(Clone, Copy)]
-struct Bucket {
-    tokens: f64,
-    refilled: Instant,
-}
-
 /// Namespaces tracked at once; past it, a full bucket is forgotten (it is
 /// the same as none) and, if none is full, newcomers share one.
 const MAX_BUCKETS: usize = 4096;
@@ -221,15 +280,10 @@ impl NamespaceBudgets {
     /// Takes one miss from `namespace`'s budget, if there is one left.
     fn take(&mut self, namespace: &Arc<str>, now: Instant) -> bool {
         let (per_second, burst) = (self.per_second, self.burst);
-        let refill = |bucket: &mut Bucket| {
-            let elapsed = now.saturating_duration_since(bucket.refilled).as_secs_f64();
-            bucket.tokens = (bucket.tokens + elapsed * per_second).min(burst);
-            bucket.refilled = now;
-        };
         if !self.buckets.contains_key(namespace) && self.buckets.len() >= MAX_BUCKETS {
             self.buckets.retain(|_, bucket| {
-                refill(bucket);
-                bucket.tokens < burst
+                bucket.refill(now, per_second, burst);
+                !bucket.is_full(burst)
             });
         }
         let key = if self.buckets.contains_key(namespace) || self.buckets.len() < MAX_BUCKETS {
@@ -237,17 +291,12 @@ impl NamespaceBudgets {
         } else {
             Arc::from(SHARED_BUCKET)
         };
-        let bucket = self.buckets.entry(key).or_insert(Bucket {
-            tokens: burst,
-            refilled: now,
-        });
-        refill(bucket);
-        if bucket.tokens >= 1.0 {
-            bucket.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
+        let bucket = self
+            .buckets
+            .entry(key)
+            .or_insert_with(|| Bucket::full(burst, now));
+        bucket.refill(now, per_second, burst);
+        bucket.take()
     }
 }
 
@@ -255,7 +304,16 @@ impl NamespaceBudgets {
 const MAX_REFERENCES: usize = 4096;
 
 impl Inspector {
+    /// An inspector with facts of its own (the commands; tests).
     pub fn new(client: RegistryClient, settings: CacheSettings) -> Self {
+        let facts = Arc::new(Facts::new(settings.facts.max_bytes));
+        Inspector::with_facts(client, settings, facts)
+    }
+
+    /// An inspector that learns into, and answers from, `facts`: the
+    /// store `registry::facts::configmap::run` shares between replicas
+    /// (and that outlives an inspector rebuilt by a configuration reload).
+    pub fn with_facts(client: RegistryClient, settings: CacheSettings, facts: Arc<Facts>) -> Self {
         // Weights are bytes, and no entry weighs less than its share of
         // `max_entries`: both bounds hold with one moka capacity.
         let floor = (settings.max_bytes / settings.max_entries.max(1)).max(1);
@@ -271,6 +329,7 @@ impl Inspector {
             client,
             cache,
             budgets: Arc::new(Mutex::new(NamespaceBudgets::new(&settings))),
+            facts,
             settings,
             references: Arc::default(),
             in_flight: Arc::default(),
@@ -324,20 +383,15 @@ impl Inspector {
         requester: &Requester,
     ) -> (Lookup, CacheOutcome) {
         let key = CacheKey::new(image, credential);
+        if let Some(lookup) = self.cached(&key, image, credential, requester).await {
+            return (lookup, CacheOutcome::Hit);
+        }
         // moka runs one init future per key and hands its value to every
         // caller waiting on the same key: the single flight.
         let entry = self
             .cache
-            .entry(key)
-            .or_insert_with(async {
-                let lookup = self
-                    .client
-                    .inspect_in_turn(image, credential, &requester.turn)
-                    .await
-                    .map(Arc::new);
-                let ttl = self.ttl_for(image, &lookup);
-                Entry { lookup, ttl }
-            })
+            .entry(key.clone())
+            .or_insert_with(self.look_up(image, credential, &requester.turn))
             .await;
         let outcome = if entry.is_fresh() {
             CacheOutcome::Miss
@@ -345,7 +399,182 @@ impl Inspector {
             CacheOutcome::Hit
         };
         crate::metrics::global().cache_lookup(outcome == CacheOutcome::Hit);
-        (entry.into_value().lookup, outcome)
+        let entry = entry.into_value();
+        if entry.stale_at(Instant::now()) {
+            self.revalidate_in_background(&key, &entry, image, credential, requester);
+        }
+        (entry.lookup, outcome)
+    }
+
+    /// An answer that needs no registry request (a hit): the cache's (an
+    /// expired one starts its revalidation), else the shared facts'.
+    async fn cached(
+        &self,
+        key: &CacheKey,
+        image: &ImageRef,
+        credential: &Credential,
+        requester: &Requester,
+    ) -> Option<Lookup> {
+        let now = Instant::now();
+        if let Some(entry) = self.cache.get(key).await {
+            if entry.stale_at(now) {
+                self.revalidate_in_background(key, &entry, image, credential, requester);
+            }
+            crate::metrics::global().cache_lookup(true);
+            return Some(entry.lookup);
+        }
+        let entry = self.facts_answer(image, credential, now)?;
+        self.cache.insert(key.clone(), entry.clone()).await;
+        crate::metrics::global().cache_lookup(true);
+        Some(entry.lookup)
+    }
+
+    /// What the facts answer for a lookup with archway's own access: a
+    /// digest's platforms, or a tag a registry confirmed within `tagTtl`
+    /// (for as long as is left of it).
+    fn facts_answer(
+        &self,
+        image: &ImageRef,
+        credential: &Credential,
+        now: Instant,
+    ) -> Option<Entry> {
+        if !credential.is_anonymous() {
+            return None;
+        }
+        if let Some(digest) = image.digest() {
+            let found = self.facts.platforms(image, digest)?;
+            return Some(Entry::new(
+                Ok(found),
+                self.settings.digest_ttl,
+                Duration::ZERO,
+                now,
+            ));
+        }
+        let (found, left) = self
+            .facts
+            .fresh_tag(image, unix_millis(), self.settings.tag_ttl)?;
+        Some(Entry::new(Ok(found), left, self.settings.stale_ttl, now))
+    }
+
+    /// A lookup of an image not in the cache. When the facts know a digest
+    /// of its repository (a digest reference's own, or any for a tag), a
+    /// HEAD may spare the GET.
+    async fn look_up(&self, image: &ImageRef, credential: &Credential, turn: &Turn) -> Entry {
+        let known = |digest: &str| self.facts.platforms(image, digest);
+        let worth_a_head = match image.digest() {
+            Some(digest) => self.facts.platforms(image, digest).is_some(),
+            None => self.facts.knows_repository(image),
+        };
+        let known: Known<'_> = &known;
+        let lookup = self
+            .client
+            .inspect_in_turn(image, credential, turn, worth_a_head.then_some(known))
+            .await
+            .map(Arc::new);
+        self.answered(image, credential, lookup)
+    }
+
+    /// The entry for a registry's answer, which the facts learn when it
+    /// was got with archway's own access.
+    fn answered(&self, image: &ImageRef, credential: &Credential, lookup: Lookup) -> Entry {
+        if let Ok(found) = &lookup
+            && credential.is_anonymous()
+        {
+            self.facts.record(image, found, unix_millis());
+        }
+        let (ttl, stale) = self.ttl_for(image, &lookup);
+        Entry::new(lookup, ttl, stale, Instant::now())
+    }
+
+    /// Starts revalidating an expired tag's answer, unless one runs
+    /// already, a failed one waits for `failureTtl`, or the requester's
+    /// namespace has no registry lookup left (the answer is served
+    /// meanwhile; a later review starts it).
+    fn revalidate_in_background(
+        &self,
+        key: &CacheKey,
+        entry: &Entry,
+        image: &ImageRef,
+        credential: &Credential,
+        requester: &Requester,
+    ) {
+        let now = Instant::now();
+        if now < entry.retry_at {
+            return;
+        }
+        let first = self
+            .in_flight
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key.clone());
+        if !first {
+            return;
+        }
+        let in_flight = InFlight {
+            set: self.in_flight.clone(),
+            key: key.clone(),
+        };
+        if let Some(namespace) = &requester.namespace {
+            let granted = self
+                .budgets
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take(namespace, now);
+            if !granted {
+                return;
+            }
+        }
+        let (this, key, stale) = (self.clone(), key.clone(), entry.clone());
+        let (image, credential) = (image.clone(), credential.clone());
+        let requester = requester.clone();
+        tokio::spawn(async move {
+            // A review's lookups go a few at a time, revalidations too.
+            let _slot = requester.slots.clone().acquire_owned().await;
+            let fresh = Box::pin(this.revalidate(&image, &credential, &requester.turn, stale));
+            let fresh = fresh.await;
+            this.cache.insert(key, fresh).await;
+            drop(in_flight);
+        });
+    }
+
+    /// A new entry for `stale`'s image: confirmed by another replica
+    /// lately (the facts), or by a HEAD naming a digest whose platforms are
+    /// known, else the registry's full answer. A failure that may pass
+    /// keeps `stale` served, asked again after `failureTtl`.
+    async fn revalidate(
+        &self,
+        image: &ImageRef,
+        credential: &Credential,
+        turn: &Turn,
+        stale: Entry,
+    ) -> Entry {
+        if let Some(entry) = self.facts_answer(image, credential, Instant::now()) {
+            return entry;
+        }
+        let previous = stale.lookup.clone().ok();
+        let known = |digest: &str| {
+            previous
+                .clone()
+                .filter(|previous| previous.digest == digest)
+                .or_else(|| self.facts.platforms(image, digest))
+        };
+        let known: Known<'_> = &known;
+        let lookup = self
+            .client
+            .inspect_in_turn(image, credential, turn, Some(known))
+            .await
+            .map(Arc::new);
+        match lookup {
+            Err(error) if error.is_transient() => {
+                tracing::debug!(image = %image, %error, "revalidation failed: the last answer is served meanwhile");
+                let wait = self.failure_ttl(&error);
+                Entry {
+                    retry_at: Instant::now() + wait,
+                    ..stale
+                }
+            }
+            lookup => self.answered(image, credential, lookup),
+        }
     }
 
     /// Like `inspect`, but the lookup runs on its own task: when the caller
@@ -370,9 +599,8 @@ impl Inspector {
     ) -> (Lookup, CacheOutcome) {
         // The common case, a cached answer, needs no task.
         let key = CacheKey::new(image, credential);
-        if let Some(entry) = self.cache.get(&key).await {
-            crate::metrics::global().cache_lookup(true);
-            return (entry.lookup, CacheOutcome::Hit);
+        if let Some(lookup) = self.cached(&key, image, credential, requester).await {
+            return (lookup, CacheOutcome::Hit);
         }
         let first = self
             .in_flight
@@ -431,18 +659,24 @@ impl Inspector {
         }
     }
 
-    fn ttl_for(&self, image: &ImageRef, lookup: &Lookup) -> Duration {
+    /// How long an answer is fresh, and then served while revalidated.
+    fn ttl_for(&self, image: &ImageRef, lookup: &Lookup) -> (Duration, Duration) {
         match lookup {
-            Ok(_) if image.is_pinned() => self.settings.digest_ttl,
-            Ok(_) => self.settings.tag_ttl,
-            // Out of file descriptors, say: this process's trouble, not the
-            // registry's. Shared with the callers waiting now, kept by
-            // nobody.
-            Err(error) if !error.is_from_registry() => Duration::ZERO,
-            Err(error) => error.retry_after().map_or(self.settings.failure_ttl, |d| {
-                d.max(self.settings.failure_ttl)
-            }),
+            Ok(_) if image.is_pinned() => (self.settings.digest_ttl, Duration::ZERO),
+            Ok(_) => (self.settings.tag_ttl, self.settings.stale_ttl),
+            // Out of file descriptors, or archway's own GET budget spent:
+            // this process's limits, not the registry's answer. Shared with
+            // the callers waiting now, kept by nobody.
+            Err(error) if !error.is_from_registry() => (Duration::ZERO, Duration::ZERO),
+            Err(error) => (self.failure_ttl(error), Duration::ZERO),
         }
+    }
+
+    /// How long a failure stands before the registry is asked again.
+    fn failure_ttl(&self, error: &InspectError) -> Duration {
+        error.retry_after().map_or(self.settings.failure_ttl, |d| {
+            d.max(self.settings.failure_ttl)
+        })
     }
 
     /// Entries currently held (approximate, as moka counts).
@@ -463,6 +697,11 @@ impl Inspector {
 
     pub fn client(&self) -> &RegistryClient {
         &self.client
+    }
+
+    /// The facts this inspector learns into and answers from.
+    pub fn facts(&self) -> &Arc<Facts> {
+        &self.facts
     }
 }
 
@@ -506,22 +745,27 @@ mod tests {
             image: "registry.example/app:v1".into(),
             credential: "anonymous".into(),
         };
-        let small = Entry {
-            lookup: Err(InspectError::Timeout { host: "r".into() }),
-            ttl: Duration::ZERO,
-        };
+        let now = Instant::now();
+        let small = Entry::new(
+            Err(InspectError::Timeout { host: "r".into() }),
+            Duration::ZERO,
+            Duration::ZERO,
+            now,
+        );
         let platforms = (0..256)
             .map(|i| crate::decision::platform::Platform::linux(&format!("arch{i}")))
             .collect();
-        let large = Entry {
-            lookup: Ok(Arc::new(ImagePlatforms {
+        let large = Entry::new(
+            Ok(Arc::new(ImagePlatforms {
                 digest: "sha256:0".into(),
                 platforms: std::sync::Arc::new(platforms),
                 shape: crate::lookup::registry::ManifestShape::Index,
                 endpoint: "registry.example".into(),
             })),
-            ttl: Duration::ZERO,
-        };
+            Duration::ZERO,
+            Duration::ZERO,
+            now,
+        );
         assert!(small.size(&key) < 512);
         assert!(large.size(&key) > 256 * 96, "{}", large.size(&key));
     }

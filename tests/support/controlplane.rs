@@ -445,6 +445,20 @@ impl ControlPlane {
         path
     }
 
+    /// Makes the namespace `archway`, applies the shipped RBAC
+    /// (deploy/base/rbac.yaml), and returns a kubeconfig of archway's
+    /// ServiceAccount (by client certificate): a client with exactly the
+    /// permissions archway is given.
+    pub fn archway_account(&self) -> PathBuf {
+        self.create_namespace("archway", &[], &[]);
+        let rbac = repo_root().join("deploy/base/rbac.yaml");
+        self.kubectl(&["apply", "-f", rbac.to_str().unwrap()], None);
+        self.kubeconfig_for(
+            "system:serviceaccount:archway:archway",
+            &["system:serviceaccounts", "system:serviceaccounts:archway"],
+        )
+    }
+
     pub fn server_url(&self) -> String {
         format!("https://127.0.0.1:{}", self.api_port)
     }

@@ -11,17 +11,17 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use base64::Engine;
 use reqwest::header::{
     ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderMap, RETRY_AFTER, WWW_AUTHENTICATE,
 };
-use reqwest::{Response, StatusCode};
+use reqwest::{Method, Response, StatusCode};
 use serde::Deserialize;
 
 use super::credentials::{Credential, Keyring};
-use super::limits::{BodyBudget, BodyCharge, LookupLimits, Turn};
+use super::limits::{BodyBudget, BodyCharge, GetBudget, LookupLimits, Turn};
 use super::manifest::{self, MANIFEST_ACCEPT, ManifestContent};
 use super::network::{
     ConnectionGuard, DEFAULT_TRUSTED_HOSTS, GuardedResolver, NetworkGuard, Refusal,
@@ -58,6 +58,10 @@ pub struct RegistrySettings {
     /// few at a time, see `cache::Requester`).
     pub max_concurrent_lookups: usize,
     pub max_concurrent_lookups_per_host: usize,
+    /// Registry (as written in references, or a mirror's host) -> manifest
+    /// GETs it may be sent per hour. Docker Hub counts each against the
+    /// pulls of everyone behind the same address; HEADs it does not count.
+    pub manifest_gets_per_hour: BTreeMap<String, u32>,
     /// Where connections may go. Hosts named in `insecure_hosts` and
     /// `mirrors` are added to its allowed hosts: the configuration names them.
     pub guard: NetworkGuard,
@@ -77,6 +81,7 @@ impl Default for RegistrySettings {
             min_body_bytes_per_second: 1024,
             max_concurrent_lookups: 64,
             max_concurrent_lookups_per_host: 16,
+            manifest_gets_per_hour: default_manifest_gets_per_hour(),
             guard: NetworkGuard {
                 trusted_hosts: DEFAULT_TRUSTED_HOSTS
                     .iter()
@@ -87,6 +92,22 @@ impl Default for RegistrySettings {
         }
     }
 }
+
+/// Docker Hub's budget: 20 GETs an hour per replica. Its anonymous limit
+/// is 100 pulls per 6 hours per address, shared with the kubelets; with
+/// tags revalidated by HEAD, archway's GETs are the images it has not
+/// seen, and this keeps a burst of those from taking the kubelets' share.
+pub fn default_manifest_gets_per_hour() -> BTreeMap<String, u32> {
+    BTreeMap::from([("docker.io".to_string(), 20)])
+}
+
+/// Digests whose platforms a lookup already knows: a HEAD of the manifest
+/// that names one of them spares the GET.
+pub type Known<'a> = &'a (dyn Fn(&str) -> Option<Arc<ImagePlatforms>> + Send + Sync);
+
+/// How long a host that answered a manifest HEAD without a usable digest
+/// (or refused HEAD) is sent the GET straight away.
+const NO_HEAD_DIGEST_FOR: Duration = Duration::from_secs(3600);
 
 /// Cheap to clone: clones share connections and tokens.
 #[derive(Clone)]
@@ -102,6 +123,10 @@ pub struct RegistryClient {
     /// Rate limits are per client (Docker Hub counts per address), so the
     /// whole host backs off, not just the image that was refused.
     backoff: Arc<std::sync::Mutex<BTreeMap<String, std::time::Instant>>>,
+    /// Hosts whose manifest HEADs name no digest, and until when they are
+    /// not asked one (`NO_HEAD_DIGEST_FOR`); bounded like `backoff`.
+    no_head_digest: Arc<std::sync::Mutex<BTreeMap<String, Instant>>>,
+    get_budget: Arc<GetBudget>,
     limits: Arc<LookupLimits>,
     /// Registry response bytes held at once, charged as they arrive: 64
     /// lookups reading 4 MiB manifests would otherwise hold 256 MiB.
@@ -249,10 +274,18 @@ impl RegistryClient {
         ));
         let largest_body = settings.max_manifest_bytes.max(settings.max_token_bytes);
         let in_flight = BODY_BYTES_IN_FLIGHT.max(2 * largest_body);
+        let get_budget = GetBudget::new(&settings.manifest_gets_per_hour, |registry| {
+            // `docker.io` is asked at registry-1.docker.io: one budget.
+            format!("{registry}/budget")
+                .parse::<ImageRef>()
+                .map_or(registry.to_string(), |image| image.api_host().to_string())
+        });
         Ok(RegistryClient {
             http,
             names,
             limits,
+            get_budget: Arc::new(get_budget),
+            no_head_digest: Arc::default(),
             bodies: BodyBudget::new(in_flight, in_flight / 2),
             settings: Arc::new(settings),
             guard,
@@ -277,22 +310,28 @@ impl RegistryClient {
         image: &ImageRef,
         credential: &Credential,
     ) -> Result<ImagePlatforms, InspectError> {
-        self.inspect_in_turn(image, credential, &Turn::anonymous())
+        self.inspect_in_turn(image, credential, &Turn::anonymous(), None)
             .await
     }
 
     /// `inspect`, waiting for the registry's places in `turn`: a review's
-    /// lookups take turns with other namespaces' and other reviews'.
+    /// lookups take turns with other namespaces' and other reviews'. With
+    /// `known`, the manifest is first asked with a HEAD (free where Docker
+    /// Hub counts GETs); a digest `known` has platforms for is the answer,
+    /// and only another one costs the GET.
     pub async fn inspect_in_turn(
         &self,
         image: &ImageRef,
         credential: &Credential,
         turn: &Turn,
+        known: Option<Known<'_>>,
     ) -> Result<ImagePlatforms, InspectError> {
         let mut last_error = None;
         for endpoint in self.endpoints(image) {
             let permit = self.limits.acquire(&endpoint.host, turn).await;
-            let result = self.inspect_at(&endpoint, image, credential, turn).await;
+            let result = self
+                .inspect_at(&endpoint, image, credential, turn, known)
+                .await;
             drop(permit);
             match result {
                 Ok(found) => return Ok(found),
@@ -340,6 +379,7 @@ impl RegistryClient {
         image: &ImageRef,
         credential: &Credential,
         turn: &Turn,
+        known: Option<Known<'_>>,
     ) -> Result<ImagePlatforms, InspectError> {
         // A pod's credential belongs to the image's registry; a mirror gets
         // only the cluster's own credential for it.
@@ -354,6 +394,40 @@ impl RegistryClient {
         };
         let repository = image.repository();
         let reference = image.manifest_reference();
+        if let Some(known) = known.filter(|_| self.heads_name_digests(&endpoint.host)) {
+            let named = self
+                .head_manifest(endpoint, repository, reference, &credential, turn)
+                .await?;
+            let digest = match named {
+                Some(digest) => Some(digest),
+                None => {
+                    self.remember_no_head_digest(&endpoint.host);
+                    // A digest reference answered 2xx exists as named.
+                    image.digest().map(str::to_string)
+                }
+            };
+            // A digest reference is the content it names; a HEAD that says
+            // otherwise is settled by the GET, which checks the bytes.
+            let found = digest
+                .filter(|digest| image.digest().is_none_or(|asked| asked == digest))
+                .and_then(|digest| known(&digest));
+            if let Some(found) = found {
+                return Ok(ImagePlatforms {
+                    endpoint: endpoint.host.clone(),
+                    ..(*found).clone()
+                });
+            }
+        }
+        self.get_budget
+            .take(&endpoint.host, Instant::now())
+            .map_err(|spent| {
+                crate::metrics::global().get_budget_spent(&self.names.label(&endpoint.host));
+                InspectError::GetBudgetSpent {
+                    registry: spent.registry,
+                    per_hour: spent.per_hour,
+                    retry_in: spent.retry_in,
+                }
+            })?;
         let manifest = self
             .get(
                 endpoint,
@@ -434,6 +508,7 @@ impl RegistryClient {
         host: &str,
         request: reqwest::RequestBuilder,
     ) -> Result<Response, InspectError> {
+        let request = request.build().map_err(|e| transport_error(host, e))?;
         let now = std::time::Instant::now();
         let until = self
             .backoff
@@ -452,7 +527,19 @@ impl RegistryClient {
                 retry_after: Some(until - now),
             });
         }
-        let result = request.send().await.map_err(|e| transport_error(host, e));
+        if request.url().path().contains("/manifests/") {
+            let method = if request.method() == Method::HEAD {
+                "HEAD"
+            } else {
+                "GET"
+            };
+            crate::metrics::global().registry_manifest_request(&self.names.label(host), method);
+        }
+        let result = self
+            .http
+            .execute(request)
+            .await
+            .map_err(|e| transport_error(host, e));
         let label = match &result {
             Ok(response) => status_label(response.status().as_u16()),
             Err(error) => Label::fixed(error.metric_label()),
@@ -483,6 +570,114 @@ impl RegistryClient {
         credential: &Credential,
         turn: &Turn,
     ) -> Result<Fetched, InspectError> {
+        let (response, sent_credentials) = self
+            .send_authenticated(
+                Method::GET,
+                endpoint,
+                repository,
+                path,
+                accept,
+                credential,
+                turn,
+            )
+            .await?;
+        self.finish(endpoint, repository, response, sent_credentials, turn)
+            .await
+    }
+
+    /// HEAD of a manifest, with the GET's `Accept` (the digest named is
+    /// that of the manifest the GET would get): the digest the registry
+    /// names it by (`Docker-Content-Digest`), or `None` when it answers
+    /// without a usable one or does not take HEAD (some answer 405).
+    async fn head_manifest(
+        &self,
+        endpoint: &Endpoint,
+        repository: &str,
+        reference: &str,
+        credential: &Credential,
+        turn: &Turn,
+    ) -> Result<Option<String>, InspectError> {
+        let (response, sent_credentials) = self
+            .send_authenticated(
+                Method::HEAD,
+                endpoint,
+                repository,
+                &format!("manifests/{reference}"),
+                MANIFEST_ACCEPT,
+                credential,
+                turn,
+            )
+            .await?;
+        let status = response.status();
+        if status.is_success() {
+            let digest = response
+                .headers()
+                .get("docker-content-digest")
+                .and_then(|value| value.to_str().ok())
+                .map(str::trim)
+                .filter(|digest| manifest::validate_digest(digest).is_ok())
+                .map(str::to_string);
+            return Ok(digest);
+        }
+        // The registry's answer about the manifest (or itself) stands; any
+        // other refusal is of the HEAD, and the GET will tell.
+        let about_the_manifest = matches!(
+            status,
+            StatusCode::NOT_FOUND
+                | StatusCode::UNAUTHORIZED
+                | StatusCode::FORBIDDEN
+                | StatusCode::TOO_MANY_REQUESTS
+        );
+        if about_the_manifest || status.is_server_error() {
+            return Err(status_error(
+                endpoint,
+                repository,
+                &response,
+                sent_credentials,
+            ));
+        }
+        Ok(None)
+    }
+
+    /// Whether `host`'s manifest HEADs are worth sending: not when one
+    /// lately named no digest.
+    fn heads_name_digests(&self, host: &str) -> bool {
+        let hosts = self
+            .no_head_digest
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        hosts.get(host).is_none_or(|until| *until <= Instant::now())
+    }
+
+    fn remember_no_head_digest(&self, host: &str) {
+        tracing::debug!(
+            host,
+            "manifest HEAD named no digest: asking with GET for a while"
+        );
+        let now = Instant::now();
+        let mut hosts = self
+            .no_head_digest
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        hosts.retain(|_, until| *until > now);
+        if hosts.len() < MAX_BACKING_OFF || hosts.contains_key(host) {
+            hosts.insert(host.to_string(), now + NO_HEAD_DIGEST_FOR);
+        }
+    }
+
+    /// Sends `method` `/v2/<repository>/<path>`, authenticating once on a
+    /// 401: the response, and whether credentials went with it.
+    #[allow(clippy::too_many_arguments)]
+    async fn send_authenticated(
+        &self,
+        method: Method,
+        endpoint: &Endpoint,
+        repository: &str,
+        path: &str,
+        accept: &str,
+        credential: &Credential,
+        turn: &Turn,
+    ) -> Result<(Response, bool), InspectError> {
         let url = reqwest::Url::parse(&format!(
             "{}://{}/v2/{repository}/{path}",
             endpoint.scheme, endpoint.host
@@ -506,7 +701,7 @@ impl RegistryClient {
         for attempt in 0..2 {
             let mut request = self
                 .http
-                .get(url.clone())
+                .request(method.clone(), url.clone())
                 .header(ACCEPT, accept)
                 .timeout(self.settings.request_timeout);
             if let Some(value) = &authorization {
@@ -528,9 +723,7 @@ impl RegistryClient {
                 continue;
             }
             let sent_credentials = authorization.is_some() && !credential.is_anonymous();
-            return self
-                .finish(endpoint, repository, response, sent_credentials, turn)
-                .await;
+            return Ok((response, sent_credentials));
         }
         Err(InspectError::Unauthorized {
             host: endpoint.host.clone(),
@@ -547,48 +740,33 @@ impl RegistryClient {
         sent_credentials: bool,
         turn: &Turn,
     ) -> Result<Fetched, InspectError> {
-        let status = response.status();
-        let host = endpoint.host.clone();
-        match status {
-            s if s.is_success() => {
-                let content_type = response
-                    .headers()
-                    .get(CONTENT_TYPE)
-                    .and_then(|v| v.to_str().ok())
-                    .map(str::to_string);
-                let (body, held) = self
-                    .read_limited(
-                        response,
-                        self.settings.max_manifest_bytes,
-                        &host,
-                        turn,
-                        "manifest or config",
-                    )
-                    .await?;
-                Ok(Fetched {
-                    content_type,
-                    body,
-                    _held: held,
-                })
-            }
-            StatusCode::NOT_FOUND => Err(InspectError::NotFound {
-                host,
-                repository: repository.to_string(),
-            }),
-            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => Err(InspectError::Unauthorized {
-                host,
-                repository: repository.to_string(),
-                authenticated: sent_credentials,
-            }),
-            StatusCode::TOO_MANY_REQUESTS => Err(InspectError::RateLimited {
-                host,
-                retry_after: retry_after(response.headers()),
-            }),
-            _ => Err(InspectError::Status {
-                host,
-                status: status.as_u16(),
-            }),
+        if !response.status().is_success() {
+            return Err(status_error(
+                endpoint,
+                repository,
+                &response,
+                sent_credentials,
+            ));
         }
+        let content_type = response
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let (body, held) = self
+            .read_limited(
+                response,
+                self.settings.max_manifest_bytes,
+                &endpoint.host,
+                turn,
+                "manifest or config",
+            )
+            .await?;
+        Ok(Fetched {
+            content_type,
+            body,
+            _held: held,
+        })
     }
 
     /// Answers a 401's challenge: a bearer token from the realm (with the
@@ -850,6 +1028,35 @@ impl Pace {
         self.in_window = 0;
         self.window_end += Duration::from_secs(1);
         enough
+    }
+}
+
+/// A registry's answer other than success, as the failure it means.
+fn status_error(
+    endpoint: &Endpoint,
+    repository: &str,
+    response: &Response,
+    sent_credentials: bool,
+) -> InspectError {
+    let host = endpoint.host.clone();
+    match response.status() {
+        StatusCode::NOT_FOUND => InspectError::NotFound {
+            host,
+            repository: repository.to_string(),
+        },
+        StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => InspectError::Unauthorized {
+            host,
+            repository: repository.to_string(),
+            authenticated: sent_credentials,
+        },
+        StatusCode::TOO_MANY_REQUESTS => InspectError::RateLimited {
+            host,
+            retry_after: retry_after(response.headers()),
+        },
+        status => InspectError::Status {
+            host,
+            status: status.as_u16(),
+        },
     }
 }
 

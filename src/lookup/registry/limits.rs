@@ -4,9 +4,9 @@
 //! own queue, not everyone's. And how many bytes of registry answers are
 //! held in memory at once (`BodyBudget`).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{Notify, oneshot};
 
@@ -502,6 +502,118 @@ impl Drop for BodyCharge {
     }
 }
 
+/// A token bucket: `burst` tokens at most, refilled at `per_second`.
+#[derive(Clone, Copy, Debug)]
+pub struct Bucket {
+    tokens: f64,
+    refilled: Instant,
+}
+
+impl Bucket {
+    /// A full bucket.
+    pub fn full(burst: f64, now: Instant) -> Bucket {
+        Bucket {
+            tokens: burst,
+            refilled: now,
+        }
+    }
+
+    /// Adds what `per_second` brought since the last refill.
+    pub fn refill(&mut self, now: Instant, per_second: f64, burst: f64) {
+        let elapsed = now.saturating_duration_since(self.refilled).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * per_second).min(burst);
+        self.refilled = now;
+    }
+
+    pub fn is_full(&self, burst: f64) -> bool {
+        self.tokens >= burst
+    }
+
+    /// Takes one token if there is one (refill first).
+    pub fn take(&mut self) -> bool {
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// How long until a token is there, at `per_second` (refill first).
+    pub fn until_one(&self, per_second: f64) -> Duration {
+        if self.tokens >= 1.0 || per_second <= 0.0 {
+            return Duration::ZERO;
+        }
+        Duration::from_secs_f64((1.0 - self.tokens) / per_second)
+    }
+}
+
+/// Manifest GETs each registry may be sent per hour
+/// (`registry.manifestGetsPerHour`), keyed by the host requests go to, so
+/// that `docker.io`, `index.docker.io` and `registry-1.docker.io` share
+/// Docker Hub's one budget. A budget is a bucket of that many GETs,
+/// refilled evenly over the hour. Hosts not configured have none.
+#[derive(Debug, Default)]
+pub struct GetBudget {
+    hosts: HashMap<String, Mutex<HostBudget>>,
+}
+
+#[derive(Debug)]
+struct HostBudget {
+    /// As the configuration names it, for messages.
+    name: String,
+    per_hour: u32,
+    bucket: Bucket,
+}
+
+/// A GET refused: the budget and when the next one may go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Spent {
+    pub registry: String,
+    pub per_hour: u32,
+    pub retry_in: Duration,
+}
+
+impl GetBudget {
+    /// `per_hour`: registry (as written in references, or a mirror's
+    /// host) -> GETs per hour. `api_host` says where a registry's requests
+    /// go.
+    pub fn new(per_hour: &BTreeMap<String, u32>, api_host: impl Fn(&str) -> String) -> GetBudget {
+        let now = Instant::now();
+        let hosts = per_hour
+            .iter()
+            .map(|(name, &per_hour)| {
+                let budget = HostBudget {
+                    name: name.clone(),
+                    per_hour,
+                    bucket: Bucket::full(f64::from(per_hour), now),
+                };
+                (api_host(name), Mutex::new(budget))
+            })
+            .collect();
+        GetBudget { hosts }
+    }
+
+    /// Takes one GET of `host`'s budget, if it has one.
+    pub fn take(&self, host: &str, now: Instant) -> Result<(), Spent> {
+        let Some(budget) = self.hosts.get(host) else {
+            return Ok(());
+        };
+        let mut budget = budget.lock().unwrap_or_else(|e| e.into_inner());
+        let burst = f64::from(budget.per_hour);
+        let per_second = burst / 3600.0;
+        budget.bucket.refill(now, per_second, burst);
+        if budget.bucket.take() {
+            return Ok(());
+        }
+        Err(Spent {
+            registry: budget.name.clone(),
+            per_hour: budget.per_hour,
+            retry_in: budget.bucket.until_one(per_second),
+        })
+    }
+}
+
 #[cfg(test)]
 impl FairQueue {
     /// Waiters in line (live or not yet forgotten).
@@ -516,6 +628,36 @@ impl FairQueue {
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    #[test]
+    fn a_get_budget_is_its_hourly_count_refilled_evenly_and_shared_by_spellings() {
+        let per_hour = BTreeMap::from([("docker.io".to_string(), 3), ("quay.io".to_string(), 1)]);
+        let budget = GetBudget::new(&per_hour, |name| {
+            if name == "docker.io" {
+                "registry-1.docker.io".into()
+            } else {
+                name.into()
+            }
+        });
+        let now = Instant::now();
+        for _ in 0..3 {
+            assert!(budget.take("registry-1.docker.io", now).is_ok());
+        }
+        let spent = budget.take("registry-1.docker.io", now).unwrap_err();
+        assert_eq!(
+            (spent.registry.as_str(), spent.per_hour, spent.retry_in),
+            ("docker.io", 3, Duration::from_secs(1200)),
+            "named as configured; one GET back every 20 minutes"
+        );
+        assert!(budget.take("quay.io", now).is_ok(), "each its own");
+        assert!(
+            budget.take("ghcr.io", now).is_ok(),
+            "not configured: no budget"
+        );
+        let later = now + Duration::from_secs(1201);
+        assert!(budget.take("registry-1.docker.io", later).is_ok());
+        assert!(budget.take("registry-1.docker.io", later).is_err());
+    }
 
     fn turn(namespace: &str, review: u64) -> Turn {
         Turn {

@@ -2,13 +2,14 @@
 
 pub mod client;
 pub mod credentials;
+pub mod facts;
 pub mod limits;
 pub mod manifest;
 pub mod network;
 
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 pub use client::{RegistryClient, RegistrySettings};
 pub use credentials::{ANONYMOUS_FINGERPRINT, Credential, Keyring};
@@ -24,7 +25,7 @@ pub struct ImagePlatforms {
     pub endpoint: String,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ManifestShape {
     /// An OCI image index or Docker manifest list.
@@ -95,6 +96,19 @@ pub enum InspectError {
         "namespace {namespace} has used its share of registry lookups for now (cache.namespaceMissesPerSecond); cached images still resolve"
     )]
     Throttled { namespace: String },
+    /// archway's own cap on manifest GETs to a registry
+    /// (`registry.manifestGetsPerHour`), which counts them against the
+    /// pulls of everyone behind the same address: never the registry's
+    /// failure, and never remembered as one.
+    #[error(
+        "registry {registry}: archway's manifest GET budget ({per_hour}/h) is spent; images already known still resolve, this one can be looked up in {}s (registry.manifestGetsPerHour)",
+        retry_in.as_secs().max(1)
+    )]
+    GetBudgetSpent {
+        registry: String,
+        per_hour: u32,
+        retry_in: Duration,
+    },
     #[error("lookup failed unexpectedly: {0}")]
     Internal(String),
 }
@@ -119,6 +133,7 @@ impl InspectError {
             InspectError::Deadline => "deadline",
             InspectError::Local { .. } => "local",
             InspectError::Throttled { .. } => "throttled",
+            InspectError::GetBudgetSpent { .. } => "get_budget",
             InspectError::Internal(_) => "internal",
         }
     }
@@ -131,9 +146,40 @@ impl InspectError {
             self,
             InspectError::Local { .. }
                 | InspectError::Throttled { .. }
+                | InspectError::GetBudgetSpent { .. }
                 | InspectError::Deadline
                 | InspectError::Internal(_)
         )
+    }
+
+    /// Whether asking again later may well get an answer: the registry
+    /// (or this process) is down, slow or busy now. A tag's last answer
+    /// keeps being served through such a failure, within `cache.staleTtl`;
+    /// any other failure (the tag is gone, the credential refused, the
+    /// answer unreadable) replaces it.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            InspectError::Connect { .. }
+            | InspectError::Timeout { .. }
+            | InspectError::RateLimited { .. }
+            | InspectError::TooSlow { .. }
+            | InspectError::Token { .. }
+            | InspectError::Deadline
+            | InspectError::Local { .. }
+            | InspectError::Throttled { .. }
+            | InspectError::Internal(_) => true,
+            InspectError::Status { status, .. } => *status >= 500,
+            InspectError::InvalidReference(_)
+            | InspectError::NotFound { .. }
+            | InspectError::Unauthorized { .. }
+            | InspectError::TooLarge { .. }
+            | InspectError::DigestMismatch { .. }
+            | InspectError::Manifest { .. }
+            | InspectError::Refused { .. }
+            // The tag moved and the new manifest cannot be read now: the
+            // last answer is known to be out of date.
+            | InspectError::GetBudgetSpent { .. } => false,
+        }
     }
 
     /// How long a failure should be remembered at least: a registry that

@@ -1,0 +1,583 @@
+//! Registry economy (issue 25, item 5), against the real registry behind a
+//! proxy that records every request's method: an expired tag is asked with a
+//! HEAD of its manifest, and only a digest archway does not know costs a
+//! GET; a registry whose HEAD names no digest gets GETs; a budget caps the
+//! GETs per registry; and the facts one replica learned are shared through
+//! a ConfigMap on the real control plane, so that another replica, or a
+//! restarted one, asks no GET for them.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use archway::lookup::cache::{CacheOutcome, CacheSettings, Inspector};
+use archway::lookup::image::ImageRef;
+use archway::lookup::registry::facts::Facts;
+use archway::lookup::registry::facts::configmap::{self, DATA_KEY, Target};
+use archway::lookup::registry::{
+    Credential, InspectError, Keyring, RegistryClient, RegistrySettings,
+};
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::api::Api;
+use support::controlplane::{ControlPlane, client_from_kubeconfig};
+use support::{CountingProxy, Fault, Format, ImageSpec, Recorded, Registry, RegistryOptions};
+
+/// Short enough for a test to wait out, long enough to read twice within.
+const TAG_TTL: Duration = Duration::from_millis(400);
+
+fn install_crypto() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+fn image(s: &str) -> ImageRef {
+    s.parse().unwrap()
+}
+
+fn settings_for(host: &str) -> RegistrySettings {
+    RegistrySettings {
+        insecure_hosts: vec![host.to_string()],
+        request_timeout: Duration::from_secs(2),
+        ..RegistrySettings::default()
+    }
+}
+
+fn cache(stale_ttl: Duration) -> CacheSettings {
+    CacheSettings {
+        tag_ttl: TAG_TTL,
+        stale_ttl,
+        ..CacheSettings::default()
+    }
+}
+
+fn inspector(settings: RegistrySettings, cache: CacheSettings) -> Inspector {
+    install_crypto();
+    Inspector::new(RegistryClient::new(settings).unwrap(), cache)
+}
+
+/// Pushes a multi-arch image of its own (`salt`) as `reference`, straight
+/// to the registry (not through the proxy); its digest.
+fn push(registry: &Registry, reference: &str, spec: ImageSpec, salt: &str) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let layout = support::build_layout(dir.path(), &spec.with_salt(salt));
+    registry.push(&layout.dir, reference, Format::Oci)
+}
+
+fn is_manifest(method: &'static str) -> impl Fn(&Recorded) -> bool {
+    move |r: &Recorded| r.is_manifest() && r.method == method
+}
+
+/// Manifest (GETs, HEADs) the proxy saw.
+fn asked(proxy: &CountingProxy) -> (usize, usize) {
+    (
+        proxy.count(is_manifest("GET")),
+        proxy.count(is_manifest("HEAD")),
+    )
+}
+
+/// Polls `done` every 20 ms, for at most 10 s.
+async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
+    let started = Instant::now();
+    while !done() {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn platforms(found: &archway::lookup::registry::ImagePlatforms) -> Vec<String> {
+    found.platforms.iter().map(ToString::to_string).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_tag_costs_a_head_and_only_a_moved_one_a_get() {
+    let registry = Registry::start(RegistryOptions::plain());
+    let first = push(&registry, "app:v1", ImageSpec::multi_arch(), "first");
+    let proxy = CountingProxy::start(registry.addr()).await;
+    let inspector = inspector(
+        settings_for(&proxy.host()),
+        cache(CacheSettings::default().stale_ttl),
+    );
+    let app = image(&format!("{}/app:v1", proxy.host()));
+    let (found, _) = inspector.inspect(&app, &Credential::Anonymous).await;
+    assert_eq!(found.unwrap().digest, first);
+    assert_eq!(asked(&proxy), (1, 0));
+
+    // Expired: the last answer is served at once, and revalidated behind
+    // it by a HEAD that names the same digest.
+    tokio::time::sleep(TAG_TTL + Duration::from_millis(100)).await;
+    let (served, outcome) = inspector.inspect(&app, &Credential::Anonymous).await;
+    assert_eq!(
+        (served.unwrap().digest.clone(), outcome),
+        (first.clone(), CacheOutcome::Hit)
+    );
+    eventually("the revalidating HEAD to be answered", || {
+        proxy.count(|r| is_manifest("HEAD")(r) && r.status.is_some()) == 1
+    })
+    .await;
+    let requests = proxy.requests();
+    eprintln!("{requests:#?}");
+    let (get, head) = (&requests[0], &requests[1]);
+    assert_eq!((get.method.as_str(), head.method.as_str()), ("GET", "HEAD"));
+    assert_eq!(head.path, get.path);
+    assert_eq!(
+        head.accept, get.accept,
+        "the HEAD names what the GET would get"
+    );
+    assert_eq!(head.status, Some(200));
+    // Renewed for a whole tagTtl (once the revalidation has put its
+    // answer, just after the HEAD's): no request meanwhile.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let (renewed, outcome) = inspector.inspect(&app, &Credential::Anonymous).await;
+    assert_eq!(
+        (renewed.unwrap().digest.clone(), outcome),
+        (first.clone(), CacheOutcome::Hit)
+    );
+    assert_eq!(asked(&proxy), (1, 1), "an unchanged tag costs no GET");
+
+    // The tag moves to an image of other platforms: the HEAD names a
+    // digest archway does not know, and that costs the GET.
+    let moved = push(&registry, "app:v1", ImageSpec::arm_v7(), "moved");
+    assert_ne!(moved, first);
+    tokio::time::sleep(TAG_TTL + Duration::from_millis(100)).await;
+    let (stale, _) = inspector.inspect(&app, &Credential::Anonymous).await;
+    assert_eq!(stale.unwrap().digest, first, "served while revalidated");
+    eventually("the moved tag's GET", || {
+        proxy.count(|r| is_manifest("GET")(r) && r.status.is_some()) == 2
+    })
+    .await;
+    assert_eq!(asked(&proxy), (2, 2));
+    let started = Instant::now();
+    let now = loop {
+        let (now, _) = inspector.inspect(&app, &Credential::Anonymous).await;
+        let now = now.unwrap();
+        if now.digest == moved || started.elapsed() > Duration::from_secs(10) {
+            break now;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(now.digest, moved);
+    assert_eq!(platforms(&now), ["linux/amd64", "linux/arm/v7"]);
+    assert_eq!(asked(&proxy), (2, 2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_on_an_expired_tag_is_answered_at_once_for_one_head() {
+    let registry = Registry::start(RegistryOptions::plain());
+    let first = push(&registry, "burst:v1", ImageSpec::multi_arch(), "burst");
+    let proxy = CountingProxy::start(registry.addr()).await;
+    let inspector = inspector(
+        settings_for(&proxy.host()),
+        cache(CacheSettings::default().stale_ttl),
+    );
+    let burst = image(&format!("{}/burst:v1", proxy.host()));
+    inspector
+        .inspect(&burst, &Credential::Anonymous)
+        .await
+        .0
+        .unwrap();
+    tokio::time::sleep(TAG_TTL + Duration::from_millis(100)).await;
+    // The registry now never answers a HEAD (until the client gives up).
+    proxy.set_fault_rule(|r| {
+        if r.method == "HEAD" {
+            Fault::Stall
+        } else {
+            Fault::None
+        }
+    });
+    let lookups = (0..100).map(|_| {
+        let (inspector, burst) = (inspector.clone(), burst.clone());
+        tokio::spawn(async move { inspector.inspect(&burst, &Credential::Anonymous).await })
+    });
+    for lookup in futures::future::join_all(lookups).await {
+        let (found, outcome) = lookup.unwrap();
+        assert_eq!(
+            (found.unwrap().digest.clone(), outcome),
+            (first.clone(), CacheOutcome::Hit)
+        );
+    }
+    eventually("the revalidating HEAD", || asked(&proxy).1 == 1).await;
+    let pending = proxy.requests().pop().unwrap();
+    assert_eq!(
+        (pending.method.as_str(), pending.status),
+        ("HEAD", None),
+        "every review was answered while the HEAD was still unanswered"
+    );
+    // The HEAD times out (requestTimeout 2 s): the registry is down for
+    // now, so the last answer goes on being served, and it is not asked
+    // again before failureTtl.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (found, _) = inspector.inspect(&burst, &Credential::Anonymous).await;
+    assert_eq!(found.unwrap().digest, first);
+    assert_eq!(asked(&proxy), (1, 1), "one HEAD for the whole burst");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_stale_ttl_0_the_review_waits_for_the_head() {
+    let registry = Registry::start(RegistryOptions::plain());
+    push(&registry, "app:v1", ImageSpec::multi_arch(), "waits");
+    let proxy = CountingProxy::start(registry.addr()).await;
+    let inspector = inspector(settings_for(&proxy.host()), cache(Duration::ZERO));
+    let app = image(&format!("{}/app:v1", proxy.host()));
+    let (_, outcome) = inspector.inspect(&app, &Credential::Anonymous).await;
+    assert_eq!(outcome, CacheOutcome::Miss);
+    tokio::time::sleep(TAG_TTL + Duration::from_millis(100)).await;
+    let (found, outcome) = inspector.inspect(&app, &Credential::Anonymous).await;
+    assert!(found.is_ok());
+    assert_eq!(
+        outcome,
+        CacheOutcome::Miss,
+        "looked up with the review waiting"
+    );
+    assert_eq!(asked(&proxy), (1, 1), "by a HEAD: the digest is known");
+}
+
+/// A registry (or proxy) that answers HEAD without `Docker-Content-Digest`:
+/// the GET is sent, and the host is remembered, so the next lookup sends
+/// the GET straight away rather than a useless HEAD first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registry_whose_head_names_no_digest_is_asked_with_get() {
+    let registry = Registry::start(RegistryOptions::plain());
+    let digest = push(&registry, "app:v1", ImageSpec::multi_arch(), "nodigest");
+    let proxy = CountingProxy::start(registry.addr()).await;
+    proxy.set_fault_rule(|r| {
+        if r.method == "HEAD" {
+            Fault::Status(200, vec![])
+        } else {
+            Fault::None
+        }
+    });
+    let inspector = inspector(settings_for(&proxy.host()), cache(Duration::ZERO));
+    let app = image(&format!("{}/app:v1", proxy.host()));
+    for round in 1..=3 {
+        let (found, outcome) = inspector.inspect(&app, &Credential::Anonymous).await;
+        assert_eq!(found.unwrap().digest, digest, "round {round}");
+        assert_eq!(outcome, CacheOutcome::Miss);
+        tokio::time::sleep(TAG_TTL + Duration::from_millis(100)).await;
+    }
+    assert_eq!(asked(&proxy), (3, 1), "{:#?}", proxy.requests());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_the_get_budget_a_lookup_fails_with_a_warning_and_known_images_resolve() {
+    let registry = Registry::start(RegistryOptions::plain());
+    let digests: Vec<String> = ["a", "b", "c"]
+        .iter()
+        .map(|name| {
+            push(
+                &registry,
+                &format!("{name}:v1"),
+                ImageSpec::multi_arch(),
+                name,
+            )
+        })
+        .collect();
+    let proxy = CountingProxy::start(registry.addr()).await;
+    let host = proxy.host();
+    let mut settings = settings_for(&host);
+    settings.manifest_gets_per_hour = [(host.clone(), 2)].into();
+    let inspector = inspector(settings, cache(Duration::ZERO));
+    let tag = |name: &str| image(&format!("{host}/{name}:v1"));
+    for (name, digest) in ["a", "b"].iter().zip(&digests) {
+        let (found, _) = inspector.inspect(&tag(name), &Credential::Anonymous).await;
+        assert_eq!(&found.unwrap().digest, digest);
+    }
+    for _ in 0..2 {
+        let (refused, _) = inspector.inspect(&tag("c"), &Credential::Anonymous).await;
+        let refused = refused.unwrap_err();
+        let message = refused.to_string();
+        assert!(
+            message.starts_with(&format!(
+                "registry {host}: archway's manifest GET budget (2/h) is spent; "
+            )),
+            "{message}"
+        );
+        assert!(
+            message.contains("registry.manifestGetsPerHour"),
+            "{message}"
+        );
+        assert_eq!(refused.metric_label(), "get_budget");
+        assert!(
+            !refused.is_from_registry(),
+            "archway's own limit: not remembered as the registry's failure"
+        );
+    }
+    assert_eq!(asked(&proxy), (2, 0), "no GET past the budget");
+    // What archway knows still resolves: a's tag expired, and its HEAD
+    // names the digest it knows.
+    tokio::time::sleep(TAG_TTL + Duration::from_millis(100)).await;
+    let (known, _) = inspector.inspect(&tag("a"), &Credential::Anonymous).await;
+    assert_eq!(known.unwrap().digest, digests[0]);
+    assert_eq!(asked(&proxy), (2, 1), "{:#?}", proxy.requests());
+
+    let text = archway::metrics::global().render();
+    for series in [
+        format!(r#"archway_registry_get_budget_spent_total{{registry="{host}"}} 2"#),
+        format!(r#"archway_registry_manifest_requests_total{{registry="{host}",method="GET"}} 2"#),
+        format!(r#"archway_registry_manifest_requests_total{{registry="{host}",method="HEAD"}} 1"#),
+    ] {
+        assert!(text.contains(&series), "{series} not in:\n{text}");
+    }
+}
+
+fn basic(username: &str, password: &str) -> Credential {
+    Credential::Basic {
+        username: username.into(),
+        password: password.into(),
+    }
+}
+
+/// Facts are what archway learned with its own access (here the cluster's
+/// credentials file). A pod's credential gets them only once its own HEAD
+/// has read the manifest: a wrong one is refused, as if nothing were known.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn facts_answer_another_credential_only_after_its_own_head() {
+    let registry = Registry::start(RegistryOptions::plain().with_basic_auth("alice", "s3cret"));
+    let digest = push(
+        &registry,
+        "private/app:v1",
+        ImageSpec::multi_arch(),
+        "private",
+    );
+    let proxy = CountingProxy::start(registry.addr()).await;
+    let host = proxy.host();
+    let mut settings = settings_for(&host);
+    let config =
+        format!(r#"{{"auths": {{"{host}": {{"username": "alice", "password": "s3cret"}}}}}}"#);
+    settings.keyring = Keyring::from_docker_config(config.as_bytes()).unwrap();
+    let inspector = inspector(settings, cache(Duration::ZERO));
+    let tagged = image(&format!("{host}/private/app:v1"));
+    let pinned = image(&format!("{host}/private/app@{digest}"));
+
+    // With archway's own access: learned, and the digest then costs nothing.
+    inspector
+        .inspect(&tagged, &Credential::Anonymous)
+        .await
+        .0
+        .unwrap();
+    let before = proxy.requests().len();
+    let (found, outcome) = inspector.inspect(&pinned, &Credential::Anonymous).await;
+    assert_eq!(
+        (found.unwrap().digest.clone(), outcome),
+        (digest.clone(), CacheOutcome::Hit)
+    );
+    assert_eq!(proxy.requests().len(), before, "answered by the facts");
+
+    // A pod's wrong credential is refused by the registry, for the tag and
+    // for the digest alike.
+    for reference in [&tagged, &pinned] {
+        let (refused, _) = inspector.inspect(reference, &basic("alice", "wrong")).await;
+        let refused = refused.unwrap_err();
+        assert!(
+            matches!(
+                refused,
+                InspectError::Unauthorized {
+                    authenticated: true,
+                    ..
+                }
+            ),
+            "{reference}: {refused:?}"
+        );
+    }
+    // A right one reads the manifest with its HEAD, and needs no GET.
+    proxy.reset();
+    for reference in [&tagged, &pinned] {
+        let (found, _) = inspector
+            .inspect(reference, &basic("alice", "s3cret"))
+            .await;
+        assert_eq!(found.unwrap().digest, digest, "{reference}");
+    }
+    let heads = proxy.count(|r| is_manifest("HEAD")(r) && r.status == Some(200));
+    assert_eq!((proxy.count(is_manifest("GET")), heads), (0, 2));
+}
+
+/// The facts' ConfigMap on the real control plane, with the shipped RBAC
+/// (deploy/base/rbac.yaml) as the only permissions: the leader writes what
+/// it learned; a replica that is not leading reads it (at start and on
+/// change) and writes nothing; a replica started afresh from it asks the
+/// registry no GET for those images; and a new leader writes what it
+/// learned itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leader_writes_the_facts_and_a_replica_that_is_not_leading_only_reads_them() {
+    install_crypto();
+    let plane = tokio::task::spawn_blocking(ControlPlane::start)
+        .await
+        .unwrap();
+    let kubeconfig = plane.archway_account();
+    let client = client_from_kubeconfig(&kubeconfig).await;
+    let admin = plane.client().await;
+    let config_maps: Api<ConfigMap> = Api::namespaced(admin, "archway");
+    let target = Target::from_settings(&archway::lookup::registry::facts::FactsSettings {
+        namespace: Some("archway".into()),
+        write_interval: Duration::from_secs(1),
+        ..Default::default()
+    });
+    assert_eq!(target.name, "archway-facts");
+
+    let registry = Registry::start(RegistryOptions::plain());
+    let names = ["one", "two", "three", "four"];
+    for name in names {
+        push(
+            &registry,
+            &format!("{name}:v1"),
+            ImageSpec::multi_arch(),
+            name,
+        );
+    }
+    let proxy = CountingProxy::start(registry.addr()).await;
+    let tag = |name: &str| image(&format!("{}/{name}:v1", proxy.host()));
+    let settings = settings_for(&proxy.host());
+    let new_replica = || {
+        let facts = Arc::new(Facts::new(64 * 1024));
+        let inspector = Inspector::with_facts(
+            RegistryClient::new(settings.clone()).unwrap(),
+            cache(CacheSettings::default().stale_ttl),
+            facts.clone(),
+        );
+        (facts, inspector)
+    };
+    let start = |facts: Arc<Facts>, leading: tokio::sync::watch::Receiver<bool>| {
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let shutdown = async move {
+            let mut stopped = stopped;
+            let _ = stopped.wait_for(|stop| *stop).await;
+        };
+        let task = tokio::spawn(configmap::run(
+            client.clone(),
+            facts,
+            target.clone(),
+            leading,
+            shutdown,
+        ));
+        (stop, task)
+    };
+    let writes = || {
+        plane
+            .audit_events()
+            .iter()
+            .filter(|e| {
+                e["objectRef"]["resource"] == "configmaps"
+                    && e["objectRef"]["name"] == "archway-facts"
+                    && matches!(e["verb"].as_str(), Some("create" | "update"))
+                    && e["stage"] == "ResponseComplete"
+                    && e["responseStatus"]["code"]
+                        .as_u64()
+                        .is_some_and(|c| c < 300)
+            })
+            .count()
+    };
+    let stored = || async {
+        config_maps
+            .get_opt("archway-facts")
+            .await
+            .unwrap()
+            .and_then(|c| c.data)
+            .and_then(|mut data| data.remove(DATA_KEY))
+    };
+
+    // The leader learns three images (three GETs) and writes them.
+    let (leader_facts, leader) = new_replica();
+    let (_leads, leading) = tokio::sync::watch::channel(true);
+    let (stop_leader, leader_task) = start(leader_facts.clone(), leading);
+    for name in &names[..3] {
+        leader
+            .inspect(&tag(name), &Credential::Anonymous)
+            .await
+            .0
+            .unwrap();
+    }
+    assert_eq!(asked(&proxy), (3, 0));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let text = loop {
+        if let Some(text) = stored().await
+            && Facts::decode(&text).map(|s| s.refused) == Ok(0)
+            && names[..3]
+                .iter()
+                .all(|n| text.contains(&format!("/{n}:v1")))
+        {
+            break text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the leader never wrote its facts"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    eprintln!("archway-facts: {text}");
+    stop_leader.send_replace(true);
+    leader_task.await.unwrap();
+
+    // A replica started afresh, not leading: it reads them at start, and
+    // then the three images cost it no GET (their tags expired: a HEAD each).
+    let (facts, replica) = new_replica();
+    let (leads, leading) = tokio::sync::watch::channel(false);
+    let (stop_replica, replica_task) = start(facts.clone(), leading);
+    tokio::time::timeout(Duration::from_secs(10), facts.loaded())
+        .await
+        .expect("the facts are read at start");
+    assert_eq!(facts.len(), (3, 3));
+    proxy.reset();
+    for name in &names[..3] {
+        let (found, _) = replica.inspect(&tag(name), &Credential::Anonymous).await;
+        found.unwrap();
+    }
+    assert_eq!(asked(&proxy).0, 0, "no GET for what the leader learned");
+
+    // It learns a fourth image, but does not lead: it writes nothing.
+    let written = writes();
+    assert!(written >= 1);
+    replica
+        .inspect(&tag("four"), &Credential::Anonymous)
+        .await
+        .0
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(
+        writes(),
+        written,
+        "a replica that is not leading never writes"
+    );
+    assert!(!stored().await.unwrap().contains("/four:v1"));
+
+    // Another change of the ConfigMap (a leader elsewhere) is read on the fly.
+    let other = Facts::decode(&text).unwrap();
+    let elsewhere = Facts::new(64 * 1024);
+    let extra = image("registry.example/elsewhere:v1");
+    elsewhere.record(
+        &extra,
+        &Arc::new(archway::lookup::registry::ImagePlatforms {
+            digest: format!("sha256:{}", "e".repeat(64)),
+            platforms: Arc::new([archway::decision::platform::Platform::linux("arm64")].into()),
+            shape: archway::lookup::registry::ManifestShape::Index,
+            endpoint: "registry.example".into(),
+        }),
+        archway::lookup::registry::facts::unix_millis(),
+    );
+    elsewhere.merge(other, archway::lookup::registry::facts::unix_millis());
+    let mut changed = config_maps.get("archway-facts").await.unwrap();
+    changed.data = Some([(DATA_KEY.to_string(), elsewhere.encode().0)].into());
+    config_maps
+        .replace("archway-facts", &Default::default(), &changed)
+        .await
+        .unwrap();
+    eventually("the change to be read", || {
+        facts
+            .platforms(&extra, &format!("sha256:{}", "e".repeat(64)))
+            .is_some()
+    })
+    .await;
+
+    // Leading now, it writes what it learned itself.
+    leads.send_replace(true);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !stored().await.unwrap().contains("/four:v1") {
+        assert!(Instant::now() < deadline, "the new leader never wrote");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let text = stored().await.unwrap();
+    assert!(text.contains("registry.example/elsewhere:v1"), "{text}");
+    stop_replica.send_replace(true);
+    replica_task.await.unwrap();
+}
