@@ -80,9 +80,12 @@ impl ConfigReloader {
                 old.inspector.clone()
             } else {
                 tracing::info!("registry or cache settings changed: starting a new image cache");
-                Inspector::new(
+                // The facts about digests outlive the cache: they are true
+                // whatever the settings.
+                Inspector::with_facts(
                     RegistryClient::new(config.registry_settings()?)?,
                     config.cache_settings(),
+                    old.inspector.facts().clone(),
                 )
             };
         let policies: Arc<dyn crate::decision::policy::PolicySource> = match &self.cluster {
