@@ -301,6 +301,9 @@ fn check_rbac(objects: &[Value]) {
                 &["deployments", "statefulsets"],
                 &["list", "watch", "patch"]
             ),
+            // The guard resolves a pod's workload by uid through its
+            // ReplicaSet: read only.
+            ("apps", &["replicasets"], &["list", "watch"]),
             ("events.k8s.io", &["events"], &["create", "patch"]),
         ]),
         "the webhook reads namespaces and nodes, and gets single secrets; the gate controller \

@@ -9,6 +9,14 @@
 //! lets it tell "fails on arm64" from "fails everywhere" without a second
 //! look at the workload.
 //!
+//! What a pod author can make the guard do: nothing to a workload that is
+//! not theirs. A pod counts only when (1) its namespace is enforced, where
+//! archway owns the `archway.dev/` keys on pods (admission removes any it
+//! did not write, see `admission::disown`), (2) it is bound to a node of
+//! the architecture its label names, and (3) its controller reference
+//! leads, uid by uid, to the workload (`owners.rs`). A pod that passes all
+//! three is one the workload's own controller counts as its replica.
+//!
 //! When a workload trips, the hold is written on it (`holds.rs`), which
 //! the webhook reads from a watched map: new pods of the workload go to
 //! the other architecture. Running pods are left alone (no eviction).
@@ -23,14 +31,17 @@ use kube::api::Api;
 use kube::runtime::{WatchStreamExt, watcher};
 use serde::Deserialize;
 
-use crate::decision::placement::{self, ARCH_POD_LABEL, Hold};
-use crate::decision::policy::{GuardMode, NamespacePolicy, PolicySource};
+use crate::cluster::NodeInventory;
+use crate::decision::placement::{ARCH_POD_LABEL, Hold};
+use crate::decision::policy::{GuardMode, Mode, NamespacePolicy, PolicySource};
 pub use detect::{Detector, DetectorSettings, Failure, Observation, Verdict};
 pub use holds::{HOLD_LABEL, HOLD_REASON_ANNOTATION, HoldError, HoldWriter, Holds};
+pub use owners::Owners;
 use pods::GuardPod;
 
 pub mod detect;
 pub mod holds;
+pub mod owners;
 pub mod pods;
 
 /// The guard's configuration (`guard:` in the configuration file).
@@ -97,10 +108,12 @@ impl PolicySource for GuardedPolicies {
     }
 }
 
-/// Starts the guard's watches: held workloads, and archway's pods.
+/// Starts the guard's watches: held workloads, the owners of pods, and
+/// archway's pods (once the owners are known).
 pub fn start(
     client: kube::Client,
     policies: Arc<dyn PolicySource>,
+    nodes: Arc<dyn NodeInventory>,
     holds: Holds,
     settings: DetectorSettings,
 ) {
@@ -114,10 +127,14 @@ pub fn start(
         "StatefulSet",
         holds.clone(),
     ));
+    let owners = Owners::default();
+    owners.start(&client);
     let guard = Guard {
         detector: Detector::new(settings),
         writer: HoldWriter::new(client.clone()),
         policies,
+        nodes,
+        owners,
         holds,
     };
     tokio::spawn(guard.run(Api::all(client)));
@@ -127,11 +144,18 @@ struct Guard {
     detector: Detector,
     writer: HoldWriter,
     policies: Arc<dyn PolicySource>,
+    nodes: Arc<dyn NodeInventory>,
+    owners: Owners,
     holds: Holds,
 }
 
 impl Guard {
     async fn run(mut self, pods: Api<GuardPod>) {
+        // A pod seen before its owners are known would be dropped as
+        // unowned until its next change.
+        while !self.owners.is_synced() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
         let config = watcher::Config::default().labels(ARCH_POD_LABEL);
         let stream = watcher(pods, config).default_backoff();
         futures::pin_mut!(stream);
@@ -171,13 +195,19 @@ impl Guard {
         let (Some(uid), Some(namespace)) = (&meta.uid, &meta.namespace) else {
             return;
         };
-        let mode = self.policies.policy(namespace).map(|p| p.guard);
+        // Only in enforced namespaces is the label archway's own writing.
+        let mode = (self.policies.policy(namespace))
+            .filter(|p| p.mode == Mode::Enforce)
+            .map(|p| p.guard);
         let architecture = meta.labels.as_ref().and_then(|l| l.get(ARCH_POD_LABEL));
-        let workload = placement::workload(meta);
-        let (Some(mode), Some(architecture), Some((kind, name))) = (mode, architecture, workload)
+        let on_its_node = architecture.is_some_and(|arch| self.bound_where_labelled(pod, arch));
+        let workload = self.owners.workload_of(meta);
+        let (Some(mode), Some(architecture), true, Some((kind, name))) =
+            (mode, architecture, on_its_node, workload)
         else {
             // Not (or no longer) the guard's: a bare pod has no workload to
-            // hold, and a namespace that left archway is not watched.
+            // hold, one that names a workload not its own (by uid) is not
+            // counted, and a namespace that left archway is not watched.
             self.detector.forget(uid);
             return;
         };
@@ -197,6 +227,17 @@ impl Guard {
         if let Some(verdict) = self.detector.observe(&seen, now_secs()) {
             self.act(verdict, namespace, &kind, &name, mode);
         }
+    }
+
+    /// The pod is unbound yet, or bound to a node of the architecture its
+    /// label names. A pod labelled arm64 that fails on an amd64 node says
+    /// nothing about arm64.
+    fn bound_where_labelled(&self, pod: &GuardPod, architecture: &str) -> bool {
+        let Some(node) = pod.node_name() else {
+            return true;
+        };
+        let nodes = self.nodes.nodes();
+        nodes.as_deref().and_then(|n| n.of_node(node)) == Some(architecture)
     }
 
     fn act(&self, verdict: Verdict, namespace: &str, kind: &str, name: &str, mode: GuardMode) {

@@ -47,7 +47,13 @@ pub async fn run(
             holds: holds.clone(),
         });
         let detector = config.guard.detector(&config.target_architecture);
-        crate::controllers::guard::start(client.clone(), policies.clone(), holds.clone(), detector);
+        crate::controllers::guard::start(
+            client.clone(),
+            policies.clone(),
+            Arc::new(cluster_view.clone()),
+            holds.clone(),
+            detector,
+        );
         let mut reviewer = crate::setup::reviewer(&config, policies)?;
         reviewer.node_inventory = Some(Arc::new(cluster_view));
         reviewer.pull_secrets = Some(PullSecrets::new(client.clone()));

@@ -21,7 +21,18 @@ const MAX_MESSAGE_BYTES: usize = 4096;
 pub struct GuardPod {
     pub metadata: ObjectMeta,
     #[serde(default)]
+    pub spec: Option<Spec>,
+    #[serde(default)]
     pub status: Option<Status>,
+}
+
+/// Of the spec, only the node the pod is bound to: a pod counts as failing
+/// on an architecture only when its node is of that architecture.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Spec {
+    #[serde(default)]
+    pub node_name: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -85,6 +96,15 @@ impl kube::Resource for GuardPod {
 }
 
 impl GuardPod {
+    /// The node the pod is bound to, if it is.
+    pub fn node_name(&self) -> Option<&str> {
+        self.spec
+            .as_ref()?
+            .node_name
+            .as_deref()
+            .filter(|n| !n.is_empty())
+    }
+
     /// The worst failure its containers show, and their restarts.
     pub fn failure(&self) -> (Option<Failure>, u32) {
         let Some(status) = &self.status else {
