@@ -597,3 +597,109 @@ async fn in_observe_mode_a_hold_is_recorded_but_pods_keep_being_steered() {
         pods.iter().map(|(p, _)| decision(p)).collect::<Vec<_>>()
     );
 }
+
+/// A pod author with rights on pods only cannot make the guard hold a
+/// workload that is not theirs: pods that name it as their controller
+/// (any group, a uid of their own), placed and labelled arm64 by archway
+/// and crash-looping there, are not its replicas. The workload's own
+/// failing pods, next, are held at once: the guard was watching all along.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_that_only_name_a_workload_as_their_owner_cannot_hold_it() {
+    let _serial = SERIAL.lock().await;
+    let env = env();
+    let client = env.plane.client().await;
+    let ns = "guard-forged";
+    env.plane.create_namespace(
+        ns,
+        &[("archway.dev/mode", "enforce")],
+        &[("archway.dev/rollout", "100")],
+    );
+    let image = format!("{}/multi:v1", env.registry.host());
+    env.plane.apply(&[deployment(ns, "web", &image, 2, true)]);
+    let real = bound_pods(&client, ns, "web", 2).await;
+    assert_eq!(count(&real, "arm64"), 2, "rollout 100");
+    for (pod, _) in &real {
+        write_status(&client, pod, ContainerState::Running).await;
+    }
+    let real_rs = real[0].0.metadata.owner_references.as_ref().unwrap()[0].clone();
+
+    // What the attacker writes: the controller reference of the issue (a
+    // group that does not exist, so the garbage collector leaves the pods),
+    // one naming the real ReplicaSet by name under another group, and the
+    // archway label (which admission replaces with its own).
+    let owners = [
+        json!({"apiVersion": "example.com/v1", "kind": "Deployment", "name": "web",
+               "uid": "6f1d0d4e-0000-4000-8000-000000000001", "controller": true}),
+        json!({"apiVersion": "example.com/v1", "kind": "ReplicaSet", "name": real_rs.name,
+               "uid": real_rs.uid, "controller": true}),
+        json!({"apiVersion": "example.com/v1", "kind": "Deployment", "name": "web",
+               "uid": "6f1d0d4e-0000-4000-8000-000000000002", "controller": true}),
+    ];
+    let forged: Vec<Value> = owners
+        .iter()
+        .enumerate()
+        .map(|(i, owner)| {
+            json!({
+                "apiVersion": "v1", "kind": "Pod",
+                "metadata": {
+                    "name": format!("forged-{i}"), "namespace": ns,
+                    "labels": {"app": "forged", "archway.dev/arch": "arm64"},
+                    "annotations": {KUBELET_MANUAL: "manual"},
+                    "ownerReferences": [owner],
+                },
+                "spec": {"containers": [{"name": "main", "image": image}],
+                         "terminationGracePeriodSeconds": 0},
+            })
+        })
+        .collect();
+    env.plane.apply(&forged);
+    let forged = bound_pods(&client, ns, "forged", owners.len()).await;
+    for (pod, arch) in &forged {
+        // The attack is real: archway placed these pods on arm64 and
+        // labelled them so; only their owner is not what they say.
+        assert_eq!(arch, "arm64");
+        let label = pod
+            .metadata
+            .labels
+            .as_ref()
+            .unwrap()
+            .get("archway.dev/arch");
+        assert_eq!(label.map(String::as_str), Some("arm64"));
+        write_status(&client, pod, ContainerState::CrashLoop).await;
+    }
+    // The positive control below holds within a second; three seconds is
+    // ample for a (wrong) hold on forged pods to show.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        hold_of(&deployment_meta(&client, ns, "web").await),
+        None,
+        "forged pods held a workload that is not theirs"
+    );
+    let events = env
+        .plane
+        .kubectl(&["-n", ns, "get", "events", "-o", "json"], None);
+    assert!(
+        !events.contains("ArchitectureHold"),
+        "an ArchitectureHold Event for forged pods: {events}"
+    );
+    let forged_alive: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let left = forged_alive
+        .list(&ListParams::default().labels("app=forged"))
+        .await
+        .unwrap()
+        .items
+        .len();
+    assert_eq!(left, owners.len(), "the forged pods are still there");
+
+    // The workload's own pods failing on arm64 are held as before.
+    for (pod, _) in &real {
+        write_status(&client, pod, ContainerState::CrashLoop).await;
+    }
+    let ((arch, reason), took) = wait_for_hold(&client, ns, "web").await;
+    eprintln!("GUARD: forged pods ignored; the real ones held in {took:?}");
+    assert_eq!(arch, "arm64");
+    assert!(
+        reason.starts_with("held: 2 pods CrashLoopBackOff on arm64"),
+        "{reason}"
+    );
+}
