@@ -58,7 +58,8 @@ impl Owners {
 
     /// The workload (kind, name) whose pod this is, resolved by uid, or
     /// `None` when the pod's controller reference does not lead, uid by
-    /// uid, to a Deployment or a StatefulSet of its namespace.
+    /// uid, to a Deployment, a StatefulSet or a ReplicaSet of no Deployment
+    /// in its namespace.
     pub fn workload_of(&self, pod: &ObjectMeta) -> Option<(String, String)> {
         let maps = self.maps.read().unwrap_or_else(|e| e.into_inner());
         resolve(&maps, pod)
@@ -104,7 +105,11 @@ fn resolve(maps: &Maps, pod: &ObjectMeta) -> Option<(String, String)> {
             if rs_namespace != namespace || *rs_name != owner.name {
                 return None;
             }
-            let (name, uid) = deployment.as_ref()?;
+            // A ReplicaSet of its own: the guard logs and counts a trip,
+            // but a ReplicaSet cannot carry a hold.
+            let Some((name, uid)) = deployment else {
+                return Some(("ReplicaSet".to_string(), rs_name.clone()));
+            };
             let key = (namespace.to_string(), name.clone());
             (maps.deployments.get(&key) == Some(uid))
                 .then(|| ("Deployment".to_string(), name.clone()))
@@ -286,6 +291,7 @@ mod tests {
             ),
         );
         Kind::StatefulSet.apply(&mut maps, &meta("shop", "db", "s-1", None));
+        Kind::ReplicaSet.apply(&mut maps, &meta("shop", "bare-rs", "rs-2", None));
         maps
     }
 
@@ -304,6 +310,10 @@ mod tests {
                 web.clone(),
             ),
             (pod(("apps/v1", "StatefulSet", "db", "s-1")), db),
+            (
+                pod(("apps/v1", "ReplicaSet", "bare-rs", "rs-2")),
+                Some(("ReplicaSet".to_string(), "bare-rs".to_string())),
+            ),
             // Forged: the Deployment named directly, any uid, any group.
             (pod(("apps/v1", "Deployment", "web", "d-1")), None),
             (
