@@ -5,7 +5,11 @@
 //! resourceVersion read, see `gate::release_patch`), or removes it without
 //! placement, with an Event, once the lookups failed or `gate.timeout`
 //! passed. Only the replica holding the Lease (`lease`) runs it.
+//!
+//! The watch keeps a [`GatePod`] per labelled pod, not the pod: anyone who
+//! can create pods can set the label, in any namespace, on pods of any size.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,11 +20,12 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::watcher;
+use serde::Deserialize;
 use tokio::sync::watch;
 
 use crate::admission::SharedReviewer;
 use crate::cluster::lease::{Elector, LeaseSettings};
-use crate::decision::gating::{self, GATED_LABEL, Next, Release};
+use crate::decision::gating::{self, GATE, GATED_LABEL, Next, Release};
 use crate::decision::placement::{self, Outcome};
 use crate::decision::policy::Mode;
 
@@ -39,6 +44,119 @@ const WRITES: usize = 32;
 const UPDATE_TRIES: usize = 5;
 /// The Event's `reportingController`.
 const REPORTER: &str = "archway.dev/gate";
+/// Labelled pods per list page when the watch (re)lists. kube's client
+/// holds a page whole twice (the response's bytes and their copy as a
+/// `String`) before its pods become [`GatePod`]s, and a pod may weigh up
+/// to ~1.5 MB (the API server's limit). With one pod a page, a relist of
+/// megabyte pods costs a few MB at a time; with 4 a page archway's peak
+/// rose by 19 MiB more; with kube's default of 500, labelled pods in a
+/// namespace that never opted in could make archway hold hundreds of MB
+/// (past deploy/'s 128Mi limit: an OOM kill on every relist). The price:
+/// one list request per labelled pod on a relist, and few pods carry it.
+const LIST_PAGE_SIZE: u32 = 1;
+
+/// What the gate controller's watch keeps of a pod labelled
+/// `archway.dev/gated=true`: its name, namespace, uid and resourceVersion,
+/// and whether it still carries archway's gate. Everything else (env,
+/// annotations, the containers) is skipped while the JSON is read, never
+/// kept, so each pod in the watch's store costs a few hundred bytes,
+/// however big the pod. `reconcile` reads the whole pod only while it is
+/// gated.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(from = "wire::Pod")]
+pub struct GatePod {
+    /// Only `name`, `namespace`, `uid` and `resourceVersion` are set.
+    metadata: ObjectMeta,
+    /// `spec.schedulingGates` names archway's gate ([`GATE`]).
+    gated: bool,
+}
+
+impl GatePod {
+    /// Whether the pod still carries archway's gate.
+    pub fn is_gated(&self) -> bool {
+        self.gated
+    }
+}
+
+/// The JSON that becomes a [`GatePod`]: serde skips every field not named
+/// here without keeping it.
+mod wire {
+    use serde::Deserialize;
+
+    #[derive(Deserialize)]
+    pub(super) struct Pod {
+        #[serde(default)]
+        pub metadata: Metadata,
+        #[serde(default)]
+        pub spec: Option<Spec>,
+    }
+
+    #[derive(Default, Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    pub(super) struct Metadata {
+        pub name: Option<String>,
+        pub namespace: Option<String>,
+        pub uid: Option<String>,
+        pub resource_version: Option<String>,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    pub(super) struct Spec {
+        #[serde(default)]
+        pub scheduling_gates: Option<Vec<Gate>>,
+    }
+
+    #[derive(Deserialize)]
+    pub(super) struct Gate {
+        #[serde(default)]
+        pub name: String,
+    }
+}
+
+impl From<wire::Pod> for GatePod {
+    fn from(pod: wire::Pod) -> GatePod {
+        let gates = pod
+            .spec
+            .and_then(|s| s.scheduling_gates)
+            .unwrap_or_default();
+        GatePod {
+            metadata: ObjectMeta {
+                name: pod.metadata.name,
+                namespace: pod.metadata.namespace,
+                uid: pod.metadata.uid,
+                resource_version: pod.metadata.resource_version,
+                ..Default::default()
+            },
+            gated: gates.iter().any(|g| g.name == GATE),
+        }
+    }
+}
+
+/// A pod, as `Api<GatePod>` and the watch see it: core/v1 `pods`.
+impl kube::Resource for GatePod {
+    type DynamicType = ();
+    type Scope = k8s_openapi::NamespaceResourceScope;
+
+    fn kind(_: &()) -> Cow<'_, str> {
+        <Pod as k8s_openapi::Resource>::KIND.into()
+    }
+    fn group(_: &()) -> Cow<'_, str> {
+        <Pod as k8s_openapi::Resource>::GROUP.into()
+    }
+    fn version(_: &()) -> Cow<'_, str> {
+        <Pod as k8s_openapi::Resource>::VERSION.into()
+    }
+    fn plural(_: &()) -> Cow<'_, str> {
+        <Pod as k8s_openapi::Resource>::URL_PATH_SEGMENT.into()
+    }
+    fn meta(&self) -> &ObjectMeta {
+        &self.metadata
+    }
+    fn meta_mut(&mut self) -> &mut ObjectMeta {
+        &mut self.metadata
+    }
+}
 
 /// Why a gated pod could not be handled this time (retried).
 #[derive(Debug, thiserror::Error)]
@@ -104,8 +222,10 @@ pub async fn run(
 }
 
 async fn reconcile_gated(context: Arc<Context>) {
-    let pods: Api<Pod> = Api::all(context.client.clone());
-    let selector = watcher::Config::default().labels(&format!("{GATED_LABEL}=true"));
+    let pods: Api<GatePod> = Api::all(context.client.clone());
+    let selector = watcher::Config::default()
+        .labels(&format!("{GATED_LABEL}=true"))
+        .page_size(LIST_PAGE_SIZE);
     Controller::new(pods, selector)
         .with_config(controller::Config::default().concurrency(CONCURRENCY))
         .run(reconcile, error_policy, context)
@@ -117,7 +237,7 @@ async fn reconcile_gated(context: Arc<Context>) {
         .await;
 }
 
-fn error_policy(pod: Arc<Pod>, error: &GateError, _: Arc<Context>) -> Action {
+fn error_policy(pod: Arc<GatePod>, error: &GateError, _: Arc<Context>) -> Action {
     tracing::warn!(
         pod = %pod.metadata.name.as_deref().unwrap_or_default(),
         namespace = %pod.metadata.namespace.as_deref().unwrap_or_default(),
@@ -128,15 +248,19 @@ fn error_policy(pod: Arc<Pod>, error: &GateError, _: Arc<Context>) -> Action {
     Action::requeue(Duration::from_secs(1))
 }
 
-async fn reconcile(pod: Arc<Pod>, context: Arc<Context>) -> Result<Action, GateError> {
-    if !gating::is_gated(&pod) {
+async fn reconcile(pod: Arc<GatePod>, context: Arc<Context>) -> Result<Action, GateError> {
+    if !pod.is_gated() {
         return Ok(Action::await_change());
     }
     let (Some(name), Some(namespace)) = (&pod.metadata.name, &pod.metadata.namespace) else {
         return Ok(Action::await_change());
     };
     let api: Api<Pod> = Api::namespaced(context.client.clone(), namespace);
-    let mut pod = (*pod).clone();
+    // The watch keeps only the slim view: the whole pod, read now.
+    let mut pod = match api.get_opt(name).await? {
+        Some(pod) if gating::is_gated(&pod) => pod,
+        _ => return Ok(Action::await_change()),
+    };
     for _ in 0..UPDATE_TRIES {
         let reviewer = context.state.reviewer();
         let timeout = reviewer.settings.gate_timeout;
@@ -360,4 +484,71 @@ async fn ungate_one(client: &kube::Client, pod: &Pod) -> Result<bool, GateError>
         }
     }
     Err(GateError::Conflicts)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn pod(gates: serde_json::Value) -> serde_json::Value {
+        json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {
+                "name": "web", "namespace": "shop", "uid": "u-1", "resourceVersion": "42",
+                "labels": {"archway.dev/gated": "true"},
+                "annotations": {"big": "x".repeat(100_000)},
+            },
+            "spec": {
+                "schedulingGates": gates,
+                "containers": [{
+                    "name": "c", "image": "busybox",
+                    "env": [{"name": "BIG", "value": "y".repeat(100_000)}],
+                }],
+            },
+            "status": {"phase": "Pending"},
+        })
+    }
+
+    #[test]
+    fn gate_pod_keeps_only_what_the_controller_needs() {
+        let view: GatePod = serde_json::from_value(pod(json!([{"name": GATE}]))).unwrap();
+        assert!(view.is_gated());
+        let expected = ObjectMeta {
+            name: Some("web".into()),
+            namespace: Some("shop".into()),
+            uid: Some("u-1".into()),
+            resource_version: Some("42".into()),
+            ..Default::default()
+        };
+        assert_eq!(view.metadata, expected);
+        assert!(format!("{view:?}").len() < 500, "{view:?}");
+    }
+
+    #[test]
+    fn gate_pod_is_gated_only_by_archway_s_gate() {
+        for (gates, gated) in [
+            (json!([{"name": "example.com/other"}, {"name": GATE}]), true),
+            (json!([{"name": "example.com/other"}]), false),
+            (json!([]), false),
+            (json!(null), false),
+        ] {
+            let view: GatePod = serde_json::from_value(pod(gates.clone())).unwrap();
+            assert_eq!(view.is_gated(), gated, "{gates}");
+        }
+        let bare: GatePod = serde_json::from_value(json!({"metadata": {"name": "p"}})).unwrap();
+        assert!(!bare.is_gated());
+    }
+
+    #[test]
+    fn gate_pod_is_listed_and_watched_as_core_v1_pods() {
+        use kube::Resource;
+        assert_eq!(GatePod::url_path(&(), None), Pod::url_path(&(), None));
+        assert_eq!(
+            GatePod::url_path(&(), Some("shop")),
+            "/api/v1/namespaces/shop/pods"
+        );
+        assert_eq!(GatePod::api_version(&()), "v1");
+        assert_eq!(GatePod::kind(&()), "Pod");
+    }
 }
