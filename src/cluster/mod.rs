@@ -22,6 +22,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use crate::decision::placement::{NodeArch, Nodes};
 use crate::decision::policy::{MODE_LABEL, NamespacePolicy, PolicySource, Rollout};
 use crate::lookup::registry::Keyring;
+use crate::serve::components::Components;
 
 pub mod events;
 pub mod lease;
@@ -57,7 +58,7 @@ impl ClusterPolicies {
     /// Starts watching namespaces and nodes. Returns at once; `is_ready`
     /// tells when both have synced.
     pub fn start(client: kube::Client, default_rollout: Rollout) -> Self {
-        Self::start_reporting(client, default_rollout, None)
+        Self::start_reporting(client, default_rollout, None, &Components::new())
     }
 
     /// As `start`, and hands every namespace the watch sees to `settings`,
@@ -66,19 +67,23 @@ impl ClusterPolicies {
         client: kube::Client,
         default_rollout: Rollout,
         settings: Option<SettingsReporter>,
+        components: &Components,
     ) -> Self {
         let (namespaces, namespace_writer) = reflector::store();
         let namespaces_synced = Arc::new(AtomicBool::new(false));
         let nodes = Arc::new(RwLock::new(None));
 
         let namespace_api: Api<PartialObjectMeta<Namespace>> = Api::all(client.clone());
-        tokio::spawn(watch_namespaces(namespace_api, namespace_writer, settings));
+        components.spawn(
+            "namespace watch",
+            watch_namespaces(namespace_api, namespace_writer, settings),
+        );
         let node_api: Api<SlimNode> = Api::all(client);
-        tokio::spawn(watch_nodes(node_api, nodes.clone()));
-        tokio::spawn(mark_when_synced(
-            namespaces.clone(),
-            namespaces_synced.clone(),
-        ));
+        components.spawn("node watch", watch_nodes(node_api, nodes.clone()));
+        components.spawn(
+            "namespace sync mark",
+            mark_when_synced(namespaces.clone(), namespaces_synced.clone()),
+        );
         ClusterPolicies {
             namespaces,
             default_rollout: Arc::new(std::sync::atomic::AtomicU8::new(default_rollout.percent())),

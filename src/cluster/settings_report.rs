@@ -25,6 +25,7 @@ use kube::runtime::watcher;
 use tokio::sync::mpsc;
 
 use crate::decision::policy::{self, SettingProblem};
+use crate::serve::components::Components;
 
 /// The Event's reason, which `kubectl get events --field-selector
 /// reason=InvalidArchwaySetting` finds.
@@ -53,10 +54,17 @@ struct Announcement {
 impl SettingsReporter {
     /// Starts the task that creates the Events. `identity` names this
     /// replica in them (`reportingInstance`).
-    pub fn start(client: kube::Client, identity: String) -> SettingsReporter {
+    pub fn start(
+        client: kube::Client,
+        identity: String,
+        components: &Components,
+    ) -> SettingsReporter {
         let (queue, pending) = mpsc::channel(QUEUE);
         let announced = Arc::new(Mutex::new(Announced::default()));
-        tokio::spawn(publish_all(client, identity, pending, announced.clone()));
+        components.spawn(
+            "settings report",
+            publish_all(client, identity, pending, announced.clone()),
+        );
         SettingsReporter { announced, queue }
     }
 

@@ -34,6 +34,7 @@ use serde::Deserialize;
 use crate::cluster::NodeInventory;
 use crate::decision::placement::{ARCH_POD_LABEL, Hold};
 use crate::decision::policy::{GuardMode, Mode, NamespacePolicy, PolicySource};
+use crate::serve::components::Components;
 pub use detect::{Detector, DetectorSettings, Failure, Observation, Verdict};
 pub use holds::{HOLD_LABEL, HOLD_REASON_ANNOTATION, HoldError, HoldWriter, Holds};
 pub use owners::Owners;
@@ -116,19 +117,18 @@ pub fn start(
     nodes: Arc<dyn NodeInventory>,
     holds: Holds,
     settings: DetectorSettings,
+    components: &Components,
 ) {
-    tokio::spawn(holds::watch_holds::<Deployment>(
-        client.clone(),
-        "Deployment",
-        holds.clone(),
-    ));
-    tokio::spawn(holds::watch_holds::<StatefulSet>(
-        client.clone(),
-        "StatefulSet",
-        holds.clone(),
-    ));
+    components.spawn(
+        "guard: held Deployments watch",
+        holds::watch_holds::<Deployment>(client.clone(), "Deployment", holds.clone()),
+    );
+    components.spawn(
+        "guard: held StatefulSets watch",
+        holds::watch_holds::<StatefulSet>(client.clone(), "StatefulSet", holds.clone()),
+    );
     let owners = Owners::default();
-    owners.start(&client);
+    owners.start(&client, components);
     let guard = Guard {
         detector: Detector::new(settings),
         writer: HoldWriter::new(client.clone()),
@@ -136,8 +136,9 @@ pub fn start(
         nodes,
         owners,
         holds,
+        components: components.clone(),
     };
-    tokio::spawn(guard.run(Api::all(client)));
+    components.spawn("guard: pod watch", guard.run(Api::all(client)));
 }
 
 struct Guard {
@@ -147,6 +148,8 @@ struct Guard {
     nodes: Arc<dyn NodeInventory>,
     owners: Owners,
     holds: Holds,
+    /// Where a hold's write (retried while the API server fails) runs.
+    components: Components,
 }
 
 impl Guard {
@@ -278,7 +281,7 @@ impl Guard {
         let writer = self.writer.clone();
         let holds = self.holds.clone();
         let (namespace, kind, name) = (namespace.to_string(), kind.to_string(), name.to_string());
-        tokio::spawn(async move {
+        self.components.spawn("guard: hold write", async move {
             let metrics = crate::metrics::global();
             match writer.record(&namespace, &kind, &name, &hold).await {
                 Ok(uid) => {

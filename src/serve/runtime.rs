@@ -1,6 +1,7 @@
 //! `archway serve`: everything wired together (cluster view, reviewer,
 //! guard, gate controller, configuration reloads) around the listeners
-//! that `server::serve` runs.
+//! that `server::serve` runs. Every long-lived task is one of the
+//! `Components`, stopped and joined when the server has drained.
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -12,8 +13,14 @@ use crate::cluster::settings_report::SettingsReporter;
 use crate::cluster::{ClusterPolicies, PullSecrets};
 use crate::config::Config;
 use crate::controllers::guard::GuardedPolicies;
+use crate::serve::components::Components;
 use crate::serve::reload::{ConfigReloader, Loader};
 use crate::serve::server::{self, AppState, Listeners};
+
+/// How long components get to finish once the server has drained: the
+/// gate controller's Lease release is one API call. The kubelet's grace
+/// period (30 s by default) covers the server's drain and this.
+const COMPONENTS_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// Starts archway with `config` and serves until `shutdown` completes.
 /// Without a certificate in the configuration, a self-signed one is made
@@ -27,18 +34,23 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let started = Instant::now();
+    let components = Components::new();
     let certificate = Arc::new(serving_certificate(&config, self_signed_dir)?);
     let mut cluster = None;
     let mut kube_client = None;
     let reviewer = if config.policy_source.uses_cluster() {
         // In-cluster service account, or the current kubeconfig context.
         let client = kube::Client::try_default().await?;
-        let settings =
-            SettingsReporter::start(client.clone(), crate::cluster::lease::own_identity());
+        let settings = SettingsReporter::start(
+            client.clone(),
+            crate::cluster::lease::own_identity(),
+            &components,
+        );
         let cluster_view = ClusterPolicies::start_reporting(
             client.clone(),
             config.default_rollout,
             Some(settings),
+            &components,
         );
         cluster = Some(cluster_view.clone());
         let holds = crate::controllers::guard::Holds::default();
@@ -53,6 +65,7 @@ pub async fn run(
             Arc::new(cluster_view.clone()),
             holds.clone(),
             detector,
+            &components,
         );
         let mut reviewer = crate::setup::reviewer(&config, policies)?;
         reviewer.node_inventory = Some(Arc::new(cluster_view));
@@ -76,7 +89,7 @@ pub async fn run(
     // The gate controller needs the cluster; without one the webhook gates
     // nothing (`ReviewSettings::gating`), since nothing would release it.
     let (stop_gate, gate_stopped) = tokio::sync::watch::channel(false);
-    let gate = kube_client.map(|client| {
+    if let Some(client) = kube_client {
         let lease = crate::cluster::lease::LeaseSettings {
             namespace: (config.gate.lease_namespace.clone())
                 .unwrap_or_else(crate::cluster::lease::own_namespace),
@@ -84,22 +97,22 @@ pub async fn run(
             identity: crate::cluster::lease::own_identity(),
             duration: config.gate.lease_duration,
         };
-        tokio::spawn(crate::controllers::gate::run(
-            client,
-            state.reviewers.clone(),
-            lease,
-            gate_stopped,
-        ))
-    });
-    let reloader = reload.map(|(path, loader)| {
+        // Graceful: on its stop it gives the Lease up, so another replica
+        // takes over at once.
+        components.spawn_graceful(
+            "gate controller",
+            crate::controllers::gate::run(client, state.reviewers.clone(), lease, gate_stopped),
+        );
+    }
+    if let Some((path, loader)) = reload {
         let reloader = ConfigReloader {
             path,
             loader,
             current: config.clone(),
             cluster,
         };
-        tokio::spawn(reloader.run(state.clone()))
-    });
+        components.spawn("configuration reloader", reloader.run(state.clone()));
+    }
     server::serve(
         listeners,
         state,
@@ -108,16 +121,18 @@ pub async fn run(
         shutdown,
     )
     .await;
-    if let Some(task) = reloader {
-        task.abort();
-    }
-    // Stops the controller and gives the Lease up, so another replica
-    // takes over at once.
+    // Reviews have drained; now the components.
     stop_gate.send_replace(true);
-    if let Some(task) = gate {
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(3), task).await;
+    let stopped = components.shutdown(COMPONENTS_GRACE).await;
+    if stopped.still_running.is_empty() {
+        tracing::info!(components = stopped.started, "archway stopped");
+    } else {
+        tracing::warn!(
+            components = stopped.started,
+            still_running = ?stopped.still_running,
+            "archway stopped; some components did not finish in time"
+        );
     }
-    tracing::info!("archway stopped");
     Ok(())
 }
 

@@ -22,6 +22,8 @@ use kube::api::{Api, PartialObjectMeta};
 use kube::runtime::{WatchStreamExt, watcher};
 use serde::de::DeserializeOwned;
 
+use crate::serve::components::Components;
+
 /// The only API version whose workloads the guard holds.
 const APPS_V1: &str = "apps/v1";
 /// Objects per page of a relist: metadata only, but annotations can reach
@@ -69,23 +71,20 @@ impl Owners {
         self.maps.write().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Starts the three watches; they run as long as the process.
-    pub fn start(&self, client: &kube::Client) {
-        tokio::spawn(watch::<ReplicaSet>(
-            client.clone(),
-            self.clone(),
-            Kind::ReplicaSet,
-        ));
-        tokio::spawn(watch::<Deployment>(
-            client.clone(),
-            self.clone(),
-            Kind::Deployment,
-        ));
-        tokio::spawn(watch::<StatefulSet>(
-            client.clone(),
-            self.clone(),
-            Kind::StatefulSet,
-        ));
+    /// Starts the three watches; they run until archway stops.
+    pub fn start(&self, client: &kube::Client, components: &Components) {
+        components.spawn(
+            "guard: ReplicaSet watch",
+            watch::<ReplicaSet>(client.clone(), self.clone(), Kind::ReplicaSet),
+        );
+        components.spawn(
+            "guard: Deployment watch",
+            watch::<Deployment>(client.clone(), self.clone(), Kind::Deployment),
+        );
+        components.spawn(
+            "guard: StatefulSet watch",
+            watch::<StatefulSet>(client.clone(), self.clone(), Kind::StatefulSet),
+        );
     }
 }
 
