@@ -143,6 +143,13 @@ pub struct Reviewer {
     pub draws: Arc<RolloutDraws>,
     /// The rollout guard's holds; `None` without a cluster.
     pub holds: Option<crate::controllers::guard::Holds>,
+    /// Whether some replica leads, and so runs the gate controller, as
+    /// this replica last saw (`lease::Leadership::some_leader`); `None`
+    /// without a cluster. Pods are gated only while it is true, so that a
+    /// controller that cannot run (its RBAC missing, the API unreachable)
+    /// does not leave pods gated with nothing to release them: they are
+    /// then admitted as in `admit`.
+    pub gate_controller_live: Option<tokio::sync::watch::Receiver<bool>>,
 }
 
 /// The parts of the configuration a review reads.
@@ -179,6 +186,7 @@ impl Reviewer {
             settings: Arc::new(settings),
             draws: Arc::default(),
             holds: None,
+            gate_controller_live: None,
         }
     }
 
@@ -291,7 +299,7 @@ impl Reviewer {
         let gating = self.settings.gating
             && screened.policy.mode == Mode::Enforce
             && cold == Cold::Gate
-            && crate::decision::gating::controller_live();
+            && (self.gate_controller_live.as_ref()).is_some_and(|live| *live.borrow());
         // A pod archway already placed (reinvocation) is checked again, not
         // drawn again: a second draw would skip a place in its owner's
         // sequence and skew the spread. Nor is it gated: the API server

@@ -27,6 +27,7 @@ fn reviewer(config_yaml: &str) -> Reviewer {
         settings: Arc::new(crate::setup::review_settings(&config)),
         draws: Arc::default(),
         holds: None,
+        gate_controller_live: None,
     }
 }
 

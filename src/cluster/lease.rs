@@ -1,7 +1,11 @@
-//! One active gate controller among archway's replicas, through a
-//! coordination.k8s.io/v1 Lease: acquired and renewed with the Lease's
-//! resourceVersion (so two replicas never both win a round), taken over
-//! when its holder has stopped renewing for `leaseDuration`.
+//! One leader among archway's replicas, through one coordination.k8s.io/v1
+//! Lease: acquired and renewed with the Lease's resourceVersion (so two
+//! replicas never both win a round), taken over when its holder has stopped
+//! renewing for `leaseDuration`. Everything that writes to the cluster for
+//! archway as a whole (the gate controller, the guard's holds and Events,
+//! the shared facts) runs only in the leader; every replica keeps its
+//! watches warm. The election reaches them as [`Leadership`], a pair of
+//! watch channels.
 //!
 //! Expiry is judged as client-go's leader election judges it: by how long
 //! this replica has seen the Lease unchanged, on its own monotonic clock,
@@ -14,6 +18,51 @@ use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use kube::api::{Api, PostParams};
 use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+/// What the election tells the rest of a replica.
+#[derive(Clone, Debug)]
+pub struct Leadership {
+    /// This replica holds the Lease: it runs what writes.
+    pub leading: watch::Receiver<bool>,
+    /// Some replica (this one or another) holds the Lease and renews it,
+    /// as far as this one can see: the webhook may gate pods, since a
+    /// controller runs to release them.
+    pub some_leader: watch::Receiver<bool>,
+}
+
+/// The election's side of [`Leadership`].
+pub struct LeadershipSender {
+    leading: watch::Sender<bool>,
+    some_leader: watch::Sender<bool>,
+}
+
+impl Leadership {
+    /// A new pair: nobody leads until the election says so.
+    pub fn channel() -> (LeadershipSender, Leadership) {
+        let (leading_tx, leading) = watch::channel(false);
+        let (some_tx, some_leader) = watch::channel(false);
+        let sender = LeadershipSender {
+            leading: leading_tx,
+            some_leader: some_tx,
+        };
+        (
+            sender,
+            Leadership {
+                leading,
+                some_leader,
+            },
+        )
+    }
+
+    pub fn is_leading(&self) -> bool {
+        *self.leading.borrow()
+    }
+
+    pub fn has_leader(&self) -> bool {
+        *self.some_leader.borrow()
+    }
+}
 
 /// Which Lease, who this replica is, and how long a holder keeps it.
 #[derive(Debug, Clone)]
@@ -154,11 +203,16 @@ impl Elector {
             .map(|_| ())
     }
 
-    /// Runs the election until `stop` is dropped or set, telling `leading`
+    /// Runs the election until `stop` is cancelled, telling `leadership`
     /// whether this replica holds the Lease. A holder that cannot renew
     /// steps down after two thirds of the lease, before any other replica
-    /// may take over.
-    pub async fn run(mut self, leading: watch::Sender<bool>, mut stop: watch::Receiver<bool>) {
+    /// may take over. On the stop, it steps down and gives the Lease up,
+    /// so another replica takes over at once.
+    pub async fn run(mut self, leadership: LeadershipSender, stop: CancellationToken) {
+        let LeadershipSender {
+            leading,
+            some_leader,
+        } = leadership;
         let retry = self.settings.duration / 3;
         let step_down_after = self.settings.duration * 2 / 3;
         let mut renewed: Option<Instant> = None;
@@ -169,18 +223,17 @@ impl Elector {
                 Ok(true) => renewed = Some(Instant::now()),
                 Ok(false) => renewed = None,
                 Err(error) => {
-                    tracing::warn!(%error, lease = %self.settings.name, "could not renew or acquire the gate Lease");
+                    tracing::warn!(%error, lease = %self.settings.name, "could not renew or acquire the leader Lease");
                 }
             }
             let holds = renewed.is_some_and(|at| at.elapsed() < step_down_after);
             if holds || self.other_holds {
                 live_at = Some(Instant::now());
             }
-            // Some replica's controller runs (this one's or another's, as
-            // far as this one can see): the webhook may gate pods.
-            crate::decision::gating::set_controller_live(
-                live_at.is_some_and(|at| at.elapsed() < self.settings.duration),
-            );
+            // Some replica leads (this one or another, as far as this one
+            // can see): its gate controller runs, so the webhook may gate.
+            some_leader
+                .send_replace(live_at.is_some_and(|at| at.elapsed() < self.settings.duration));
             leading.send_if_modified(|was| {
                 let changed = *was != holds;
                 if changed {
@@ -188,7 +241,7 @@ impl Elector {
                         lease = %self.settings.name,
                         identity = %self.settings.identity,
                         leading = holds,
-                        "gate controller Lease"
+                        "leader Lease"
                     );
                 }
                 *was = holds;
@@ -196,17 +249,17 @@ impl Elector {
             });
             tokio::select! {
                 _ = tokio::time::sleep(retry) => {}
-                _ = stop.changed() => break,
+                _ = stop.cancelled() => break,
             }
         }
         leading.send_replace(false);
-        crate::decision::gating::set_controller_live(false);
+        some_leader.send_replace(false);
         if renewed.is_some()
             && let Err(error) = tokio::time::timeout(Duration::from_secs(2), self.release())
                 .await
                 .unwrap_or(Ok(()))
         {
-            tracing::warn!(%error, "could not release the gate Lease");
+            tracing::warn!(%error, "could not release the leader Lease");
         }
     }
 }

@@ -22,9 +22,9 @@ use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::watcher;
 use serde::Deserialize;
 use tokio::sync::watch;
+use tokio_util::task::AbortOnDropHandle;
 
 use crate::admission::SharedReviewer;
-use crate::cluster::lease::{Elector, LeaseSettings};
 use crate::decision::gating::{self, GATE, GATED_LABEL, Next, Release};
 use crate::decision::placement::{self, Outcome};
 use crate::decision::policy::Mode;
@@ -189,15 +189,15 @@ struct Context {
 
 /// Runs the Lease election and, while this replica holds the Lease, the
 /// controller; until `stop` is set or dropped.
+/// Runs the controller while this replica leads (`leading`, from the one
+/// election of `lease.rs`), until the election ends. `identity` names this
+/// replica in Events.
 pub async fn run(
     client: kube::Client,
     state: SharedReviewer,
-    lease: LeaseSettings,
-    stop: watch::Receiver<bool>,
+    identity: String,
+    mut leading: watch::Receiver<bool>,
 ) {
-    let (leading_tx, mut leading) = watch::channel(false);
-    let identity = lease.identity.clone();
-    let election = tokio::spawn(Elector::new(client.clone(), lease).run(leading_tx, stop.clone()));
     let context = Arc::new(Context {
         client,
         state,
@@ -211,14 +211,15 @@ pub async fn run(
         }
         // A new controller lists every gated pod first: those gated while
         // no replica led, or left by the replica that led before.
-        let task = tokio::spawn(reconcile_gated(context.clone()));
+        // Aborted when leadership is lost, and with this future when
+        // archway stops.
+        let task = AbortOnDropHandle::new(tokio::spawn(reconcile_gated(context.clone())));
         let lost = leading.wait_for(|l| !*l).await.is_err();
-        task.abort();
+        drop(task);
         if lost {
             break;
         }
     }
-    let _ = election.await;
 }
 
 async fn reconcile_gated(context: Arc<Context>) {

@@ -21,15 +21,16 @@
 //! the webhook reads from a watched map: new pods of the workload go to
 //! the other architecture. Running pods are left alone (no eviction).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use kube::api::Api;
 use kube::runtime::{WatchStreamExt, watcher};
 use serde::Deserialize;
+use tokio::sync::watch;
 
 use crate::cluster::NodeInventory;
 use crate::decision::placement::{ARCH_POD_LABEL, Hold};
@@ -117,15 +118,26 @@ pub fn start(
     nodes: Arc<dyn NodeInventory>,
     holds: Holds,
     settings: DetectorSettings,
+    leading: watch::Receiver<bool>,
     components: &Components,
 ) {
     components.spawn(
         "guard: held Deployments watch",
-        holds::watch_holds::<Deployment>(client.clone(), "Deployment", holds.clone()),
+        holds::watch_holds::<Deployment>(
+            client.clone(),
+            "Deployment",
+            holds.clone(),
+            leading.clone(),
+        ),
     );
     components.spawn(
         "guard: held StatefulSets watch",
-        holds::watch_holds::<StatefulSet>(client.clone(), "StatefulSet", holds.clone()),
+        holds::watch_holds::<StatefulSet>(
+            client.clone(),
+            "StatefulSet",
+            holds.clone(),
+            leading.clone(),
+        ),
     );
     let owners = Owners::default();
     owners.start(&client, components);
@@ -137,6 +149,8 @@ pub fn start(
         owners,
         holds,
         components: components.clone(),
+        leading,
+        pending: HashMap::new(),
     };
     components.spawn("guard: pod watch", guard.run(Api::all(client)));
 }
@@ -150,7 +164,28 @@ struct Guard {
     holds: Holds,
     /// Where a hold's write (retried while the API server fails) runs.
     components: Components,
+    /// Whether this replica leads: only the leader writes holds and their
+    /// Events, so a hold is written once whatever the replica count. The
+    /// others watch and judge the same pods, so a new leader acts at once.
+    leading: watch::Receiver<bool>,
+    /// Holds judged while another replica led, by workload, with when:
+    /// written if this replica comes to lead while they are recent and the
+    /// workload is still not held (the leader may have died first).
+    pending: HashMap<String, (PendingHold, Instant)>,
 }
+
+/// A hold judged by a replica that did not lead.
+struct PendingHold {
+    verdict: Verdict,
+    namespace: String,
+    kind: String,
+    name: String,
+    mode: GuardMode,
+}
+
+/// How long a hold judged by a follower stays worth writing when it comes
+/// to lead; longer, and the pods that failed have had time to be replaced.
+const PENDING_FOR: Duration = Duration::from_secs(120);
 
 impl Guard {
     async fn run(mut self, pods: Api<GuardPod>) {
@@ -165,7 +200,23 @@ impl Guard {
         // The uids a relist brought: pods followed before and missing from
         // it were deleted while the watch was down.
         let mut relisted: Option<HashSet<String>> = None;
-        while let Some(event) = stream.next().await {
+        loop {
+            let event = tokio::select! {
+                event = stream.next() => match event {
+                    Some(event) => event,
+                    None => break,
+                },
+                changed = self.leading.changed() => {
+                    if changed.is_err() {
+                        // The election ended: archway is stopping.
+                        break;
+                    }
+                    if *self.leading.borrow_and_update() {
+                        self.take_over();
+                    }
+                    continue;
+                }
+            };
             match event {
                 Err(error) => tracing::warn!(what = "guard pods", %error, "watch failed; retrying"),
                 Ok(watcher::Event::Init) => relisted = Some(HashSet::new()),
@@ -243,8 +294,40 @@ impl Guard {
         nodes.as_deref().and_then(|n| n.of_node(node)) == Some(architecture)
     }
 
-    fn act(&self, verdict: Verdict, namespace: &str, kind: &str, name: &str, mode: GuardMode) {
+    /// Writes the holds judged while another replica led.
+    fn take_over(&mut self) {
+        let pending = std::mem::take(&mut self.pending);
+        for (_, (hold, judged)) in pending {
+            if judged.elapsed() < PENDING_FOR {
+                tracing::info!(workload = %hold.verdict.workload(), "leading now: writing a hold judged before");
+                self.act(
+                    hold.verdict,
+                    &hold.namespace,
+                    &hold.kind,
+                    &hold.name,
+                    hold.mode,
+                );
+            }
+        }
+    }
+
+    fn act(&mut self, verdict: Verdict, namespace: &str, kind: &str, name: &str, mode: GuardMode) {
         let metrics = crate::metrics::global();
+        if matches!(verdict, Verdict::Hold { .. }) && !*self.leading.borrow() {
+            // The leader writes it; kept in case this replica leads next.
+            let key = holds::workload_key(namespace, kind, name);
+            self.pending
+                .retain(|_, (_, judged)| judged.elapsed() < PENDING_FOR);
+            let hold = PendingHold {
+                verdict,
+                namespace: namespace.to_string(),
+                kind: kind.to_string(),
+                name: name.to_string(),
+                mode,
+            };
+            self.pending.insert(key, (hold, Instant::now()));
+            return;
+        }
         let (pods, failures, architecture, since) = match verdict {
             Verdict::FailingEverywhere { workload, pods } => {
                 tracing::warn!(

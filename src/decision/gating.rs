@@ -45,22 +45,6 @@ pub const DRAW_ANNOTATION: &str = "archway.dev/draw";
 /// does not make archway write kilobytes into it.
 const MAX_PENDING_CHARS: usize = 240;
 
-/// Whether some replica's gate controller holds its Lease, as this
-/// replica last saw: set by the election (`lease::Elector::run`). The
-/// webhook gates pods only while it is true, so that a controller that
-/// cannot run (its RBAC missing, the API unreachable) does not leave pods
-/// gated with nothing to release them; they are then admitted as in
-/// `admit`. One per process, like the metrics.
-static CONTROLLER_LIVE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-
-pub fn controller_live() -> bool {
-    CONTROLLER_LIVE.load(std::sync::atomic::Ordering::Relaxed)
-}
-
-pub(crate) fn set_controller_live(live: bool) {
-    CONTROLLER_LIVE.store(live, std::sync::atomic::Ordering::Relaxed);
-}
-
 /// Whether an admitted pod is gated rather than answered now: only in an
 /// enforce namespace in `gate` mode (an audit namespace's pods must not be
 /// changed), only when a lookup is still running (a failed lookup will not

@@ -103,6 +103,7 @@ impl ConfigReloader {
             settings: Arc::new(crate::setup::review_settings(config)),
             draws: old.draws.clone(),
             holds: old.holds.clone(),
+            gate_controller_live: old.gate_controller_live.clone(),
         })
     }
 }

@@ -9,10 +9,12 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::certs::{self, ReloadingCertificate};
+use crate::cluster::lease::{Elector, Leadership, LeaseSettings};
 use crate::cluster::settings_report::SettingsReporter;
 use crate::cluster::{ClusterPolicies, PullSecrets};
 use crate::config::Config;
 use crate::controllers::guard::GuardedPolicies;
+use crate::lookup::registry::facts;
 use crate::serve::components::Components;
 use crate::serve::reload::{ConfigReloader, Loader};
 use crate::serve::server::{self, AppState, Listeners};
@@ -41,11 +43,24 @@ pub async fn run(
     let reviewer = if config.policy_source.uses_cluster() {
         // In-cluster service account, or the current kubeconfig context.
         let client = kube::Client::try_default().await?;
-        let settings = SettingsReporter::start(
-            client.clone(),
-            crate::cluster::lease::own_identity(),
-            &components,
+        let identity = crate::cluster::lease::own_identity();
+        // One election for the replica: what writes for archway as a
+        // whole runs in the leader only (see `cluster::lease`).
+        let (elected, leadership) = Leadership::channel();
+        let lease = LeaseSettings {
+            namespace: (config.gate.lease_namespace.clone())
+                .unwrap_or_else(crate::cluster::lease::own_namespace),
+            name: config.gate.lease_name.clone(),
+            identity: identity.clone(),
+            duration: config.gate.lease_duration,
+        };
+        // Graceful: on its stop it steps down and gives the Lease up, so
+        // another replica takes over at once.
+        components.spawn_graceful(
+            "leader election",
+            Elector::new(client.clone(), lease).run(elected, components.stop_token()),
         );
+        let settings = SettingsReporter::start(client.clone(), identity.clone(), &components);
         let cluster_view = ClusterPolicies::start_reporting(
             client.clone(),
             config.default_rollout,
@@ -65,13 +80,30 @@ pub async fn run(
             Arc::new(cluster_view.clone()),
             holds.clone(),
             detector,
+            leadership.leading.clone(),
             &components,
         );
         let mut reviewer = crate::setup::reviewer(&config, policies)?;
         reviewer.node_inventory = Some(Arc::new(cluster_view));
         reviewer.pull_secrets = Some(PullSecrets::new(client.clone()));
         reviewer.holds = Some(holds);
-        kube_client = Some(client);
+        reviewer.gate_controller_live = Some(leadership.some_leader.clone());
+        if config.cache.facts.max_bytes > 0 {
+            // Facts about digests, shared by the replicas: read by all,
+            // written by the leader.
+            let stop = components.stop_token();
+            components.spawn_graceful(
+                "shared facts",
+                facts::configmap::run(
+                    client.clone(),
+                    reviewer.inspector.facts().clone(),
+                    facts::configmap::Target::from_settings(&config.cache.facts),
+                    leadership.leading.clone(),
+                    async move { stop.cancelled().await },
+                ),
+            );
+        }
+        kube_client = Some((client, identity, leadership));
         reviewer
     } else {
         crate::setup::reviewer(&config, Arc::new(config.static_policies()))?
@@ -88,20 +120,15 @@ pub async fn run(
     let state = AppState::new(reviewer);
     // The gate controller needs the cluster; without one the webhook gates
     // nothing (`ReviewSettings::gating`), since nothing would release it.
-    let (stop_gate, gate_stopped) = tokio::sync::watch::channel(false);
-    if let Some(client) = kube_client {
-        let lease = crate::cluster::lease::LeaseSettings {
-            namespace: (config.gate.lease_namespace.clone())
-                .unwrap_or_else(crate::cluster::lease::own_namespace),
-            name: config.gate.lease_name.clone(),
-            identity: crate::cluster::lease::own_identity(),
-            duration: config.gate.lease_duration,
-        };
-        // Graceful: on its stop it gives the Lease up, so another replica
-        // takes over at once.
-        components.spawn_graceful(
+    if let Some((client, identity, leadership)) = kube_client {
+        components.spawn(
             "gate controller",
-            crate::controllers::gate::run(client, state.reviewers.clone(), lease, gate_stopped),
+            crate::controllers::gate::run(
+                client,
+                state.reviewers.clone(),
+                identity,
+                leadership.leading,
+            ),
         );
     }
     if let Some((path, loader)) = reload {
@@ -122,7 +149,6 @@ pub async fn run(
     )
     .await;
     // Reviews have drained; now the components.
-    stop_gate.send_replace(true);
     let stopped = components.shutdown(COMPONENTS_GRACE).await;
     if stopped.still_running.is_empty() {
         tracing::info!(components = stopped.started, "archway stopped");

@@ -136,8 +136,12 @@ fn bounded(text: &str) -> String {
 /// Keeps `holds` in step with the workloads of kind `K` that carry the
 /// hold label. A workload whose label a person removed has its reason
 /// annotation removed (`tidy_reason`).
-pub async fn watch_holds<K>(client: kube::Client, kind: &'static str, holds: Holds)
-where
+pub async fn watch_holds<K>(
+    client: kube::Client,
+    kind: &'static str,
+    holds: Holds,
+    leading: tokio::sync::watch::Receiver<bool>,
+) where
     K: kube::Resource<DynamicType = (), Scope = NamespaceResourceScope>
         + Clone
         + DeserializeOwned
@@ -187,7 +191,9 @@ where
                         .annotations
                         .as_ref()
                         .and_then(|a| a.get(HOLD_REASON_ANNOTATION));
-                    if let Some(reason) = reason {
+                    // The leader tidies; the removal is conditional, so
+                    // a second writer would only be refused.
+                    if let Some(reason) = reason.filter(|_| *leading.borrow()) {
                         let api: Api<K> = Api::namespaced(client.clone(), namespace);
                         tidy_reason(&api, name, reason).await;
                     }
