@@ -34,7 +34,7 @@ pub struct ConfigReloader {
 }
 
 impl ConfigReloader {
-    /// Watches the file forever (the caller aborts the task at shutdown).
+    /// Watches the file until archway stops (a component of the runtime).
     pub async fn run(mut self, state: AppState) {
         let mut last = std::fs::read(&self.path).ok();
         let mut tick = tokio::time::interval(POLL);
@@ -53,9 +53,11 @@ impl ConfigReloader {
                 Ok(config) => match self.rebuild(&state.reviewer(), &config) {
                     Ok(reviewer) => {
                         state.replace_reviewer(reviewer);
-                        if config.server != self.current.server {
+                        let waiting = needs_restart(&self.current, &config);
+                        if !waiting.is_empty() {
                             tracing::warn!(
-                                "server settings changed: they take effect at the next restart"
+                                settings = %waiting.join(", "),
+                                "these settings changed but take effect only at the next restart"
                             );
                         }
                         self.current = config;
@@ -108,6 +110,38 @@ impl ConfigReloader {
     }
 }
 
+/// The settings a reload cannot apply, by their names in the file: they
+/// shaped components started once (the listeners, the election, the
+/// guard's judge, the facts ConfigMap) or where policy comes from.
+pub fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
+    let mut changed = Vec::new();
+    let mut check = |name, differs: bool| {
+        if differs {
+            changed.push(name);
+        }
+    };
+    check("server", old.server != new.server);
+    check("policySource", old.policy_source != new.policy_source);
+    check("gate.leaseName", old.gate.lease_name != new.gate.lease_name);
+    check(
+        "gate.leaseNamespace",
+        old.gate.lease_namespace != new.gate.lease_namespace,
+    );
+    check(
+        "gate.leaseDuration",
+        old.gate.lease_duration != new.gate.lease_duration,
+    );
+    check("guard", old.guard != new.guard);
+    // The guard judges failures on the target it started with; reviews
+    // take the new one at once.
+    check(
+        "targetArchitecture (for the rollout guard)",
+        old.target_architecture != new.target_architecture,
+    );
+    check("cache.facts", old.cache.facts != new.cache.facts);
+    changed
+}
+
 fn count(result: &str) {
     metrics::global()
         .config_reloads
@@ -115,4 +149,38 @@ fn count(result: &str) {
             reason: result.into(),
         })
         .inc();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reload_names_every_setting_that_waits_for_a_restart() {
+        let old = Config::from_yaml("{}").unwrap();
+        let same = Config::from_yaml("defaultRollout: 50\ngate: {timeout: 45s}\n").unwrap();
+        assert_eq!(
+            needs_restart(&old, &same),
+            Vec::<&str>::new(),
+            "applied at once"
+        );
+        let new = Config::from_yaml(
+            "server: {listen: 127.0.0.1:9443}\npolicySource: static\n\
+             gate: {leaseName: other, leaseDuration: 30s}\nguard: {threshold: 3}\n\
+             targetArchitecture: amd64\ncache: {facts: {configMap: other-facts}}\n",
+        )
+        .unwrap();
+        assert_eq!(
+            needs_restart(&old, &new),
+            vec![
+                "server",
+                "policySource",
+                "gate.leaseName",
+                "gate.leaseDuration",
+                "guard",
+                "targetArchitecture (for the rollout guard)",
+                "cache.facts",
+            ]
+        );
+    }
 }
