@@ -185,12 +185,16 @@ struct Context {
     state: SharedReviewer,
     identity: String,
     writes: tokio::sync::Semaphore,
+    /// The leader releases pods; a follower only looks their images up
+    /// (warming its own cache), so that if it comes to lead it releases at
+    /// once what it already knows instead of starting the lookups then,
+    /// with the gate's timeout running.
+    release: bool,
 }
 
-/// Runs the Lease election and, while this replica holds the Lease, the
-/// controller; until `stop` is set or dropped.
-/// Runs the controller while this replica leads (`leading`, from the one
-/// election of `lease.rs`), until the election ends. `identity` names this
+/// Runs the controller until the election (`leading`, from `lease.rs`)
+/// ends: releasing pods while this replica leads, warming its lookups of
+/// the gated pods' images while another does. `identity` names this
 /// replica in Events.
 pub async fn run(
     client: kube::Client,
@@ -198,25 +202,27 @@ pub async fn run(
     identity: String,
     mut leading: watch::Receiver<bool>,
 ) {
-    let context = Arc::new(Context {
-        client,
-        state,
-        identity,
-        writes: tokio::sync::Semaphore::new(WRITES),
-    });
+    let context = |release| {
+        Arc::new(Context {
+            client: client.clone(),
+            state: state.clone(),
+            identity: identity.clone(),
+            writes: tokio::sync::Semaphore::new(WRITES),
+            release,
+        })
+    };
+    let (leader, follower) = (context(true), context(false));
     loop {
-        // Wait to lead.
-        if leading.wait_for(|l| *l).await.is_err() {
-            break;
-        }
+        let leads = *leading.borrow_and_update();
         // A new controller lists every gated pod first: those gated while
-        // no replica led, or left by the replica that led before.
-        // Aborted when leadership is lost, and with this future when
-        // archway stops.
+        // no replica led, or left by the replica that led before. Aborted
+        // when leadership changes, and with this future when archway
+        // stops.
+        let context = if leads { &leader } else { &follower };
         let task = AbortOnDropHandle::new(tokio::spawn(reconcile_gated(context.clone())));
-        let lost = leading.wait_for(|l| !*l).await.is_err();
+        let ended = leading.wait_for(|l| *l != leads).await.is_err();
         drop(task);
-        if lost {
+        if ended {
             break;
         }
     }
@@ -274,6 +280,11 @@ async fn reconcile(pod: Arc<GatePod>, context: Arc<Context>) -> Result<Action, G
         else {
             return Ok(Action::requeue(Duration::from_millis(500)));
         };
+        if !context.release {
+            // A follower: the lookups are done (and cached); the leader
+            // writes.
+            return Ok(Action::await_change());
+        }
         let (how, placed) = match &release {
             Released::Place(injection) => (
                 Release::Place(injection),
