@@ -832,18 +832,26 @@ fn choose(input: &DecisionInput<'_>, supported: &BTreeSet<String>) -> Choice {
     let owner = input
         .draw
         .and_then(|_| draw_owner(input.pod, input.policy.rollout_by));
-    let bucket = match (input.draw, owner) {
-        (Some(index), Some(owner)) => spread_bucket(&owner, index),
-        _ => rollout_bucket(&bucket_key(
-            input.pod,
-            input.policy.rollout_by,
-            input.request_uid,
-        )),
+    // A pod drawn in its workload's sequence is steered by its place in
+    // it (see `spread_steered`); any other by its bucket, below the rollout.
+    let (steer, drawn) = match (input.draw, owner) {
+        (Some(draw), Some(owner)) => (
+            spread_steered(&owner, draw, rollout),
+            format!("draw {draw}"),
+        ),
+        _ => {
+            let bucket = rollout_bucket(&bucket_key(
+                input.pod,
+                input.policy.rollout_by,
+                input.request_uid,
+            ));
+            (bucket < rollout, format!("bucket {bucket}"))
+        }
     };
     let others: BTreeSet<String> = supported.iter().filter(|a| *a != target).cloned().collect();
     let hold = input.hold.filter(|h| h.architecture == target);
-    if bucket < rollout {
-        let reason = format!("{target}: rollout {rollout}%, bucket {bucket}");
+    if steer {
+        let reason = format!("{target}: rollout {rollout}%, {drawn}");
         let steered = BTreeSet::from([target.to_string()]);
         return match (hold, input.policy.guard) {
             (Some(hold), GuardMode::Enforce) => {
@@ -865,7 +873,7 @@ fn choose(input: &DecisionInput<'_>, supported: &BTreeSet<String>) -> Choice {
             _ => choice(DecisionKind::Steered, steered, reason),
         };
     }
-    let reason = format!("{}: rollout {rollout}%, bucket {bucket}", join(&others));
+    let reason = format!("{}: rollout {rollout}%, {drawn}", join(&others));
     choice(DecisionKind::Held, others, reason)
 }
 
@@ -1232,13 +1240,13 @@ fn workload_of<'a>(meta: &ObjectMeta, kind: &'a str, name: &'a str) -> (&'a str,
     }
 }
 
-/// The workload whose pods draw their buckets in sequence: with
+/// The workload whose pods draw their places in sequence: with
 /// `rollout-by: pod`, a pod that has no name yet (a ReplicaSet's, a Job's:
 /// `generateName`) and a controlling owner. Its own name would be stable,
 /// but it has none at admission, and the review's uid is random: drawn at
 /// random, a 10-replica Deployment at rollout 10% would get no arm64 pod at
-/// all one time in three. Drawn in sequence (see [`spread_bucket`]), it gets
-/// exactly one. A pinned pod is never steered, so it takes no place.
+/// all one time in three. Drawn in sequence (see [`spread_steered`]), it
+/// gets exactly one. A pinned pod is never steered, so it takes no place.
 pub fn spread_owner(pod: &Pod, rollout_by: RolloutBy) -> Option<String> {
     let unnamed = pod.metadata.name.as_deref().is_none_or(str::is_empty);
     if !unnamed || constraints::pin(pod).is_some() {
@@ -1267,16 +1275,48 @@ fn draw_owner(pod: &Pod, rollout_by: RolloutBy) -> Option<String> {
     Some([namespace, kind, name].join("/"))
 }
 
-/// The bucket of the `index`-th unnamed pod of `owner`: the owner's own
-/// bucket, then steps of 61 around 0..=99. 61 shares no factor with 100, so
-/// any 100 pods in a row take every bucket once, and since 61/100 is close
-/// to the golden ratio's 0.618, the first few are already spread evenly:
-/// at rollout N%, any run of pods has within a pod or two of N% steered.
-pub fn spread_bucket(owner: &str, index: u64) -> u8 {
-    ((u64::from(rollout_bucket(owner)) + (index % 100) * SPREAD_STEP) % 100) as u8
+/// Whether the pod at `draw` in `owner`'s sequence of unnamed pods is
+/// steered at `rollout`%.
+///
+/// The owner's bucket is its phase `o` on a circle of 100 places. A draw is
+/// a place: `2k` the k-th place going forward from `o` (o, o+1, ...), `2k+1`
+/// the k-th going backward (o-1, o-2, ...; see `admission::RolloutDraws`,
+/// which takes one direction per owner). Place `x` is steered when
+/// `⌊(x+1)·N/100⌋ > ⌊x·N/100⌋` (Bresenham's line: the N steered places of
+/// the 100 are as evenly spaced as whole places can be). So any run of `n`
+/// places in a row, around the circle, holds `⌊(x+n)·N/100⌋ − ⌊x·N/100⌋`
+/// steered: `⌊n·N/100⌋` or `⌈n·N/100⌉`, never further from `n·N/100`.
+///
+/// Why this and not a bucket per place compared with the rollout, as
+/// named pods have (and as this was: the owner's bucket plus 61 per
+/// place): those buckets were only roughly even; of 20 Deployments of 10
+/// pods at 10%, 3 got no arm64 pod and 4 got two. The price is that a place
+/// is not monotone in the rollout (place 2 is steered at 40% and held at
+/// 50%). Nothing relies on it: a place is decided once (a gated pod's
+/// recorded draw is decided by the controller with this same function, at
+/// the rollout then in force; a reinvocation keeps the decision, it does
+/// not draw again), and a re-created pod takes a new place. A workload's
+/// phase spreads small workloads: at 10%, 3 in 10 of the 3-pod ones steer
+/// one pod, where one phase for all would steer one pod in all or in none.
+///
+/// A replica that draws in one direction uses an arc of places; two
+/// replicas that draw an owner in opposite directions use two arcs that
+/// meet at `o`, one arc in all, so the split between them is exact too.
+pub fn spread_steered(owner: &str, draw: u64, rollout: u8) -> bool {
+    steered_at(rollout_bucket(owner), draw, rollout)
 }
 
-const SPREAD_STEP: u64 = 61;
+/// [`spread_steered`] for an owner whose phase (bucket) is `phase`.
+fn steered_at(phase: u8, draw: u64, rollout: u8) -> bool {
+    let phase = u64::from(phase);
+    let step = (draw / 2) % 100;
+    let place = match draw % 2 {
+        0 => (phase + step) % 100,
+        _ => (phase + 199 - step) % 100,
+    };
+    let rollout = u64::from(rollout.min(100));
+    (place + 1) * rollout / 100 > place * rollout / 100
+}
 
 /// A bucket 0..=99 from a stable hash: the same key gets the same bucket
 /// in every replica of archway, across restarts and versions.

@@ -480,14 +480,13 @@ fn a_recorded_draw_counts_in_the_workload_s_sequence_once_the_pod_is_named() {
             nodes: None,
             draw: Some(index),
         });
-        let bucket = spread_bucket("shop/Deployment/web", index);
-        assert!(
-            d.reason.ends_with(&format!("bucket {bucket}")),
-            "{}",
-            d.reason
-        );
-        steered += usize::from(d.kind == DecisionKind::Steered);
+        assert!(d.reason.ends_with(&format!("draw {index}")), "{}", d.reason);
+        let kind = d.kind == DecisionKind::Steered;
+        assert_eq!(kind, spread_steered("shop/Deployment/web", index, 50));
+        steered += usize::from(kind);
     }
+    // Draws 0..10 are five places each way from the owner's phase: ten
+    // places in a row, half of them steered.
     assert_eq!(steered, 5);
 }
 

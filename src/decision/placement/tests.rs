@@ -872,33 +872,142 @@ fn a_windows_pod_avoids_architectures_with_no_node_at_all() {
     );
 }
 
+/// The spread before issue 25: the owner's bucket, then steps of 61 around
+/// 0..=99, a pod steered when its bucket is below the rollout.
+fn steps_of_61(owner: &str, index: u64, rollout: u8) -> bool {
+    ((u64::from(rollout_bucket(owner)) + (index % 100) * 61) % 100) < u64::from(rollout)
+}
+
+/// Whether every prefix of the run `steered(0), steered(1), ...` (up to
+/// `pods`) has ⌊n·N/100⌋ or ⌈n·N/100⌉ steered; the first n that does not.
+fn first_inexact(pods: u64, rollout: u8, steered: impl Fn(u64) -> bool) -> Option<u64> {
+    let mut count = 0u64;
+    for n in 1..=pods {
+        count += u64::from(steered(n - 1));
+        let share = n * u64::from(rollout);
+        if count < share / 100 || count > share.div_ceil(100) {
+            return Some(n);
+        }
+    }
+    None
+}
+
+fn owners() -> impl Iterator<Item = String> {
+    (0..60)
+        .map(|i| format!("ns-{}/Deployment/web-{i}", i % 7))
+        .chain(["shop/Deployment/web", "ci/Job/report", "a/StatefulSet/b"].map(String::from))
+}
+
 #[test]
-fn a_workloads_unnamed_pods_spread_over_the_buckets() {
-    for owner in ["shop/Deployment/web", "ns/Job/report", "a/StatefulSet/b"] {
-        let buckets: Vec<u8> = (0..300).map(|i| spread_bucket(owner, i)).collect();
-        assert!(buckets.iter().all(|b| *b < 100));
-        for rollout in [1u8, 10, 25, 50, 90] {
-            // Any 100 pods in a row: exactly the rollout's share.
-            for start in [0, 37, 150] {
-                let steered = buckets[start..start + 100]
-                    .iter()
-                    .filter(|b| **b < rollout)
-                    .count();
-                assert_eq!(steered, usize::from(rollout), "{owner} from {start}");
+fn every_prefix_of_a_workload_s_pods_has_its_share_to_the_pod() {
+    // Every phase an owner can have, so every owner.
+    for phase in 0..100u8 {
+        for rollout in 0..=100u8 {
+            for way in [0, 1] {
+                let steered = |k: u64| steered_at(phase, 2 * k + way, rollout);
+                assert_eq!(
+                    first_inexact(200, rollout, steered),
+                    None,
+                    "phase {phase} at {rollout}%, way {way}"
+                );
+            }
+            // And any run, not only from the start: a restart of the
+            // workload at a new rollout, after pods drawn at another.
+            for from in [1u64, 13, 99, 150] {
+                let steered = |k: u64| steered_at(phase, 2 * (from + k), rollout);
+                assert_eq!(
+                    first_inexact(200, rollout, steered),
+                    None,
+                    "phase {phase} from {from}"
+                );
             }
         }
-        // And the first few already come close: 10 pods at 10% are one
-        // pod, give or take one, where independent draws give none a third
-        // of the time.
-        for (pods, rollout) in [(10usize, 10u8), (4, 25), (20, 50), (8, 50)] {
-            let steered = buckets[..pods].iter().filter(|b| **b < rollout).count();
-            let expected = pods * usize::from(rollout) / 100;
-            assert!(
-                steered.abs_diff(expected) <= 1,
-                "{owner}: {steered} of {pods} at {rollout}%"
+    }
+    // An owner's phase is its bucket.
+    for owner in owners() {
+        for (draw, rollout) in [(0, 10), (7, 30), (1, 50), (250, 25)] {
+            assert_eq!(
+                spread_steered(&owner, draw, rollout),
+                steered_at(rollout_bucket(&owner), draw, rollout)
             );
         }
     }
+    // Rollout 0 steers none and 100 all, whatever the draw.
+    for draw in 0..1000 {
+        assert!(!spread_steered("shop/Deployment/web", draw, 0));
+        assert!(spread_steered("shop/Deployment/web", draw, 100));
+    }
+    // The steps of 61 this replaced were not exact: some prefix of some
+    // workload at some rollout is two pods or more off its share (for
+    // instance 10 pods at 10% with none steered).
+    let inexact = owners()
+        .flat_map(|owner| (1..=100u8).map(move |r| (owner.clone(), r)))
+        .filter(|(owner, r)| first_inexact(200, *r, |i| steps_of_61(owner, i, *r)).is_some())
+        .count();
+    assert!(inexact > 0);
+}
+
+/// Two replicas that drew an owner in opposite directions: whatever number
+/// of pods each placed, together they have the share to the pod.
+#[test]
+fn two_replicas_drawing_opposite_ways_are_exact_together() {
+    for phase in (0..100u8).step_by(7) {
+        for rollout in 0..=100u8 {
+            let prefix = |way: u64| -> Vec<u64> {
+                let mut counts = vec![0];
+                for k in 0..150 {
+                    let steered = u64::from(steered_at(phase, 2 * k + way, rollout));
+                    counts.push(counts[k as usize] + steered);
+                }
+                counts
+            };
+            let (forward, backward) = (prefix(0), prefix(1));
+            for (a, fa) in forward.iter().enumerate() {
+                for (b, fb) in backward.iter().enumerate() {
+                    let share = (a + b) as u64 * u64::from(rollout);
+                    let count = fa + fb;
+                    assert!(
+                        count >= share / 100 && count <= share.div_ceil(100),
+                        "phase {phase} at {rollout}%: {a} forward, {b} backward: {count}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// The README's example: 20 Deployments of 10 pods each.
+#[test]
+fn twenty_ten_pod_deployments_each_get_their_share() {
+    for rollout in [10u8, 30, 50] {
+        let expected = usize::from(rollout) / 10;
+        let mut old = [0usize; 11];
+        for d in 0..20 {
+            let owner = format!("shop/Deployment/web-{d}");
+            for way in [0, 1] {
+                let steered = (0..10)
+                    .filter(|k| spread_steered(&owner, 2 * k + way, rollout))
+                    .count();
+                assert_eq!(steered, expected, "{owner} at {rollout}%");
+            }
+            old[(0..10).filter(|i| steps_of_61(&owner, *i, rollout)).count()] += 1;
+        }
+        if rollout == 10 {
+            // What issue 25 found (3 with none, 4 with two, of its 20):
+            // here 3 and 3.
+            assert_eq!((old[0], old[1], old[2]), (3, 14, 3), "{old:?}");
+        }
+    }
+}
+
+/// Small workloads start at different places: at 10%, about 3 in 10 of
+/// the 3-pod ones steer a pod, not all or none.
+#[test]
+fn small_workloads_do_not_all_steer_their_first_pod() {
+    let one = (0..1000)
+        .filter(|d| (0..3).any(|k| spread_steered(&format!("n/Deployment/w{d}"), 2 * k, 10)))
+        .count();
+    assert!((220..=380).contains(&one), "{one} of 1000");
 }
 
 fn decide_with_hold(policy: &NamespacePolicy, hold: Option<&Hold>, images: &[&str]) -> Decision {
