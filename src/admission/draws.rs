@@ -4,8 +4,9 @@
 //!
 //! In memory, per archway replica. A draw is a place on the owner's circle
 //! of 100, going forward from the owner's phase (`2k`: the k-th place) or
-//! backward from it (`2k+1`). Each replica takes a direction per owner at
-//! random when it first sees the owner. One replica's places are one run,
+//! backward from it (`2k+1`). Each replica takes a direction per owner when
+//! it first sees the owner: at random, or by the Lease (`by_lease`: the
+//! leader forward, the others backward). One replica's places are one run,
 //! so its share is exact: ⌊n·N/100⌋ or ⌈n·N/100⌉ of its first n pods. Two
 //! replicas that took opposite directions for an owner use two runs that
 //! meet at its phase, one run in all, so their share together is exact too,
@@ -36,25 +37,52 @@ struct Sequence {
 
 pub struct RolloutDraws {
     counters: moka::future::Cache<String, Arc<Sequence>>,
-    /// Seeded at random per process: the coin for each owner's direction.
-    /// Replicas do not agree on it, and need not: opposite directions make
-    /// a pair exact, the same direction is no worse than one replica each.
-    coin: std::collections::hash_map::RandomState,
+    way: Way,
+}
+
+/// How a replica picks the direction of an owner it has not seen.
+enum Way {
+    /// A coin seeded at random per process. Replicas do not agree on it,
+    /// and need not: opposite directions make a pair exact, the same
+    /// direction is no worse than each replica on its own.
+    Coin(std::collections::hash_map::RandomState),
+    /// Forward while this replica holds the Lease, backward while it does
+    /// not: of two replicas, one leading, every owner goes both ways.
+    Lease(tokio::sync::watch::Receiver<bool>),
 }
 
 impl Default for RolloutDraws {
     fn default() -> Self {
+        RolloutDraws::with_way(Way::Coin(std::collections::hash_map::RandomState::new()))
+    }
+}
+
+impl RolloutDraws {
+    /// Directions by the Lease (`cluster::lease::Leadership::leading`)
+    /// rather than a coin: two replicas are then exact together while one
+    /// of them leads, and within a pod each (two in all) when neither did
+    /// as either first saw the owner.
+    pub fn by_lease(leading: tokio::sync::watch::Receiver<bool>) -> Self {
+        RolloutDraws::with_way(Way::Lease(leading))
+    }
+
+    fn with_way(way: Way) -> Self {
         RolloutDraws {
             counters: moka::future::Cache::builder()
                 .max_capacity(MAX_OWNERS)
                 .time_to_idle(IDLE)
                 .build(),
-            coin: std::collections::hash_map::RandomState::new(),
+            way,
         }
     }
-}
 
-impl RolloutDraws {
+    fn backward(&self, owner: &str) -> u64 {
+        match &self.way {
+            Way::Coin(coin) => coin.hash_one(owner) & 1,
+            Way::Lease(leading) => u64::from(!*leading.borrow()),
+        }
+    }
+
     /// The draw of `owner`'s next pod (see `placement::spread_steered`). A
     /// dry run reads it without taking it: no pod is created, so the next
     /// real one gets the same place.
@@ -64,7 +92,7 @@ impl RolloutDraws {
             .get_with_by_ref(owner, async {
                 Arc::new(Sequence {
                     taken: AtomicU64::new(0),
-                    backward: self.coin.hash_one(owner) & 1,
+                    backward: self.backward(owner),
                 })
             })
             .await;
@@ -104,5 +132,18 @@ mod tests {
         }
         // 200 fair coins: each side well over 50.
         assert!(ways.iter().all(|w| *w > 50), "{ways:?}");
+    }
+
+    #[tokio::test]
+    async fn by_lease_the_leader_goes_forward_and_the_others_backward() {
+        let (tx, leading) = tokio::sync::watch::channel(false);
+        let draws = RolloutDraws::by_lease(leading);
+        assert_eq!(draws.next("ns/Deployment/a", false).await, 1);
+        tx.send(true).unwrap();
+        assert_eq!(draws.next("ns/Deployment/b", false).await, 0);
+        // An owner keeps the way it was first drawn in.
+        assert_eq!(draws.next("ns/Deployment/a", false).await, 3);
+        tx.send(false).unwrap();
+        assert_eq!(draws.next("ns/Deployment/b", false).await, 2);
     }
 }
