@@ -145,6 +145,10 @@ pub struct RegistryConfig {
     /// GETs archway may send it per hour, per replica; a lookup past it
     /// gets a warning. Registries not listed have no budget.
     pub manifest_gets_per_hour: BTreeMap<String, u32>,
+    /// Pulls left (a registry's `ratelimit-remaining`, as Docker Hub
+    /// sends) at or below which archway sends that registry no manifest
+    /// GET until its window passes: they are kept for the kubelets.
+    pub pull_reserve: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -252,6 +256,7 @@ impl Default for RegistryConfig {
             max_concurrent_lookups_per_host: d.max_concurrent_lookups_per_host,
             min_body_bytes_per_second: d.min_body_bytes_per_second,
             manifest_gets_per_hour: d.manifest_gets_per_hour,
+            pull_reserve: d.pull_reserve,
         }
     }
 }
@@ -475,6 +480,7 @@ impl Config {
             max_concurrent_lookups_per_host: self.registry.max_concurrent_lookups_per_host,
             min_body_bytes_per_second: self.registry.min_body_bytes_per_second,
             manifest_gets_per_hour: self.registry.manifest_gets_per_hour.clone(),
+            pull_reserve: self.registry.pull_reserve,
             ..RegistrySettings::default()
         })
     }

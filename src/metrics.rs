@@ -229,6 +229,10 @@ pub struct Metrics {
     pub registry_manifest_requests: Family<RegistryMethodLabels, Counter>,
     /// Lookups that needed a manifest GET past `registry.manifestGetsPerHour`.
     pub registry_get_budget_spent: Family<RegistryLabels, Counter>,
+    /// Pulls left to this address, as each registry last said.
+    pub registry_pulls_remaining: Family<RegistryLabels, Gauge>,
+    /// Lookups refused to keep the last pulls for the kubelets.
+    pub registry_pull_reserve_kept: Family<RegistryLabels, Counter>,
     /// Writes of the shared facts' ConfigMap, by reason (`ok`, `conflict`,
     /// `error`).
     pub facts_writes: Family<ReasonLabels, Counter>,
@@ -327,6 +331,18 @@ impl Metrics {
             "registry_get_budget_spent",
             "Lookups refused because the registry's manifest GET budget (registry.manifestGetsPerHour) was spent",
             registry_get_budget_spent.clone(),
+        );
+        let registry_pulls_remaining = Family::<RegistryLabels, Gauge>::default();
+        registry.register(
+            "registry_pulls_remaining",
+            "Pulls left to this address as the registry last said (ratelimit-remaining, Docker Hub)",
+            registry_pulls_remaining.clone(),
+        );
+        let registry_pull_reserve_kept = Family::<RegistryLabels, Counter>::default();
+        registry.register(
+            "registry_pull_reserve_kept",
+            "Lookups refused because the registry's pulls left were at registry.pullReserve: kept for the nodes' image pulls",
+            registry_pull_reserve_kept.clone(),
         );
         let facts_writes = Family::<ReasonLabels, Counter>::default();
         registry.register(
@@ -439,6 +455,8 @@ impl Metrics {
             registry_duration,
             registry_manifest_requests,
             registry_get_budget_spent,
+            registry_pulls_remaining,
+            registry_pull_reserve_kept,
             facts_writes,
             cache_lookups,
             cache_lookup_series: Default::default(),
@@ -477,6 +495,22 @@ impl Metrics {
     /// One lookup refused for `registry`'s spent GET budget.
     pub fn get_budget_spent(&self, registry: &Label) {
         self.registry_get_budget_spent
+            .get_or_create(&RegistryLabels {
+                registry: registry.clone(),
+            })
+            .inc();
+    }
+
+    pub fn pulls_remaining(&self, registry: &Label, remaining: u64) {
+        self.registry_pulls_remaining
+            .get_or_create(&RegistryLabels {
+                registry: registry.clone(),
+            })
+            .set(i64::try_from(remaining).unwrap_or(i64::MAX));
+    }
+
+    pub fn pull_reserve_kept(&self, registry: &Label) {
+        self.registry_pull_reserve_kept
             .get_or_create(&RegistryLabels {
                 registry: registry.clone(),
             })

@@ -322,6 +322,86 @@ async fn past_the_get_budget_a_lookup_fails_with_a_warning_and_known_images_reso
     }
 }
 
+/// Docker Hub's `ratelimit-remaining`: once the registry says the pulls
+/// left are at `registry.pullReserve`, archway sends it no manifest GET
+/// (they are the kubelets'), serves what it knows, and resumes when a
+/// later answer (a HEAD, which Docker Hub does not count) says more is
+/// left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_the_pull_reserve_archway_leaves_the_last_pulls_to_the_kubelets() {
+    let registry = Registry::start(RegistryOptions::plain());
+    let digests: Vec<String> = ["a", "b"]
+        .iter()
+        .map(|name| {
+            push(
+                &registry,
+                &format!("{name}:v1"),
+                ImageSpec::multi_arch(),
+                name,
+            )
+        })
+        .collect();
+    let proxy = CountingProxy::start(registry.addr()).await;
+    let host = proxy.host();
+    let left = Arc::new(std::sync::Mutex::new("30;w=21600".to_string()));
+    let said = left.clone();
+    proxy.set_fault_rule(move |request| {
+        if request.is_manifest() {
+            let value = said.lock().unwrap().clone();
+            Fault::AddHeaders(vec![("ratelimit-remaining".into(), value)])
+        } else {
+            Fault::None
+        }
+    });
+    let mut settings = settings_for(&host);
+    settings.pull_reserve = 20;
+    let inspector = inspector(settings, cache(Duration::ZERO));
+    let tag = |name: &str| image(&format!("{host}/{name}:v1"));
+
+    // 30 left: a GET goes; its answer says 20 are left now.
+    *left.lock().unwrap() = "20;w=21600".into();
+    let (found, _) = inspector.inspect(&tag("a"), &Credential::Anonymous).await;
+    assert_eq!(found.unwrap().digest, digests[0]);
+    assert_eq!(asked(&proxy), (1, 0));
+
+    // At the reserve: b is not fetched.
+    let (kept, _) = inspector.inspect(&tag("b"), &Credential::Anonymous).await;
+    let kept = kept.unwrap_err();
+    let message = kept.to_string();
+    assert!(
+        message.starts_with(&format!(
+            "registry {host}: only 20 pulls are left to this address, kept for the nodes' image pulls (registry.pullReserve 20)"
+        )),
+        "{message}"
+    );
+    assert_eq!(kept.metric_label(), "pull_reserve");
+    assert!(
+        !kept.is_from_registry(),
+        "not remembered as the registry's failure"
+    );
+    assert_eq!(asked(&proxy), (1, 0), "no GET at the reserve");
+
+    // What archway knows still resolves, by a HEAD; the HEAD's answer says
+    // the window was reset (Docker Hub's limit is per 6 h).
+    *left.lock().unwrap() = "100;w=21600".into();
+    tokio::time::sleep(TAG_TTL + Duration::from_millis(100)).await;
+    let (known, _) = inspector.inspect(&tag("a"), &Credential::Anonymous).await;
+    assert_eq!(known.unwrap().digest, digests[0]);
+    assert_eq!(asked(&proxy), (1, 1));
+    // More is left: b is fetched.
+    let (found, _) = inspector.inspect(&tag("b"), &Credential::Anonymous).await;
+    assert_eq!(found.unwrap().digest, digests[1]);
+    assert_eq!(asked(&proxy).0, 2);
+
+    let text = archway::metrics::global().render();
+    for series in [
+        format!(r#"archway_registry_pull_reserve_kept_total{{registry="{host}"}} 1"#),
+        format!(r#"archway_registry_pulls_remaining{{registry="{host}"}} 100"#),
+    ] {
+        assert!(text.contains(&series), "{series} not in:\n{text}");
+    }
+}
+
 fn basic(username: &str, password: &str) -> Credential {
     Credential::Basic {
         username: username.into(),

@@ -23,7 +23,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde_json::json;
 use support::apiserver::FakeApiServer;
 use support::webhook::{SERVICE_NAME, client_for, install_crypto, pod_review};
-use support::{Format, ImageSpec, Registry, RegistryOptions, TestCa, build_layout};
+use support::{
+    CountingProxy, Fault, Format, ImageSpec, Registry, RegistryOptions, TestCa, build_layout,
+};
 use tools::{kind, kustomize, name, run, run_ok, validate};
 
 fn monitoring() -> std::path::PathBuf {
@@ -606,6 +608,16 @@ async fn the_dashboard_and_alerts_use_only_what_archway_exports() {
     let layouts = tempfile::tempdir().unwrap();
     let layout = build_layout(layouts.path(), &ImageSpec::multi_arch());
     registry.push(&layout.dir, "app:v1", Format::Oci);
+    // Docker Hub's header on the missing image's answer says no pull is
+    // left: the next new image is kept back for the nodes.
+    let proxy = CountingProxy::start(registry.addr()).await;
+    proxy.set_fault_rule(|request| {
+        if request.is_manifest() && request.path.contains("/missing/") {
+            Fault::AddHeaders(vec![("ratelimit-remaining".into(), "0;w=600".into())])
+        } else {
+            Fault::None
+        }
+    });
 
     // A cluster with amd64 nodes only, and a namespace whose rollout sends
     // everything to arm64: archway counts the architecture without nodes.
@@ -629,7 +641,7 @@ async fn the_dashboard_and_alerts_use_only_what_archway_exports() {
                 "targetArchitecture: arm64\ndefaultRollout: {rollout}\npolicySource: cluster\n\
                  registry: {{ insecure: [\"{}\"] }}\n\
                  server: {{ listen: 127.0.0.1:0, adminListen: 127.0.0.1:0 }}\n",
-                registry.host()
+                proxy.host()
             ),
         )
         .unwrap()
@@ -645,10 +657,10 @@ async fn the_dashboard_and_alerts_use_only_what_archway_exports() {
         false,
     );
     let url = format!("https://{SERVICE_NAME}:{}/mutate", served.webhook);
-    let pod = |image: &str| json!({"metadata": {"name": "web"}, "spec": {"containers": [{"name": "web", "image": format!("{}/{image}", registry.host())}]}});
+    let pod = |image: &str| json!({"metadata": {"name": "web"}, "spec": {"containers": [{"name": "web", "image": format!("{}/{image}", proxy.host())}]}});
     // Inspected (a miss), then cached (a hit); the one missing image fails
-    // its inspection with a warning.
-    for image in ["app:v1", "app:v1", "missing:v1"] {
+    // its inspection with a warning, and the next new one is kept back.
+    for image in ["app:v1", "app:v1", "missing:v1", "later:v1"] {
         let response = client
             .post(&url)
             .json(&pod_review("u", "shop", &pod(image)))

@@ -48,6 +48,9 @@ pub enum Fault {
     Status(u16, Vec<(String, String)>),
     /// Wait, then forward.
     Delay(Duration),
+    /// Forward, and add these headers to the upstream's answer (as Docker
+    /// Hub adds `ratelimit-remaining`).
+    AddHeaders(Vec<(String, String)>),
     /// Drop the connection without a response (client sees EOF / reset).
     Reset,
     /// Answer with this status, headers and body; upstream never sees it.
@@ -238,9 +241,11 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Pr
         }
     };
 
+    let mut added = Vec::new();
     match fault {
         Fault::None => {}
         Fault::Delay(d) => tokio::time::sleep(d).await,
+        Fault::AddHeaders(headers) => added = headers,
         Fault::Status(code, headers) => {
             let mut resp = Response::builder().status(code);
             for (k, v) in headers {
@@ -290,7 +295,15 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Pr
     }
 
     let resp = match forward(state.upstream, req).await {
-        Ok(resp) => resp.map(|b| b.boxed()),
+        Ok(mut resp) => {
+            for (k, v) in added {
+                resp.headers_mut().insert(
+                    hyper::header::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                    hyper::header::HeaderValue::from_str(&v).unwrap(),
+                );
+            }
+            resp.map(|b| b.boxed())
+        }
         Err(e) => Response::builder()
             .status(StatusCode::BAD_GATEWAY)
             .body(full(Bytes::from(format!("proxy: upstream error: {e}"))))

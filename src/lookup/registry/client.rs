@@ -21,7 +21,7 @@ use reqwest::{Method, Response, StatusCode};
 use serde::Deserialize;
 
 use super::credentials::{Credential, Keyring};
-use super::limits::{BodyBudget, BodyCharge, GetBudget, LookupLimits, Turn};
+use super::limits::{BodyBudget, BodyCharge, GetBudget, LookupLimits, PullsLeft, Turn};
 use super::manifest::{self, MANIFEST_ACCEPT, ManifestContent};
 use super::network::{
     ConnectionGuard, DEFAULT_TRUSTED_HOSTS, GuardedResolver, NetworkGuard, Refusal,
@@ -62,6 +62,9 @@ pub struct RegistrySettings {
     /// GETs it may be sent per hour. Docker Hub counts each against the
     /// pulls of everyone behind the same address; HEADs it does not count.
     pub manifest_gets_per_hour: BTreeMap<String, u32>,
+    /// Pulls left (as a registry's `ratelimit-remaining` says) below which
+    /// archway sends it no manifest GET: they are the kubelets'.
+    pub pull_reserve: u64,
     /// Where connections may go. Hosts named in `insecure_hosts` and
     /// `mirrors` are added to its allowed hosts: the configuration names them.
     pub guard: NetworkGuard,
@@ -82,6 +85,7 @@ impl Default for RegistrySettings {
             max_concurrent_lookups: 64,
             max_concurrent_lookups_per_host: 16,
             manifest_gets_per_hour: default_manifest_gets_per_hour(),
+            pull_reserve: DEFAULT_PULL_RESERVE,
             guard: NetworkGuard {
                 trusted_hosts: DEFAULT_TRUSTED_HOSTS
                     .iter()
@@ -92,6 +96,10 @@ impl Default for RegistrySettings {
         }
     }
 }
+
+/// Pulls kept for the kubelets by default: Docker Hub's anonymous limit is
+/// 100 per 6 h per address, and the nodes pull through the same address.
+pub const DEFAULT_PULL_RESERVE: u64 = 20;
 
 /// Docker Hub's budget: 20 GETs an hour per replica. Its anonymous limit
 /// is 100 pulls per 6 hours per address, shared with the kubelets; with
@@ -127,6 +135,9 @@ pub struct RegistryClient {
     /// not asked one (`NO_HEAD_DIGEST_FOR`); bounded like `backoff`.
     no_head_digest: Arc<std::sync::Mutex<BTreeMap<String, Instant>>>,
     get_budget: Arc<GetBudget>,
+    /// What registries said is left of their pull limits.
+    pulls_left: Arc<PullsLeft>,
+    pull_reserve: u64,
     limits: Arc<LookupLimits>,
     /// Registry response bytes held at once, charged as they arrive: 64
     /// lookups reading 4 MiB manifests would otherwise hold 256 MiB.
@@ -285,6 +296,8 @@ impl RegistryClient {
             names,
             limits,
             get_budget: Arc::new(get_budget),
+            pulls_left: Arc::default(),
+            pull_reserve: settings.pull_reserve,
             no_head_digest: Arc::default(),
             bodies: BodyBudget::new(in_flight, in_flight / 2),
             settings: Arc::new(settings),
@@ -418,6 +431,17 @@ impl RegistryClient {
                 });
             }
         }
+        (self.pulls_left)
+            .check(&endpoint.host, self.pull_reserve, Instant::now())
+            .map_err(|kept| {
+                crate::metrics::global().pull_reserve_kept(&self.names.label(&endpoint.host));
+                InspectError::PullReserve {
+                    registry: endpoint.host.clone(),
+                    remaining: kept.remaining,
+                    reserve: self.pull_reserve,
+                    retry_in: kept.retry_in,
+                }
+            })?;
         self.get_budget
             .take(&endpoint.host, Instant::now())
             .map_err(|spent| {
@@ -527,7 +551,8 @@ impl RegistryClient {
                 retry_after: Some(until - now),
             });
         }
-        if request.url().path().contains("/manifests/") {
+        let is_manifest = request.url().path().contains("/manifests/");
+        if is_manifest {
             let method = if request.method() == Method::HEAD {
                 "HEAD"
             } else {
@@ -545,6 +570,16 @@ impl RegistryClient {
             Err(error) => Label::fixed(error.metric_label()),
         };
         crate::metrics::global().registry_request(&self.names.label(host), label, now.elapsed());
+        // Docker Hub says what is left of its pull limit on every manifest
+        // answer, HEADs included.
+        if let Ok(response) = &result
+            && is_manifest
+            && let Some(value) =
+                (response.headers().get("ratelimit-remaining")).and_then(|v| v.to_str().ok())
+            && let Some(remaining) = self.pulls_left.record(host, value, now)
+        {
+            crate::metrics::global().pulls_remaining(&self.names.label(host), remaining);
+        }
         if let Ok(response) = &result
             && response.status() == StatusCode::TOO_MANY_REQUESTS
         {

@@ -614,6 +614,79 @@ impl GetBudget {
     }
 }
 
+/// What registries say is left of their pull limit: Docker Hub answers
+/// every manifest request (a HEAD too, which it does not count) with
+/// `ratelimit-remaining: 76;w=21600`, the pulls left to this address in
+/// its window. Below `registry.pullReserve`, archway sends that registry no
+/// manifest GET until the window has passed or a later answer says more
+/// is left: the pulls left are the kubelets'. Bounded like the backoff map.
+#[derive(Debug, Default)]
+pub struct PullsLeft {
+    hosts: Mutex<HashMap<String, Left>>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Left {
+    remaining: u64,
+    /// When the registry's window ends, as far as its answer said.
+    until: Instant,
+}
+
+/// Hosts whose pulls left are kept at once.
+const MAX_PULL_HOSTS: usize = 1024;
+/// A window the header does not state, and the longest one believed
+/// (Docker Hub's is 6 h).
+const DEFAULT_PULL_WINDOW: Duration = Duration::from_secs(3600);
+const MAX_PULL_WINDOW: Duration = Duration::from_secs(6 * 3600);
+
+/// A GET kept back for the kubelets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reserved {
+    pub remaining: u64,
+    pub retry_in: Duration,
+}
+
+/// `76;w=21600` (or `76`): the pulls left and the window, if stated.
+pub fn parse_ratelimit(value: &str) -> Option<(u64, Option<Duration>)> {
+    let mut parts = value.split(';');
+    let remaining = parts.next()?.trim().parse().ok()?;
+    let window = parts
+        .filter_map(|p| p.trim().strip_prefix("w="))
+        .find_map(|w| w.trim().parse::<u64>().ok())
+        .map(Duration::from_secs);
+    Some((remaining, window))
+}
+
+impl PullsLeft {
+    /// Records a `ratelimit-remaining` answer of `host`; returns the pulls
+    /// left it states.
+    pub fn record(&self, host: &str, value: &str, now: Instant) -> Option<u64> {
+        let (remaining, window) = parse_ratelimit(value)?;
+        let until = now + window.unwrap_or(DEFAULT_PULL_WINDOW).min(MAX_PULL_WINDOW);
+        let mut hosts = self.hosts.lock().unwrap_or_else(|e| e.into_inner());
+        if hosts.len() >= MAX_PULL_HOSTS && !hosts.contains_key(host) {
+            hosts.retain(|_, left| left.until > now);
+            if hosts.len() >= MAX_PULL_HOSTS {
+                return Some(remaining);
+            }
+        }
+        hosts.insert(host.to_string(), Left { remaining, until });
+        Some(remaining)
+    }
+
+    /// Whether a manifest GET may go to `host` with `reserve` pulls kept.
+    pub fn check(&self, host: &str, reserve: u64, now: Instant) -> Result<(), Reserved> {
+        let hosts = self.hosts.lock().unwrap_or_else(|e| e.into_inner());
+        match hosts.get(host) {
+            Some(left) if left.until > now && left.remaining <= reserve => Err(Reserved {
+                remaining: left.remaining,
+                retry_in: left.until - now,
+            }),
+            _ => Ok(()),
+        }
+    }
+}
+
 #[cfg(test)]
 impl FairQueue {
     /// Waiters in line (live or not yet forgotten).
@@ -628,6 +701,51 @@ impl FairQueue {
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    #[test]
+    fn ratelimit_headers_are_read_as_docker_hub_writes_them() {
+        assert_eq!(
+            parse_ratelimit("76;w=21600"),
+            Some((76, Some(Duration::from_secs(21600))))
+        );
+        assert_eq!(parse_ratelimit(" 5 "), Some((5, None)));
+        assert_eq!(
+            parse_ratelimit("100;w=21600;foo"),
+            Some((100, Some(Duration::from_secs(21600))))
+        );
+        assert_eq!(parse_ratelimit("many"), None);
+        assert_eq!(parse_ratelimit(""), None);
+        assert_eq!(parse_ratelimit("-1;w=60"), None);
+    }
+
+    #[test]
+    fn below_the_reserve_no_get_goes_until_the_window_ends_or_more_is_left() {
+        let pulls = PullsLeft::default();
+        let now = Instant::now();
+        assert_eq!(pulls.check("hub", 20, now), Ok(()), "nothing known: go");
+        pulls.record("hub", "21;w=600", now);
+        assert_eq!(pulls.check("hub", 20, now), Ok(()));
+        pulls.record("hub", "20;w=600", now);
+        let kept = pulls.check("hub", 20, now).unwrap_err();
+        assert_eq!(kept.remaining, 20);
+        assert_eq!(kept.retry_in, Duration::from_secs(600));
+        assert_eq!(pulls.check("other", 20, now), Ok(()), "per host");
+        // The window passes.
+        assert_eq!(
+            pulls.check("hub", 20, now + Duration::from_secs(601)),
+            Ok(())
+        );
+        // A later answer (a HEAD) says more is left.
+        pulls.record("hub", "60;w=600", now);
+        assert_eq!(pulls.check("hub", 20, now), Ok(()));
+        // A hostile window is cut to 6 h.
+        pulls.record("hub", "0;w=999999999", now);
+        let kept = pulls.check("hub", 20, now).unwrap_err();
+        assert_eq!(kept.retry_in, MAX_PULL_WINDOW);
+        // A reserve of 0 keeps back only when nothing is left.
+        pulls.record("hub", "1;w=60", now);
+        assert_eq!(pulls.check("hub", 0, now), Ok(()));
+    }
 
     #[test]
     fn a_get_budget_is_its_hourly_count_refilled_evenly_and_shared_by_spellings() {

@@ -109,6 +109,19 @@ pub enum InspectError {
         per_hour: u32,
         retry_in: Duration,
     },
+    /// The registry said only `remaining` pulls are left to this address
+    /// (`ratelimit-remaining`), at or below `registry.pullReserve`: they
+    /// are kept for the kubelets. Never the registry's failure.
+    #[error(
+        "registry {registry}: only {remaining} pulls are left to this address, kept for the nodes' image pulls (registry.pullReserve {reserve}); images already known still resolve, this one can be looked up in {}s",
+        retry_in.as_secs().max(1)
+    )]
+    PullReserve {
+        registry: String,
+        remaining: u64,
+        reserve: u64,
+        retry_in: Duration,
+    },
     #[error("lookup failed unexpectedly: {0}")]
     Internal(String),
 }
@@ -134,6 +147,7 @@ impl InspectError {
             InspectError::Local { .. } => "local",
             InspectError::Throttled { .. } => "throttled",
             InspectError::GetBudgetSpent { .. } => "get_budget",
+            InspectError::PullReserve { .. } => "pull_reserve",
             InspectError::Internal(_) => "internal",
         }
     }
@@ -147,6 +161,7 @@ impl InspectError {
             InspectError::Local { .. }
                 | InspectError::Throttled { .. }
                 | InspectError::GetBudgetSpent { .. }
+                | InspectError::PullReserve { .. }
                 | InspectError::Deadline
                 | InspectError::Internal(_)
         )
@@ -178,7 +193,8 @@ impl InspectError {
             | InspectError::Refused { .. }
             // The tag moved and the new manifest cannot be read now: the
             // last answer is known to be out of date.
-            | InspectError::GetBudgetSpent { .. } => false,
+            | InspectError::GetBudgetSpent { .. }
+            | InspectError::PullReserve { .. } => false,
         }
     }
 
