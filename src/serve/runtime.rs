@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::admission::RolloutDraws;
 use crate::certs::{self, ReloadingCertificate};
 use crate::cluster::lease::{Elector, Leadership, LeaseSettings};
 use crate::cluster::settings_report::SettingsReporter;
@@ -88,6 +89,9 @@ pub async fn run(
         reviewer.pull_secrets = Some(PullSecrets::new(client.clone()));
         reviewer.holds = Some(holds);
         reviewer.gate_controller_live = Some(leadership.some_leader.clone());
+        // The leader walks each workload's places forward, the others
+        // backward: two replicas' shares are then exact together.
+        reviewer.draws = Arc::new(RolloutDraws::by_lease(leadership.leading.clone()));
         if config.cache.facts.max_bytes > 0 {
             // Facts about digests, shared by the replicas: read by all,
             // written by the leader.
