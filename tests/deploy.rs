@@ -291,6 +291,8 @@ fn check_rbac(objects: &[Value]) {
         webhook_role,
         triples(&[
             ("", &["namespaces", "nodes"], &["get", "list", "watch"]),
+            // The ramp autopilot: a namespace's rollout and ramp status.
+            ("", &["namespaces"], &["patch"]),
             ("", &["secrets"], &["get"]),
             // The gate controller: gated pods (watched by label), each
             // released with one patch; an Event when released unplaced.

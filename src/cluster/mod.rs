@@ -283,6 +283,39 @@ impl PolicySource for ClusterPolicies {
     }
 }
 
+/// A namespace whose policy has a ramp, as the autopilot reads it.
+#[derive(Debug, Clone)]
+pub struct RampedNamespace {
+    pub name: String,
+    pub uid: Option<String>,
+    pub policy: NamespacePolicy,
+    /// `archway.dev/ramp-status`, as it is now.
+    pub status: Option<String>,
+}
+
+impl ClusterPolicies {
+    /// The namespaces with a valid ramp, by name.
+    pub fn ramped(&self) -> Vec<RampedNamespace> {
+        let mut ramped: Vec<RampedNamespace> = (self.namespaces.state().iter())
+            .filter_map(|object| {
+                let name = object.metadata.name.clone()?;
+                let policy = self.policy(&name).filter(|p| p.ramp.is_some())?;
+                let status = (object.metadata.annotations.as_ref())
+                    .and_then(|a| a.get(crate::decision::ramp::RAMP_STATUS_ANNOTATION))
+                    .cloned();
+                Some(RampedNamespace {
+                    name,
+                    uid: object.metadata.uid.clone(),
+                    policy,
+                    status,
+                })
+            })
+            .collect();
+        ramped.sort_by(|a, b| a.name.cmp(&b.name));
+        ramped
+    }
+}
+
 impl NodeInventory for ClusterPolicies {
     fn nodes(&self) -> Option<Arc<Nodes>> {
         self.nodes.read().unwrap_or_else(|e| e.into_inner()).clone()

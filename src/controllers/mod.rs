@@ -1,6 +1,7 @@
 //! What runs beside the webhook in `archway serve` and writes to the
-//! cluster: the gate controller (`gate`) and the rollout guard
-//! (`guard`).
+//! cluster, in the leader: the gate controller (`gate`), the rollout guard
+//! (`guard`) and the migration autopilot (`ramp`).
 
 pub mod gate;
 pub mod guard;
+pub mod ramp;

@@ -84,6 +84,16 @@ pub async fn run(
             leadership.leading.clone(),
             &components,
         );
+        components.spawn(
+            "ramp autopilot",
+            crate::controllers::ramp::run(
+                client.clone(),
+                cluster_view.clone(),
+                holds.clone(),
+                identity.clone(),
+                leadership.leading.clone(),
+            ),
+        );
         let mut reviewer = crate::setup::reviewer(&config, policies)?;
         reviewer.node_inventory = Some(Arc::new(cluster_view));
         reviewer.pull_secrets = Some(PullSecrets::new(client.clone()));

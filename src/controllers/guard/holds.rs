@@ -68,6 +68,16 @@ impl Holds {
         self.read().len()
     }
 
+    /// The holds on workloads of `namespace`, by `Kind/name`, sorted.
+    pub fn in_namespace(&self, namespace: &str) -> Vec<(String, Hold)> {
+        let prefix = format!("{namespace}/");
+        let mut found: Vec<(String, Hold)> = (self.read().iter())
+            .filter_map(|(key, hold)| Some((key.strip_prefix(&prefix)?.to_string(), hold.clone())))
+            .collect();
+        found.sort_by(|a, b| a.0.cmp(&b.0));
+        found
+    }
+
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

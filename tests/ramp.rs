@@ -1,0 +1,232 @@
+//! The migration autopilot on the real control plane: a namespace with a
+//! ramp moves itself from step to step, with an Event per step, and a hold
+//! on one of its workloads pauses it, saying why, until a person resumes
+//! it. archway is installed from deploy/ with its RBAC (the patch of
+//! namespaces is the autopilot's).
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::Namespace;
+use kube::api::Api;
+use serde_json::{Value, json};
+use support::controlplane::{ControlPlane, NodePool};
+use support::install::InstalledArchway;
+use support::webhook::install_crypto;
+use support::{Format, ImageSpec, Registry, RegistryOptions, build_layout};
+
+const ROLLOUT: &str = "archway.dev/rollout";
+const STATUS: &str = "archway.dev/ramp-status";
+
+struct Env {
+    plane: ControlPlane,
+    registry: Registry,
+    _archway: InstalledArchway,
+}
+
+fn env() -> &'static Env {
+    static ENV: OnceLock<Env> = OnceLock::new();
+    ENV.get_or_init(|| {
+        install_crypto();
+        let plane = ControlPlane::start();
+        plane.create_nodes(&NodePool::standard());
+        let registry = Registry::start(RegistryOptions::plain());
+        let dir = tempfile::tempdir().unwrap();
+        let layout = build_layout(
+            &dir.path().join("multi"),
+            &ImageSpec::multi_arch().with_salt("ramp"),
+        );
+        registry.push(&layout.dir, "multi:v1", Format::Oci);
+        let archway = InstalledArchway::install(
+            &plane,
+            env!("CARGO_BIN_EXE_archway").as_ref(),
+            &[registry.host()],
+            |_| {},
+        );
+        Env {
+            plane,
+            registry,
+            _archway: archway,
+        }
+    })
+}
+
+fn annotations(namespace: &Namespace) -> BTreeMap<String, String> {
+    namespace.metadata.annotations.clone().unwrap_or_default()
+}
+
+/// Polls the namespace until `done` says so; returns every distinct
+/// (rollout, status) seen on the way, in order.
+async fn follow(
+    client: &kube::Client,
+    name: &str,
+    limit: Duration,
+    done: impl Fn(&BTreeMap<String, String>) -> bool,
+) -> Vec<(String, String)> {
+    let api: Api<Namespace> = Api::all(client.clone());
+    let started = Instant::now();
+    let mut seen: Vec<(String, String)> = Vec::new();
+    loop {
+        let now = annotations(&api.get(name).await.unwrap());
+        let pair = (
+            now.get(ROLLOUT).cloned().unwrap_or_default(),
+            now.get(STATUS).cloned().unwrap_or_default(),
+        );
+        if seen.last() != Some(&pair) {
+            seen.push(pair);
+        }
+        if done(&now) {
+            return seen;
+        }
+        assert!(
+            started.elapsed() < limit,
+            "{name}: not there after {limit:?}; seen {seen:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The namespace's Events by archway's autopilot: (type, reason, note).
+fn ramp_events(plane: &ControlPlane, namespace: &str) -> Vec<(String, String, String)> {
+    let text = plane.kubectl(
+        &["-n", namespace, "get", "events.events.k8s.io", "-o", "json"],
+        None,
+    );
+    let events: Value = serde_json::from_str(&text).unwrap();
+    let mut found: Vec<(String, String, String, String)> = events["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["reportingController"] == "archway.dev/ramp")
+        .map(|e| {
+            (
+                e["eventTime"].as_str().unwrap_or_default().to_string(),
+                e["type"].as_str().unwrap_or_default().to_string(),
+                e["reason"].as_str().unwrap_or_default().to_string(),
+                e["note"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect();
+    found.sort();
+    found.into_iter().map(|(_, t, r, n)| (t, r, n)).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_namespace_ramps_step_by_step_and_a_hold_pauses_it_until_a_person_resumes() {
+    let env = env();
+    let client = env.plane.client().await;
+
+    // A healthy namespace: 10, 50, 100, two seconds a step.
+    let ns = "ramp-healthy";
+    let started = Instant::now();
+    env.plane.create_namespace(
+        ns,
+        &[("archway.dev/mode", "enforce")],
+        &[
+            ("archway.dev/ramp", "10,50,100"),
+            ("archway.dev/ramp-step", "2s"),
+        ],
+    );
+    let seen = follow(&client, ns, Duration::from_secs(30), |a| {
+        a.get(STATUS)
+            .is_some_and(|s| s.starts_with("done at 100% since "))
+    })
+    .await;
+    let took = started.elapsed();
+    eprintln!("RAMP: 10,50,100 at 2s a step done in {took:?}; seen {seen:#?}");
+    let rollouts: Vec<&str> = seen.iter().map(|(r, _)| r.as_str()).collect();
+    let mut steps = rollouts.clone();
+    steps.dedup();
+    steps.retain(|r| !r.is_empty());
+    assert_eq!(steps, ["10", "50", "100"], "every step once, in order");
+    assert!(
+        seen.iter().any(|(r, s)| r == "10"
+            && s.starts_with("holding 10% since ")
+            && s.contains("; next 50% due ")),
+        "{seen:#?}"
+    );
+    assert!(
+        took >= Duration::from_secs(4),
+        "two steps of 2 s held: {took:?}"
+    );
+    let events = ramp_events(&env.plane, ns);
+    let reasons: Vec<&str> = events.iter().map(|(_, r, _)| r.as_str()).collect();
+    assert_eq!(reasons, ["RampStep", "RampStep", "RampDone"], "{events:#?}");
+    assert!(events.iter().all(|(t, _, _)| t == "Normal"));
+    assert_eq!(events[0].2, "ramp started: rollout set to 10%");
+    assert_eq!(events[1].2, "ramp: 10% held for 2s; rollout set to 50%");
+
+    // A namespace whose Deployment is held: the ramp pauses at its step.
+    let ns = "ramp-held";
+    env.plane.create_namespace(
+        ns,
+        &[("archway.dev/mode", "enforce")],
+        &[
+            ("archway.dev/ramp", "10,50,100"),
+            ("archway.dev/ramp-step", "3s"),
+        ],
+    );
+    let image = format!("{}/multi:v1", env.registry.host());
+    env.plane.apply(&[json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {
+            "name": "web", "namespace": ns,
+            // As the guard writes it (or a person, to stop the shift).
+            "labels": {"archway.dev/hold": "arm64"},
+            "annotations": {"archway.dev/hold-reason": "held: 2 pods CrashLoopBackOff on arm64 since 2026-12-04T10:00:00Z"},
+        },
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": {"app": "web"}},
+            "template": {"metadata": {"labels": {"app": "web"}},
+                         "spec": {"containers": [{"name": "main", "image": image}]}},
+        },
+    })]);
+    let seen = follow(&client, ns, Duration::from_secs(30), |a| {
+        a.get(STATUS).is_some_and(|s| s.starts_with("paused at "))
+    })
+    .await;
+    let (rollout, status) = seen.last().unwrap();
+    assert_eq!(rollout, "10", "paused where it was: {seen:#?}");
+    assert!(
+        status.starts_with("paused at 10% since ")
+            && status.ends_with(": Deployment/web is held off arm64: held: 2 pods CrashLoopBackOff on arm64 since 2026-12-04T10:00:00Z; remove this annotation to resume"),
+        "{status}"
+    );
+    // It stays paused: no step is taken while paused.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let api: Api<Namespace> = Api::all(client.clone());
+    let now = annotations(&api.get(ns).await.unwrap());
+    assert_eq!(now.get(ROLLOUT).map(String::as_str), Some("10"));
+    assert_eq!(now.get(STATUS), Some(status));
+    let events = ramp_events(&env.plane, ns);
+    let paused = events
+        .iter()
+        .find(|(_, r, _)| r == "RampPaused")
+        .unwrap_or_else(|| panic!("no RampPaused Event: {events:#?}"));
+    assert_eq!(paused.0, "Warning");
+    assert!(
+        paused
+            .2
+            .starts_with("ramp paused at 10%: Deployment/web is held off arm64: ")
+            && paused.2.contains("kubectl rollout restart moves them"),
+        "{}",
+        paused.2
+    );
+
+    // A person clears the hold and removes the status: the ramp goes on.
+    env.plane.kubectl(
+        &["-n", ns, "label", "deployment", "web", "archway.dev/hold-"],
+        None,
+    );
+    env.plane
+        .kubectl(&["annotate", "namespace", ns, &format!("{STATUS}-")], None);
+    let seen = follow(&client, ns, Duration::from_secs(30), |a| {
+        a.get(ROLLOUT).is_some_and(|r| r == "50")
+    })
+    .await;
+    eprintln!("RAMP: resumed: {seen:#?}");
+}
