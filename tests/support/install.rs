@@ -9,6 +9,10 @@
 //! of its serving certificate as caBundle. It talks to the API server as the
 //! `archway` ServiceAccount, with a token from the TokenRequest API, so the
 //! RBAC in deploy/ is exactly what it runs with.
+//!
+//! [`InstalledArchway::install_replicas`] runs N replicas instead, behind a
+//! real load balancer ([`Balancer`]) at which the webhook points, as
+//! deploy/'s two replicas run behind their Service.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -18,6 +22,7 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use serde_json::{Value, json};
 
+use super::balancer::{Backend, Balancer};
 use super::controlplane::{
     ClientAuth, ControlPlane, free_port, http_get, kubeconfig_yaml, repo_root, wait_for,
 };
@@ -54,9 +59,73 @@ impl InstalledArchway {
         insecure_registries: &[String],
         edit: impl FnOnce(&mut serde_yaml::Value),
     ) -> InstalledArchway {
+        let installed = InstalledArchway::prepare(plane, archway, insecure_registries, edit, None);
+        installed.start();
+        wait_until_called(plane, &[&installed]);
+        installed
+    }
+
+    /// Installs deploy/ on `plane` as `replicas` replicas of `archway
+    /// serve` (named `archway-0`, `archway-1`, ..., each its `POD_NAME`)
+    /// behind a [`Balancer`], at which the webhook's `clientConfig` points:
+    /// as deploy/ runs archway behind its Service. `insecure_registries`
+    /// and `edit` as for [`InstalledArchway::install`].
+    pub fn install_replicas(
+        plane: &ControlPlane,
+        archway: &Path,
+        insecure_registries: &[String],
+        replicas: usize,
+        edit: impl FnOnce(&mut serde_yaml::Value),
+    ) -> Replicas {
+        assert!(replicas >= 1, "at least one replica");
+        let balancer_port = free_port();
+        let first = InstalledArchway::prepare(
+            plane,
+            archway,
+            insecure_registries,
+            edit,
+            Some(balancer_port),
+        );
+        let mut all = vec![first];
+        for i in 1..replicas {
+            let replica = all[0].replica(&format!("archway-{i}"));
+            all.push(replica);
+        }
+        let backends: Vec<Backend> = (all.iter())
+            .map(|r| Backend {
+                name: r.pod_name.clone(),
+                port: r.webhook_port,
+                admin_port: r.admin_port,
+            })
+            .collect();
+        let balancer = Balancer::start(&all[0].dir.join("balancer"), balancer_port, &backends);
+        for replica in &all {
+            replica.start();
+        }
+        for replica in &all {
+            balancer.wait_until_up(&replica.pod_name, Duration::from_secs(10));
+        }
+        wait_until_called(plane, &all.iter().collect::<Vec<_>>());
+        Replicas {
+            balancer,
+            replicas: all,
+        }
+    }
+
+    /// The first replica, not started: deploy/ applied with the webhook's
+    /// `clientConfig` at 127.0.0.1:`webhook_port` (this replica's own port
+    /// if `None`), its certificate, ServiceAccount token and configuration
+    /// written.
+    fn prepare(
+        plane: &ControlPlane,
+        archway: &Path,
+        insecure_registries: &[String],
+        edit: impl FnOnce(&mut serde_yaml::Value),
+        webhook_port: Option<u16>,
+    ) -> InstalledArchway {
         let dir = plane.dir.join("archway");
         std::fs::create_dir_all(&dir).expect("archway folder");
-        let webhook_port = free_port();
+        let listen_port = free_port();
         let admin_port = free_port();
 
         // The webhook's serving certificate, from a CA of its own, as
@@ -68,7 +137,11 @@ impl InstalledArchway {
         std::fs::write(&cert, &serving.cert_pem).expect("write tls.crt");
         std::fs::write(&key, &serving.key_pem).expect("write tls.key");
 
-        apply_deploy(plane, webhook_port, &webhook_ca.cert_pem);
+        apply_deploy(
+            plane,
+            webhook_port.unwrap_or(listen_port),
+            &webhook_ca.cert_pem,
+        );
 
         // The ServiceAccount's token, from the TokenRequest API.
         let token = plane.kubectl(
@@ -96,16 +169,16 @@ impl InstalledArchway {
         let config_path = dir.join("archway.yaml");
         let mut config = deploy_config();
         config["registry"]["insecure"] = serde_yaml::to_value(insecure_registries).unwrap();
-        config["server"]["listen"] = format!("127.0.0.1:{webhook_port}").into();
+        config["server"]["listen"] = format!("127.0.0.1:{listen_port}").into();
         config["server"]["adminListen"] = format!("127.0.0.1:{admin_port}").into();
         edit(&mut config);
         std::fs::write(&config_path, serde_yaml::to_string(&config).unwrap())
             .expect("write archway.yaml");
 
-        let installed = InstalledArchway {
+        InstalledArchway {
             log: dir.join("archway.log"),
             dir,
-            webhook_port,
+            webhook_port: listen_port,
             admin_port,
             config_path: config_path.clone(),
             kubeconfig,
@@ -118,10 +191,7 @@ impl InstalledArchway {
             ],
             pod_name: "archway-0".into(),
             child: Mutex::new(None),
-        };
-        installed.start();
-        installed.wait_until_called(plane);
-        installed
+        }
     }
 
     /// A second replica beside this one, as deploy/'s Deployment runs two:
@@ -129,6 +199,14 @@ impl InstalledArchway {
     /// ServiceAccount, on ports of its own, named `pod_name`. The webhook
     /// still calls this one; both watch the same API server.
     pub fn another_replica(&self, pod_name: &str) -> InstalledArchway {
+        let replica = self.replica(pod_name);
+        replica.start();
+        replica
+    }
+
+    /// Another replica as [`InstalledArchway::another_replica`] makes it,
+    /// not started.
+    fn replica(&self, pod_name: &str) -> InstalledArchway {
         let dir = self.dir.join(pod_name);
         std::fs::create_dir_all(&dir).expect("replica folder");
         let webhook_port = free_port();
@@ -146,7 +224,7 @@ impl InstalledArchway {
                 false => arg.clone(),
             })
             .collect();
-        let replica = InstalledArchway {
+        InstalledArchway {
             log: dir.join("archway.log"),
             dir,
             webhook_port,
@@ -157,14 +235,14 @@ impl InstalledArchway {
             args,
             pod_name: pod_name.into(),
             child: Mutex::new(None),
-        };
-        replica.start();
-        replica
+        }
     }
 
     /// Starts `archway serve` and waits for `/readyz`, which needs both
-    /// cluster watches synced.
-    pub fn start(&self) {
+    /// cluster watches synced; returns how long that took. After `kill` or
+    /// `terminate` it starts again on the same ports (they are in its
+    /// configuration file), so a balancer in front needs no change.
+    pub fn start(&self) -> Duration {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -195,7 +273,9 @@ impl InstalledArchway {
                 .ok()
                 .filter(|(status, _)| *status == 200)
         });
-        eprintln!("archway ready in {:?}", started.elapsed());
+        let took = started.elapsed();
+        eprintln!("archway ({}) ready in {took:?}", self.pod_name);
+        took
     }
 
     /// The process id of the running `archway serve`, if it is running.
@@ -203,6 +283,40 @@ impl InstalledArchway {
         let mut child = self.child.lock().unwrap();
         let child = child.as_mut()?;
         matches!(child.try_wait(), Ok(None)).then(|| child.id())
+    }
+
+    /// `POD_NAME`: the replica's name in Events, the Lease and the balancer.
+    pub fn pod_name(&self) -> &str {
+        &self.pod_name
+    }
+
+    /// Stops `archway serve` as the kubelet does (SIGTERM) and waits for it
+    /// to exit, its drain done; returns how long that took. Not running:
+    /// nothing to do.
+    pub fn terminate(&self) -> Duration {
+        let started = Instant::now();
+        let Some(mut child) = self.child.lock().unwrap().take() else {
+            return Duration::ZERO;
+        };
+        let pid = libc::pid_t::try_from(child.id()).expect("a pid");
+        // SAFETY: kill only sends a signal, to our own child, not reaped yet.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                eprintln!("{} exited ({status}) after SIGTERM", self.pod_name);
+                return started.elapsed();
+            }
+            if started.elapsed() > Duration::from_secs(60) {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "{} still running 60 s after SIGTERM:\n{}",
+                    self.pod_name,
+                    self.logs()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// Kills `archway serve` (SIGKILL).
@@ -229,46 +343,66 @@ impl InstalledArchway {
     pub fn counter(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
         sum_samples(&self.metrics(), name, labels)
     }
-
-    /// Waits until the API server calls archway: the webhook configuration
-    /// reaches the API server's informer a moment after it is applied.
-    fn wait_until_called(&self, plane: &ControlPlane) {
-        plane.create_namespace(PROBE_NAMESPACE, &[("archway.dev/mode", "audit")], &[]);
-        let pod = json!({
-            "apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": "probe"},
-            "spec": {"containers": [{"name": "probe", "image": "probe.invalid/probe:v1"}]},
-        })
-        .to_string();
-        let before = self.counter("archway_reviews_total", &[("namespace", PROBE_NAMESPACE)]);
-        wait_for(
-            "the API server to call archway",
-            Duration::from_secs(30),
-            || {
-                let _ = plane.try_kubectl(
-                    &[
-                        "-n",
-                        PROBE_NAMESPACE,
-                        "create",
-                        "--dry-run=server",
-                        "-f",
-                        "-",
-                        "-o",
-                        "name",
-                    ],
-                    Some(&pod),
-                );
-                (self.counter("archway_reviews_total", &[("namespace", PROBE_NAMESPACE)]) > before)
-                    .then_some(())
-            },
-        );
-    }
 }
 
 impl Drop for InstalledArchway {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// archway as N replicas behind a load balancer, as deploy/ runs it behind
+/// its Service. Fields drop in order: the balancer goes first.
+pub struct Replicas {
+    pub balancer: Balancer,
+    pub replicas: Vec<InstalledArchway>,
+}
+
+impl Replicas {
+    /// The sum over the replicas of a counter's samples (see
+    /// [`InstalledArchway::counter`]).
+    pub fn counter(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        self.replicas.iter().map(|r| r.counter(name, labels)).sum()
+    }
+}
+
+/// Waits until the API server calls archway (any of `replicas`): the
+/// webhook configuration reaches the API server's informer a moment after
+/// it is applied.
+fn wait_until_called(plane: &ControlPlane, replicas: &[&InstalledArchway]) {
+    plane.create_namespace(PROBE_NAMESPACE, &[("archway.dev/mode", "audit")], &[]);
+    let pod = json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "probe"},
+        "spec": {"containers": [{"name": "probe", "image": "probe.invalid/probe:v1"}]},
+    })
+    .to_string();
+    let reviews = || -> f64 {
+        (replicas.iter())
+            .map(|r| r.counter("archway_reviews_total", &[("namespace", PROBE_NAMESPACE)]))
+            .sum()
+    };
+    let before = reviews();
+    wait_for(
+        "the API server to call archway",
+        Duration::from_secs(30),
+        || {
+            let _ = plane.try_kubectl(
+                &[
+                    "-n",
+                    PROBE_NAMESPACE,
+                    "create",
+                    "--dry-run=server",
+                    "-f",
+                    "-",
+                    "-o",
+                    "name",
+                ],
+                Some(&pod),
+            );
+            (reviews() > before).then_some(())
+        },
+    );
 }
 
 /// deploy/base/archway.yaml, the configuration a user installs.

@@ -10,6 +10,7 @@
 #![allow(dead_code, unused_imports)]
 
 pub mod apiserver;
+pub mod balancer;
 pub mod controlplane;
 pub mod http;
 pub mod images;
