@@ -214,6 +214,40 @@ pub struct GuardHoldLabels {
     pub result: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct NamespaceLabels {
+    /// A namespace with a valid ramp: an administrator opted it in.
+    pub namespace: Label,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RampStepLabels {
+    /// A namespace with a valid ramp.
+    pub namespace: Label,
+    /// The Event's reason: one of `RAMP_EVENT_REASONS`.
+    pub reason: Label,
+}
+
+/// The reasons of the Events the ramp autopilot records, each a series of
+/// `archway_ramp_steps_total` from a ramp's first sight.
+pub const RAMP_EVENT_REASONS: &[&str] = &[
+    "RampStep",
+    "RampDone",
+    "RampPaused",
+    "RampSteppedBack",
+    "RampRolledBack",
+];
+
+/// What a replica sees of one ramped namespace, for the ramp gauges.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RampSeen {
+    pub namespace: String,
+    /// The rollout in force (`archway.dev/rollout`): the ramp's step.
+    pub rollout: u8,
+    /// Whether `archway.dev/ramp-status` says the ramp is paused.
+    pub paused: bool,
+}
+
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 pub struct Metrics {
@@ -263,6 +297,16 @@ pub struct Metrics {
     /// Namespaces whose `archway.dev/` labels or annotations hold a mistake
     /// (`settings_report`), as this replica sees them.
     pub namespaces_invalid_settings: Gauge,
+    /// Per namespace with a valid ramp: the rollout in force.
+    pub ramp_rollout: Family<NamespaceLabels, Gauge>,
+    /// Per namespace with a valid ramp: 1 while paused, else 0.
+    pub ramp_paused: Family<NamespaceLabels, Gauge>,
+    /// The autopilot's writes that recorded an Event, by namespace and the
+    /// Event's reason (counted by the leader, which writes).
+    pub ramp_steps: Family<RampStepLabels, Counter>,
+    /// The namespaces the ramp gauges have series of, to remove those of a
+    /// namespace whose ramp is gone.
+    ramp_namespaces: std::sync::Mutex<BTreeSet<String>>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -437,8 +481,30 @@ impl Metrics {
             "Namespaces with an archway.dev/ label or annotation archway cannot use as written (see their InvalidArchwaySetting Events)",
             namespaces_invalid_settings.clone(),
         );
+        let ramp_rollout = Family::<NamespaceLabels, Gauge>::default();
+        registry.register(
+            "ramp_rollout",
+            "Per namespace with a ramp (archway.dev/ramp): the rollout in force, the ramp's step",
+            ramp_rollout.clone(),
+        );
+        let ramp_paused = Family::<NamespaceLabels, Gauge>::default();
+        registry.register(
+            "ramp_paused",
+            "Per namespace with a ramp: 1 while its archway.dev/ramp-status says paused, else 0",
+            ramp_paused.clone(),
+        );
+        let ramp_steps = Family::<RampStepLabels, Counter>::default();
+        registry.register(
+            "ramp_steps",
+            "Ramp changes the autopilot wrote, by namespace and Event reason (RampStep, RampDone, RampPaused, RampSteppedBack, RampRolledBack)",
+            ramp_steps.clone(),
+        );
         Metrics {
             registry,
+            ramp_rollout,
+            ramp_paused,
+            ramp_steps,
+            ramp_namespaces: Default::default(),
             namespaces_invalid_settings,
             pods_gated,
             gate_duration,
@@ -534,6 +600,58 @@ impl Metrics {
                 architecture: architecture_label(architecture),
                 mode: mode.into(),
                 result: result.into(),
+            })
+            .inc();
+    }
+
+    /// The ramps this replica sees now, all of them: sets each one's
+    /// gauges, and removes the series of namespaces no longer among them
+    /// (their ramp was removed or made invalid, or the namespace deleted).
+    /// A namespace's `archway_ramp_steps_total` series are made at 0 when
+    /// its ramp is first seen, so that an alert's `increase()` sees the
+    /// first step; they stay until the process ends (a count is not
+    /// dropped before it is scraped), bounded by the namespaces that ever
+    /// had a ramp.
+    pub fn ramps_seen(&self, ramps: &[RampSeen]) {
+        let mut known = (self.ramp_namespaces.lock()).unwrap_or_else(|e| e.into_inner());
+        let now: BTreeSet<&str> = ramps.iter().map(|r| r.namespace.as_str()).collect();
+        known.retain(|namespace| {
+            if now.contains(namespace.as_str()) {
+                return true;
+            }
+            let labels = NamespaceLabels {
+                namespace: Label::opted_in_namespace(namespace),
+            };
+            self.ramp_rollout.remove(&labels);
+            self.ramp_paused.remove(&labels);
+            false
+        });
+        for ramp in ramps {
+            let namespace = Label::opted_in_namespace(&ramp.namespace);
+            if known.insert(ramp.namespace.clone()) {
+                for reason in RAMP_EVENT_REASONS {
+                    let _ = self.ramp_steps.get_or_create(&RampStepLabels {
+                        namespace: namespace.clone(),
+                        reason: Label::fixed(reason),
+                    });
+                }
+            }
+            let labels = NamespaceLabels { namespace };
+            self.ramp_rollout
+                .get_or_create(&labels)
+                .set(i64::from(ramp.rollout));
+            self.ramp_paused
+                .get_or_create(&labels)
+                .set(i64::from(ramp.paused));
+        }
+    }
+
+    /// One write of the ramp autopilot that recorded an Event of `reason`.
+    pub fn ramp_step(&self, namespace: &str, reason: &'static str) {
+        self.ramp_steps
+            .get_or_create(&RampStepLabels {
+                namespace: Label::opted_in_namespace(namespace),
+                reason: Label::fixed(reason),
             })
             .inc();
     }
@@ -662,5 +780,41 @@ mod tests {
         assert!(text.len() < 64 * 1024, "{} bytes", text.len());
         assert_eq!(architecture_label("arm64"), Label::fixed("arm64"));
         assert_eq!(architectures_label([]), Label::fixed("none"));
+    }
+
+    #[test]
+    fn ramp_series_follow_the_namespaces_with_a_ramp() {
+        let metrics = Metrics::new();
+        let seen = |namespace: &str, rollout: u8, paused: bool| RampSeen {
+            namespace: namespace.into(),
+            rollout,
+            paused,
+        };
+        metrics.ramps_seen(&[seen("shop", 10, false), seen("web", 50, true)]);
+        metrics.ramp_step("shop", "RampStep");
+        let text = metrics.render();
+        for line in [
+            r#"archway_ramp_rollout{namespace="shop"} 10"#,
+            r#"archway_ramp_rollout{namespace="web"} 50"#,
+            r#"archway_ramp_paused{namespace="shop"} 0"#,
+            r#"archway_ramp_paused{namespace="web"} 1"#,
+            r#"archway_ramp_steps_total{namespace="shop",reason="RampStep"} 1"#,
+            r#"archway_ramp_steps_total{namespace="web",reason="RampPaused"} 0"#,
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
+        }
+        assert_eq!(series(&text, "archway_ramp_steps_total"), 10);
+        // The web's ramp is gone: its gauges go, its counts stay.
+        metrics.ramps_seen(&[seen("shop", 50, false)]);
+        let text = metrics.render();
+        assert!(text.contains(r#"archway_ramp_rollout{namespace="shop"} 50"#));
+        assert_eq!(series(&text, "archway_ramp_rollout"), 1);
+        assert_eq!(series(&text, "archway_ramp_paused"), 1);
+        assert_eq!(series(&text, "archway_ramp_steps_total"), 10);
+        // No ramp at all: no gauge series, so the families leave /metrics.
+        metrics.ramps_seen(&[]);
+        let text = metrics.render();
+        assert!(!text.contains("archway_ramp_rollout"), "{text}");
+        assert!(!text.contains("archway_ramp_paused"), "{text}");
     }
 }

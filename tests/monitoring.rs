@@ -426,6 +426,9 @@ fn the_dashboard_is_well_formed_and_shows_what_it_should() {
         "archway_cache_lookups_total",
         "archway_registry_requests_total",
         "archway_registry_request_duration_seconds_bucket",
+        // Issue 26: where each namespace's ramp stands.
+        "archway_ramp_rollout",
+        "archway_ramp_paused",
     ] {
         assert!(
             shown.metrics.contains(metric),
@@ -631,6 +634,27 @@ async fn the_dashboard_and_alerts_use_only_what_archway_exports() {
         ),
     );
     api.put("nodes", &amd64_node());
+    // A namespace with a ramp, paused at 50% by a hold: every replica
+    // exports where it stands from the namespace watch. (The stand-in
+    // serves no Lease, so this archway never leads and the autopilot writes
+    // nothing: the ramp stays as written here, and its step counts are
+    // exported at 0.)
+    api.put(
+        "namespaces",
+        &namespace(
+            "ramped",
+            &[("archway.dev/mode", "enforce")],
+            &[
+                ("archway.dev/rollout", "50"),
+                ("archway.dev/ramp", "10,50,100"),
+                ("archway.dev/ramp-step", "24h"),
+                (
+                    "archway.dev/ramp-status",
+                    "paused at 50% since 2026-12-03T10:00:00Z: Deployment/web is held off arm64: held: 2 pods CrashLoopBackOff on arm64; remove this annotation to resume",
+                ),
+            ],
+        ),
+    );
 
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("archway.yaml");
@@ -687,10 +711,12 @@ async fn the_dashboard_and_alerts_use_only_what_archway_exports() {
     };
     let started = Instant::now();
     let mut text = scrape().await;
-    while !text.contains("archway_config_reloads_total{reason=\"ok\"}") {
+    while !text.contains("archway_config_reloads_total{reason=\"ok\"}")
+        || !text.contains("archway_ramp_paused{namespace=\"ramped\"} 1")
+    {
         assert!(
             started.elapsed() < Duration::from_secs(20),
-            "no reload counted:\n{text}"
+            "no reload counted, or no paused ramp:\n{text}"
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
         text = scrape().await;
@@ -711,6 +737,18 @@ async fn the_dashboard_and_alerts_use_only_what_archway_exports() {
     assert!(text.contains("decision=\"inspection_failed\""), "{text}");
     assert!(
         text.contains("archway_cache_lookups_total{result=\"hit\"}"),
+        "{text}"
+    );
+    // The ramp as its namespace says, and only namespaces with a ramp.
+    for line in [
+        "archway_ramp_rollout{namespace=\"ramped\"} 50",
+        "archway_ramp_paused{namespace=\"ramped\"} 1",
+        "archway_ramp_steps_total{namespace=\"ramped\",reason=\"RampPaused\"} 0",
+    ] {
+        assert!(text.lines().any(|l| l == line), "{line}:\n{text}");
+    }
+    assert!(
+        !text.contains("archway_ramp_rollout{namespace=\"shop\"}"),
         "{text}"
     );
 

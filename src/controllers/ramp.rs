@@ -11,6 +11,9 @@
 //! call per tick) and writes (one patch of the namespace's two annotations,
 //! one Event). Only the leader acts; the state lives on the namespace, so a
 //! new leader carries on from it without skipping or repeating a step.
+//! Every replica exports where each ramp stands (`archway_ramp_rollout`,
+//! `archway_ramp_paused`); the leader counts what it writes
+//! (`archway_ramp_steps_total`).
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -25,6 +28,7 @@ use crate::cluster::{ClusterPolicies, RampedNamespace};
 use crate::controllers::guard::Holds;
 use crate::decision::policy::{Mode, ROLLOUT_ANNOTATION};
 use crate::decision::ramp::{self, Action, RAMP_STATUS_ANNOTATION, RampEvent};
+use crate::metrics::RampSeen;
 
 /// How often the leader looks at every ramp: in memory, so often enough
 /// that a step of seconds (in tests) is taken on time.
@@ -35,7 +39,10 @@ const ECHO_WAIT: Duration = Duration::from_secs(30);
 /// The Events' `reportingController`.
 const REPORTER: &str = "archway.dev/ramp";
 
-/// Runs the autopilot while this replica leads, until the election ends.
+/// Runs the autopilot while this replica leads, until the election ends;
+/// in every replica, leader or not, it keeps the ramp gauges
+/// (`archway_ramp_rollout`, `archway_ramp_paused`) at what the namespaces
+/// say: each replica reads the same namespace watch.
 pub async fn run(
     client: kube::Client,
     namespaces: ClusterPolicies,
@@ -48,31 +55,48 @@ pub async fn run(
         events: EventRecorder::new(client, REPORTER, &identity),
         written: HashMap::new(),
     };
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut led = false;
     loop {
-        if leading.wait_for(|l| *l).await.is_err() {
-            return;
-        }
-        // What another leader wrote is read from the namespaces.
-        autopilot.written.clear();
-        let mut tick = tokio::time::interval(TICK);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = tick.tick() => {}
-                changed = leading.changed() => {
-                    if changed.is_err() {
-                        return;
-                    }
+        tokio::select! {
+            _ = tick.tick() => {}
+            changed = leading.changed() => {
+                if changed.is_err() {
+                    return;
                 }
             }
-            if !*leading.borrow() {
-                break;
-            }
-            for namespace in namespaces.ramped() {
-                autopilot.step(&namespace, &holds).await;
-            }
+        }
+        let ramped = namespaces.ramped();
+        crate::metrics::global().ramps_seen(&seen(&ramped));
+        let leads = *leading.borrow();
+        if leads && !led {
+            // What another leader wrote is read from the namespaces.
+            autopilot.written.clear();
+        }
+        led = leads;
+        if !leads {
+            continue;
+        }
+        for namespace in &ramped {
+            autopilot.step(namespace, &holds).await;
         }
     }
+}
+
+/// What the ramp gauges show of `ramped`: each one's rollout in force, and
+/// whether its status says paused.
+fn seen(ramped: &[RampedNamespace]) -> Vec<RampSeen> {
+    ramped
+        .iter()
+        .map(|namespace| RampSeen {
+            namespace: namespace.name.clone(),
+            rollout: namespace.policy.rollout.percent(),
+            paused: (namespace.status.as_deref())
+                .and_then(ramp::Status::parse)
+                .is_some_and(|status| status.state == ramp::State::Paused),
+        })
+        .collect()
 }
 
 struct Autopilot {
@@ -136,6 +160,7 @@ impl Autopilot {
         self.written
             .insert(namespace.name.clone(), (rendered, Instant::now()));
         if let Some(event) = event {
+            crate::metrics::global().ramp_step(&namespace.name, event.reason);
             self.announce(namespace, event).await;
         }
     }
