@@ -1,4 +1,5 @@
-//! The command line: `archway serve | review | audit | inspect | certs | ungate`.
+//! The command line: `archway serve | review | audit | inspect | certs | ungate |
+//! rollback`.
 //! Each command's work lives in its own module; this one parses the flags
 //! and lays them over the configuration.
 
@@ -147,6 +148,39 @@ pub enum Command {
         #[arg(long, short = 'n')]
         namespace: Option<String>,
     },
+    /// Roll one namespace back off the target architecture, without
+    /// draining nodes. Uses the current kubeconfig context.
+    ///
+    /// Sets the namespace's archway.dev/rollout to 0 and pauses its ramp
+    /// (archway.dev/ramp-status), in one patch, then lists the Deployments
+    /// and StatefulSets with pods on nodes of the target architecture.
+    /// DaemonSets are left out: their pods are pinned one per node, not
+    /// steered by the rollout. With --restart, restarts the listed
+    /// workloads one at a time as `kubectl rollout restart` does, each
+    /// waited for until it is available again; their new pods follow
+    /// rollout 0. Progress goes to stderr, the report to stdout.
+    Rollback {
+        /// The namespace to roll back.
+        #[arg(long, short = 'n')]
+        namespace: String,
+        /// Restart the listed workloads, one at a time, so their pods leave
+        /// the target architecture.
+        #[arg(long)]
+        restart: bool,
+        /// Print what would be done; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// How long each restarted workload may take to be available again.
+        #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+        /// Target architecture, over the configuration file's: the pods on
+        /// nodes of this architecture are the ones rolled back.
+        #[arg(long, env = "ARCHWAY_TARGET_ARCHITECTURE")]
+        target_architecture: Option<String>,
+        /// Output format.
+        #[arg(long, short = 'o', default_value = "table", value_parser = table_or_json())]
+        output: Format,
+    },
     /// Show the platforms each image publishes.
     Inspect {
         #[command(flatten)]
@@ -192,6 +226,15 @@ impl Command {
             } => (Some(decision), Some(registry)),
             Command::Inspect { registry, .. } => (None, Some(registry)),
             Command::Certs { .. } | Command::Ungate { .. } => (None, None),
+            Command::Rollback {
+                target_architecture,
+                ..
+            } => {
+                if let Some(arch) = target_architecture {
+                    config.target_architecture = arch.clone();
+                }
+                (None, None)
+            }
         };
         if let Some(flags) = decision {
             if let Some(arch) = &flags.target_architecture {
@@ -315,6 +358,23 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 crate::controllers::gate::ungate_all(client, namespace.as_deref()).await?;
             println!("removed archway's scheduling gate from {ungated} pod(s)");
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Rollback {
+            namespace,
+            restart,
+            dry_run,
+            timeout,
+            output,
+            ..
+        } => {
+            let options = crate::commands::rollback::Options {
+                namespace,
+                restart,
+                dry_run,
+                timeout,
+                format: output,
+            };
+            crate::commands::rollback::run(&config, &options).await
         }
         Command::Inspect {
             images,
