@@ -724,6 +724,94 @@ async fn archway_audit_reads_the_cluster() {
         table.contains("4 workloads, 2 ready for arm64, 2 blocked; Linux nodes: 3 amd64, 3 arm64"),
         "{table}"
     );
+    // No ramp in this namespace: `ramp: null`, and no ramp table.
+    assert_eq!(report["namespaces"][0]["ramp"], Value::Null, "{report:#}");
+    assert!(!table.contains("Migration ramps"), "{table}");
+
+    // A namespace with a ramp, paused by a hold (the autopilot leaves a
+    // paused ramp as it is): its line says where the ramp stands, in the
+    // JSON and in the table; it has no workload, and a line all the same.
+    let ramped = "audit-ramp";
+    let status = "paused at 50% since 2026-12-03T10:00:00Z: Deployment/web is held off arm64: \
+                  held: 2 pods CrashLoopBackOff on arm64; remove this annotation to resume";
+    plane.create_namespace(
+        ramped,
+        &[("archway.dev/mode", "enforce")],
+        &[
+            ("archway.dev/rollout", "50"),
+            ("archway.dev/ramp", "10,50,100"),
+            ("archway.dev/ramp-step", "24h"),
+            ("archway.dev/ramp-status", status),
+        ],
+    );
+    let audit_ramped = |output: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_archway"))
+            .args(["audit", "-n", ramped])
+            .args(output)
+            .arg("--config")
+            .arg(&config)
+            .env(
+                "KUBECONFIG",
+                plane.kubeconfig_for("auditor", &["system:masters"]),
+            )
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "archway audit: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let report: Value = serde_json::from_str(&audit_ramped(&["-o", "json"])).unwrap();
+    assert_eq!(
+        report["namespaces"],
+        json!([{
+            "namespace": ramped, "mode": "enforce", "rollout": 50,
+            "running": {}, "running_total": 0, "on_target": 0,
+            "planned_on_target": 0, "gap": 0, "blocked": 0,
+            "ramp": {
+                "steps": [10, 50, 100],
+                "step_duration": "24h",
+                "step_seconds": 86400,
+                "on_failure": "pause",
+                "state": "paused",
+                "step": 50,
+                "since": "2026-12-03T10:00:00Z",
+                "next_step": null,
+                "next_due": null,
+                "paused_because": "Deployment/web is held off arm64: held: 2 pods CrashLoopBackOff on arm64",
+                "status": status,
+            },
+        }]),
+        "{report:#}"
+    );
+    let table = audit_ramped(&[]);
+    let ramps = table
+        .split("Migration ramps (archway.dev/ramp):\n")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no ramp table:\n{table}"));
+    let line = ramps.lines().nth(1).unwrap();
+    assert_eq!(
+        line.split_whitespace().take(7).collect::<Vec<_>>(),
+        [
+            ramped,
+            "10,50,100",
+            "24h",
+            "pause",
+            "paused",
+            "50%",
+            "2026-12-03T10:00:00Z"
+        ],
+        "{table}"
+    );
+    assert!(
+        line.ends_with(
+            "Deployment/web is held off arm64: held: 2 pods CrashLoopBackOff on arm64; \
+             remove the namespace annotation archway.dev/ramp-status to resume"
+        ),
+        "{table}"
+    );
     // The audit only reads: its calls, as the auditor, in the API server's
     // audit log.
     let calls: Vec<(String, String)> = plane

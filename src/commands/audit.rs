@@ -86,6 +86,139 @@ pub struct NamespacePlan {
     pub gap: i64,
     /// Running pods of workloads that cannot run on the target.
     pub blocked: usize,
+    /// The namespace's migration ramp (`archway.dev/ramp`) and where it
+    /// stands; `null` when it has none (or an invalid one).
+    pub ramp: Option<RampPlan>,
+}
+
+/// A namespace's ramp, as its annotations set it, and where it stands as
+/// its `archway.dev/ramp-status` says.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RampPlan {
+    /// The rollout's steps, in percent.
+    pub steps: Vec<u8>,
+    /// How long each step holds (`archway.dev/ramp-step`), as Go writes
+    /// durations: `24h`, `1h30m`, `90s` is `1m30s`.
+    pub step_duration: String,
+    pub step_seconds: u64,
+    /// `pause`, `step-back` or `rollback` (`archway.dev/ramp-on-failure`).
+    pub on_failure: String,
+    /// `holding` (at a step until it is due), `paused` (stopped by a
+    /// failing step until a person removes the status), `done` (at the last
+    /// step), `starting` (no status of archway's, or the rollout was
+    /// changed by hand: the autopilot starts from the rollout in force at
+    /// its next tick), or `inactive` (the namespace is not in enforce mode:
+    /// the autopilot leaves it alone).
+    pub state: String,
+    /// The step the status is about: the rollout in force, once archway
+    /// wrote it.
+    pub step: Option<u8>,
+    /// Since when (RFC 3339): the step was taken, the ramp paused or
+    /// finished.
+    pub since: Option<String>,
+    /// Holding: the next step, and when it is due.
+    pub next_step: Option<u8>,
+    pub next_due: Option<String>,
+    /// Paused: why (the holds that stopped it).
+    pub paused_because: Option<String>,
+    /// `archway.dev/ramp-status` as written, when there is one.
+    pub status: Option<String>,
+}
+
+/// Where `ramp` stands in a namespace of `mode` whose rollout in force is
+/// `rollout` and whose `archway.dev/ramp-status` is `status`: what the
+/// autopilot (`decision::ramp::next`) reads.
+pub fn ramp_plan(
+    ramp: &crate::decision::ramp::Ramp,
+    mode: Mode,
+    rollout: u8,
+    status: Option<&str>,
+) -> RampPlan {
+    use crate::decision::ramp::{State, Status, next_step};
+    let stamp = |t: k8s_openapi::jiff::Timestamp| t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string();
+    let mut plan = RampPlan {
+        steps: ramp.steps.clone(),
+        step_duration: duration_text(ramp.hold),
+        step_seconds: ramp.hold.as_secs(),
+        on_failure: ramp.on_failure.label().to_string(),
+        state: "starting".into(),
+        step: None,
+        since: None,
+        next_step: None,
+        next_due: None,
+        paused_because: None,
+        status: status.map(str::to_string),
+    };
+    // As the autopilot reads it: a status about another rollout than the
+    // one in force (changed by hand) starts the ramp again, unless paused.
+    let parsed = status
+        .and_then(Status::parse)
+        .filter(|s| s.rollout == rollout || s.state == State::Paused);
+    if let Some(parsed) = parsed {
+        plan.step = Some(parsed.rollout);
+        plan.since = Some(stamp(parsed.since));
+        match parsed.state {
+            State::Holding => {
+                plan.state = "holding".into();
+                plan.next_step = next_step(ramp, parsed.rollout);
+                if plan.next_step.is_some() {
+                    plan.next_due = Some(stamp(parsed.since + ramp.hold));
+                }
+            }
+            State::Paused => {
+                plan.state = "paused".into();
+                plan.paused_because = parsed.reason;
+            }
+            State::Done => plan.state = "done".into(),
+        }
+    }
+    if mode != Mode::Enforce {
+        plan.state = "inactive".into();
+    }
+    plan
+}
+
+/// A duration as Go writes one, without zero parts: `24h`, `1h30m`,
+/// `2.5s`.
+fn duration_text(duration: std::time::Duration) -> String {
+    let seconds = duration.as_secs();
+    let (hours, minutes, whole) = (seconds / 3600, seconds / 60 % 60, seconds % 60);
+    let mut text = String::new();
+    if hours > 0 {
+        text.push_str(&format!("{hours}h"));
+    }
+    if minutes > 0 {
+        text.push_str(&format!("{minutes}m"));
+    }
+    let millis = duration.subsec_millis();
+    if millis > 0 {
+        let fraction = format!("{millis:03}");
+        text.push_str(&format!("{whole}.{}s", fraction.trim_end_matches('0')));
+    } else if whole > 0 || text.is_empty() {
+        text.push_str(&format!("{whole}s"));
+    }
+    text
+}
+
+impl RampPlan {
+    /// What comes next, in words: `100% due 2026-12-04T10:00:00Z`, or why
+    /// it is paused and how to resume it.
+    pub fn next_text(&self) -> String {
+        match self.state.as_str() {
+            "holding" => match (self.next_step, &self.next_due) {
+                (Some(step), Some(due)) => format!("{step}% due {due}"),
+                _ => "the last step: done when it holds".into(),
+            },
+            "paused" => format!(
+                "{}; remove the namespace annotation {} to resume",
+                self.paused_because.as_deref().unwrap_or("a failure"),
+                crate::decision::ramp::RAMP_STATUS_ANNOTATION
+            ),
+            "done" => "-".into(),
+            "inactive" => "the namespace is not in enforce mode: the autopilot leaves it".into(),
+            _ => "the autopilot starts it from the rollout in force".into(),
+        }
+    }
 }
 
 impl NamespacePlan {
@@ -136,6 +269,7 @@ pub fn namespace_plans(
             planned_on_target: 0,
             gap: 0,
             blocked: 0,
+            ramp: None,
         });
         for (arch, count) in &w.running {
             *plan.running.entry(arch.clone()).or_insert(0) += count;
@@ -156,6 +290,37 @@ pub fn namespace_plans(
             plan
         })
         .collect()
+}
+
+/// Gives each namespace plan its ramp, and a plan (with no pods) to a
+/// namespace with a ramp and no workload yet: a ramp moves the rollout of
+/// pods still to come.
+fn with_ramps(
+    plans: &mut Vec<NamespacePlan>,
+    mut ramps: BTreeMap<String, RampPlan>,
+    modes: &BTreeMap<String, Option<Mode>>,
+    rollouts: &BTreeMap<String, u8>,
+) {
+    for plan in plans.iter_mut() {
+        plan.ramp = ramps.remove(&plan.namespace);
+    }
+    for (namespace, ramp) in ramps {
+        plans.push(NamespacePlan {
+            mode: (modes.get(&namespace).copied().flatten())
+                .map_or("off", Mode::label)
+                .to_string(),
+            rollout: rollouts.get(&namespace).copied().unwrap_or_default(),
+            namespace,
+            running: BTreeMap::new(),
+            running_total: 0,
+            on_target: 0,
+            planned_on_target: 0,
+            gap: 0,
+            blocked: 0,
+            ramp: Some(ramp),
+        });
+    }
+    plans.sort_by(|a, b| a.namespace.cmp(&b.namespace));
 }
 
 /// A pod template and who owns it.
@@ -259,6 +424,25 @@ pub async fn scan(
     let rollouts: BTreeMap<String, u8> = (policies.namespaces.iter())
         .filter_map(|(ns, policy)| Some((ns.clone(), policy.as_ref()?.rollout.percent())))
         .collect();
+    // Each namespace's ramp, where it stands.
+    let ramps: BTreeMap<String, RampPlan> = namespaces
+        .iter()
+        .filter_map(|ns| {
+            let name = ns.metadata.name.clone()?;
+            let policy = policies.namespaces.get(&name)?.as_ref()?;
+            let ramp = policy.ramp.as_ref()?;
+            let status = (ns.metadata.annotations.as_ref())
+                .and_then(|a| a.get(crate::decision::ramp::RAMP_STATUS_ANNOTATION));
+            let plan = ramp_plan(
+                ramp,
+                policy.mode,
+                policy.rollout.percent(),
+                status.map(String::as_str),
+            );
+            Some((name, plan))
+        })
+        .filter(|(name, _)| namespace.is_none_or(|only| only == name))
+        .collect();
     // The audit judges every namespace, and never denies: it plans a move.
     let mut config = crate::setup::offline(config);
     config.fail_closed = false;
@@ -314,12 +498,13 @@ pub async fn scan(
         eprintln!();
     }
     rows.sort_by(|a, b| (&a.namespace, &a.kind, &a.name).cmp(&(&b.namespace, &b.kind, &b.name)));
-    let namespaces = namespace_plans(
+    let mut namespaces = namespace_plans(
         &rows,
         &rollouts,
         config.default_rollout.percent(),
         &config.target_architecture,
     );
+    with_ramps(&mut namespaces, ramps, &modes, &rollouts);
     Ok(AuditReport {
         target_architecture: config.target_architecture.clone(),
         node_architectures,
@@ -668,7 +853,54 @@ pub fn render_table(report: &AuditReport) -> String {
     ));
     out.push('\n');
     out.push_str(&namespaces_table(report));
+    out.push_str(&ramps_table(report));
     out
+}
+
+/// The namespaces' ramps as a table, after the namespaces; nothing when
+/// no namespace has a ramp.
+fn ramps_table(report: &AuditReport) -> String {
+    let rows: Vec<[String; 8]> = (report.namespaces.iter())
+        .filter_map(|p| Some((p, p.ramp.as_ref()?)))
+        .map(|(p, ramp)| {
+            [
+                p.namespace.clone(),
+                steps_text(&ramp.steps),
+                ramp.step_duration.clone(),
+                ramp.on_failure.clone(),
+                ramp.state.clone(),
+                ramp.step.map_or("-".into(), |s| format!("{s}%")),
+                ramp.since.clone().unwrap_or_else(|| "-".into()),
+                ramp.next_text(),
+            ]
+        })
+        .collect();
+    if rows.is_empty() {
+        return String::new();
+    }
+    let mut out = String::from("\nMigration ramps (archway.dev/ramp):\n");
+    out.push_str(&crate::report::table(
+        &[
+            "NAMESPACE",
+            "RAMP",
+            "STEP FOR",
+            "ON FAILURE",
+            "STATE",
+            "AT",
+            "SINCE",
+            "NEXT",
+        ],
+        &rows,
+    ));
+    out
+}
+
+/// `10,50,100`.
+fn steps_text(steps: &[u8]) -> String {
+    (steps.iter())
+        .map(u8::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// The monitoring step as a table.
@@ -800,6 +1032,7 @@ td:first-child,td:nth-child(2){{white-space:nowrap}}.ready{{color:#17692b}}.no{{
         ));
     }
     html.push_str(&namespaces_html(report));
+    html.push_str(&ramps_html(report));
     html.push_str("</body></html>\n");
     html
 }
@@ -860,6 +1093,45 @@ Pods of blocked workloads stay where they are.</p>\
             gap = gap_text(plan.gap),
             blocked = plan.blocked,
             bar = share_bar(now, planned),
+        ));
+    }
+    html.push_str("</tbody></table>");
+    html
+}
+
+/// The namespaces' ramps, after the monitoring step; nothing when no
+/// namespace has a ramp.
+fn ramps_html(report: &AuditReport) -> String {
+    let ramped: Vec<(&NamespacePlan, &RampPlan)> = (report.namespaces.iter())
+        .filter_map(|p| Some((p, p.ramp.as_ref()?)))
+        .collect();
+    if ramped.is_empty() {
+        return String::new();
+    }
+    let mut html = String::from(
+        "<h2 id=\"ramps\">Migration ramps</h2>\
+<p>Namespaces whose rollout archway moves step by step (<code>archway.dev/ramp</code>), \
+and where each stands (<code>archway.dev/ramp-status</code>).</p>\
+<table class=\"ramps\"><thead><tr><th>Namespace</th><th>Ramp</th><th>Step for</th><th>On failure</th>\
+<th>State</th><th>At</th><th>Since</th><th>Next</th></tr></thead><tbody>",
+    );
+    for (plan, ramp) in ramped {
+        let class = match ramp.state.as_str() {
+            "paused" => "no",
+            "done" => "ready",
+            _ => "",
+        };
+        html.push_str(&format!(
+            "<tr class=\"ramp\"><td>{ns}</td><td>{steps}</td><td>{hold}</td><td>{on_failure}</td>\
+<td class=\"{class}\">{state}</td><td>{at}</td><td>{since}</td><td>{next}</td></tr>",
+            ns = escape(&plan.namespace),
+            steps = escape(&steps_text(&ramp.steps)),
+            hold = escape(&ramp.step_duration),
+            on_failure = escape(&ramp.on_failure),
+            state = escape(&ramp.state),
+            at = ramp.step.map_or("-".into(), |s| format!("{s}%")),
+            since = escape(ramp.since.as_deref().unwrap_or("-")),
+            next = escape(&ramp.next_text()),
         ));
     }
     html.push_str("</tbody></table>");
@@ -1003,6 +1275,8 @@ mod tests {
         assert!(blocked < ready && ready < section, "{html}");
         assert!(html.contains("<td>shop</td><td>enforce</td><td>100%</td><td>2 amd64 (100%)</td><td>0 (0%)</td><td>2 (100%)</td><td>+2 pods</td>"), "{html}");
         assert!(!html.contains("<shop>") && !html.contains("<script"));
+        // No ramp: no ramp section, and `ramp: null` in the JSON.
+        assert!(!html.contains("id=\"ramps\""));
         let table = render_table(&report);
         let cells = [
             "shop", "enforce", "100%", "2", "amd64", "(100%)", "0", "(0%)", "2", "(100%)", "+2",
@@ -1014,5 +1288,262 @@ mod tests {
                 .any(|l| l.split_whitespace().eq(cells.iter().copied())),
             "{table}"
         );
+    }
+
+    fn ramp() -> crate::decision::ramp::Ramp {
+        crate::decision::ramp::Ramp {
+            steps: vec![10, 50, 100],
+            hold: std::time::Duration::from_secs(24 * 3600),
+            on_failure: crate::decision::ramp::OnFailure::Pause,
+        }
+    }
+
+    #[test]
+    fn a_ramp_reads_where_it_stands_as_the_autopilot_does() {
+        let ramp = ramp();
+        let holding = ramp_plan(
+            &ramp,
+            Mode::Enforce,
+            50,
+            Some("holding 50% since 2026-12-03T10:00:00Z; next 100% due 2026-12-04T10:00:00Z"),
+        );
+        assert_eq!(
+            (
+                holding.state.as_str(),
+                holding.step,
+                holding.since.as_deref(),
+                holding.next_step,
+                holding.next_due.as_deref()
+            ),
+            (
+                "holding",
+                Some(50),
+                Some("2026-12-03T10:00:00Z"),
+                Some(100),
+                Some("2026-12-04T10:00:00Z")
+            )
+        );
+        assert_eq!(holding.next_text(), "100% due 2026-12-04T10:00:00Z");
+        assert_eq!(
+            (holding.step_duration.as_str(), holding.step_seconds),
+            ("24h", 86400)
+        );
+        let paused = ramp_plan(
+            &ramp,
+            Mode::Enforce,
+            10,
+            Some(
+                "paused at 10% since 2026-12-03T10:00:00Z: Deployment/web is held off arm64: held; remove this annotation to resume",
+            ),
+        );
+        assert_eq!(paused.state, "paused");
+        assert_eq!(
+            paused.paused_because.as_deref(),
+            Some("Deployment/web is held off arm64: held")
+        );
+        assert_eq!(
+            paused.next_text(),
+            "Deployment/web is held off arm64: held; remove the namespace annotation archway.dev/ramp-status to resume"
+        );
+        let done = ramp_plan(
+            &ramp,
+            Mode::Enforce,
+            100,
+            Some("done at 100% since 2026-12-05T10:00:00Z"),
+        );
+        assert_eq!((done.state.as_str(), done.step), ("done", Some(100)));
+        // No status, a person's edit, or a rollout changed by hand: the
+        // autopilot starts again.
+        for status in [
+            None,
+            Some("moving along"),
+            Some("holding 10% since 2026-12-03T10:00:00Z; next 50% due 2026-12-04T10:00:00Z"),
+        ] {
+            let plan = ramp_plan(&ramp, Mode::Enforce, 50, status);
+            assert_eq!(
+                (plan.state.as_str(), plan.step),
+                ("starting", None),
+                "{status:?}"
+            );
+        }
+        for (seconds, text) in [
+            (86400.0, "24h"),
+            (5400.0, "1h30m"),
+            (90.0, "1m30s"),
+            (3601.0, "1h1s"),
+            (2.5, "2.5s"),
+            (1.0, "1s"),
+        ] {
+            assert_eq!(
+                duration_text(std::time::Duration::from_secs_f64(seconds)),
+                text
+            );
+        }
+        // Not in enforce mode: the autopilot leaves it alone.
+        let audit = ramp_plan(&ramp, Mode::Audit, 50, None);
+        assert_eq!(audit.state, "inactive");
+    }
+
+    #[test]
+    fn a_namespace_with_a_ramp_shows_it_in_the_table_json_and_page() {
+        let workloads = vec![workload("shop", &["amd64", "arm64"], true, &[("amd64", 2)])];
+        let mut namespaces = namespace_plans(&workloads, &BTreeMap::new(), 50, "arm64");
+        let ramps = BTreeMap::from([
+            (
+                "shop".to_string(),
+                ramp_plan(
+                    &ramp(),
+                    Mode::Enforce,
+                    50,
+                    Some(
+                        "holding 50% since 2026-12-03T10:00:00Z; next 100% due 2026-12-04T10:00:00Z",
+                    ),
+                ),
+            ),
+            (
+                "lab".to_string(),
+                ramp_plan(
+                    &ramp(),
+                    Mode::Enforce,
+                    10,
+                    Some(
+                        "paused at 10% since 2026-12-03T11:00:00Z: Deployment/<web> is held off arm64: held; remove this annotation to resume",
+                    ),
+                ),
+            ),
+        ]);
+        let modes = BTreeMap::from([("lab".to_string(), Some(Mode::Enforce))]);
+        let rollouts = BTreeMap::from([("lab".to_string(), 10)]);
+        with_ramps(&mut namespaces, ramps, &modes, &rollouts);
+        let report = AuditReport {
+            target_architecture: "arm64".into(),
+            node_architectures: BTreeMap::new(),
+            workloads,
+            namespaces,
+        };
+        // A namespace with a ramp and no workload has its line too.
+        let names: Vec<&str> = report
+            .namespaces
+            .iter()
+            .map(|p| p.namespace.as_str())
+            .collect();
+        assert_eq!(names, ["lab", "shop"]);
+
+        let json = serde_json::to_value(&report).unwrap();
+        let shop = &json["namespaces"][1];
+        // The columns as before, and the ramp beside them.
+        assert_eq!(shop["rollout"], 50);
+        assert_eq!(shop["running_total"], 2);
+        assert_eq!(
+            shop["ramp"],
+            serde_json::json!({
+                "steps": [10, 50, 100],
+                "step_duration": "24h",
+                "step_seconds": 86400,
+                "on_failure": "pause",
+                "state": "holding",
+                "step": 50,
+                "since": "2026-12-03T10:00:00Z",
+                "next_step": 100,
+                "next_due": "2026-12-04T10:00:00Z",
+                "paused_because": null,
+                "status": "holding 50% since 2026-12-03T10:00:00Z; next 100% due 2026-12-04T10:00:00Z",
+            })
+        );
+        let lab = &json["namespaces"][0];
+        assert_eq!(
+            (&lab["mode"], &lab["rollout"], &lab["running_total"]),
+            (
+                &serde_json::json!("enforce"),
+                &serde_json::json!(10),
+                &serde_json::json!(0)
+            )
+        );
+        assert_eq!(lab["ramp"]["state"], "paused");
+        assert_eq!(
+            lab["ramp"]["paused_because"],
+            "Deployment/<web> is held off arm64: held"
+        );
+
+        let table = render_table(&report);
+        let ramps = table
+            .split("Migration ramps (archway.dev/ramp):\n")
+            .nth(1)
+            .unwrap();
+        let lines: Vec<Vec<&str>> = ramps
+            .lines()
+            .map(|l| l.split_whitespace().collect())
+            .collect();
+        assert_eq!(
+            lines[0],
+            [
+                "NAMESPACE",
+                "RAMP",
+                "STEP",
+                "FOR",
+                "ON",
+                "FAILURE",
+                "STATE",
+                "AT",
+                "SINCE",
+                "NEXT"
+            ]
+        );
+        assert_eq!(
+            lines[2],
+            [
+                "shop",
+                "10,50,100",
+                "24h",
+                "pause",
+                "holding",
+                "50%",
+                "2026-12-03T10:00:00Z",
+                "100%",
+                "due",
+                "2026-12-04T10:00:00Z"
+            ],
+            "{table}"
+        );
+        let lab = ramps.lines().nth(1).unwrap();
+        assert_eq!(
+            lines[1][..7],
+            [
+                "lab",
+                "10,50,100",
+                "24h",
+                "pause",
+                "paused",
+                "10%",
+                "2026-12-03T11:00:00Z"
+            ],
+            "{table}"
+        );
+        assert!(
+            lab.ends_with(
+                "2026-12-03T11:00:00Z  Deployment/<web> is held off arm64: held; remove the namespace annotation archway.dev/ramp-status to resume"
+            ),
+            "{table}"
+        );
+        // The namespaces' table above is as it was.
+        assert!(
+            table.lines().any(|l| l.split_whitespace().eq([
+                "shop", "enforce", "50%", "2", "amd64", "(100%)", "0", "(0%)", "1", "(50%)", "+1",
+                "pods"
+            ])),
+            "{table}"
+        );
+
+        let html = render_html(&report);
+        let section = html.find("id=\"ramps\"").unwrap();
+        assert!(html.find("id=\"monitoring\"").unwrap() < section);
+        assert!(html.contains(
+            "<tr class=\"ramp\"><td>shop</td><td>10,50,100</td><td>24h</td><td>pause</td><td class=\"\">holding</td><td>50%</td><td>2026-12-03T10:00:00Z</td><td>100% due 2026-12-04T10:00:00Z</td></tr>"
+        ), "{html}");
+        assert!(
+            html.contains("<td class=\"no\">paused</td><td>10%</td>"),
+            "{html}"
+        );
+        assert!(html.contains("Deployment/&lt;web&gt;") && !html.contains("<web>"));
     }
 }
