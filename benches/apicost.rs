@@ -6,7 +6,7 @@
 //! ```text
 //! cargo bench --bench apicost            # 1,000 creates each way
 //! APICOST_PODS=5000 cargo bench --bench apicost
-//! APICOST_HTTP2=false cargo bench --bench apicost   # archway on HTTP/1.1 only
+//! APICOST_HTTP2=true cargo bench --bench apicost    # archway offering HTTP/2 too
 //! ```
 //!
 //! It starts the tests' control plane (tests/support/controlplane.rs), a
@@ -66,9 +66,10 @@ fn main() {
         // One log line per review is archway's default; keep it, as a user
         // would, but on warn the figures are the same within noise.
         config["timeBudget"] = "2500ms".into();
-        // APICOST_HTTP2=false: archway offers HTTP/1.1 only, to compare.
-        if std::env::var("APICOST_HTTP2").is_ok_and(|v| v == "false") {
-            config["server"]["http2"] = false.into();
+        // HTTP/1.1 is archway's default; APICOST_HTTP2=true offers HTTP/2
+        // too, to compare.
+        if std::env::var("APICOST_HTTP2").is_ok_and(|v| v == "true") {
+            config["server"]["http2"] = true.into();
         }
     });
     plane.create_namespace(

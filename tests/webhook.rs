@@ -387,7 +387,7 @@ async fn a_slow_registry_is_answered_within_the_budget_and_fills_the_cache_after
 
 #[tokio::test]
 async fn the_server_speaks_http1_and_http2_and_verifies_like_the_api_server() {
-    let webhook = webhook("").await;
+    let webhook = webhook("server: { http2: true }").await;
     let body = serde_json::to_vec(&pod_review("u", "r100", &pod("web", &["multi:v1"]))).unwrap();
     let (status, _, version) = webhook.post(&webhook.client, body.clone()).await;
     assert_eq!((status, version), (200, reqwest::Version::HTTP_2));
