@@ -113,7 +113,7 @@ pub struct Report {
     pub not_restarted: Vec<Skipped>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct WorkloadRow {
     pub kind: String,
     pub name: String,
@@ -125,13 +125,13 @@ pub struct WorkloadRow {
     pub restart: Option<Restart>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "state", rename_all = "kebab-case")]
 pub enum Restart {
     /// `--dry-run`: nothing was written.
     WouldRestart,
-    /// Restarted and available again.
-    Available { seconds: u64 },
+    /// Restarted and available again, after this many seconds (tenths).
+    Available { seconds: f64 },
     /// Restarted, and not available in time (or its rollout failed).
     Failed { reason: String },
     /// Not started: an earlier one failed.
@@ -278,7 +278,7 @@ pub fn deployment_progress(deployment: &Deployment) -> Progress {
     }
     Progress::Waiting(format!(
         "{updated}/{want} updated, {available}/{want} available, {} old",
-        (total - updated).max(0)
+        total.saturating_sub(updated).max(0)
     ))
 }
 
@@ -434,7 +434,7 @@ pub async fn execute(
                 let started = Instant::now();
                 match restart(&client, ns, row, options.timeout).await {
                     Ok(()) => {
-                        let seconds = started.elapsed().as_secs();
+                        let seconds = (started.elapsed().as_secs_f64() * 10.0).round() / 10.0;
                         eprintln!("{workload}: available again after {seconds}s");
                         row.restart = Some(Restart::Available { seconds });
                     }
