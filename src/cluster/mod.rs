@@ -291,6 +291,9 @@ pub struct RampedNamespace {
     pub policy: NamespacePolicy,
     /// `archway.dev/ramp-status`, as it is now.
     pub status: Option<String>,
+    /// The namespace as read: a write pinned to it fails if anyone
+    /// changed the namespace since (a person, `archway rollback`).
+    pub resource_version: Option<String>,
 }
 
 impl ClusterPolicies {
@@ -306,6 +309,7 @@ impl ClusterPolicies {
                 Some(RampedNamespace {
                     name,
                     uid: object.metadata.uid.clone(),
+                    resource_version: object.metadata.resource_version.clone(),
                     policy,
                     status,
                 })

@@ -141,10 +141,17 @@ impl Autopilot {
             return;
         };
         let rendered = status.render(ramp);
-        let patch = json!({"metadata": {"annotations": {
-            ROLLOUT_ANNOTATION: to.to_string(),
-            RAMP_STATUS_ANNOTATION: rendered,
-        }}});
+        // Pinned to the namespace as read: a rollback (or a person's edit)
+        // between the read and this write makes it fail (409) rather than
+        // be undone by a step decided before it; the next tick decides
+        // again on the namespace as it is.
+        let patch = json!({"metadata": {
+            "resourceVersion": namespace.resource_version,
+            "annotations": {
+                ROLLOUT_ANNOTATION: to.to_string(),
+                RAMP_STATUS_ANNOTATION: rendered,
+            },
+        }});
         if let Err(error) = (self.api)
             .patch(
                 &namespace.name,
