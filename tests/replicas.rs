@@ -11,6 +11,7 @@
 
 mod support;
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -690,4 +691,83 @@ async fn a_hold_is_written_once_with_one_event_whatever_the_replica_count() {
         1.0,
         "the hold recorded once over both replicas: {per_replica:?}"
     );
+}
+
+/// Rollout shares with two replicas reviewing: 20 Deployments of 10 pods
+/// at rollout 10, 30 and 50, their pods' reviews spread over the replicas
+/// by the balancer. Each Deployment gets exactly its share (1, 3, 5 pods
+/// on arm64): each replica walks a workload's places from its phase, the
+/// leader forward and the follower backward, so whatever the split their
+/// places are one run, and any 10 places in a run hold exactly N/10
+/// steered ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_deployments_of_ten_get_exactly_their_share_from_two_replicas() {
+    let _serial = SERIAL.lock().await;
+    let env = env();
+    let client = env.plane.client().await;
+    let mut report = Vec::new();
+    for rollout in [10u32, 30, 50] {
+        let ns = format!("shares-{rollout}");
+        env.plane.create_namespace(
+            &ns,
+            &[("archway.dev/mode", "enforce")],
+            &[("archway.dev/rollout", &rollout.to_string())],
+        );
+        let before = reviews(env, &ns);
+        let deployments: Vec<Value> = (0..20)
+            .map(|i| {
+                let mut d = deployment(&ns, &format!("app-{i}"), &image(env), 10);
+                // Admission is what is measured: no scheduler binds them.
+                d["spec"]["template"]["spec"]["schedulerName"] = json!("archway-test-none");
+                d
+            })
+            .collect();
+        env.plane.apply(&deployments);
+        let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+        let started = Instant::now();
+        let list = loop {
+            let list = pods.list(&ListParams::default()).await.unwrap().items;
+            if list.len() >= 200 {
+                break list;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(120),
+                "{ns}: {} of 200 pods",
+                list.len()
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        };
+        let mut steered: BTreeMap<String, usize> = BTreeMap::new();
+        for pod in &list {
+            let labels = pod.metadata.labels.clone().unwrap_or_default();
+            let app = labels.get("app").cloned().unwrap_or_default();
+            let on_arm = labels.get("archway.dev/arch").map(String::as_str) == Some("arm64");
+            *steered.entry(app).or_default() += usize::from(on_arm);
+        }
+        let per_replica: Vec<f64> = (reviews(env, &ns).iter().zip(&before))
+            .map(|(a, b)| a - b)
+            .collect();
+        let counts: Vec<usize> = steered.values().copied().collect();
+        let line = format!(
+            "REPLICAS SHARES rollout {rollout}%: arm64 pods per Deployment {counts:?} \
+             (reviews per replica {per_replica:?})"
+        );
+        eprintln!("{line}");
+        report.push((rollout, counts, per_replica, line));
+        let _ = env
+            .plane
+            .try_kubectl(&["delete", "namespace", &ns, "--wait=false"], None);
+    }
+    for (rollout, counts, per_replica, line) in &report {
+        assert_eq!(counts.len(), 20, "{line}");
+        assert!(
+            per_replica.iter().all(|n| *n > 0.0),
+            "both replicas reviewed: {line}"
+        );
+        let share = (*rollout / 10) as usize;
+        assert!(
+            counts.iter().all(|c| *c == share),
+            "exactly {share} each: {line}"
+        );
+    }
 }
