@@ -771,3 +771,99 @@ async fn twenty_deployments_of_ten_get_exactly_their_share_from_two_replicas() {
         );
     }
 }
+
+/// The replica holding the Lease, as the Lease says.
+fn lease_holder(env: &Env) -> Option<String> {
+    let text = env
+        .plane
+        .kubectl(&["get", "lease", "-A", "-o", "json"], None);
+    let leases: Value = serde_json::from_str(&text).unwrap();
+    leases["items"]
+        .as_array()?
+        .iter()
+        .find(|l| l["metadata"]["name"] == "archway-gate")?["spec"]["holderIdentity"]
+        .as_str()
+        .filter(|h| !h.is_empty())
+        .map(str::to_string)
+}
+
+/// A ramp whose leader is killed mid-way: the other replica takes the
+/// Lease over and carries on from the state on the namespace, each step
+/// taken once (one Event each), none skipped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ramp_outlives_its_leader_without_skipping_or_repeating_a_step() {
+    let _serial = SERIAL.lock().await;
+    let env = env();
+    let client = env.plane.client().await;
+    let ns = "replicas-ramp";
+    env.plane.create_namespace(
+        ns,
+        &[("archway.dev/mode", "enforce")],
+        &[
+            ("archway.dev/ramp", "10,50,100"),
+            ("archway.dev/ramp-step", "3s"),
+        ],
+    );
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
+    let annotation = |key: &'static str| {
+        let namespaces = namespaces.clone();
+        async move {
+            let namespace = namespaces.get(ns).await.unwrap();
+            (namespace.metadata.annotations.unwrap_or_default())
+                .get(key)
+                .cloned()
+        }
+    };
+    let started = Instant::now();
+    while annotation("archway.dev/rollout").await.as_deref() != Some("50") {
+        assert!(started.elapsed() < Duration::from_secs(30), "never at 50%");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let leader = lease_holder(env).expect("a leader");
+    let killed = (env.archway.replicas.iter())
+        .find(|r| r.pod_name() == leader)
+        .unwrap();
+    killed.kill();
+    let killed_at = Instant::now();
+    while !(annotation("archway.dev/ramp-status").await)
+        .is_some_and(|s| s.starts_with("done at 100%"))
+    {
+        assert!(
+            killed_at.elapsed() < Duration::from_secs(45),
+            "the ramp did not go on after its leader was killed"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let took = killed_at.elapsed();
+    killed.start();
+    (env.archway.balancer).wait_until_up(killed.pod_name(), Duration::from_secs(10));
+    let text = env.plane.kubectl(
+        &["-n", ns, "get", "events.events.k8s.io", "-o", "json"],
+        None,
+    );
+    let events: Value = serde_json::from_str(&text).unwrap();
+    let mut steps: Vec<(String, String, String)> = (events["items"].as_array().unwrap().iter())
+        .filter(|e| e["reportingController"] == "archway.dev/ramp")
+        .map(|e| {
+            (
+                e["eventTime"].as_str().unwrap_or_default().to_string(),
+                e["reason"].as_str().unwrap_or_default().to_string(),
+                e["reportingInstance"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+            )
+        })
+        .collect();
+    steps.sort();
+    eprintln!(
+        "REPLICAS RAMP leader {leader} killed at 50%; done at 100% {took:.1?} later; Events {steps:?}"
+    );
+    let reasons: Vec<&str> = steps.iter().map(|(_, r, _)| r.as_str()).collect();
+    assert_eq!(reasons, ["RampStep", "RampStep", "RampDone"], "{steps:?}");
+    assert_eq!(steps[0].2, leader);
+    assert_ne!(
+        steps[2].2, leader,
+        "the last step was taken by the other replica"
+    );
+}
