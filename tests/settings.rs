@@ -4,8 +4,10 @@
 //! the gauge `archway_namespaces_invalid_settings`.
 //!
 //! archway is installed from deploy/ with its RBAC, and runs as two
-//! replicas watching the same API server, as deploy/ runs it: neither leads,
-//! and each mistake is still told once. The tests run one at a time
+//! replicas watching the same API server, as deploy/ runs it: both report
+//! (the settings report does not wait for the Lease; an Event's name is
+//! made of the mistake, so the second replica's create is refused), and
+//! each mistake is still told once. The tests run one at a time
 //! (`SERIAL`): they read the gauge and restart a replica.
 
 mod support;
@@ -242,6 +244,28 @@ async fn each_mistake_is_told_once_on_its_namespace() {
             format!("label archway.dev/mode \"enforced\" {not_opted_in}"),
         ),
         case(
+            "ramp-decreasing",
+            "enforce",
+            &[
+                ("archway.dev/ramp", "50,10"),
+                ("archway.dev/ramp-step", "24h"),
+            ],
+            "annotation archway.dev/ramp \"50,10\" is not increasing whole percentages from 1 \
+             to 100, comma-separated (e.g. 10,25,50,100); the namespace has no ramp"
+                .into(),
+        ),
+        case(
+            "ramp-unit",
+            "enforce",
+            &[
+                ("archway.dev/ramp", "10,50,100"),
+                ("archway.dev/ramp-step", "1d"),
+            ],
+            "annotation archway.dev/ramp-step \"1d\" is not a duration from 1s to 366 days, \
+             such as 24h, 90m or 1h30m; the namespace has no ramp"
+                .into(),
+        ),
+        case(
             "key-typo",
             "enforce",
             &[("archway.dev/rolout", "50")],
@@ -265,6 +289,16 @@ async fn each_mistake_is_told_once_on_its_namespace() {
         );
     }
     wait_for_gauges(env, before + cases.len() as f64);
+    // A ramp with a mistake is no ramp: the autopilot never moved them.
+    for name in ["settings-ramp-decreasing", "settings-ramp-unit"] {
+        let text = env
+            .plane
+            .kubectl(&["get", "namespace", name, "-o", "json"], None);
+        assert!(
+            !text.contains("archway.dev/ramp-status") && !text.contains("archway.dev/rollout"),
+            "{name}: {text}"
+        );
+    }
     // Where a person looks: the namespace's Events, as kubectl lists them.
     let listed = env.plane.kubectl(
         &[
