@@ -3,7 +3,7 @@
 //! allowed with a warning when only the pod is unreadable), never a panic,
 //! a dropped connection or a hang, and the server keeps serving after each.
 //!
-//! README, "How a bad request is answered": a body that is not an
+//! docs/behaviour.md, "How a bad request is answered": a body that is not an
 //! AdmissionReview (`admission.k8s.io/v1`, with a request and a uid) gets
 //! HTTP 400 with the reason; a body over `server.maxBodyBytes` (3 MiB) gets
 //! 413; a review whose object is not a readable Pod is allowed unchanged,

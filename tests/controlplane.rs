@@ -408,7 +408,8 @@ async fn a_deployment_moves_by_the_rollout_and_back() {
         started.elapsed()
     );
     // The issue asked for 25 ± 5 %; drawn in sequence (placement::
-    // spread_bucket) it is 50 of 200, give or take a retried webhook call.
+    // spread_steered: places around the workload's phase) it is 50 of 200,
+    // give or take a retried webhook call.
     assert!((0.24..=0.26).contains(&arm), "arm64 share {arm}");
 
     set_rollout(plane, ns, 100);

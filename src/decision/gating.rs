@@ -37,9 +37,10 @@ pub const GATED_LABEL: &str = "archway.dev/gated";
 pub const PENDING_ANNOTATION: &str = "archway.dev/pending";
 /// Set when the gate is removed without placement: why.
 pub const UNGATED_ANNOTATION: &str = "archway.dev/ungated";
-/// The pod's place in its workload's sequence of rollout buckets, drawn at
-/// admission (`admission::RolloutDraws`), so that a gated pod of a
-/// ReplicaSet is steered by the same draw it would have had ungated.
+/// The pod's draw: its place around its workload's phase
+/// (`placement::spread_steered`), taken at admission
+/// (`admission::RolloutDraws`), so that a gated pod of a ReplicaSet is
+/// steered by the same draw it would have had ungated.
 pub const DRAW_ANNOTATION: &str = "archway.dev/draw";
 /// The pending annotation's longest value: a pod of 64 long image names
 /// does not make archway write kilobytes into it.
