@@ -48,6 +48,9 @@ pub struct Config {
     pub gate: GateConfig,
     /// The rollout guard's thresholds (see `guard.rs`).
     pub guard: crate::controllers::guard::GuardConfig,
+    /// Prices per architecture for `archway audit`'s cost figures (see
+    /// `decision/cost.rs`); none by default.
+    pub cost: crate::decision::cost::CostConfig,
 }
 
 /// The `gate` section: what happens to pods whose images are not cached.
@@ -242,6 +245,7 @@ impl Default for Config {
             server: ServerConfig::default(),
             gate: GateConfig::default(),
             guard: crate::controllers::guard::GuardConfig::default(),
+            cost: crate::decision::cost::CostConfig::default(),
         }
     }
 }
@@ -340,6 +344,9 @@ impl Config {
             );
         }
         if let Err(message) = self.guard.check() {
+            return invalid(message);
+        }
+        if let Err(message) = self.cost.validate() {
             return invalid(message);
         }
         if self.cache.max_entries == 0 {

@@ -21,6 +21,12 @@ use crate::decision::placement::{self, ImageLookup, Outcome};
 use crate::decision::policy::{Mode, NamespacePolicy, PolicySource, Rollout};
 use crate::report::Format;
 
+#[path = "audit_compare.rs"]
+mod audit_compare;
+use crate::decision::compare::PodSample;
+use crate::decision::cost::Requests;
+pub use audit_compare::{Comparison, CostReport, USAGE_ABSENT};
+
 /// One workload's line in the report.
 #[derive(Debug, Clone, Serialize)]
 pub struct WorkloadRow {
@@ -49,6 +55,12 @@ pub struct WorkloadRow {
     /// A DaemonSet with pods on nodes its images do not run on:
     /// `DaemonSet logging/fluent-bit can run on arm64 nodes, but ...`.
     pub failing_pods: Option<String>,
+    /// Its pods side by side per architecture of their node (`null`
+    /// without pods bound to a node).
+    pub comparison: Option<Comparison>,
+    /// Requested CPU (cores) and memory (GiB) of its running pods, per
+    /// architecture of their node.
+    pub requests: BTreeMap<String, Requests>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -59,6 +71,9 @@ pub struct AuditReport {
     pub workloads: Vec<WorkloadRow>,
     /// The monitoring step of the migration plan, one line per namespace.
     pub namespaces: Vec<NamespacePlan>,
+    /// The requests' monthly cost per namespace and in total, by the
+    /// configuration's `cost:` prices.
+    pub cost: CostReport,
 }
 
 /// One namespace in the monitoring step of the migration plan: where its
@@ -459,7 +474,8 @@ pub async fn scan(
         Some(ns) => list(Api::namespaced(client.clone(), ns), "replicasets").await?,
         None => list(Api::all(client.clone()), "replicasets").await?,
     };
-    let pods_of = placement_of_pods(&pods, &replica_sets, &known_nodes);
+    let now = k8s_openapi::jiff::Timestamp::now();
+    let pods_of = placement_of_pods(&pods, &replica_sets, &known_nodes, now);
 
     // A few workloads at a time; each image once (the cache remembers it).
     let total = workloads.len();
@@ -505,7 +521,9 @@ pub async fn scan(
         &config.target_architecture,
     );
     with_ramps(&mut namespaces, ramps, &modes, &rollouts);
+    let cost = audit_compare::cost_report(&rows, &config.cost, &config.target_architecture);
     Ok(AuditReport {
+        cost,
         target_architecture: config.target_architecture.clone(),
         node_architectures,
         workloads: rows,
@@ -595,6 +613,10 @@ async fn workloads(
 struct PodsOf {
     runs_on: BTreeSet<String>,
     running: BTreeMap<String, usize>,
+    /// Its pods bound to a node and not on their way out.
+    samples: Vec<PodSample>,
+    /// Requests of its running pods, per architecture.
+    requests: BTreeMap<String, Requests>,
 }
 
 /// (namespace, kind, name) of each workload -> where its pods are.
@@ -602,6 +624,7 @@ fn placement_of_pods(
     pods: &[Pod],
     replica_sets: &[ReplicaSet],
     nodes: &placement::Nodes,
+    now: k8s_openapi::jiff::Timestamp,
 ) -> BTreeMap<(String, &'static str, String), PodsOf> {
     let rs_owner: BTreeMap<(String, String), String> = replica_sets
         .iter()
@@ -663,6 +686,11 @@ fn placement_of_pods(
         // A pod on its way out no longer counts as running where it is.
         if phase == Some("Running") && pod.metadata.deletion_timestamp.is_none() {
             *of.running.entry(arch.to_string()).or_insert(0) += 1;
+            let requests = of.requests.entry(arch.to_string()).or_default();
+            *requests = *requests + audit_compare::requests_of(pod);
+        }
+        if pod.metadata.deletion_timestamp.is_none() {
+            of.samples.push(audit_compare::sample(pod, arch, now));
         }
     }
     placed
@@ -770,6 +798,8 @@ fn row(
         warnings,
         hold: hold_of(&workload.meta),
         failing_pods,
+        comparison: audit_compare::comparison(&pods.samples, target),
+        requests: pods.requests,
     }
 }
 
@@ -854,6 +884,7 @@ pub fn render_table(report: &AuditReport) -> String {
     out.push('\n');
     out.push_str(&namespaces_table(report));
     out.push_str(&ramps_table(report));
+    out.push_str(&audit_compare::tables(report));
     out
 }
 
@@ -1033,6 +1064,7 @@ td:first-child,td:nth-child(2){{white-space:nowrap}}.ready{{color:#17692b}}.no{{
     }
     html.push_str(&namespaces_html(report));
     html.push_str(&ramps_html(report));
+    html.push_str(&audit_compare::html(report));
     html.push_str("</body></html>\n");
     html
 }
@@ -1180,6 +1212,8 @@ mod tests {
             warnings: Vec::new(),
             hold: None,
             failing_pods: None,
+            comparison: None,
+            requests: BTreeMap::new(),
         }
     }
 
@@ -1265,6 +1299,7 @@ mod tests {
         let report = AuditReport {
             target_architecture: "arm64".into(),
             node_architectures: BTreeMap::new(),
+            cost: audit_compare::cost_report(&workloads, &Default::default(), "arm64"),
             workloads,
             namespaces,
         };
@@ -1418,6 +1453,7 @@ mod tests {
         let report = AuditReport {
             target_architecture: "arm64".into(),
             node_architectures: BTreeMap::new(),
+            cost: audit_compare::cost_report(&workloads, &Default::default(), "arm64"),
             workloads,
             namespaces,
         };

@@ -1,7 +1,7 @@
 //! What the move saves: requested CPU and memory priced per architecture.
 //! Pure arithmetic over the `cost:` section of the configuration; prices
-//! are the user's (archway ships none as facts: the README shows how to
-//! read them off `az vm list-prices`).
+//! are the user's (archway ships none as facts: docs/configuration.md shows
+//! one way to read them off the Azure retail prices).
 //!
 //! A missing price is an error for that architecture, said as such
 //! ("no price for arm64"), never a zero that would read as free.
@@ -150,14 +150,30 @@ pub struct WorkloadCost<'a> {
 pub struct Savings {
     /// Requests per architecture now.
     pub requests: BTreeMap<String, Requests>,
+    #[serde(serialize_with = "priced")]
     pub now: Result<f64, MissingPrice>,
     /// Everything on `baseline` (amd64): what the cluster cost before.
+    #[serde(serialize_with = "priced")]
     pub all_on_baseline: Result<f64, MissingPrice>,
     /// Every movable workload on the target, the rest where they run.
+    #[serde(serialize_with = "priced")]
     pub all_movable_on_target: Result<f64, MissingPrice>,
     /// Workloads that cannot move, and what they run on now would cost on
     /// the target if they could (their images block the saving).
     pub blocked: Vec<String>,
+}
+
+/// A figure as `{"monthly": 12.5, "missing": null}`, or without a price
+/// `{"monthly": null, "missing": "no price for arm64"}`: never a zero.
+fn priced<S: serde::Serializer>(
+    figure: &Result<f64, MissingPrice>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    use serde::ser::SerializeStruct;
+    let mut out = serializer.serialize_struct("Priced", 2)?;
+    out.serialize_field("monthly", &figure.as_ref().ok())?;
+    out.serialize_field("missing", &figure.as_ref().err().map(ToString::to_string))?;
+    out.end()
 }
 
 /// Prices `workloads` now, all on `baseline`, and with every movable one

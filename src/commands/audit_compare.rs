@@ -1,0 +1,522 @@
+//! `archway audit`, continued: each workload's pods compared per
+//! architecture (`decision::compare`), and what their requests cost now,
+//! all on amd64, and with every movable workload on the target
+//! (`decision::cost`).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::jiff::Timestamp;
+use serde::Serialize;
+
+use super::{AuditReport, WorkloadRow, escape};
+use crate::decision::compare::{self, Judgement, PodSample, Side, Verdict};
+use crate::decision::cost::{self, CostConfig, Requests, Savings, WorkloadCost};
+
+/// What the report says of CPU and memory in use: `archway audit` does not
+/// read `metrics.k8s.io`, so those figures are absent (null), not zero.
+pub const USAGE_ABSENT: &str =
+    "absent: archway audit does not read metrics.k8s.io, so cpu_cores and memory_bytes are null";
+
+/// A workload's pods side by side per architecture of their node.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Comparison {
+    /// Per architecture: its pods, ready, restarts, exec format errors and
+    /// seconds from creation to ready (mean and p90).
+    pub sides: BTreeMap<String, Side>,
+    /// The target architecture, judged against `other`.
+    pub target: String,
+    /// The other architecture with the most pods (amd64 when there is
+    /// none).
+    pub other: String,
+    /// `too_few_pods`, `even`, `target_worse` or `other_worse`, with `why`.
+    #[serde(flatten)]
+    pub verdict: Verdict,
+    /// The worse architecture, when one is.
+    pub worse: Option<String>,
+    /// The verdict in a few words: `arm64 worse: ...`, `no difference`.
+    pub summary: String,
+    /// Why CPU and memory in use are null.
+    pub usage: &'static str,
+}
+
+/// The architecture a side is called against when the target has no
+/// other.
+fn baseline(target: &str) -> &'static str {
+    if target == "amd64" { "arm64" } else { "amd64" }
+}
+
+/// Compares `samples` (one workload's pods); `None` without pods.
+pub fn comparison(samples: &[PodSample], target: &str) -> Option<Comparison> {
+    if samples.is_empty() {
+        return None;
+    }
+    let grouped = compare::by_architecture(samples);
+    let sides: BTreeMap<String, Side> = (grouped.iter())
+        .map(|(arch, pods)| (arch.to_string(), Side::of(pods.iter().copied())))
+        .collect();
+    let other = (sides.iter())
+        .filter(|(arch, _)| *arch != target)
+        .max_by_key(|(arch, side)| (side.pods, std::cmp::Reverse(arch.as_str())))
+        .map_or(baseline(target).to_string(), |(arch, _)| arch.clone());
+    let empty = Side::of(&[]);
+    let verdict = compare::judge(
+        target,
+        sides.get(target).unwrap_or(&empty),
+        &other,
+        sides.get(&other).unwrap_or(&empty),
+        &Judgement::default(),
+    );
+    let (worse, summary) = match &verdict {
+        Verdict::TargetWorse(why) => (Some(target.to_string()), format!("{target} worse: {why}")),
+        Verdict::OtherWorse(why) => (Some(other.clone()), format!("{other} worse: {why}")),
+        Verdict::TooFewPods(why) => (None, why.clone()),
+        Verdict::Even => (None, "no difference".into()),
+    };
+    Some(Comparison {
+        sides,
+        target: target.to_string(),
+        other,
+        verdict,
+        worse,
+        summary,
+        usage: USAGE_ABSENT,
+    })
+}
+
+/// One pod as the comparison reads it, on a node of `architecture`.
+pub fn sample(pod: &Pod, architecture: &str, now: Timestamp) -> PodSample {
+    let status = pod.status.as_ref();
+    let created = pod.metadata.creation_timestamp.as_ref().map(|t| t.0);
+    let ready_since = (status.and_then(|s| s.conditions.as_ref()))
+        .into_iter()
+        .flatten()
+        .find(|c| c.type_ == "Ready" && c.status == "True")
+        .map(|c| c.last_transition_time.as_ref().map(|t| t.0));
+    let between = |from: Timestamp, to: Timestamp| {
+        let millis = to.as_millisecond() - from.as_millisecond();
+        Duration::from_millis(u64::try_from(millis).unwrap_or(0))
+    };
+    let statuses: Vec<&ContainerStatus> = status
+        .into_iter()
+        .flat_map(|s| {
+            (s.container_statuses.iter().flatten())
+                .chain(s.init_container_statuses.iter().flatten())
+        })
+        .collect();
+    let exec_format_error = statuses.iter().any(|c| {
+        let messages = [c.state.as_ref(), c.last_state.as_ref()]
+            .into_iter()
+            .flatten()
+            .flat_map(|s| {
+                [
+                    s.waiting.as_ref().and_then(|w| w.message.as_deref()),
+                    s.terminated.as_ref().and_then(|t| t.message.as_deref()),
+                ]
+            })
+            .flatten();
+        messages
+            .into_iter()
+            .any(|m| m.contains("exec format error"))
+    });
+    PodSample {
+        architecture: architecture.to_string(),
+        ready: ready_since.is_some(),
+        restarts: statuses
+            .iter()
+            .map(|c| u32::try_from(c.restart_count).unwrap_or(0))
+            .sum(),
+        exec_format_error,
+        age: created.map_or(Duration::ZERO, |c| between(c, now)),
+        time_to_ready: match (created, ready_since.flatten()) {
+            (Some(created), Some(ready)) => Some(between(created, ready)),
+            _ => None,
+        },
+        cpu_cores: None,
+        memory_bytes: None,
+    }
+}
+
+/// A pod's requested CPU (cores) and memory (GiB): its containers' sum, or
+/// its largest init container's where that is more.
+pub fn requests_of(pod: &Pod) -> Requests {
+    let Some(spec) = pod.spec.as_ref() else {
+        return Requests::default();
+    };
+    let of = |c: &k8s_openapi::api::core::v1::Container| {
+        let requests = c.resources.as_ref().and_then(|r| r.requests.as_ref());
+        let get = |name: &str| {
+            requests
+                .and_then(|r| r.get(name))
+                .and_then(quantity)
+                .unwrap_or(0.0)
+        };
+        Requests {
+            cpu_cores: get("cpu"),
+            memory_gib: get("memory") / GIB,
+        }
+    };
+    let sum = (spec.containers.iter()).fold(Requests::default(), |sum, c| sum + of(c));
+    (spec.init_containers.iter().flatten()).fold(sum, |max, c| {
+        let init = of(c);
+        Requests {
+            cpu_cores: max.cpu_cores.max(init.cpu_cores),
+            memory_gib: max.memory_gib.max(init.memory_gib),
+        }
+    })
+}
+
+const GIB: f64 = 1024.0 * 1024.0 * 1024.0;
+
+/// A Kubernetes quantity as a number: `250m` is 0.25, `1Gi` 2^30, `1e3`
+/// 1000.
+pub fn quantity(q: &Quantity) -> Option<f64> {
+    let text = q.0.trim();
+    if let Ok(n) = text.parse::<f64>() {
+        return Some(n);
+    }
+    const SUFFIXES: [(&str, f64); 15] = [
+        ("Ki", 1024.0),
+        ("Mi", 1048576.0),
+        ("Gi", 1073741824.0),
+        ("Ti", 1099511627776.0),
+        ("Pi", 1125899906842624.0),
+        ("Ei", 1152921504606846976.0),
+        ("n", 1e-9),
+        ("u", 1e-6),
+        ("m", 1e-3),
+        ("k", 1e3),
+        ("M", 1e6),
+        ("G", 1e9),
+        ("T", 1e12),
+        ("P", 1e15),
+        ("E", 1e18),
+    ];
+    SUFFIXES.iter().find_map(|(suffix, factor)| {
+        let number = text.strip_suffix(suffix)?.parse::<f64>().ok()?;
+        Some(number * factor)
+    })
+}
+
+/// The cost of the workloads' requests, per namespace and in total.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CostReport {
+    /// The `cost.currency` label, when set.
+    pub currency: Option<String>,
+    pub hours_per_month: f64,
+    pub target: String,
+    /// What "all on" means: amd64 (arm64 when amd64 is the target).
+    pub baseline: String,
+    /// Per namespace: `requests` per architecture (of running pods, CPU in
+    /// cores, memory in GiB), the monthly cost `now`, `all_on_baseline`,
+    /// `all_movable_on_target` (every workload whose images run on the
+    /// target moved there), and the `blocked` workloads.
+    pub namespaces: BTreeMap<String, Savings>,
+    pub total: Savings,
+}
+
+/// Prices `rows` by `config`.
+pub fn cost_report(rows: &[WorkloadRow], config: &CostConfig, target: &str) -> CostReport {
+    let names: Vec<String> = (rows.iter())
+        .map(|w| format!("{}/{}/{}", w.namespace, w.kind, w.name))
+        .collect();
+    let workloads: Vec<(String, WorkloadCost<'_>)> = (rows.iter().zip(&names))
+        .map(|(w, name)| {
+            (
+                w.namespace.clone(),
+                WorkloadCost {
+                    name,
+                    running: w.requests.clone(),
+                    movable: w.target_ready,
+                },
+            )
+        })
+        .collect();
+    let mut per_namespace: BTreeMap<&str, Vec<WorkloadCost<'_>>> = BTreeMap::new();
+    for (namespace, workload) in &workloads {
+        per_namespace
+            .entry(namespace)
+            .or_default()
+            .push(workload.clone());
+    }
+    let base = baseline(target);
+    let all: Vec<WorkloadCost<'_>> = workloads.iter().map(|(_, w)| w.clone()).collect();
+    CostReport {
+        currency: config.currency.clone(),
+        hours_per_month: cost::HOURS_PER_MONTH,
+        target: target.to_string(),
+        baseline: base.to_string(),
+        namespaces: (per_namespace.into_iter())
+            .map(|(ns, w)| (ns.to_string(), cost::savings(config, &w, target, base)))
+            .collect(),
+        total: cost::savings(config, &all, target, base),
+    }
+}
+
+fn money(figure: &Result<f64, cost::MissingPrice>, currency: Option<&str>) -> String {
+    match (figure, currency) {
+        (Ok(amount), Some(currency)) => format!("{amount:.2} {currency}"),
+        (Ok(amount), None) => format!("{amount:.2}"),
+        (Err(missing), _) => missing.to_string(),
+    }
+}
+
+/// `1.5 vCPU 3.0 GiB amd64; 0.5 vCPU 1.0 GiB arm64`.
+fn requests_text(requests: &BTreeMap<String, Requests>) -> String {
+    if requests.is_empty() {
+        return "none".into();
+    }
+    (requests.iter())
+        .map(|(arch, r)| format!("{} vCPU {:.1} GiB {arch}", trim(r.cpu_cores), r.memory_gib))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// A number with at most 3 decimals, trailing zeros off.
+fn trim(n: f64) -> String {
+    let text = format!("{n:.3}");
+    text.trim_end_matches('0').trim_end_matches('.').to_string()
+}
+
+/// `4 amd64, 4 arm64`, one figure per side.
+fn per_side(c: &Comparison, figure: impl Fn(&Side) -> String) -> String {
+    (c.sides.iter())
+        .map(|(arch, side)| format!("{} {arch}", figure(side)))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn seconds(side: &Side) -> String {
+    side.seconds_to_ready.map_or("-".into(), |s| {
+        format!("{}s/{}s", trim(s.mean), trim(s.p90))
+    })
+}
+
+/// The workloads with pods on two architectures or more.
+fn compared(report: &AuditReport) -> Vec<(&WorkloadRow, &Comparison)> {
+    (report.workloads.iter())
+        .filter_map(|w| Some((w, w.comparison.as_ref()?)))
+        .filter(|(_, c)| c.sides.len() >= 2)
+        .collect()
+}
+
+/// "Architectures compared" and the cost, as tables after the others.
+pub fn tables(report: &AuditReport) -> String {
+    let mut out = String::new();
+    let rows: Vec<[String; 8]> = compared(report)
+        .into_iter()
+        .map(|(w, c)| {
+            [
+                w.namespace.clone(),
+                format!("{}/{}", w.kind, w.name),
+                per_side(c, |s| s.pods.to_string()),
+                per_side(c, |s| format!("{}/{}", s.ready, s.pods)),
+                per_side(c, |s| format!("{:.2}", s.restarts_per_pod_hour)),
+                per_side(c, |s| s.exec_format_errors.to_string()),
+                per_side(c, seconds),
+                c.summary.clone(),
+            ]
+        })
+        .collect();
+    if !rows.is_empty() {
+        out.push_str(
+            "\nArchitectures compared (workloads with pods on two architectures; \
+             CPU and memory in use not read: metrics.k8s.io is not queried):\n",
+        );
+        out.push_str(&crate::report::table(
+            &[
+                "NAMESPACE",
+                "WORKLOAD",
+                "PODS",
+                "READY",
+                "RESTARTS/POD-HOUR",
+                "EXEC FORMAT ERRORS",
+                "TO READY (MEAN/P90)",
+                "VERDICT",
+            ],
+            &rows,
+        ));
+    }
+    let cost = &report.cost;
+    let currency = cost.currency.as_deref();
+    let line = |name: &str, s: &Savings| {
+        [
+            name.to_string(),
+            requests_text(&s.requests),
+            money(&s.now, currency),
+            money(&s.all_on_baseline, currency),
+            money(&s.all_movable_on_target, currency),
+            if s.blocked.is_empty() {
+                "-".into()
+            } else {
+                s.blocked.join(", ")
+            },
+        ]
+    };
+    let mut rows: Vec<[String; 6]> = (cost.namespaces.iter())
+        .map(|(ns, s)| line(ns, s))
+        .collect();
+    rows.push(line("TOTAL", &cost.total));
+    out.push_str(&format!(
+        "\nRequested resources of running pods and their monthly cost ({} hours; prices from cost: in the configuration):\n",
+        cost.hours_per_month
+    ));
+    let all_on = format!("ALL ON {}", cost.baseline);
+    let moved = format!("ALL MOVABLE ON {}", cost.target);
+    out.push_str(&crate::report::table(
+        &[
+            "NAMESPACE",
+            "REQUESTED",
+            "NOW",
+            all_on.as_str(),
+            moved.as_str(),
+            "BLOCKED",
+        ],
+        &rows,
+    ));
+    out
+}
+
+/// The same two as sections of the page.
+pub fn html(report: &AuditReport) -> String {
+    let mut html = String::new();
+    let compared = compared(report);
+    if !compared.is_empty() {
+        html.push_str(
+            "<h2 id=\"compared\">Architectures compared</h2>\
+<p>Workloads with pods on two architectures, side by side. CPU and memory in use are not read \
+(<code>metrics.k8s.io</code> is not queried).</p>\
+<table class=\"compared\"><thead><tr><th>Namespace</th><th>Workload</th><th>Pods</th><th>Ready</th>\
+<th>Restarts per pod-hour</th><th>Exec format errors</th><th>To ready (mean/p90)</th><th>Verdict</th></tr></thead><tbody>",
+        );
+        for (w, c) in compared {
+            html.push_str(&format!(
+                "<tr class=\"compared\"><td>{ns}</td><td>{kind}/{name}</td><td>{pods}</td><td>{ready}</td>\
+<td>{restarts}</td><td>{exec}</td><td>{to_ready}</td><td class=\"{class}\">{summary}</td></tr>",
+                ns = escape(&w.namespace),
+                kind = escape(&w.kind),
+                name = escape(&w.name),
+                pods = escape(&per_side(c, |s| s.pods.to_string())),
+                ready = escape(&per_side(c, |s| format!("{}/{}", s.ready, s.pods))),
+                restarts = escape(&per_side(c, |s| format!("{:.2}", s.restarts_per_pod_hour))),
+                exec = escape(&per_side(c, |s| s.exec_format_errors.to_string())),
+                to_ready = escape(&per_side(c, seconds)),
+                class = if c.worse.is_some() { "no" } else { "" },
+                summary = escape(&c.summary),
+            ));
+        }
+        html.push_str("</tbody></table>");
+    }
+    let cost = &report.cost;
+    let currency = cost.currency.as_deref();
+    html.push_str(&format!(
+        "<h2 id=\"cost\">Cost</h2><p>Requested CPU and memory of running pods, priced for a month of {} hours \
+by <code>cost:</code> in the configuration.</p>\
+<table class=\"cost\"><thead><tr><th>Namespace</th><th>Requested</th><th>Now</th><th>All on {base}</th>\
+<th>All movable on {target}</th><th>Blocked</th></tr></thead><tbody>",
+        cost.hours_per_month,
+        base = escape(&cost.baseline),
+        target = escape(&cost.target),
+    ));
+    let total = ("TOTAL".to_string(), &cost.total);
+    for (ns, s) in (cost.namespaces.iter())
+        .map(|(n, s)| (n.clone(), s))
+        .chain([total])
+    {
+        html.push_str(&format!(
+            "<tr class=\"cost\"><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            escape(&ns),
+            escape(&requests_text(&s.requests)),
+            escape(&money(&s.now, currency)),
+            escape(&money(&s.all_on_baseline, currency)),
+            escape(&money(&s.all_movable_on_target, currency)),
+            escape(&s.blocked.join(", ")),
+        ));
+    }
+    html.push_str("</tbody></table>");
+    html
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(json: serde_json::Value) -> Pod {
+        serde_json::from_value(json).unwrap()
+    }
+
+    #[test]
+    fn a_pod_is_read_from_its_status_and_requests_from_its_spec() {
+        let p = pod(serde_json::json!({
+            "metadata": {"name": "p", "creationTimestamp": "2026-12-04T10:00:00Z"},
+            "spec": {
+                "containers": [
+                    {"name": "a", "resources": {"requests": {"cpu": "250m", "memory": "512Mi"}}},
+                    {"name": "b", "resources": {"requests": {"cpu": "1", "memory": "1Gi"}}},
+                ],
+                "initContainers": [{"name": "i", "resources": {"requests": {"cpu": "2"}}}],
+            },
+            "status": {
+                "conditions": [{"type": "Ready", "status": "True", "lastTransitionTime": "2026-12-04T10:00:07Z"}],
+                "containerStatuses": [
+                    {"name": "a", "image": "x", "imageID": "", "ready": true, "restartCount": 2},
+                    {"name": "b", "image": "x", "imageID": "", "ready": true, "restartCount": 1,
+                     "lastState": {"terminated": {"exitCode": 1, "message": "exec /app: exec format error"}}},
+                ],
+            },
+        }));
+        let now: Timestamp = "2026-12-04T11:00:00Z".parse().unwrap();
+        let s = sample(&p, "arm64", now);
+        assert_eq!((s.ready, s.restarts, s.exec_format_error), (true, 3, true));
+        assert_eq!(s.age, Duration::from_secs(3600));
+        assert_eq!(s.time_to_ready, Some(Duration::from_secs(7)));
+        assert_eq!((s.cpu_cores, s.memory_bytes), (None, None));
+        let r = requests_of(&p);
+        assert_eq!((r.cpu_cores, r.memory_gib), (2.0, 1.5));
+        for (text, want) in [
+            ("100m", 0.1),
+            ("1e3", 1000.0),
+            ("1k", 1000.0),
+            ("2Ki", 2048.0),
+        ] {
+            assert_eq!(quantity(&Quantity(text.into())), Some(want), "{text}");
+        }
+        assert_eq!(quantity(&Quantity("lots".into())), None);
+    }
+
+    #[test]
+    fn the_comparison_names_the_worse_side_and_serializes_flat() {
+        let young = |arch: &str, restarts: u32| PodSample {
+            architecture: arch.into(),
+            ready: true,
+            restarts,
+            exec_format_error: false,
+            age: Duration::from_secs(60),
+            time_to_ready: Some(Duration::from_secs(5)),
+            cpu_cores: None,
+            memory_bytes: None,
+        };
+        let mut pods: Vec<PodSample> = (0..4).map(|_| young("amd64", 0)).collect();
+        pods.extend((0..4).map(|_| young("arm64", 3)));
+        let c = comparison(&pods, "arm64").unwrap();
+        assert_eq!(c.worse.as_deref(), Some("arm64"));
+        assert_eq!(
+            c.summary,
+            "arm64 worse: pods on arm64 restart 12.00 times per pod-hour, while on amd64 (0.00)"
+        );
+        let json = serde_json::to_value(&c).unwrap();
+        assert_eq!(json["verdict"], "target_worse");
+        assert_eq!(json["sides"]["arm64"]["restarts"], 12);
+        assert_eq!(json["sides"]["arm64"]["cpu_cores"], serde_json::Value::Null);
+        let one_side = comparison(&pods[..4], "arm64").unwrap();
+        assert_eq!(one_side.other, "amd64");
+        assert!(
+            one_side
+                .summary
+                .starts_with("too few pods to compare (0 on arm64, 4 on amd64")
+        );
+        assert!(comparison(&[], "arm64").is_none());
+    }
+}
