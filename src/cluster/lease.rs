@@ -54,14 +54,6 @@ impl Leadership {
             },
         )
     }
-
-    pub fn is_leading(&self) -> bool {
-        *self.leading.borrow()
-    }
-
-    pub fn has_leader(&self) -> bool {
-        *self.some_leader.borrow()
-    }
 }
 
 /// Which Lease, who this replica is, and how long a holder keeps it.

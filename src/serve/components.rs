@@ -79,11 +79,6 @@ impl Components {
         self.stop.clone()
     }
 
-    /// Whether archway is stopping.
-    pub fn is_stopping(&self) -> bool {
-        self.stop.is_cancelled()
-    }
-
     /// Runs `task` until it ends or archway stops, whichever comes first.
     /// After the stop nothing new starts: the task is dropped unrun.
     pub fn spawn(&self, name: &'static str, task: impl Future<Output = ()> + Send + 'static) {

@@ -138,12 +138,12 @@ impl Kind {
         }
     }
 
-    /// Forgets every object of this kind (before a relist is applied).
-    fn clear(self, maps: &mut Maps) {
+    /// Replaces this kind's objects in `maps` with a relist's.
+    fn swap_in(self, maps: &mut Maps, relist: &mut Maps) {
         match self {
-            Kind::ReplicaSet => maps.replica_sets.clear(),
-            Kind::Deployment => maps.deployments.clear(),
-            Kind::StatefulSet => maps.stateful_sets.clear(),
+            Kind::ReplicaSet => maps.replica_sets = std::mem::take(&mut relist.replica_sets),
+            Kind::Deployment => maps.deployments = std::mem::take(&mut relist.deployments),
+            Kind::StatefulSet => maps.stateful_sets = std::mem::take(&mut relist.stateful_sets),
         }
     }
 
@@ -224,20 +224,7 @@ where
             watcher::Event::Init => relist = Maps::default(),
             watcher::Event::InitApply(object) => kind.apply(&mut relist, &object.metadata),
             watcher::Event::InitDone => {
-                let mut maps = owners.write();
-                kind.clear(&mut maps);
-                match kind {
-                    Kind::ReplicaSet => {
-                        maps.replica_sets = std::mem::take(&mut relist.replica_sets);
-                    }
-                    Kind::Deployment => {
-                        maps.deployments = std::mem::take(&mut relist.deployments);
-                    }
-                    Kind::StatefulSet => {
-                        maps.stateful_sets = std::mem::take(&mut relist.stateful_sets);
-                    }
-                }
-                drop(maps);
+                kind.swap_in(&mut owners.write(), &mut relist);
                 if !listed_once {
                     listed_once = true;
                     owners.listed.fetch_add(1, Ordering::AcqRel);
