@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams, PostParams};
-use serde_json::{Value, json};
+use serde_json::json;
 use support::controlplane::{ControlPlane, NodePool};
 use support::install::InstalledArchway;
 use support::webhook::install_crypto;
@@ -29,18 +29,6 @@ const REGISTRY_DELAY: Duration = Duration::from_secs(12);
 /// had not looked the image up would release these pods unplaced.
 const GATE_TIMEOUT: Duration = Duration::from_secs(25);
 const GATE: &str = "archway.dev/inspect";
-
-fn lease_holder(plane: &ControlPlane) -> Option<String> {
-    let text = plane.kubectl(&["get", "lease", "-A", "-o", "json"], None);
-    let leases: Value = serde_json::from_str(&text).unwrap();
-    leases["items"]
-        .as_array()?
-        .iter()
-        .find(|l| l["metadata"]["name"] == "archway-gate")?["spec"]["holderIdentity"]
-        .as_str()
-        .filter(|h| !h.is_empty())
-        .map(str::to_string)
-}
 
 fn is_gated(pod: &Pod) -> bool {
     let gates = pod.spec.as_ref().and_then(|s| s.scheduling_gates.as_ref());
@@ -86,7 +74,7 @@ async fn a_leader_killed_after_a_burst_of_gated_pods_leaves_none_released_unplac
     );
     let started = Instant::now();
     let leader = loop {
-        if let Some(holder) = lease_holder(&plane) {
+        if let Some(holder) = plane.lease_holder() {
             break holder;
         }
         assert!(started.elapsed() < Duration::from_secs(30), "no leader");
@@ -132,7 +120,8 @@ async fn a_leader_killed_after_a_burst_of_gated_pods_leaves_none_released_unplac
     let limit = Instant::now() + GATE_TIMEOUT + Duration::from_secs(20);
     let (gated, unplaced) = loop {
         if new_leader.is_none() {
-            new_leader = lease_holder(&plane)
+            new_leader = plane
+                .lease_holder()
                 .filter(|h| *h != leader)
                 .map(|h| (h, burst.elapsed()));
         }

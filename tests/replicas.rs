@@ -19,12 +19,12 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::events::v1::Event;
-use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, ListParams, PostParams};
 use serde_json::{Value, json};
-use support::controlplane::{ControlPlane, KUBELET_MANUAL, NodePool};
+use support::controlplane::{ControlPlane, NodePool};
 use support::install::{InstalledArchway, Replicas};
-use support::kubelet::now_rfc3339;
 use support::webhook::install_crypto;
+use support::workloads::{ContainerState, bound_pods, deployment, write_status};
 use support::{Format, ImageSpec, Registry, RegistryOptions, build_layout};
 
 const DECISION: &str = "archway.dev/decision";
@@ -501,91 +501,6 @@ async fn both_replicas_serve_reviews() {
     );
 }
 
-/// A Deployment whose pods' statuses the test writes.
-fn deployment(namespace: &str, name: &str, image: &str, replicas: i32) -> Value {
-    json!({
-        "apiVersion": "apps/v1", "kind": "Deployment",
-        "metadata": {"name": name, "namespace": namespace},
-        "spec": {
-            "replicas": replicas,
-            "selector": {"matchLabels": {"app": name}},
-            "template": {
-                "metadata": {"labels": {"app": name},
-                             "annotations": {KUBELET_MANUAL: "manual"}},
-                "spec": {"containers": [{"name": "main", "image": image}],
-                         "terminationGracePeriodSeconds": 0},
-            },
-        },
-    })
-}
-
-/// The Deployment's pods once `count` are bound, with the architecture of
-/// each one's node.
-async fn bound_pods(
-    client: &kube::Client,
-    ns: &str,
-    app: &str,
-    count: usize,
-) -> Vec<(Pod, String)> {
-    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
-    let started = Instant::now();
-    loop {
-        let list = pods
-            .list(&ListParams::default().labels(&format!("app={app}")))
-            .await
-            .unwrap();
-        let bound: Vec<(Pod, String)> = (list.items.into_iter())
-            .filter_map(|p| {
-                let node = p.spec.as_ref()?.node_name.clone()?;
-                let arch = node.split('-').next().unwrap().to_string();
-                Some((p, arch))
-            })
-            .collect();
-        if bound.len() == count {
-            return bound;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "{ns}/{app}: {} of {count} pods bound",
-            bound.len()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// Writes a container status through the status subresource, as the
-/// kubelet does: running and ready, or crash-looping.
-async fn write_status(client: &kube::Client, pod: &Pod, crashing: bool) {
-    let ns = pod.metadata.namespace.as_deref().unwrap();
-    let name = pod.metadata.name.as_deref().unwrap();
-    let now = now_rfc3339();
-    let (ready, restarts, state, last) = match crashing {
-        false => (true, 0, json!({"running": {"startedAt": now}}), json!({})),
-        true => (
-            false,
-            3,
-            json!({"waiting": {"reason": "CrashLoopBackOff",
-                   "message": "back-off 40s restarting failed container=main"}}),
-            json!({"terminated": {"exitCode": 1, "reason": "Error",
-                   "startedAt": now, "finishedAt": now}}),
-        ),
-    };
-    let image = pod.spec.as_ref().unwrap().containers[0].image.clone();
-    let ready_text = if ready { "True" } else { "False" };
-    let status = json!({"status": {
-        "phase": "Running", "startTime": now,
-        "conditions": [{"type": "Ready", "status": ready_text, "lastTransitionTime": now}],
-        "containerStatuses": [{
-            "name": "main", "image": image, "imageID": "", "ready": ready,
-            "started": ready, "restartCount": restarts, "state": state, "lastState": last,
-        }],
-    }});
-    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
-    pods.patch_status(name, &PatchParams::default(), &Patch::Strategic(status))
-        .await
-        .unwrap_or_else(|e| panic!("status of {ns}/{name}: {e}"));
-}
-
 /// The `ArchitectureHold` Events about Deployment `name`, as the
 /// events.k8s.io API shows them.
 async fn hold_events(client: &kube::Client, ns: &str, name: &str) -> Vec<Event> {
@@ -623,7 +538,8 @@ async fn a_hold_is_written_once_with_one_event_whatever_the_replica_count() {
             .counter("archway_guard_holds_total", &[("result", "recorded")])
     };
     let before = recorded();
-    env.plane.apply(&[deployment(ns, "web", &image(env), 8)]);
+    env.plane
+        .apply(&[deployment(ns, "web", &image(env), 8, true)]);
     let pods = bound_pods(&client, ns, "web", 8).await;
     let arm: Vec<&Pod> = (pods.iter())
         .filter(|(_, a)| a == "arm64")
@@ -632,11 +548,11 @@ async fn a_hold_is_written_once_with_one_event_whatever_the_replica_count() {
     assert!(arm.len() >= 2, "rollout 50%: {} of 8 on arm64", arm.len());
     for (pod, arch) in &pods {
         if arch == "amd64" {
-            write_status(&client, pod, false).await;
+            write_status(&client, pod, ContainerState::Running).await;
         }
     }
-    write_status(&client, arm[0], true).await;
-    write_status(&client, arm[1], true).await;
+    write_status(&client, arm[0], ContainerState::CrashLoop).await;
+    write_status(&client, arm[1], ContainerState::CrashLoop).await;
 
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), ns);
     let started = Instant::now();
@@ -716,7 +632,7 @@ async fn twenty_deployments_of_ten_get_exactly_their_share_from_two_replicas() {
         let before = reviews(env, &ns);
         let deployments: Vec<Value> = (0..20)
             .map(|i| {
-                let mut d = deployment(&ns, &format!("app-{i}"), &image(env), 10);
+                let mut d = deployment(&ns, &format!("app-{i}"), &image(env), 10, true);
                 // Admission is what is measured: no scheduler binds them.
                 d["spec"]["template"]["spec"]["schedulerName"] = json!("archway-test-none");
                 d
@@ -772,21 +688,6 @@ async fn twenty_deployments_of_ten_get_exactly_their_share_from_two_replicas() {
     }
 }
 
-/// The replica holding the Lease, as the Lease says.
-fn lease_holder(env: &Env) -> Option<String> {
-    let text = env
-        .plane
-        .kubectl(&["get", "lease", "-A", "-o", "json"], None);
-    let leases: Value = serde_json::from_str(&text).unwrap();
-    leases["items"]
-        .as_array()?
-        .iter()
-        .find(|l| l["metadata"]["name"] == "archway-gate")?["spec"]["holderIdentity"]
-        .as_str()
-        .filter(|h| !h.is_empty())
-        .map(str::to_string)
-}
-
 /// A ramp whose leader is killed mid-way: the other replica takes the
 /// Lease over and carries on from the state on the namespace, each step
 /// taken once (one Event each), none skipped.
@@ -819,7 +720,7 @@ async fn a_ramp_outlives_its_leader_without_skipping_or_repeating_a_step() {
         assert!(started.elapsed() < Duration::from_secs(30), "never at 50%");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let leader = lease_holder(env).expect("a leader");
+    let leader = env.plane.lease_holder().expect("a leader");
     let killed = (env.archway.replicas.iter())
         .find(|r| r.pod_name() == leader)
         .unwrap();

@@ -13,24 +13,6 @@ use support::webhook::install_crypto;
 
 const IDENTITY: &str = "archway-shutdown-test";
 
-/// The Lease's holder; empty when there is none (or no Lease yet).
-fn lease_holder(plane: &ControlPlane) -> String {
-    plane
-        .try_kubectl(
-            &[
-                "-n",
-                "default",
-                "get",
-                "lease",
-                "archway-gate",
-                "-o",
-                "jsonpath={.spec.holderIdentity}",
-            ],
-            None,
-        )
-        .unwrap_or_default()
-}
-
 #[test]
 fn a_stopped_archway_leaves_no_task_running_and_gives_its_lease_up() {
     install_crypto();
@@ -73,7 +55,7 @@ fn a_stopped_archway_leaves_no_task_running_and_gives_its_lease_up() {
 
     // Running: the gate controller leads (its Lease names this replica).
     let started = Instant::now();
-    while lease_holder(&plane) != IDENTITY {
+    while plane.lease_holder().as_deref() != Some(IDENTITY) {
         assert!(
             started.elapsed() < Duration::from_secs(30),
             "the gate controller never took its Lease"
@@ -106,5 +88,9 @@ fn a_stopped_archway_leaves_no_task_running_and_gives_its_lease_up() {
     assert_eq!(left, 0, "tasks left running after archway stopped");
     assert!(took < Duration::from_secs(5), "stopping took {took:?}");
     // The Lease was given up, so another replica takes over at once.
-    assert_ne!(lease_holder(&plane), IDENTITY, "the Lease is still held");
+    assert_ne!(
+        plane.lease_holder().as_deref(),
+        Some(IDENTITY),
+        "the Lease is still held"
+    );
 }

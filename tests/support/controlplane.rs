@@ -470,6 +470,22 @@ impl ControlPlane {
         cmd
     }
 
+    /// Who holds archway's leader Lease (`archway-gate`, in whatever
+    /// namespace): `None` while nobody does, or before it exists.
+    pub fn lease_holder(&self) -> Option<String> {
+        let text = self
+            .try_kubectl(&["get", "lease", "-A", "-o", "json"], None)
+            .ok()?;
+        let leases: serde_json::Value = serde_json::from_str(&text).ok()?;
+        leases["items"]
+            .as_array()?
+            .iter()
+            .find(|l| l["metadata"]["name"] == "archway-gate")?["spec"]["holderIdentity"]
+            .as_str()
+            .filter(|h| !h.is_empty())
+            .map(str::to_string)
+    }
+
     pub fn try_kubectl(&self, args: &[&str], stdin: Option<&str>) -> Result<String, String> {
         run_kubectl(self.kubectl_command(), args, stdin)
     }

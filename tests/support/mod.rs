@@ -23,6 +23,7 @@ pub mod registry;
 pub mod tls;
 pub mod token;
 pub mod webhook;
+pub mod workloads;
 pub mod world;
 
 pub use http::{HttpResponse, MANIFEST_MEDIA_TYPES, accept_all_manifests, sha256_digest};
