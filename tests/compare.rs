@@ -16,7 +16,7 @@ use support::controlplane::{ControlPlane, KUBELET_MANUAL, NodePool, client_from_
 use support::install::InstalledArchway;
 use support::kubelet::FakeKubelet;
 use support::webhook::install_crypto;
-use support::{Format, ImageSpec, Registry, RegistryOptions, build_layout};
+use support::{ImageSpec, Registry, RegistryOptions};
 
 const HOURS_PER_MONTH: f64 = 730.5;
 
@@ -139,11 +139,7 @@ async fn audit_compares_the_architectures_and_prices_the_requests() {
     });
     let registry = Registry::start(RegistryOptions::plain());
     let dir = tempfile::tempdir().unwrap();
-    let layout = build_layout(
-        &dir.path().join("multi"),
-        &ImageSpec::multi_arch().with_salt("compare"),
-    );
-    registry.push(&layout.dir, "multi:v1", Format::Oci);
+    registry.push_spec("multi:v1", &ImageSpec::multi_arch().with_salt("compare"));
     let _archway = InstalledArchway::install(
         &plane,
         env!("CARGO_BIN_EXE_archway").as_ref(),

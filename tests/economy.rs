@@ -21,7 +21,7 @@ use archway::lookup::registry::{
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::Api;
 use support::controlplane::{ControlPlane, client_from_kubeconfig};
-use support::{CountingProxy, Fault, Format, ImageSpec, Recorded, Registry, RegistryOptions};
+use support::{CountingProxy, Fault, ImageSpec, Recorded, Registry, RegistryOptions};
 
 /// Short enough for a test to wait out, long enough to read twice within.
 const TAG_TTL: Duration = Duration::from_millis(400);
@@ -58,9 +58,7 @@ fn inspector(settings: RegistrySettings, cache: CacheSettings) -> Inspector {
 /// Pushes a multi-arch image of its own (`salt`) as `reference`, straight
 /// to the registry (not through the proxy); its digest.
 fn push(registry: &Registry, reference: &str, spec: ImageSpec, salt: &str) -> String {
-    let dir = tempfile::tempdir().unwrap();
-    let layout = support::build_layout(dir.path(), &spec.with_salt(salt));
-    registry.push(&layout.dir, reference, Format::Oci)
+    registry.push_spec(reference, &spec.with_salt(salt))
 }
 
 fn is_manifest(method: &'static str) -> impl Fn(&Recorded) -> bool {

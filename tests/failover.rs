@@ -19,7 +19,7 @@ use serde_json::json;
 use support::controlplane::{ControlPlane, NodePool};
 use support::install::InstalledArchway;
 use support::webhook::install_crypto;
-use support::{CountingProxy, Fault, Format, ImageSpec, Registry, RegistryOptions, build_layout};
+use support::{CountingProxy, Fault, ImageSpec, Registry, RegistryOptions};
 
 const PODS: usize = 50;
 /// Each manifest answer is held this long: the lookups outlast the kill.
@@ -41,12 +41,7 @@ async fn a_leader_killed_after_a_burst_of_gated_pods_leaves_none_released_unplac
     let plane = ControlPlane::start();
     plane.create_nodes(&NodePool::standard());
     let registry = Registry::start(RegistryOptions::plain());
-    let dir = tempfile::tempdir().unwrap();
-    let layout = build_layout(
-        &dir.path().join("multi"),
-        &ImageSpec::multi_arch().with_salt("failover"),
-    );
-    registry.push(&layout.dir, "multi:v1", Format::Oci);
+    registry.push_spec("multi:v1", &ImageSpec::multi_arch().with_salt("failover"));
     // The proxy lives on a runtime of its own, as long as the test.
     let upstream = registry.addr();
     let (tx, rx) = std::sync::mpsc::channel();

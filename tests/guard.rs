@@ -21,7 +21,7 @@ use support::install::InstalledArchway;
 use support::kubelet::FakeKubelet;
 use support::webhook::install_crypto;
 use support::workloads::{ContainerState, bound_pods, deployment, write_status};
-use support::{Format, ImageSpec, Registry, RegistryOptions, build_layout};
+use support::{ImageSpec, Registry, RegistryOptions};
 
 const HOLD_LABEL: &str = "archway.dev/hold";
 const HOLD_REASON: &str = "archway.dev/hold-reason";
@@ -49,12 +49,7 @@ fn env() -> &'static Env {
             });
         });
         let registry = Registry::start(RegistryOptions::plain());
-        let dir = tempfile::tempdir().unwrap();
-        let layout = build_layout(
-            &dir.path().join("multi"),
-            &ImageSpec::multi_arch().with_salt("guard"),
-        );
-        registry.push(&layout.dir, "multi:v1", Format::Oci);
+        registry.push_spec("multi:v1", &ImageSpec::multi_arch().with_salt("guard"));
         let archway = InstalledArchway::install(
             &plane,
             env!("CARGO_BIN_EXE_archway").as_ref(),

@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 use support::controlplane::{ControlPlane, NodePool};
 use support::install::InstalledArchway;
 use support::webhook::install_crypto;
-use support::{Format, ImageSpec, Registry, RegistryOptions, build_layout};
+use support::{ImageSpec, Registry, RegistryOptions};
 
 const ROLLOUT: &str = "archway.dev/rollout";
 const STATUS: &str = "archway.dev/ramp-status";
@@ -34,12 +34,7 @@ fn env() -> &'static Env {
         let plane = ControlPlane::start();
         plane.create_nodes(&NodePool::standard());
         let registry = Registry::start(RegistryOptions::plain());
-        let dir = tempfile::tempdir().unwrap();
-        let layout = build_layout(
-            &dir.path().join("multi"),
-            &ImageSpec::multi_arch().with_salt("ramp"),
-        );
-        registry.push(&layout.dir, "multi:v1", Format::Oci);
+        registry.push_spec("multi:v1", &ImageSpec::multi_arch().with_salt("ramp"));
         let archway = InstalledArchway::install(
             &plane,
             env!("CARGO_BIN_EXE_archway").as_ref(),

@@ -25,7 +25,7 @@ use support::controlplane::{ControlPlane, NodePool};
 use support::install::{InstalledArchway, Replicas};
 use support::webhook::install_crypto;
 use support::workloads::{ContainerState, bound_pods, deployment, write_status};
-use support::{Format, ImageSpec, Registry, RegistryOptions, build_layout};
+use support::{ImageSpec, Registry, RegistryOptions};
 
 const DECISION: &str = "archway.dev/decision";
 const HOLD_LABEL: &str = "archway.dev/hold";
@@ -47,12 +47,7 @@ fn env() -> &'static Env {
         let plane = ControlPlane::start();
         plane.create_nodes(&NodePool::standard());
         let registry = Registry::start(RegistryOptions::plain());
-        let dir = tempfile::tempdir().unwrap();
-        let layout = build_layout(
-            &dir.path().join("multi"),
-            &ImageSpec::multi_arch().with_salt("replicas"),
-        );
-        registry.push(&layout.dir, "multi:v1", Format::Oci);
+        registry.push_spec("multi:v1", &ImageSpec::multi_arch().with_salt("replicas"));
         let archway = InstalledArchway::install_replicas(
             &plane,
             env!("CARGO_BIN_EXE_archway").as_ref(),

@@ -20,7 +20,7 @@ use support::controlplane::{ControlPlane, NodePool, client_from_kubeconfig};
 use support::install::InstalledArchway;
 use support::kubelet::FakeKubelet;
 use support::webhook::install_crypto;
-use support::{Format, ImageSpec, Registry, RegistryOptions, build_layout};
+use support::{ImageSpec, Registry, RegistryOptions};
 
 const ROLLOUT: &str = "archway.dev/rollout";
 const STATUS: &str = "archway.dev/ramp-status";
@@ -45,12 +45,7 @@ fn env() -> &'static Env {
             });
         });
         let registry = Registry::start(RegistryOptions::plain());
-        let dir = tempfile::tempdir().unwrap();
-        let layout = build_layout(
-            &dir.path().join("multi"),
-            &ImageSpec::multi_arch().with_salt("rollback"),
-        );
-        registry.push(&layout.dir, "multi:v1", Format::Oci);
+        registry.push_spec("multi:v1", &ImageSpec::multi_arch().with_salt("rollback"));
         let archway = InstalledArchway::install(
             &plane,
             env!("CARGO_BIN_EXE_archway").as_ref(),

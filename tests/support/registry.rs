@@ -375,6 +375,14 @@ http:
 
     /// Pushes every image of an OCI layout as `reference` ("demo:v1") and
     /// returns the digest of the top-level manifest the registry now holds.
+    /// Builds `spec` as an OCI layout in a directory of its own and pushes
+    /// it as `reference`; its digest.
+    pub fn push_spec(&self, reference: &str, spec: &super::ImageSpec) -> String {
+        let dir = tempfile::tempdir().expect("layout directory");
+        let layout = super::build_layout(dir.path(), spec);
+        self.push(&layout.dir, reference, Format::Oci)
+    }
+
     pub fn push(&self, layout: impl AsRef<Path>, reference: &str, format: Format) -> String {
         self.try_push(layout, reference, format)
             .unwrap_or_else(|e| panic!("push {reference} ({format:?}): {e}"))
