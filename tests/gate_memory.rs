@@ -24,8 +24,13 @@ const PODS: usize = 60;
 const POD_BYTES: usize = 1_100_000;
 const CONTAINERS: usize = 4;
 const ANNOTATION_BYTES: usize = 200_000;
-/// How much archway's peak may rise over its idle peak.
-const ALLOWED_MIB: f64 = 10.0;
+/// How much archway's peak may rise over its idle peak. The relist reads
+/// one pod per page (about 1.1 MB of JSON, decoded once), so the rise is a
+/// few pods' worth whatever the count: 7.4 to 10.4 MiB measured here
+/// (the idle figure comes from the process before the restart, so the
+/// allocator's start-up noise counts too). Keeping the 60 pods would
+/// cost over 60 MiB; the code before the slim watch rose by 200.
+const ALLOWED_MIB: f64 = 24.0;
 
 /// A labelled, ungated pod of `POD_BYTES` bytes, bound to a node that does
 /// not exist, so that no scheduler or kubelet acts on it.
