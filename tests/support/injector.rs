@@ -44,9 +44,9 @@ enum Addition {
     /// A scheduling gate of this name, as a quota controller's webhook
     /// (Kueue's) adds one.
     Gate(String),
-    /// This response (patch, warnings, audit annotations), whatever the
-    /// pod; only its uid is the review's.
-    Fixed(Value),
+    /// These responses (patch, warnings, audit annotations) in turn,
+    /// whatever the pod; only their uid is the review's.
+    Fixed(Vec<Value>),
 }
 
 impl SidecarInjector {
@@ -66,10 +66,12 @@ impl SidecarInjector {
         Self::serve(Addition::Gate(name.to_string()))
     }
 
-    /// A webhook that answers every review with `response` (an
-    /// AdmissionReview's `response`, its uid replaced by the review's).
-    pub fn fixed(response: Value) -> SidecarInjector {
-        Self::serve(Addition::Fixed(response))
+    /// A webhook that answers the reviews with `responses` in turn (each
+    /// an AdmissionReview's `response`; its uid is replaced by the
+    /// review's).
+    pub fn fixed(responses: Vec<Value>) -> SidecarInjector {
+        assert!(!responses.is_empty(), "a fixed webhook needs an answer");
+        Self::serve(Addition::Fixed(responses))
     }
 
     fn serve(addition: Addition) -> SidecarInjector {
@@ -113,11 +115,12 @@ impl SidecarInjector {
                                 let counted = counted.clone();
                                 async move {
                                     let body = request.into_body().collect().await?.to_bytes();
-                                    counted.fetch_add(1, Ordering::SeqCst);
+                                    let call = counted.fetch_add(1, Ordering::SeqCst);
                                     let review: Value =
                                         serde_json::from_slice(&body).unwrap_or(Value::Null);
                                     let answer =
-                                        serde_json::to_vec(&inject(&review, &addition)).unwrap();
+                                        serde_json::to_vec(&inject(&review, &addition, call))
+                                            .unwrap();
                                     Ok::<_, hyper::Error>(
                                         hyper::Response::builder()
                                             .header("content-type", "application/json")
@@ -170,12 +173,12 @@ impl SidecarInjector {
     }
 }
 
-/// The answer to `review`: the sidecar or gate added, unless the pod has
-/// it or there is nothing to add.
-fn inject(review: &Value, addition: &Addition) -> Value {
+/// The answer to `review`, the `call`th: the sidecar or gate added, unless
+/// the pod has it or there is nothing to add; or the fixed answer's turn.
+fn inject(review: &Value, addition: &Addition, call: usize) -> Value {
     let request = &review["request"];
     if let Addition::Fixed(fixed) = addition {
-        let mut response = fixed.clone();
+        let mut response = fixed[call % fixed.len()].clone();
         response["uid"] = request["uid"].clone();
         return json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "response": response});
     }
