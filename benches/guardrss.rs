@@ -9,10 +9,10 @@
 //!
 //! The pods are made by Deployments (20 of them) in a namespace at rollout
 //! 50 %, so archway's webhook labels each one and the guard follows it as
-//! it would in a cluster. No kubelet runs: most pods stay Pending (the six
-//! nodes take 1,500), which costs the guard the same per pod. Once the
-//! guard's `archway_guard_watched_pods` gauge shows every pod, it prints
-//! VmRSS and VmHWM from /proc.
+//! it would in a cluster. No kubelet runs, but the scheduler binds every
+//! pod (there are nodes enough), as the guard follows bound pods only.
+//! Once the guard's `archway_guard_watched_pods` gauge shows every pod, it
+//! prints VmRSS and VmHWM from /proc.
 //!
 //! Run by `cargo test` (without `--bench`), it does nothing.
 
@@ -41,7 +41,17 @@ fn main() {
         .unwrap_or(10_000);
     let archway = release_archway();
     let plane = ControlPlane::start();
-    plane.create_nodes(&NodePool::standard());
+    // The guard follows bound pods only: nodes enough for every pod (250
+    // each), half of them arm64 and tainted as the standard pools are.
+    let per_arch = pods.div_ceil(2 * 250) + 2;
+    plane.create_nodes(&[
+        NodePool::new("amd64", "linux", "amd64", per_arch),
+        NodePool::new("arm64", "linux", "arm64", per_arch).tainted(
+            "kubernetes.io/arch",
+            "arm64",
+            "NoSchedule",
+        ),
+    ]);
     let registry = Registry::start(RegistryOptions::plain());
     let dir = tempfile::tempdir().unwrap();
     let layout = build_layout(dir.path(), &ImageSpec::multi_arch());
