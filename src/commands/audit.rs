@@ -690,7 +690,8 @@ fn placement_of_pods(
             *requests = *requests + audit_compare::requests_of(pod);
         }
         if pod.metadata.deletion_timestamp.is_none() {
-            of.samples.push(audit_compare::sample(pod, arch, now));
+            of.samples
+                .push(crate::decision::compare::PodSample::of_pod(pod, arch, now));
         }
     }
     placed

@@ -4,11 +4,9 @@
 //! (`decision::cost`).
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
+use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
-use k8s_openapi::jiff::Timestamp;
 use serde::Serialize;
 
 use super::{AuditReport, WorkloadRow, escape};
@@ -84,59 +82,6 @@ pub fn comparison(samples: &[PodSample], target: &str) -> Option<Comparison> {
         summary,
         usage: USAGE_ABSENT,
     })
-}
-
-/// One pod as the comparison reads it, on a node of `architecture`.
-pub fn sample(pod: &Pod, architecture: &str, now: Timestamp) -> PodSample {
-    let status = pod.status.as_ref();
-    let created = pod.metadata.creation_timestamp.as_ref().map(|t| t.0);
-    let ready_since = (status.and_then(|s| s.conditions.as_ref()))
-        .into_iter()
-        .flatten()
-        .find(|c| c.type_ == "Ready" && c.status == "True")
-        .map(|c| c.last_transition_time.as_ref().map(|t| t.0));
-    let between = |from: Timestamp, to: Timestamp| {
-        let millis = to.as_millisecond() - from.as_millisecond();
-        Duration::from_millis(u64::try_from(millis).unwrap_or(0))
-    };
-    let statuses: Vec<&ContainerStatus> = status
-        .into_iter()
-        .flat_map(|s| {
-            (s.container_statuses.iter().flatten())
-                .chain(s.init_container_statuses.iter().flatten())
-        })
-        .collect();
-    let exec_format_error = statuses.iter().any(|c| {
-        let messages = [c.state.as_ref(), c.last_state.as_ref()]
-            .into_iter()
-            .flatten()
-            .flat_map(|s| {
-                [
-                    s.waiting.as_ref().and_then(|w| w.message.as_deref()),
-                    s.terminated.as_ref().and_then(|t| t.message.as_deref()),
-                ]
-            })
-            .flatten();
-        messages
-            .into_iter()
-            .any(|m| m.contains("exec format error"))
-    });
-    PodSample {
-        architecture: architecture.to_string(),
-        ready: ready_since.is_some(),
-        restarts: statuses
-            .iter()
-            .map(|c| u32::try_from(c.restart_count).unwrap_or(0))
-            .sum(),
-        exec_format_error,
-        age: created.map_or(Duration::ZERO, |c| between(c, now)),
-        time_to_ready: match (created, ready_since.flatten()) {
-            (Some(created), Some(ready)) => Some(between(created, ready)),
-            _ => None,
-        },
-        cpu_cores: None,
-        memory_bytes: None,
-    }
 }
 
 /// A pod's requested CPU (cores) and memory (GiB): its containers' sum, or
@@ -441,6 +386,10 @@ by <code>cost:</code> in the configuration.</p>\
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
+    use k8s_openapi::jiff::Timestamp;
+
     use super::*;
 
     fn pod(json: serde_json::Value) -> Pod {
@@ -468,7 +417,7 @@ mod tests {
             },
         }));
         let now: Timestamp = "2026-12-04T11:00:00Z".parse().unwrap();
-        let s = sample(&p, "arm64", now);
+        let s = PodSample::of_pod(&p, "arm64", now);
         assert_eq!((s.ready, s.restarts, s.exec_format_error), (true, 3, true));
         assert_eq!(s.age, Duration::from_secs(3600));
         assert_eq!(s.time_to_ready, Some(Duration::from_secs(7)));

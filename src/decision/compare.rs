@@ -6,6 +6,8 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
+use k8s_openapi::jiff::Timestamp;
 use serde::Serialize;
 
 /// One pod, as the comparison reads it.
@@ -25,6 +27,62 @@ pub struct PodSample {
     /// CPU in cores and memory in bytes now, where `metrics.k8s.io` says.
     pub cpu_cores: Option<f64>,
     pub memory_bytes: Option<f64>,
+}
+
+impl PodSample {
+    /// One pod as the comparison reads it, on a node of `architecture`, at
+    /// `now`: from its status alone (CPU and memory come from elsewhere).
+    pub fn of_pod(pod: &Pod, architecture: &str, now: Timestamp) -> PodSample {
+        let status = pod.status.as_ref();
+        let created = pod.metadata.creation_timestamp.as_ref().map(|t| t.0);
+        let ready_since = (status.and_then(|s| s.conditions.as_ref()))
+            .into_iter()
+            .flatten()
+            .find(|c| c.type_ == "Ready" && c.status == "True")
+            .map(|c| c.last_transition_time.as_ref().map(|t| t.0));
+        let between = |from: Timestamp, to: Timestamp| {
+            let millis = to.as_millisecond() - from.as_millisecond();
+            Duration::from_millis(u64::try_from(millis).unwrap_or(0))
+        };
+        let statuses: Vec<&ContainerStatus> = status
+            .into_iter()
+            .flat_map(|s| {
+                (s.container_statuses.iter().flatten())
+                    .chain(s.init_container_statuses.iter().flatten())
+            })
+            .collect();
+        let exec_format_error = statuses.iter().any(|c| {
+            let messages = [c.state.as_ref(), c.last_state.as_ref()]
+                .into_iter()
+                .flatten()
+                .flat_map(|s| {
+                    [
+                        s.waiting.as_ref().and_then(|w| w.message.as_deref()),
+                        s.terminated.as_ref().and_then(|t| t.message.as_deref()),
+                    ]
+                })
+                .flatten();
+            messages
+                .into_iter()
+                .any(|m| m.contains("exec format error"))
+        });
+        PodSample {
+            architecture: architecture.to_string(),
+            ready: ready_since.is_some(),
+            restarts: statuses
+                .iter()
+                .map(|c| u32::try_from(c.restart_count).unwrap_or(0))
+                .sum(),
+            exec_format_error,
+            age: created.map_or(Duration::ZERO, |c| between(c, now)),
+            time_to_ready: match (created, ready_since.flatten()) {
+                (Some(created), Some(ready)) => Some(between(created, ready)),
+                _ => None,
+            },
+            cpu_cores: None,
+            memory_bytes: None,
+        }
+    }
 }
 
 /// A mean and a 90th percentile.

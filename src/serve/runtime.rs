@@ -90,6 +90,7 @@ pub async fn run(
                 client.clone(),
                 cluster_view.clone(),
                 holds.clone(),
+                config.target_architecture.clone(),
                 identity.clone(),
                 leadership.leading.clone(),
             ),
