@@ -16,6 +16,7 @@
 //! (`archway_ramp_steps_total`).
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Namespace;
@@ -28,7 +29,7 @@ use crate::cluster::{ClusterPolicies, RampedNamespace};
 use crate::controllers::guard::Holds;
 use crate::decision::policy::{Mode, ROLLOUT_ANNOTATION};
 use crate::decision::ramp::{self, Action, RAMP_STATUS_ANNOTATION, RampEvent};
-use crate::metrics::RampSeen;
+use crate::metrics::{Metrics, RampSeen};
 
 /// How often the leader looks at every ramp: in memory, so often enough
 /// that a step of seconds (in tests) is taken on time.
@@ -49,11 +50,13 @@ pub async fn run(
     holds: Holds,
     identity: String,
     mut leading: watch::Receiver<bool>,
+    metrics: Arc<Metrics>,
 ) {
     let mut autopilot = Autopilot {
         api: Api::all(client.clone()),
         events: EventRecorder::new(client, REPORTER, &identity),
         written: HashMap::new(),
+        metrics,
     };
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -68,7 +71,7 @@ pub async fn run(
             }
         }
         let ramped = namespaces.ramped();
-        crate::metrics::global().ramps_seen(&seen(&ramped));
+        autopilot.metrics.ramps_seen(&seen(&ramped));
         let leads = *leading.borrow();
         if leads && !led {
             // What another leader wrote is read from the namespaces.
@@ -106,6 +109,8 @@ struct Autopilot {
     /// shows it, the store is behind and the namespace is left alone (a
     /// second write from stale state would take a step twice).
     written: HashMap<String, (String, Instant)>,
+    /// Where the ramp gauges and the steps taken are counted.
+    metrics: Arc<Metrics>,
 }
 
 impl Autopilot {
@@ -167,7 +172,7 @@ impl Autopilot {
         self.written
             .insert(namespace.name.clone(), (rendered, Instant::now()));
         if let Some(event) = event {
-            crate::metrics::global().ramp_step(&namespace.name, event.reason);
+            self.metrics.ramp_step(&namespace.name, event.reason);
             self.announce(namespace, event).await;
         }
     }

@@ -10,8 +10,8 @@ use crate::admission::Reviewer;
 use crate::cluster::ClusterPolicies;
 use crate::config::{Config, ConfigError};
 use crate::lookup::cache::Inspector;
-use crate::lookup::registry::RegistryClient;
-use crate::metrics;
+use crate::lookup::registry::{RegistryClient, RegistrySettings};
+use crate::metrics::{Metrics, ReasonLabels};
 use crate::serve::server::AppState;
 use crate::setup::SetupError;
 
@@ -48,7 +48,7 @@ impl ConfigReloader {
             match (self.loader)() {
                 Err(error) => {
                     tracing::error!(%error, path = %self.path.display(), "invalid configuration: keeping the previous one");
-                    count("invalid");
+                    count(&state.metrics, "invalid");
                 }
                 Ok(config) => match self.rebuild(&state.reviewer(), &config) {
                     Ok(reviewer) => {
@@ -62,11 +62,11 @@ impl ConfigReloader {
                         }
                         self.current = config;
                         tracing::info!(path = %self.path.display(), "configuration reloaded");
-                        count("ok");
+                        count(&state.metrics, "ok");
                     }
                     Err(error) => {
                         tracing::error!(%error, "configuration not applied: keeping the previous one");
-                        count("invalid");
+                        count(&state.metrics, "invalid");
                     }
                 },
             }
@@ -83,9 +83,14 @@ impl ConfigReloader {
             } else {
                 tracing::info!("registry or cache settings changed: starting a new image cache");
                 // The facts about digests outlive the cache: they are true
-                // whatever the settings.
+                // whatever the settings. So does the metrics registry: it is
+                // the one `/metrics` renders.
+                let settings = RegistrySettings {
+                    metrics: old.metrics().clone(),
+                    ..config.registry_settings()?
+                };
                 Inspector::with_facts(
-                    RegistryClient::new(config.registry_settings()?)?,
+                    RegistryClient::new(settings)?,
                     config.cache_settings(),
                     old.inspector.facts().clone(),
                 )
@@ -142,10 +147,10 @@ pub fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
     changed
 }
 
-fn count(result: &str) {
-    metrics::global()
+fn count(metrics: &Metrics, result: &str) {
+    metrics
         .config_reloads
-        .get_or_create(&metrics::ReasonLabels {
+        .get_or_create(&ReasonLabels {
             reason: result.into(),
         })
         .inc();
