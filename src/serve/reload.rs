@@ -160,6 +160,24 @@ fn count(metrics: &Metrics, result: &str) {
 mod tests {
     use super::*;
 
+    #[tokio::test]
+    async fn a_reviewer_rebuilt_for_new_registry_settings_records_where_the_old_one_did() {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let config = Config::from_yaml("{}").unwrap();
+        let served = Arc::new(Metrics::default());
+        let policies = Arc::new(config.static_policies());
+        let old = crate::setup::reviewer(&config, policies, served.clone()).unwrap();
+        let reloader = ConfigReloader {
+            path: PathBuf::new(),
+            loader: Arc::new(|| Config::from_yaml("{}")),
+            current: config,
+            cluster: None,
+        };
+        let new_config = Config::from_yaml("registry: {requestTimeout: 3s}\n").unwrap();
+        let new = reloader.rebuild(&old, &new_config).unwrap();
+        assert!(Arc::ptr_eq(new.metrics(), &served));
+    }
+
     #[test]
     fn a_reload_names_every_setting_that_waits_for_a_restart() {
         let old = Config::from_yaml("{}").unwrap();
