@@ -202,7 +202,9 @@ fn start_filled() -> Filled {
         pods::NAMESPACE
     ))
     .unwrap();
-    let reviewer = archway::setup::reviewer(&config, Arc::new(config.static_policies())).unwrap();
+    let reviewer =
+        archway::setup::reviewer(&config, Arc::new(config.static_policies()), Arc::default())
+            .unwrap();
     // archway's runtime on this machine: tokio's multi-threaded default.
     let runtime = tokio::runtime::Runtime::new().unwrap();
     Filled {

@@ -259,6 +259,7 @@ impl Replica {
             facts.clone(),
             target.clone(),
             tokio::sync::watch::channel(leading).1,
+            Arc::default(),
             async move {
                 let _ = stopped.wait_for(|stop| *stop).await;
             },

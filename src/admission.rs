@@ -190,6 +190,12 @@ impl Reviewer {
         }
     }
 
+    /// Where reviews are counted: the registry client's, so one registry
+    /// holds a review and the lookups it made.
+    pub fn metrics(&self) -> &Arc<crate::metrics::Metrics> {
+        self.inspector.metrics()
+    }
+
     /// Answers one review body.
     pub async fn review(&self, body: &[u8]) -> Result<(ReviewOut, ReviewRecord), BadReview> {
         let started = Instant::now();
@@ -482,7 +488,7 @@ impl Reviewer {
             ("kind".to_string(), "gated".to_string()),
         ]);
         if !dry_run && response.patch.is_some() {
-            crate::metrics::global().pods_gated.inc();
+            self.metrics().pods_gated.inc();
         }
         Answer {
             outcome: if response.patch.is_some() {

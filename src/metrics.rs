@@ -1,8 +1,11 @@
 //! Prometheus metrics, served on the admin port's `/metrics`.
 //!
-//! One process-wide set: every part of the path records into it without the
-//! handles being threaded through each constructor, and tests read it back
-//! through `render`. Label values come from bounded sets, whatever pods and
+//! No process-wide set: `archway serve`'s runtime makes one `Metrics`,
+//! shares it as an `Arc`, and hands it to each part that records (the
+//! server, the registry client and through it the cache and the reviewer,
+//! the controllers, the reloader, the settings report); `/metrics` renders
+//! that one. A command or a test makes its own, so what it reads back
+//! through `render` is what it recorded, whatever runs beside it. Label values come from bounded sets, whatever pods and
 //! registries say: namespaces are the opted-in ones (else `other`),
 //! registries the configured and well-known hosts (else `other`),
 //! architectures the known ones (else `other`), results HTTP status codes
@@ -10,7 +13,6 @@
 //! `Label` values can only be made by the folding functions below.
 
 use std::collections::BTreeSet;
-use std::sync::LazyLock;
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -315,11 +317,11 @@ fn latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.000_25, 2.0, 15))
 }
 
-static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
-
-/// The process's metrics.
-pub fn global() -> &'static Metrics {
-    &METRICS
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The series are what `render` is for.
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
 }
 
 impl Default for Metrics {
@@ -686,7 +688,7 @@ mod tests {
 
     #[test]
     fn renders_what_was_recorded() {
-        let metrics = global();
+        let metrics = Metrics::new();
         let names = RegistryNames::new([]);
         metrics.registry_request(
             &names.label("ghcr.io"),
@@ -713,7 +715,6 @@ mod tests {
 
     #[test]
     fn hostile_hosts_statuses_and_architectures_fold_into_bounded_sets() {
-        // A private registry of its own, so other tests' series do not count.
         let metrics = Metrics::new();
         let names = RegistryNames::new(["Registry.Internal:5000"]);
         for i in 0..6400 {

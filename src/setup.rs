@@ -10,6 +10,8 @@ use crate::config::Config;
 use crate::decision::placement::DecisionSettings;
 use crate::decision::policy::PolicySource;
 use crate::lookup::cache::Inspector;
+use crate::lookup::registry::{RegistryClient, RegistrySettings};
+use crate::metrics::Metrics;
 
 /// Why a reviewer could not be built from a configuration.
 #[derive(Debug, thiserror::Error)]
@@ -38,9 +40,17 @@ pub fn review_settings(config: &Config) -> ReviewSettings {
 }
 
 /// A reviewer with the configuration's registry, cache and settings, and
-/// the given source of namespace policies.
-pub fn reviewer(config: &Config, policies: Arc<dyn PolicySource>) -> Result<Reviewer, SetupError> {
-    let client = crate::lookup::registry::RegistryClient::new(config.registry_settings()?)?;
+/// the given source of namespace policies, recording into `metrics`.
+pub fn reviewer(
+    config: &Config,
+    policies: Arc<dyn PolicySource>,
+    metrics: Arc<Metrics>,
+) -> Result<Reviewer, SetupError> {
+    let settings = RegistrySettings {
+        metrics,
+        ..config.registry_settings()?
+    };
+    let client = RegistryClient::new(settings)?;
     let inspector = Inspector::new(client, config.cache_settings());
     Ok(Reviewer::new(inspector, policies, review_settings(config)))
 }

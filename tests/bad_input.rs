@@ -747,7 +747,9 @@ async fn every_malformed_body_gets_the_documented_answer_over_https() {
 async fn the_router_answers_the_same_without_a_socket() {
     support::webhook::install_crypto();
     let config = config();
-    let reviewer = archway::setup::reviewer(&config, Arc::new(config.static_policies())).unwrap();
+    let reviewer =
+        archway::setup::reviewer(&config, Arc::new(config.static_policies()), Arc::default())
+            .unwrap();
     let router = webhook_router(AppState::new(reviewer), config.server.max_body_bytes);
     let mut failures = Vec::new();
     for case in cases() {

@@ -71,7 +71,8 @@ async fn cluster(insecure: &[String]) -> Cluster {
     ))
     .unwrap();
     let policies = ClusterPolicies::start(client.clone(), config.default_rollout);
-    let mut reviewer = archway::setup::reviewer(&config, Arc::new(policies.clone())).unwrap();
+    let mut reviewer =
+        archway::setup::reviewer(&config, Arc::new(policies.clone()), Arc::default()).unwrap();
     reviewer.node_inventory = Some(Arc::new(policies.clone()));
     reviewer.pull_secrets = Some(PullSecrets::new(client));
     Cluster {

@@ -310,7 +310,7 @@ async fn past_the_get_budget_a_lookup_fails_with_a_warning_and_known_images_reso
     assert_eq!(known.unwrap().digest, digests[0]);
     assert_eq!(asked(&proxy), (2, 1), "{:#?}", proxy.requests());
 
-    let text = archway::metrics::global().render();
+    let text = inspector.metrics().render();
     for series in [
         format!(r#"archway_registry_get_budget_spent_total{{registry="{host}"}} 2"#),
         format!(r#"archway_registry_manifest_requests_total{{registry="{host}",method="GET"}} 2"#),
@@ -391,7 +391,7 @@ async fn at_the_pull_reserve_archway_leaves_the_last_pulls_to_the_kubelets() {
     assert_eq!(found.unwrap().digest, digests[1]);
     assert_eq!(asked(&proxy).0, 2);
 
-    let text = archway::metrics::global().render();
+    let text = inspector.metrics().render();
     for series in [
         format!(r#"archway_registry_pull_reserve_kept_total{{registry="{host}"}} 1"#),
         format!(r#"archway_registry_pulls_remaining{{registry="{host}"}} 100"#),
@@ -527,6 +527,7 @@ async fn the_leader_writes_the_facts_and_a_replica_that_is_not_leading_only_read
             facts,
             target.clone(),
             leading,
+            Arc::default(),
             shutdown,
         ));
         (stop, task)

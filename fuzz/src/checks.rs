@@ -480,7 +480,9 @@ fn reviewer() -> Reviewer {
         "timeBudget: 200ms\nfailClosed: false\nregistry:\n  insecure: [\"{UNREACHABLE}\", \"{FAKE}\"]\n  connectTimeout: 200ms\n  requestTimeout: 200ms\nnamespaces:\n{namespaces}"
     );
     let config = Config::from_yaml(&yaml).expect("the fuzz configuration is valid");
-    archway::setup::reviewer(&config, Arc::new(config.static_policies()))
+    // Nothing renders the fuzz reviewer's metrics.
+    let metrics = Arc::default();
+    archway::setup::reviewer(&config, Arc::new(config.static_policies()), metrics)
         .expect("the fuzz reviewer builds")
 }
 

@@ -25,6 +25,7 @@ use kube::runtime::watcher;
 use tokio::sync::mpsc;
 
 use crate::decision::policy::{self, SettingProblem};
+use crate::metrics::Metrics;
 use crate::serve::components::Components;
 
 /// The Event's reason, which `kubectl get events --field-selector
@@ -41,6 +42,8 @@ const QUEUE: usize = 1024;
 pub struct SettingsReporter {
     announced: Arc<Mutex<Announced>>,
     queue: mpsc::Sender<Announcement>,
+    /// Where the namespaces with mistakes are counted.
+    metrics: Arc<Metrics>,
 }
 
 /// One mistake on its way to an Event.
@@ -57,6 +60,7 @@ impl SettingsReporter {
     pub fn start(
         client: kube::Client,
         identity: String,
+        metrics: Arc<Metrics>,
         components: &Components,
     ) -> SettingsReporter {
         let (queue, pending) = mpsc::channel(QUEUE);
@@ -65,7 +69,11 @@ impl SettingsReporter {
             "settings report",
             publish_all(client, identity, pending, announced.clone()),
         );
-        SettingsReporter { announced, queue }
+        SettingsReporter {
+            announced,
+            queue,
+            metrics,
+        }
     }
 
     /// One event of the watch of all namespaces.
@@ -81,7 +89,7 @@ impl SettingsReporter {
                 announced.forget(namespace.metadata.name.as_deref().unwrap_or_default())
             }
         }
-        crate::metrics::global()
+        self.metrics
             .namespaces_invalid_settings
             .set(announced.namespaces_with_mistakes() as i64);
     }

@@ -461,7 +461,9 @@ pub async fn scan(
     // The audit judges every namespace, and never denies: it plans a move.
     let mut config = crate::setup::offline(config);
     config.fail_closed = false;
-    let mut reviewer = crate::setup::reviewer(&config, Arc::new(policies))?;
+    // Nothing serves the audit's metrics: a registry of its own.
+    let metrics = Arc::new(crate::metrics::Metrics::default());
+    let mut reviewer = crate::setup::reviewer(&config, Arc::new(policies), metrics)?;
     reviewer.node_inventory = Some(Arc::new(nodes));
     reviewer.pull_secrets = Some(PullSecrets::new(client.clone()));
 

@@ -15,6 +15,7 @@ pub async fn run(
     format: Format,
     credentials: Option<&Path>,
 ) -> anyhow::Result<ExitCode> {
+    // Counted into the settings' own metrics registry, which nothing serves.
     let mut settings = config.registry_settings()?;
     if let Some(path) = credentials {
         let mut keyring =

@@ -84,7 +84,9 @@ pub async fn run(
         configured: config.static_policies(),
         rollout,
     });
-    let reviewer = crate::setup::reviewer(&crate::setup::offline(config), policies)?;
+    // Nothing serves the command's metrics: a registry of its own.
+    let metrics = Arc::new(crate::metrics::Metrics::default());
+    let reviewer = crate::setup::reviewer(&crate::setup::offline(config), policies, metrics)?;
     let nodes = assumed_nodes(config);
     let mut rows = Vec::new();
     for (index, document) in serde_yaml::Deserializer::from_str(&text).enumerate() {

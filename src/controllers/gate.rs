@@ -28,6 +28,7 @@ use crate::admission::SharedReviewer;
 use crate::decision::gating::{self, GATE, GATED_LABEL, Next, Release};
 use crate::decision::placement::{self, Outcome};
 use crate::decision::policy::Mode;
+use crate::metrics::Metrics;
 
 /// Gated pods worked on at once. A pod being worked on mostly waits for a
 /// lookup shared with the other pods of its image (a small future beside
@@ -184,6 +185,8 @@ struct Context {
     client: kube::Client,
     state: SharedReviewer,
     identity: String,
+    /// Where the gates removed are counted.
+    metrics: Arc<Metrics>,
     writes: tokio::sync::Semaphore,
     /// The leader releases pods; a follower only looks their images up
     /// (warming its own cache), so that if it comes to lead it releases at
@@ -201,12 +204,14 @@ pub async fn run(
     state: SharedReviewer,
     identity: String,
     mut leading: watch::Receiver<bool>,
+    metrics: Arc<Metrics>,
 ) {
     let context = |release| {
         Arc::new(Context {
             client: client.clone(),
             state: state.clone(),
             identity: identity.clone(),
+            metrics: metrics.clone(),
             writes: tokio::sync::Semaphore::new(WRITES),
             release,
         })
@@ -300,7 +305,7 @@ async fn reconcile(pod: Arc<GatePod>, context: Arc<Context>) -> Result<Action, G
         {
             Ok(_) => {
                 let gated = gating::gated_for(&pod, now_ms());
-                crate::metrics::global().gate_removed(metric, gated);
+                context.metrics.gate_removed(metric, gated);
                 tracing::info!(
                     pod = %name, namespace = %namespace, reason = metric,
                     gated_ms = gated.as_millis() as u64,

@@ -35,6 +35,7 @@ use tokio::sync::watch;
 use crate::cluster::NodeInventory;
 use crate::decision::placement::{ARCH_POD_LABEL, Hold};
 use crate::decision::policy::{GuardMode, Mode, NamespacePolicy, PolicySource};
+use crate::metrics::Metrics;
 use crate::serve::components::Components;
 pub use detect::{Detector, DetectorSettings, Failure, Observation, Verdict};
 pub use holds::{HOLD_LABEL, HOLD_REASON_ANNOTATION, HoldError, HoldWriter, Holds};
@@ -110,17 +111,32 @@ impl PolicySource for GuardedPolicies {
     }
 }
 
+/// What the guard shares with the rest of archway, from the runtime.
+pub struct GuardContext {
+    pub client: kube::Client,
+    /// Which namespaces are enforced, and their guard mode.
+    pub policies: Arc<dyn PolicySource>,
+    /// The architecture of each node, to check where a pod runs.
+    pub nodes: Arc<dyn NodeInventory>,
+    /// The holds the webhook reads: the guard adds to them.
+    pub holds: Holds,
+    /// Whether this replica leads: only the leader writes holds.
+    pub leading: watch::Receiver<bool>,
+    /// Where the pods followed and the holds written are counted.
+    pub metrics: Arc<Metrics>,
+}
+
 /// Starts the guard's watches: held workloads, the owners of pods, and
 /// archway's pods (once the owners are known).
-pub fn start(
-    client: kube::Client,
-    policies: Arc<dyn PolicySource>,
-    nodes: Arc<dyn NodeInventory>,
-    holds: Holds,
-    settings: DetectorSettings,
-    leading: watch::Receiver<bool>,
-    components: &Components,
-) {
+pub fn start(context: GuardContext, settings: DetectorSettings, components: &Components) {
+    let GuardContext {
+        client,
+        policies,
+        nodes,
+        holds,
+        leading,
+        metrics,
+    } = context;
     components.spawn(
         "guard: held Deployments watch",
         holds::watch_holds::<Deployment>(
@@ -151,6 +167,7 @@ pub fn start(
         components: components.clone(),
         leading,
         pending: HashMap::new(),
+        metrics,
     };
     components.spawn("guard: pod watch", guard.run(Api::all(client)));
 }
@@ -172,6 +189,7 @@ struct Guard {
     /// written if this replica comes to lead while they are recent and the
     /// workload is still not held (the leader may have died first).
     pending: HashMap<String, (PendingHold, Instant)>,
+    metrics: Arc<Metrics>,
 }
 
 /// A hold judged by a replica that did not lead.
@@ -248,7 +266,7 @@ impl Guard {
                     }
                 }
             }
-            crate::metrics::global()
+            self.metrics
                 .guard_watched_pods
                 .set(self.detector.pods() as i64);
         }
@@ -322,7 +340,6 @@ impl Guard {
     }
 
     fn act(&mut self, verdict: Verdict, namespace: &str, kind: &str, name: &str, mode: GuardMode) {
-        let metrics = crate::metrics::global();
         if matches!(verdict, Verdict::Hold { .. }) && !*self.leading.borrow() {
             // The leader writes it; kept in case this replica leads next.
             let key = holds::workload_key(namespace, kind, name);
@@ -344,7 +361,7 @@ impl Guard {
                     %workload, pods,
                     "pods fail on every architecture: not an architecture problem, not held"
                 );
-                metrics.guard_failing_everywhere.inc();
+                self.metrics.guard_failing_everywhere.inc();
                 return;
             }
             Verdict::Hold {
@@ -366,16 +383,17 @@ impl Guard {
         };
         if !holds::HOLDABLE_KINDS.contains(&kind) {
             tracing::warn!(workload = %key, %reason, "pods fail on one architecture, but a {kind} cannot carry a hold");
-            metrics.guard_hold(&architecture, mode.label(), "not_holdable");
+            self.metrics
+                .guard_hold(&architecture, mode.label(), "not_holdable");
             return;
         }
         tracing::warn!(workload = %key, mode = mode.label(), %reason, "workload held");
         self.holds.insert(key.clone(), hold.clone());
         let writer = self.writer.clone();
         let holds = self.holds.clone();
+        let metrics = self.metrics.clone();
         let (namespace, kind, name) = (namespace.to_string(), kind.to_string(), name.to_string());
         self.components.spawn("guard: hold write", async move {
-            let metrics = crate::metrics::global();
             match writer.record(&namespace, &kind, &name, &hold).await {
                 Ok(uid) => {
                     metrics.guard_hold(&hold.architecture, mode.label(), "recorded");

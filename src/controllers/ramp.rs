@@ -19,6 +19,7 @@
 //! (`archway_ramp_steps_total`).
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{Namespace, Pod};
@@ -33,7 +34,7 @@ use crate::decision::compare::{self, Judgement, PodSample, Side, Verdict};
 use crate::decision::placement::ARCH_POD_LABEL;
 use crate::decision::policy::{Mode, ROLLOUT_ANNOTATION};
 use crate::decision::ramp::{self, Action, RAMP_STATUS_ANNOTATION, RampEvent};
-use crate::metrics::RampSeen;
+use crate::metrics::{Metrics, RampSeen};
 
 /// How often the leader looks at every ramp: in memory, so often enough
 /// that a step of seconds (in tests) is taken on time.
@@ -66,6 +67,7 @@ pub async fn run(
     target: String,
     identity: String,
     mut leading: watch::Receiver<bool>,
+    metrics: Arc<Metrics>,
 ) {
     let mut autopilot = Autopilot {
         api: Api::all(client.clone()),
@@ -74,6 +76,7 @@ pub async fn run(
         client,
         target,
         health: HashMap::new(),
+        metrics,
     };
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -88,7 +91,7 @@ pub async fn run(
             }
         }
         let ramped = namespaces.ramped();
-        crate::metrics::global().ramps_seen(&seen(&ramped));
+        autopilot.metrics.ramps_seen(&seen(&ramped));
         let leads = *leading.borrow();
         if leads && !led {
             // What another leader wrote is read from the namespaces.
@@ -134,6 +137,8 @@ struct Autopilot {
     /// Per namespace, when its pods were last compared and what that
     /// found against the target (empty: nothing).
     health: HashMap<String, (Instant, Vec<String>)>,
+    /// Where the ramp gauges and the steps taken are counted.
+    metrics: Arc<Metrics>,
 }
 
 impl Autopilot {
@@ -201,7 +206,7 @@ impl Autopilot {
         self.written
             .insert(namespace.name.clone(), (rendered, Instant::now()));
         if let Some(event) = event {
-            crate::metrics::global().ramp_step(&namespace.name, event.reason);
+            self.metrics.ramp_step(&namespace.name, event.reason);
             self.announce(namespace, event).await;
         }
     }

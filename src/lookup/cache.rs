@@ -310,6 +310,12 @@ impl Inspector {
         Inspector::with_facts(client, settings, facts)
     }
 
+    /// Where lookups are counted: its registry client's registry, so a
+    /// lookup and the requests it made are in one place.
+    pub fn metrics(&self) -> &Arc<crate::metrics::Metrics> {
+        self.client.metrics()
+    }
+
     /// An inspector that learns into, and answers from, `facts`: the
     /// store `registry::facts::configmap::run` shares between replicas
     /// (and that outlives an inspector rebuilt by a configuration reload).
@@ -398,7 +404,7 @@ impl Inspector {
         } else {
             CacheOutcome::Hit
         };
-        crate::metrics::global().cache_lookup(outcome == CacheOutcome::Hit);
+        self.metrics().cache_lookup(outcome == CacheOutcome::Hit);
         let entry = entry.into_value();
         if entry.stale_at(Instant::now()) {
             self.revalidate_in_background(&key, &entry, image, credential, requester);
@@ -420,12 +426,12 @@ impl Inspector {
             if entry.stale_at(now) {
                 self.revalidate_in_background(key, &entry, image, credential, requester);
             }
-            crate::metrics::global().cache_lookup(true);
+            self.metrics().cache_lookup(true);
             return Some(entry.lookup);
         }
         let entry = self.facts_answer(image, credential, now)?;
         self.cache.insert(key.clone(), entry.clone()).await;
-        crate::metrics::global().cache_lookup(true);
+        self.metrics().cache_lookup(true);
         Some(entry.lookup)
     }
 
@@ -618,7 +624,7 @@ impl Inspector {
                 .unwrap_or_else(|e| e.into_inner())
                 .take(namespace, Instant::now());
             if !granted {
-                crate::metrics::global().cache_lookup(false);
+                self.metrics().cache_lookup(false);
                 return (
                     Err(InspectError::Throttled {
                         namespace: crate::decision::text::truncate_for_message(namespace),

@@ -10,8 +10,8 @@ use crate::admission::Reviewer;
 use crate::cluster::ClusterPolicies;
 use crate::config::{Config, ConfigError};
 use crate::lookup::cache::Inspector;
-use crate::lookup::registry::RegistryClient;
-use crate::metrics;
+use crate::lookup::registry::{RegistryClient, RegistrySettings};
+use crate::metrics::{Metrics, ReasonLabels};
 use crate::serve::server::AppState;
 use crate::setup::SetupError;
 
@@ -48,7 +48,7 @@ impl ConfigReloader {
             match (self.loader)() {
                 Err(error) => {
                     tracing::error!(%error, path = %self.path.display(), "invalid configuration: keeping the previous one");
-                    count("invalid");
+                    count(&state.metrics, "invalid");
                 }
                 Ok(config) => match self.rebuild(&state.reviewer(), &config) {
                     Ok(reviewer) => {
@@ -62,11 +62,11 @@ impl ConfigReloader {
                         }
                         self.current = config;
                         tracing::info!(path = %self.path.display(), "configuration reloaded");
-                        count("ok");
+                        count(&state.metrics, "ok");
                     }
                     Err(error) => {
                         tracing::error!(%error, "configuration not applied: keeping the previous one");
-                        count("invalid");
+                        count(&state.metrics, "invalid");
                     }
                 },
             }
@@ -83,9 +83,14 @@ impl ConfigReloader {
             } else {
                 tracing::info!("registry or cache settings changed: starting a new image cache");
                 // The facts about digests outlive the cache: they are true
-                // whatever the settings.
+                // whatever the settings. So does the metrics registry: it is
+                // the one `/metrics` renders.
+                let settings = RegistrySettings {
+                    metrics: old.metrics().clone(),
+                    ..config.registry_settings()?
+                };
                 Inspector::with_facts(
-                    RegistryClient::new(config.registry_settings()?)?,
+                    RegistryClient::new(settings)?,
                     config.cache_settings(),
                     old.inspector.facts().clone(),
                 )
@@ -142,10 +147,10 @@ pub fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
     changed
 }
 
-fn count(result: &str) {
-    metrics::global()
+fn count(metrics: &Metrics, result: &str) {
+    metrics
         .config_reloads
-        .get_or_create(&metrics::ReasonLabels {
+        .get_or_create(&ReasonLabels {
             reason: result.into(),
         })
         .inc();
@@ -154,6 +159,24 @@ fn count(result: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_reviewer_rebuilt_for_new_registry_settings_records_where_the_old_one_did() {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let config = Config::from_yaml("{}").unwrap();
+        let served = Arc::new(Metrics::default());
+        let policies = Arc::new(config.static_policies());
+        let old = crate::setup::reviewer(&config, policies, served.clone()).unwrap();
+        let reloader = ConfigReloader {
+            path: PathBuf::new(),
+            loader: Arc::new(|| Config::from_yaml("{}")),
+            current: config,
+            cluster: None,
+        };
+        let new_config = Config::from_yaml("registry: {requestTimeout: 3s}\n").unwrap();
+        let new = reloader.rebuild(&old, &new_config).unwrap();
+        assert!(Arc::ptr_eq(new.metrics(), &served));
+    }
 
     #[test]
     fn a_reload_names_every_setting_that_waits_for_a_restart() {

@@ -14,8 +14,9 @@ use crate::cluster::lease::{Elector, Leadership, LeaseSettings};
 use crate::cluster::settings_report::SettingsReporter;
 use crate::cluster::{ClusterPolicies, PullSecrets};
 use crate::config::Config;
-use crate::controllers::guard::GuardedPolicies;
+use crate::controllers::guard::{GuardContext, GuardedPolicies, Holds};
 use crate::lookup::registry::facts;
+use crate::metrics::Metrics;
 use crate::serve::components::Components;
 use crate::serve::reload::{ConfigReloader, Loader};
 use crate::serve::server::{self, AppState, Listeners};
@@ -38,6 +39,9 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let started = Instant::now();
     let components = Components::new();
+    // The one registry: every component records into it, `/metrics`
+    // renders it.
+    let metrics = Arc::new(Metrics::default());
     let certificate = Arc::new(serving_certificate(&config, self_signed_dir)?);
     let mut cluster = None;
     let mut kube_client = None;
@@ -61,7 +65,12 @@ pub async fn run(
             "leader election",
             Elector::new(client.clone(), lease).run(elected, components.stop_token()),
         );
-        let settings = SettingsReporter::start(client.clone(), identity.clone(), &components);
+        let settings = SettingsReporter::start(
+            client.clone(),
+            identity.clone(),
+            metrics.clone(),
+            &components,
+        );
         let cluster_view = ClusterPolicies::start_reporting(
             client.clone(),
             config.default_rollout,
@@ -69,21 +78,21 @@ pub async fn run(
             &components,
         );
         cluster = Some(cluster_view.clone());
-        let holds = crate::controllers::guard::Holds::default();
+        let holds = Holds::new(metrics.clone());
         let policies: Arc<dyn crate::decision::policy::PolicySource> = Arc::new(GuardedPolicies {
             inner: Arc::new(cluster_view.clone()),
             holds: holds.clone(),
         });
         let detector = config.guard.detector(&config.target_architecture);
-        crate::controllers::guard::start(
-            client.clone(),
-            policies.clone(),
-            Arc::new(cluster_view.clone()),
-            holds.clone(),
-            detector,
-            leadership.leading.clone(),
-            &components,
-        );
+        let guard = GuardContext {
+            client: client.clone(),
+            policies: policies.clone(),
+            nodes: Arc::new(cluster_view.clone()),
+            holds: holds.clone(),
+            leading: leadership.leading.clone(),
+            metrics: metrics.clone(),
+        };
+        crate::controllers::guard::start(guard, detector, &components);
         components.spawn(
             "ramp autopilot",
             crate::controllers::ramp::run(
@@ -93,9 +102,10 @@ pub async fn run(
                 config.target_architecture.clone(),
                 identity.clone(),
                 leadership.leading.clone(),
+                metrics.clone(),
             ),
         );
-        let mut reviewer = crate::setup::reviewer(&config, policies)?;
+        let mut reviewer = crate::setup::reviewer(&config, policies, metrics.clone())?;
         reviewer.node_inventory = Some(Arc::new(cluster_view));
         reviewer.pull_secrets = Some(PullSecrets::new(client.clone()));
         reviewer.holds = Some(holds);
@@ -114,6 +124,7 @@ pub async fn run(
                     reviewer.inspector.facts().clone(),
                     facts::configmap::Target::from_settings(&config.cache.facts),
                     leadership.leading.clone(),
+                    metrics.clone(),
                     async move { stop.cancelled().await },
                 ),
             );
@@ -121,7 +132,7 @@ pub async fn run(
         kube_client = Some((client, identity, leadership));
         reviewer
     } else {
-        crate::setup::reviewer(&config, Arc::new(config.static_policies()))?
+        crate::setup::reviewer(&config, Arc::new(config.static_policies()), metrics.clone())?
     };
     let listeners = Listeners::bind(config.server.listen, config.server.admin_listen).await?;
     tracing::info!(
@@ -132,6 +143,7 @@ pub async fn run(
         startup_ms = started.elapsed().as_secs_f64() * 1000.0,
         "archway serving"
     );
+    // The reviewer records into `metrics`; the admin port renders it.
     let state = AppState::new(reviewer);
     // The gate controller needs the cluster; without one the webhook gates
     // nothing (`ReviewSettings::gating`), since nothing would release it.
@@ -143,6 +155,7 @@ pub async fn run(
                 state.reviewers.clone(),
                 identity,
                 leadership.leading,
+                metrics,
             ),
         );
     }

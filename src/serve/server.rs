@@ -36,7 +36,7 @@ use tokio_rustls::TlsAcceptor;
 use crate::admission::{ReviewRecord, Reviewer, SharedReviewer};
 use crate::certs::ReloadingCertificate;
 use crate::config::ServerConfig;
-use crate::metrics;
+use crate::metrics::{self, Metrics};
 
 /// A TLS handshake that has not finished by then is dropped: it holds a
 /// connection slot and no review.
@@ -83,6 +83,8 @@ impl From<&ServerConfig> for ServerLimits {
 struct BodyLimits {
     max_body_bytes: usize,
     budget: Arc<BodyBudget>,
+    /// Counts the bodies refused for the budget.
+    metrics: Arc<Metrics>,
 }
 
 /// What the handlers share.
@@ -92,11 +94,15 @@ pub struct AppState {
     pub reviewers: SharedReviewer,
     /// Set once the HTTPS listener is bound.
     pub serving: Arc<AtomicBool>,
+    /// What `/metrics` renders: the reviewer's, where the requests are
+    /// counted too.
+    pub metrics: Arc<Metrics>,
 }
 
 impl AppState {
     pub fn new(reviewer: Reviewer) -> Self {
         AppState {
+            metrics: reviewer.metrics().clone(),
             reviewers: SharedReviewer::new(reviewer),
             serving: Arc::new(AtomicBool::new(false)),
         }
@@ -107,7 +113,13 @@ impl AppState {
         self.reviewers.reviewer()
     }
 
+    /// `reviewer` must record into the served registry (a reload builds it
+    /// with the old one's): what it counted elsewhere would not be served.
     pub fn replace_reviewer(&self, reviewer: Reviewer) {
+        debug_assert!(
+            Arc::ptr_eq(reviewer.metrics(), &self.metrics),
+            "a new reviewer records into a registry /metrics does not render"
+        );
         self.reviewers.replace(reviewer);
     }
 }
@@ -127,6 +139,7 @@ pub fn webhook_router_with(state: AppState, limits: &ServerLimits) -> Router {
     let body = BodyLimits {
         max_body_bytes: limits.max_body_bytes,
         budget: limits.body_budget.clone(),
+        metrics: state.metrics.clone(),
     };
     Router::new()
         .route("/mutate", post(mutate))
@@ -168,7 +181,7 @@ async fn body_deadline(
     if let Some(declared) = declared
         && !reservation.grow(declared as usize)
     {
-        return over_budget();
+        return over_budget(&limits.metrics);
     }
     let (parts, body) = request.into_parts();
     let read = read_body(body, limit, declared, &mut reservation);
@@ -184,7 +197,7 @@ async fn body_deadline(
             response
         }
         Ok(Err(BodyError::TooLarge)) => too_large(limit),
-        Ok(Err(BodyError::OverBudget)) => over_budget(),
+        Ok(Err(BodyError::OverBudget)) => over_budget(&limits.metrics),
         Ok(Err(BodyError::Read(error))) => (
             StatusCode::BAD_REQUEST,
             format!("cannot read the body: {error}\n"),
@@ -238,8 +251,8 @@ fn too_large(limit: usize) -> Response {
         .into_response()
 }
 
-fn over_budget() -> Response {
-    metrics::global()
+fn over_budget(metrics: &Metrics) -> Response {
+    metrics
         .bad_requests
         .get_or_create(&metrics::ReasonLabels {
             reason: "over_body_budget".into(),
@@ -257,7 +270,7 @@ async fn mutate(State(state): State<AppState>, body: Bytes) -> Response {
     match state.reviewer().review(&body).await {
         Ok((review, record)) => {
             record.log();
-            count_review(&record);
+            count_review(&state.metrics, &record);
             match review.to_json() {
                 Ok(json) => ([(header::CONTENT_TYPE, "application/json")], json).into_response(),
                 Err(e) => (
@@ -269,7 +282,8 @@ async fn mutate(State(state): State<AppState>, body: Bytes) -> Response {
         }
         Err(bad) => {
             tracing::warn!(reason = %bad, label = bad.metric_label(), "bad admission request");
-            metrics::global()
+            state
+                .metrics
                 .bad_requests
                 .get_or_create(&metrics::ReasonLabels {
                     reason: bad.metric_label().into(),
@@ -295,8 +309,7 @@ async fn ready(State(state): State<AppState>) -> Response {
     }
 }
 
-fn count_review(record: &ReviewRecord) {
-    let metrics = metrics::global();
+fn count_review(metrics: &Metrics, record: &ReviewRecord) {
     metrics
         .reviews
         .get_or_create(&metrics::ReviewLabels {
@@ -334,7 +347,7 @@ fn count_review(record: &ReviewRecord) {
 }
 
 async fn render_metrics(State(state): State<AppState>) -> Response {
-    let metrics = metrics::global();
+    let metrics = &state.metrics;
     metrics
         .cache_entries
         .set(state.reviewer().inspector.entry_count() as i64);

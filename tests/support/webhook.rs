@@ -47,7 +47,8 @@ impl TestWebhook {
         std::fs::write(&key, &issued.key_pem).unwrap();
         let certificate = Arc::new(ReloadingCertificate::from_files(&cert, &key).unwrap());
         let reviewer =
-            archway::setup::reviewer(&config, Arc::new(config.static_policies())).unwrap();
+            archway::setup::reviewer(&config, Arc::new(config.static_policies()), Arc::default())
+                .unwrap();
         let listeners = Listeners::bind(
             "127.0.0.1:0".parse().unwrap(),
             "127.0.0.1:0".parse().unwrap(),

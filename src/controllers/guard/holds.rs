@@ -27,6 +27,7 @@ use serde_json::json;
 
 use crate::decision::placement::{self, Hold};
 use crate::decision::policy::GuardMode;
+use crate::metrics::Metrics;
 
 pub const HOLD_LABEL: &str = "archway.dev/hold";
 pub const HOLD_REASON_ANNOTATION: &str = "archway.dev/hold-reason";
@@ -45,14 +46,25 @@ pub fn workload_key(namespace: &str, kind: &str, name: &str) -> String {
 }
 
 /// The holds of the cluster, as the webhook reads them.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct Holds {
     map: Arc<RwLock<HashMap<String, Hold>>>,
     /// Kinds whose first list has arrived.
     synced: Arc<AtomicUsize>,
+    /// Where the count of held workloads is published at each change.
+    metrics: Arc<Metrics>,
 }
 
 impl Holds {
+    /// No holds yet, none listed.
+    pub fn new(metrics: Arc<Metrics>) -> Holds {
+        Holds {
+            map: Arc::default(),
+            synced: Arc::default(),
+            metrics,
+        }
+    }
+
     /// The hold on the workload of `pod`, if any.
     pub fn for_pod(&self, pod: &Pod) -> Option<Hold> {
         let namespace = pod.metadata.namespace.as_deref()?;
@@ -91,12 +103,12 @@ impl Holds {
     /// the next pod of the workload is already held.
     pub fn insert(&self, key: String, hold: Hold) {
         self.write().insert(key, hold);
-        publish_gauge(self);
+        self.publish_count();
     }
 
     pub fn remove(&self, key: &str) {
         self.write().remove(key);
-        publish_gauge(self);
+        self.publish_count();
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, Hold>> {
@@ -106,12 +118,10 @@ impl Holds {
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, Hold>> {
         self.map.write().unwrap_or_else(|e| e.into_inner())
     }
-}
 
-fn publish_gauge(holds: &Holds) {
-    crate::metrics::global()
-        .guard_held_workloads
-        .set(holds.len() as i64);
+    fn publish_count(&self) {
+        self.metrics.guard_held_workloads.set(self.len() as i64);
+    }
 }
 
 /// The hold a workload's metadata records, if any.
@@ -210,7 +220,7 @@ pub async fn watch_holds<K>(
                 }
             }
         }
-        publish_gauge(&holds);
+        holds.publish_count();
     }
 }
 

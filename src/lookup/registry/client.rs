@@ -28,7 +28,7 @@ use super::network::{
 };
 use super::{ImagePlatforms, InspectError, ManifestShape};
 use crate::lookup::image::{DigestAlgorithm, ImageRef};
-use crate::metrics::{Label, RegistryNames, status_label};
+use crate::metrics::{Label, Metrics, RegistryNames, status_label};
 
 /// How the client talks to registries.
 #[derive(Clone, Debug)]
@@ -68,6 +68,10 @@ pub struct RegistrySettings {
     /// Where connections may go. Hosts named in `insecure_hosts` and
     /// `mirrors` are added to its allowed hosts: the configuration names them.
     pub guard: NetworkGuard,
+    /// Where the client, and the cache and reviewer built on it, record.
+    /// The default is a registry of its own, which nothing serves:
+    /// `archway serve` puts the one `/metrics` renders here.
+    pub metrics: Arc<Metrics>,
 }
 
 impl Default for RegistrySettings {
@@ -93,6 +97,7 @@ impl Default for RegistrySettings {
                     .collect(),
                 ..NetworkGuard::default()
             },
+            metrics: Arc::default(),
         }
     }
 }
@@ -315,6 +320,11 @@ impl RegistryClient {
         &self.settings
     }
 
+    /// Where this client's requests are counted.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.settings.metrics
+    }
+
     /// The platforms `image` publishes: from the index if it is one,
     /// otherwise from the single manifest's config blob. Mirrors first,
     /// then the registry itself; the registry's error is the one reported.
@@ -434,7 +444,8 @@ impl RegistryClient {
         (self.pulls_left)
             .check(&endpoint.host, self.pull_reserve, Instant::now())
             .map_err(|kept| {
-                crate::metrics::global().pull_reserve_kept(&self.names.label(&endpoint.host));
+                self.metrics()
+                    .pull_reserve_kept(&self.names.label(&endpoint.host));
                 InspectError::PullReserve {
                     registry: endpoint.host.clone(),
                     remaining: kept.remaining,
@@ -445,7 +456,8 @@ impl RegistryClient {
         self.get_budget
             .take(&endpoint.host, Instant::now())
             .map_err(|spent| {
-                crate::metrics::global().get_budget_spent(&self.names.label(&endpoint.host));
+                self.metrics()
+                    .get_budget_spent(&self.names.label(&endpoint.host));
                 InspectError::GetBudgetSpent {
                     registry: spent.registry,
                     per_hour: spent.per_hour,
@@ -541,7 +553,7 @@ impl RegistryClient {
             .get(host)
             .copied();
         if let Some(until) = until.filter(|until| *until > now) {
-            crate::metrics::global().registry_request(
+            self.metrics().registry_request(
                 &self.names.label(host),
                 Label::fixed("backing_off"),
                 Duration::ZERO,
@@ -558,7 +570,8 @@ impl RegistryClient {
             } else {
                 "GET"
             };
-            crate::metrics::global().registry_manifest_request(&self.names.label(host), method);
+            self.metrics()
+                .registry_manifest_request(&self.names.label(host), method);
         }
         let result = self
             .http
@@ -569,7 +582,8 @@ impl RegistryClient {
             Ok(response) => status_label(response.status().as_u16()),
             Err(error) => Label::fixed(error.metric_label()),
         };
-        crate::metrics::global().registry_request(&self.names.label(host), label, now.elapsed());
+        self.metrics()
+            .registry_request(&self.names.label(host), label, now.elapsed());
         // Docker Hub says what is left of its pull limit on every manifest
         // answer, HEADs included.
         if let Ok(response) = &result
@@ -578,7 +592,8 @@ impl RegistryClient {
                 (response.headers().get("ratelimit-remaining")).and_then(|v| v.to_str().ok())
             && let Some(remaining) = self.pulls_left.record(host, value, now)
         {
-            crate::metrics::global().pulls_remaining(&self.names.label(host), remaining);
+            self.metrics()
+                .pulls_remaining(&self.names.label(host), remaining);
         }
         if let Ok(response) = &result
             && response.status() == StatusCode::TOO_MANY_REQUESTS

@@ -21,6 +21,7 @@ use kube::api::{Api, PostParams, WatchEvent, WatchParams};
 use tokio::sync::watch;
 
 use super::{Changes, Facts, FactsSettings, unix_millis};
+use crate::metrics::{Metrics, ReasonLabels};
 
 /// The ConfigMap's key that holds the encoding.
 pub const DATA_KEY: &str = "facts.json";
@@ -62,18 +63,21 @@ impl Target {
 /// completes: loads it at once and on every change (whatever `leading`
 /// says), and writes it while `leading` is true. At shutdown, a leader
 /// saves what it learned since its last write. Marks `facts` loaded after
-/// the first read, whether or not the ConfigMap could be read.
+/// the first read, whether or not the ConfigMap could be read. Writes are
+/// counted in `metrics`.
 pub async fn run(
     client: kube::Client,
     facts: Arc<Facts>,
     target: Target,
     leading: watch::Receiver<bool>,
+    metrics: Arc<Metrics>,
     shutdown: impl Future<Output = ()> + Send,
 ) {
     let mut sync = Sync {
         api: Api::namespaced(client, &target.namespace),
         facts,
         target,
+        metrics,
         remote: None,
         saved: None,
     };
@@ -123,6 +127,7 @@ struct Sync {
     api: Api<ConfigMap>,
     facts: Arc<Facts>,
     target: Target,
+    metrics: Arc<Metrics>,
     /// The ConfigMap as last read or written: `None` before the first
     /// read or after a failed one.
     remote: Option<Remote>,
@@ -285,7 +290,7 @@ impl Sync {
         };
         match written {
             Ok(written) => {
-                count("ok");
+                self.count("ok");
                 self.remote = Some(Remote {
                     resource_version: written.metadata.resource_version,
                     text: config_map.data.and_then(|mut data| data.remove(DATA_KEY)),
@@ -294,23 +299,23 @@ impl Sync {
             }
             // Written (or created) by another replica since it was read.
             Err(kube::Error::Api(status)) if status.code == 409 => {
-                count("conflict");
+                self.count("conflict");
                 self.load().await;
             }
             Err(error) => {
-                count("error");
+                self.count("error");
                 tracing::warn!(%error, configmap = %self.target.name, "cannot write the facts ConfigMap");
                 self.remote = None;
             }
         }
     }
-}
 
-fn count(result: &str) {
-    crate::metrics::global()
-        .facts_writes
-        .get_or_create(&crate::metrics::ReasonLabels {
-            reason: result.into(),
-        })
-        .inc();
+    fn count(&self, result: &str) {
+        self.metrics
+            .facts_writes
+            .get_or_create(&ReasonLabels {
+                reason: result.into(),
+            })
+            .inc();
+    }
 }
