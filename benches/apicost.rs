@@ -24,8 +24,7 @@
 //!
 //! Run by `cargo test` (without `--bench`), it does nothing.
 
-#[path = "../tests/support/mod.rs"]
-mod support;
+use archway_testkit as support;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};

@@ -16,7 +16,7 @@
 //!    with a GET on every expiry: what each expiry cost before
 //!    (ECONOMY_BASELINE=0 leaves it out).
 //! 2. archway as built: its facts saved by `facts::configmap::run` (leading)
-//!    to the ConfigMap on the real control plane (tests/support/controlplane.rs),
+//!    to the ConfigMap on the real control plane (tests/testkit/src/controlplane.rs),
 //!    with the shipped RBAC as its only permissions.
 //! 3. A restart: a new inspector whose facts are loaded from that ConfigMap
 //!    by a replica that is not leading, looking the same 50 tags up for
@@ -24,8 +24,7 @@
 //!
 //! Run by `cargo test` (without `--bench`), it does nothing.
 
-#[path = "../tests/support/mod.rs"]
-mod support;
+use archway_testkit as support;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

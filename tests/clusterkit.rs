@@ -1,5 +1,5 @@
 //! `tests/cluster.sh`'s engine: the tests' own control-plane harness
-//! (tests/support/) run as a long-lived process, so a person can try archway
+//! (tests/testkit) run as a long-lived process, so a person can try archway
 //! on a real control plane with the same pieces the tests use.
 //!
 //! ```text
@@ -14,7 +14,7 @@
 //!
 //! Run by `cargo test` without a command, it does nothing.
 
-mod support;
+use archway_testkit as support;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

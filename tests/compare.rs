@@ -4,7 +4,7 @@
 //! written by the test as a kubelet would (pods annotated
 //! `archway.test/kubelet: manual`), then the report read back.
 
-mod support;
+use archway_testkit as support;
 
 use std::time::{Duration, Instant};
 

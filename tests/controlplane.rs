@@ -1,12 +1,12 @@
 //! archway behind the real Kubernetes control plane: kube-apiserver calls it
 //! over TLS with the caBundle, applies its patch, then defaults and validates
 //! the pod; kube-scheduler places the pod; kube-controller-manager runs
-//! Deployments. Nodes are Node objects (tests/support/controlplane.rs).
+//! Deployments. Nodes are Node objects (tests/testkit/src/controlplane.rs).
 //!
 //! One control plane and one `archway serve` for this whole file; each test
 //! works in namespaces of its own.
 
-mod support;
+use archway_testkit as support;
 
 use std::collections::BTreeMap;
 use std::sync::OnceLock;

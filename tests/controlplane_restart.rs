@@ -3,7 +3,7 @@
 //! keep working. A control plane of its own, since the outage would disturb
 //! the tests of tests/controlplane.rs.
 
-mod support;
+use archway_testkit as support;
 
 use std::time::{Duration, Instant};
 

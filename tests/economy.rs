@@ -6,7 +6,7 @@
 //! a ConfigMap on the real control plane, so that another replica, or a
 //! restarted one, asks no GET for them.
 
-mod support;
+use archway_testkit as support;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

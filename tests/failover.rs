@@ -9,7 +9,7 @@
 //! controller, following the gated pods, can have looked their images up
 //! by the time it leads.
 
-mod support;
+use archway_testkit as support;
 
 use std::time::{Duration, Instant};
 

@@ -9,7 +9,7 @@
 //! this file, apart from tests/controlplane.rs; the tests take turns, since
 //! one of them kills archway.
 
-mod support;
+use archway_testkit as support;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, OnceLock};

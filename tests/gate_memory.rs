@@ -5,7 +5,7 @@
 //! `archway serve`'s memory when it (re)lists them: the watch keeps a slim
 //! view of each pod and lists one pod a page (`controllers::gate`).
 
-mod support;
+use archway_testkit as support;
 
 use std::time::{Duration, Instant};
 

@@ -7,7 +7,7 @@
 //! one at a time (`SERIAL`): one of them restarts archway with another
 //! threshold.
 
-mod support;
+use archway_testkit as support;
 
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};

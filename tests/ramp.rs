@@ -4,7 +4,7 @@
 //! it. archway is installed from deploy/ with its RBAC (the patch of
 //! namespaces is the autopilot's).
 
-mod support;
+use archway_testkit as support;
 
 use std::collections::BTreeMap;
 use std::sync::OnceLock;

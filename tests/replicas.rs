@@ -1,6 +1,6 @@
 //! archway as deploy/ runs it: two replicas behind a load balancer, on the
 //! real control plane. The balancer is HAProxy in TCP mode
-//! (tests/support/balancer.rs), round robin per connection with a
+//! (tests/testkit/src/balancer.rs), round robin per connection with a
 //! readiness check, as kube-proxy balances a Service; the webhook's
 //! `clientConfig` points at it and the API server verifies archway's own
 //! certificate through it.
@@ -9,7 +9,7 @@
 //! tests run one at a time (`SERIAL`): one restarts the replicas, the
 //! others read their metrics.
 
-mod support;
+use archway_testkit as support;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -5,7 +5,7 @@
 //! the Deployment, whose pods are then all on amd64. `--dry-run` changes
 //! nothing, and a namespace that is not opted in is an error.
 
-mod support;
+use archway_testkit as support;
 
 use std::collections::BTreeMap;
 use std::process::Output;

@@ -10,7 +10,7 @@
 //! each mistake is still told once. The tests run one at a time
 //! (`SERIAL`): they read the gauge and restart a replica.
 
-mod support;
+use archway_testkit as support;
 
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};

@@ -4,7 +4,7 @@
 //! runs in-process here, on a tokio runtime of its own, so the test can
 //! count that runtime's live tasks before and after the stop.
 
-mod support;
+use archway_testkit as support;
 
 use std::time::{Duration, Instant};
 

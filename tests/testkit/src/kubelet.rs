@@ -18,7 +18,7 @@ use kube::runtime::watcher::{self, Event};
 use serde_json::json;
 use tokio::sync::Semaphore;
 
-use super::controlplane::KUBELET_MANUAL;
+use crate::controlplane::KUBELET_MANUAL;
 
 pub struct FakeKubelet;
 
@@ -29,7 +29,7 @@ impl FakeKubelet {
         std::thread::spawn(move || {
             let runtime = tokio::runtime::Runtime::new().expect("kubelet runtime");
             runtime.block_on(async {
-                let client = super::controlplane::client_from_kubeconfig(&kubeconfig).await;
+                let client = crate::controlplane::client_from_kubeconfig(&kubeconfig).await;
                 FakeKubelet::run(client).await
             });
         });
