@@ -36,7 +36,7 @@ use archway::lookup::registry::facts::{Facts, FactsSettings};
 use archway::lookup::registry::{Credential, RegistryClient, RegistrySettings};
 use support::controlplane::{ControlPlane, client_from_kubeconfig};
 use support::webhook::install_crypto;
-use support::{CountingProxy, Fault, Format, ImageSpec, Recorded, Registry, RegistryOptions};
+use support::{CountingProxy, Fault, ImageSpec, Recorded, Registry, RegistryOptions};
 
 const TAGS: usize = 50;
 const NAMESPACES: usize = 10;
@@ -67,9 +67,7 @@ struct Row {
 }
 
 fn push(registry: &Registry, reference: &str, salt: &str) -> String {
-    let dir = tempfile::tempdir().unwrap();
-    let layout = support::build_layout(dir.path(), &ImageSpec::multi_arch().with_salt(salt));
-    registry.push(&layout.dir, reference, Format::Oci)
+    registry.push_spec(reference, &ImageSpec::multi_arch().with_salt(salt))
 }
 
 fn main() {
@@ -82,6 +80,7 @@ fn main() {
     let restart = env_duration("ECONOMY_RESTART_SECONDS", Duration::from_secs(30));
     let baseline = std::env::var("ECONOMY_BASELINE").map_or(true, |v| v != "0");
 
+    // Not a World: the inspectors run in-process, with archway's RBAC.
     let plane = ControlPlane::start();
     let kubeconfig = plane.archway_account();
     let registry = Arc::new(Registry::start(RegistryOptions::plain()));

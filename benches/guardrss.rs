@@ -21,10 +21,9 @@ use archway_testkit as support;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use support::controlplane::{ControlPlane, NodePool};
-use support::install::InstalledArchway;
+use support::ImageSpec;
 use support::webhook::install_crypto;
-use support::{Format, ImageSpec, Registry, RegistryOptions, build_layout};
+use support::world::World;
 
 const NAMESPACE: &str = "guardrss";
 const DEPLOYMENTS: usize = 20;
@@ -39,14 +38,14 @@ fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(10_000);
     let archway = release_archway();
-    let plane = ControlPlane::start();
-    plane.create_nodes(&NodePool::standard());
-    let registry = Registry::start(RegistryOptions::plain());
-    let dir = tempfile::tempdir().unwrap();
-    let layout = build_layout(dir.path(), &ImageSpec::multi_arch());
-    registry.push(&layout.dir, "app:v1", Format::Oci);
+    let World {
+        plane,
+        registry,
+        archway: installed,
+    } = World::builder(archway)
+        .image("app:v1", ImageSpec::multi_arch())
+        .start();
     let image = registry.image("app:v1");
-    let installed = InstalledArchway::install(&plane, &archway, &[registry.host()], |_| {});
     let pid = installed.pid().expect("archway runs");
     plane.create_namespace(
         NAMESPACE,

@@ -661,6 +661,7 @@ async fn the_chart_installs_on_a_real_control_plane_and_archway_places_a_pod() {
     use support::{Format, ImageSpec, Registry, RegistryOptions, build_layout};
 
     support::webhook::install_crypto();
+    // Not a World: archway is installed from the chart below, not from deploy/.
     let plane = ControlPlane::start();
     plane.create_nodes(&NodePool::standard());
     let registry = Registry::start(RegistryOptions::plain());

@@ -36,7 +36,7 @@ impl FakeKubelet {
     }
 
     /// Runs until the runtime it is spawned on stops.
-    pub async fn run(client: kube::Client) {
+    async fn run(client: kube::Client) {
         let pods: Api<Pod> = Api::all(client);
         // Writes in flight at once: enough for a 200-pod rollout, few
         // enough not to crowd the API server out for the tests' own calls.

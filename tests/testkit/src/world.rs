@@ -45,7 +45,7 @@ impl World {
             archway: archway.into(),
             kept_in: None,
             nodes: NodePool::standard(),
-            kubelet: false,
+            kubelet: None,
             registry: None,
             images: Vec::new(),
             insecure_registries: Vec::new(),
@@ -68,7 +68,9 @@ pub struct WorldBuilder {
     archway: PathBuf,
     kept_in: Option<PathBuf>,
     nodes: Vec<NodePool>,
-    kubelet: bool,
+    /// [`FakeKubelet::spawn`] when asked for: a function rather than a
+    /// flag, so that a test without the kubelet links none of its code.
+    kubelet: Option<fn(PathBuf)>,
     registry: Option<Registry>,
     images: Vec<(String, ImageSpec)>,
     insecure_registries: Vec<String>,
@@ -93,7 +95,7 @@ impl WorldBuilder {
     /// Runs the [`FakeKubelet`], for the life of the test process, so that
     /// bound pods run and deleted ones go (Deployments then roll).
     pub fn kubelet(mut self) -> Self {
-        self.kubelet = true;
+        self.kubelet = Some(FakeKubelet::spawn);
         self
     }
 
@@ -165,8 +167,8 @@ impl WorldBuilder {
         if !self.nodes.is_empty() {
             plane.create_nodes(&self.nodes);
         }
-        if self.kubelet {
-            FakeKubelet::spawn(plane.admin_kubeconfig.clone());
+        if let Some(spawn_kubelet) = self.kubelet {
+            spawn_kubelet(plane.admin_kubeconfig.clone());
         }
         let registry = (self.registry).unwrap_or_else(|| Registry::start(RegistryOptions::plain()));
         for (reference, spec) in &self.images {
