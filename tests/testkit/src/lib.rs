@@ -19,7 +19,9 @@
 //! the one integration tests link, so their types are the same. archway's
 //! own unit tests (`cargo test --lib`) never use the kit, so the second
 //! archway library their binary could see is never linked into it. The
-//! kit is therefore one crate, not two split along that dependency.
+//! kit is therefore one crate, not two split along that dependency; the
+//! price is that a change to archway's library rebuilds the kit (once)
+//! before the tests that use it.
 //!
 //! `Registry` methods block (they run processes and poll); inside a
 //! `#[tokio::test]` whose proxy must keep serving meanwhile (e.g. a skopeo
