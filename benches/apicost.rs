@@ -21,11 +21,11 @@
 //! APICOST_PROFILE=10 cargo bench --bench apicost    # also a 10 s CPU profile of kube-apiserver per set-up
 //! ```
 //!
-//! It starts the tests' control plane (tests/support/controlplane.rs, with
+//! It starts the tests' control plane (tests/testkit/src/controlplane.rs, with
 //! its node pools and the scheduler binding every pod), a registry with
 //! one multi-arch image, `archway serve` (release build) installed from
 //! deploy/ (rollout 50 in an enforce namespace), and the tests' second
-//! webhook (tests/support/injector.rs) in its allow-all and fixed forms.
+//! webhook (tests/testkit/src/injector.rs) in its allow-all and fixed forms.
 //! The image is looked up once before measuring, so every review is a
 //! cached one. archway keeps running in every set-up (its watches cost the
 //! API server whether or not its webhook is called); only the webhook
@@ -50,8 +50,7 @@
 //! Last, the same reviews are sent straight to archway, to show its own
 //! share. Run by `cargo test` (without `--bench`), it does nothing.
 
-#[path = "../tests/support/mod.rs"]
-mod support;
+use archway_testkit as support;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -453,7 +452,7 @@ async fn wait_until_bound(api: &Api<Pod>, count: usize) {
 /// `seconds` of 32 clients creating pods while the API server's profiler
 /// records; the profile goes to target/apicost/{setup}.pprof.
 async fn profile(plane: &ControlPlane, api: &Api<Pod>, image: &str, setup: Setup, seconds: u64) {
-    let out = support::controlplane::repo_root().join("target/apicost");
+    let out = support::repo_root().join("target/apicost");
     std::fs::create_dir_all(&out).unwrap();
     let path = out.join(format!("{}.pprof", setup.name()));
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));

@@ -26,8 +26,7 @@
 mod one_pass;
 #[path = "common/pods.rs"]
 mod pods;
-#[path = "../tests/support/mod.rs"]
-mod support;
+use archway_testkit as support;
 
 use one_pass::{Kind, OnePass};
 

@@ -16,7 +16,7 @@
 //!    with a GET on every expiry: what each expiry cost before
 //!    (ECONOMY_BASELINE=0 leaves it out).
 //! 2. archway as built: its facts saved by `facts::configmap::run` (leading)
-//!    to the ConfigMap on the real control plane (tests/support/controlplane.rs),
+//!    to the ConfigMap on the real control plane (tests/testkit/src/controlplane.rs),
 //!    with the shipped RBAC as its only permissions.
 //! 3. A restart: a new inspector whose facts are loaded from that ConfigMap
 //!    by a replica that is not leading, looking the same 50 tags up for
@@ -24,8 +24,7 @@
 //!
 //! Run by `cargo test` (without `--bench`), it does nothing.
 
-#[path = "../tests/support/mod.rs"]
-mod support;
+use archway_testkit as support;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -37,7 +36,7 @@ use archway::lookup::registry::facts::{Facts, FactsSettings};
 use archway::lookup::registry::{Credential, RegistryClient, RegistrySettings};
 use support::controlplane::{ControlPlane, client_from_kubeconfig};
 use support::webhook::install_crypto;
-use support::{CountingProxy, Fault, Format, ImageSpec, Recorded, Registry, RegistryOptions};
+use support::{CountingProxy, Fault, ImageSpec, Recorded, Registry, RegistryOptions};
 
 const TAGS: usize = 50;
 const NAMESPACES: usize = 10;
@@ -68,9 +67,7 @@ struct Row {
 }
 
 fn push(registry: &Registry, reference: &str, salt: &str) -> String {
-    let dir = tempfile::tempdir().unwrap();
-    let layout = support::build_layout(dir.path(), &ImageSpec::multi_arch().with_salt(salt));
-    registry.push(&layout.dir, reference, Format::Oci)
+    registry.push_spec(reference, &ImageSpec::multi_arch().with_salt(salt))
 }
 
 fn main() {
@@ -83,6 +80,7 @@ fn main() {
     let restart = env_duration("ECONOMY_RESTART_SECONDS", Duration::from_secs(30));
     let baseline = std::env::var("ECONOMY_BASELINE").map_or(true, |v| v != "0");
 
+    // Not a World: the inspectors run in-process, with archway's RBAC.
     let plane = ControlPlane::start();
     let kubeconfig = plane.archway_account();
     let registry = Arc::new(Registry::start(RegistryOptions::plain()));

@@ -16,16 +16,15 @@
 //!
 //! Run by `cargo test` (without `--bench`), it does nothing.
 
-#[path = "../tests/support/mod.rs"]
-mod support;
+use archway_testkit as support;
 
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use support::controlplane::{ControlPlane, NodePool};
-use support::install::InstalledArchway;
+use support::ImageSpec;
+use support::controlplane::NodePool;
 use support::webhook::install_crypto;
-use support::{Format, ImageSpec, Registry, RegistryOptions, build_layout};
+use support::world::World;
 
 const NAMESPACE: &str = "guardrss";
 const DEPLOYMENTS: usize = 20;
@@ -40,24 +39,25 @@ fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(10_000);
     let archway = release_archway();
-    let plane = ControlPlane::start();
     // The guard follows bound pods only: nodes enough for every pod (250
     // each), half of them arm64 and tainted as the standard pools are.
     let per_arch = pods.div_ceil(2 * 250) + 2;
-    plane.create_nodes(&[
-        NodePool::new("amd64", "linux", "amd64", per_arch),
-        NodePool::new("arm64", "linux", "arm64", per_arch).tainted(
-            "kubernetes.io/arch",
-            "arm64",
-            "NoSchedule",
-        ),
-    ]);
-    let registry = Registry::start(RegistryOptions::plain());
-    let dir = tempfile::tempdir().unwrap();
-    let layout = build_layout(dir.path(), &ImageSpec::multi_arch());
-    registry.push(&layout.dir, "app:v1", Format::Oci);
+    let World {
+        plane,
+        registry,
+        archway: installed,
+    } = World::builder(archway)
+        .nodes(&[
+            NodePool::new("amd64", "linux", "amd64", per_arch),
+            NodePool::new("arm64", "linux", "arm64", per_arch).tainted(
+                "kubernetes.io/arch",
+                "arm64",
+                "NoSchedule",
+            ),
+        ])
+        .image("app:v1", ImageSpec::multi_arch())
+        .start();
     let image = registry.image("app:v1");
-    let installed = InstalledArchway::install(&plane, &archway, &[registry.host()], |_| {});
     let pid = installed.pid().expect("archway runs");
     plane.create_namespace(
         NAMESPACE,

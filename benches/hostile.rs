@@ -13,8 +13,7 @@
 //! Without `--archway` (as `cargo bench` runs every bench) it does nothing.
 //! Bounded: every attack has a fixed count and every wait a timeout.
 
-#[path = "../tests/support/mod.rs"]
-mod support;
+use archway_testkit as support;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! loadkit registry --state DIR [--fill N] [--burst-delay-ms MS]
-//!     a real registry (tests/support harness) with the load images, N tags of
+//!     a real registry (tests/testkit) with the load images, N tags of
 //!     one image (fill:t00000...), the burst images, and a proxy in front that
 //!     delays the burst images' manifests like a distant registry would;
 //!     writes DIR/registry.env and serves until SIGTERM.
@@ -26,8 +26,7 @@
 
 #[path = "common/pods.rs"]
 mod pods;
-#[path = "../tests/support/mod.rs"]
-mod support;
+use archway_testkit as support;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};

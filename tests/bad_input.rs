@@ -9,7 +9,7 @@
 //! 413; a review whose object is not a readable Pod is allowed unchanged,
 //! with a warning.
 
-mod support;
+use archway_testkit as support;
 
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};

@@ -3,7 +3,7 @@
 //! cheaply (tests/controlplane.rs covers the rest): node inventories without
 //! an architecture, and readiness held back until the watches have synced.
 
-mod support;
+use archway_testkit as support;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -12,7 +12,7 @@
 # applies `kubectl kustomize deploy/` with server-side apply; starts a local
 # registry with sample images (multi-arch, amd64-only, arm64-only); and runs
 # `archway serve` on the host as the archway ServiceAccount. The tests use
-# the same pieces (tests/support/controlplane.rs, install.rs, kubelet.rs).
+# the same pieces (tests/testkit/src/controlplane.rs, install.rs, kubelet.rs).
 #
 # State and logs: $ARCHWAY_CLUSTER_DIR (default target/cluster).
 set -euo pipefail

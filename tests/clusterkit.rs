@@ -1,5 +1,5 @@
 //! `tests/cluster.sh`'s engine: the tests' own control-plane harness
-//! (tests/support/) run as a long-lived process, so a person can try archway
+//! (tests/testkit) run as a long-lived process, so a person can try archway
 //! on a real control plane with the same pieces the tests use.
 //!
 //! ```text
@@ -14,16 +14,15 @@
 //!
 //! Run by `cargo test` without a command, it does nothing.
 
-mod support;
+use archway_testkit as support;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use support::controlplane::{ControlPlane, NodePool, binaries, client_from_kubeconfig};
-use support::install::InstalledArchway;
-use support::kubelet::FakeKubelet;
+use support::ImageSpec;
+use support::controlplane::binaries;
 use support::webhook::install_crypto;
-use support::{Format, ImageSpec, Registry, RegistryOptions, build_layout};
+use support::world::World;
 
 /// The sample images: (variable printed by `up`, reference, what it publishes).
 const SAMPLES: [(&str, &str, &str); 3] = [
@@ -53,41 +52,35 @@ fn main() -> ExitCode {
 }
 
 fn run(state: PathBuf) {
-    let plane = ControlPlane::start_in(&state.join("controlplane"));
-    plane.create_nodes(&NodePool::standard());
-    eprintln!("clusterkit: control plane up on {}", plane.server_url());
+    let mut world = World::builder(env!("CARGO_BIN_EXE_archway"))
+        .kept_in(&state.join("controlplane"))
+        .kubelet();
+    for (_, reference, publishes) in SAMPLES {
+        let spec = match publishes {
+            "both" => ImageSpec::multi_arch(),
+            arch => ImageSpec::single(if arch == "amd64" { "amd64" } else { "arm64" }),
+        };
+        world = world.image(reference, spec.with_salt(reference));
+    }
+    let World {
+        plane,
+        registry,
+        archway,
+    } = world.start();
+    eprintln!(
+        "clusterkit: control plane up on {}, registry {} with the sample images",
+        plane.server_url(),
+        registry.host()
+    );
 
-    let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
-    let kubeconfig = plane.admin_kubeconfig.clone();
-    runtime.spawn(async move { FakeKubelet::run(client_from_kubeconfig(&kubeconfig).await).await });
-
-    let registry = Registry::start(RegistryOptions::plain());
-    let layouts = tempfile::tempdir().expect("layout folder");
     let mut env = vec![
         format!("KUBECONFIG={}", plane.admin_kubeconfig.display()),
         format!("KUBECTL={}", binaries().join("kubectl").display()),
         format!("REGISTRY={}", registry.host()),
     ];
-    for (variable, reference, publishes) in SAMPLES {
-        let spec = match publishes {
-            "both" => ImageSpec::multi_arch(),
-            arch => ImageSpec::single(if arch == "amd64" { "amd64" } else { "arm64" }),
-        };
-        let layout = build_layout(&layouts.path().join(variable), &spec.with_salt(reference));
-        registry.push(&layout.dir, reference, Format::Oci);
+    for (variable, reference, _) in SAMPLES {
         env.push(format!("{variable}={}", registry.image(reference)));
     }
-    eprintln!(
-        "clusterkit: registry {} with the sample images",
-        registry.host()
-    );
-
-    let archway = InstalledArchway::install(
-        &plane,
-        env!("CARGO_BIN_EXE_archway").as_ref(),
-        &[registry.host()],
-        |_| {},
-    );
     env.push(format!("ARCHWAY_LOG={}", archway.log.display()));
     env.push(format!(
         "ARCHWAY_METRICS=http://127.0.0.1:{}/metrics",
@@ -99,6 +92,7 @@ fn run(state: PathBuf) {
     std::fs::rename(&partial, &env_file).expect("publish env");
     eprintln!("clusterkit: ready; {}", env_file.display());
 
+    let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
     runtime.block_on(async {
         use tokio::signal::unix::{SignalKind, signal};
         let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");

@@ -4,19 +4,16 @@
 //! written by the test as a kubelet would (pods annotated
 //! `archway.test/kubelet: manual`), then the report read back.
 
-mod support;
-
-use std::time::{Duration, Instant};
+use archway_testkit as support;
 
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::SignedDuration;
-use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::api::{Api, Patch, PatchParams};
 use serde_json::{Value, json};
-use support::controlplane::{ControlPlane, KUBELET_MANUAL, NodePool, client_from_kubeconfig};
-use support::install::InstalledArchway;
-use support::kubelet::FakeKubelet;
-use support::webhook::install_crypto;
-use support::{ImageSpec, Registry, RegistryOptions};
+use support::ImageSpec;
+use support::controlplane::{ControlPlane, KUBELET_MANUAL};
+use support::workloads::bound_pods;
+use support::world::World;
 
 const HOURS_PER_MONTH: f64 = 730.5;
 
@@ -37,34 +34,6 @@ fn deployment(ns: &str, name: &str, image: &str, cpu: &str, memory: &str) -> Val
             },
         },
     })
-}
-
-/// The Deployment's pods once all 8 are bound, with their node's
-/// architecture.
-async fn bound_pods(client: &kube::Client, ns: &str, app: &str) -> Vec<(Pod, String)> {
-    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
-    let started = Instant::now();
-    loop {
-        let list = pods
-            .list(&ListParams::default().labels(&format!("app={app}")))
-            .await
-            .unwrap();
-        let bound: Vec<(Pod, String)> = (list.items.into_iter())
-            .filter_map(|p| {
-                let node = p.spec.as_ref()?.node_name.clone()?;
-                Some((p, node.split('-').next().unwrap().to_string()))
-            })
-            .collect();
-        if bound.len() == 8 {
-            return bound;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "{ns}/{app}: {} of 8 pods bound",
-            bound.len()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 /// Writes the pod's status as the kubelet would: Running, Ready
@@ -128,24 +97,15 @@ fn audit(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn audit_compares_the_architectures_and_prices_the_requests() {
-    install_crypto();
-    let plane = ControlPlane::start();
-    plane.create_nodes(&NodePool::standard());
-    let kubeconfig = plane.admin_kubeconfig.clone();
-    std::thread::spawn(move || {
-        let runtime = tokio::runtime::Runtime::new().expect("kubelet runtime");
-        runtime
-            .block_on(async { FakeKubelet::run(client_from_kubeconfig(&kubeconfig).await).await });
-    });
-    let registry = Registry::start(RegistryOptions::plain());
+    let World {
+        plane,
+        registry,
+        archway: _archway,
+    } = World::builder(env!("CARGO_BIN_EXE_archway"))
+        .kubelet()
+        .image("multi:v1", ImageSpec::multi_arch().with_salt("compare"))
+        .start();
     let dir = tempfile::tempdir().unwrap();
-    registry.push_spec("multi:v1", &ImageSpec::multi_arch().with_salt("compare"));
-    let _archway = InstalledArchway::install(
-        &plane,
-        env!("CARGO_BIN_EXE_archway").as_ref(),
-        &[registry.host()],
-        |_| {},
-    );
     let client = plane.client().await;
 
     let ns = "compare";
@@ -165,7 +125,7 @@ async fn audit_compares_the_architectures_and_prices_the_requests() {
     let mut requested: std::collections::BTreeMap<String, (f64, f64)> = Default::default();
     let mut counts = std::collections::BTreeMap::new();
     for (app, cpu, gib) in per_pod {
-        let pods = bound_pods(&client, ns, app).await;
+        let pods = bound_pods(&client, ns, app, 8).await;
         for (pod, arch) in &pods {
             // Restarts on arm64 for crashy; every pod ready 5 s (amd64) or
             // 9 s (arm64) after its creation.

@@ -1,12 +1,12 @@
 //! archway behind the real Kubernetes control plane: kube-apiserver calls it
 //! over TLS with the caBundle, applies its patch, then defaults and validates
 //! the pod; kube-scheduler places the pod; kube-controller-manager runs
-//! Deployments. Nodes are Node objects (tests/support/controlplane.rs).
+//! Deployments. Nodes are Node objects (tests/testkit/src/controlplane.rs).
 //!
 //! One control plane and one `archway serve` for this whole file; each test
 //! works in namespaces of its own.
 
-mod support;
+use archway_testkit as support;
 
 use std::collections::BTreeMap;
 use std::sync::OnceLock;
@@ -19,8 +19,7 @@ use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 use support::controlplane::{ControlPlane, NodePool, client_from_kubeconfig};
 use support::install::{InstalledArchway, sum_samples};
-use support::kubelet::FakeKubelet;
-use support::webhook::install_crypto;
+use support::world::World;
 use support::{Format, ImageSpec, Registry, RegistryOptions, build_layout};
 
 const PRIVATE_USER: &str = "puller";
@@ -44,40 +43,20 @@ impl Env {
 fn env() -> &'static Env {
     static ENV: OnceLock<Env> = OnceLock::new();
     ENV.get_or_init(|| {
-        install_crypto();
-        let started = Instant::now();
-        let plane = ControlPlane::start();
-        plane.create_nodes(&NodePool::standard());
-        let kubeconfig = plane.admin_kubeconfig.clone();
-        std::thread::spawn(move || {
-            let runtime = tokio::runtime::Runtime::new().expect("kubelet runtime");
-            runtime.block_on(async {
-                FakeKubelet::run(client_from_kubeconfig(&kubeconfig).await).await
-            });
-        });
-        let registry = Registry::start(RegistryOptions::plain());
         let private = Registry::start(
             RegistryOptions::plain().with_basic_auth(PRIVATE_USER, PRIVATE_PASSWORD),
         );
-        let dir = tempfile::tempdir().unwrap();
-        for (registry, spec, reference) in [
-            (&registry, ImageSpec::multi_arch(), "multi:v1"),
-            (&registry, ImageSpec::single("amd64"), "amd64-only:v1"),
-            (&registry, ImageSpec::single("arm64"), "arm64-only:v1"),
-            (&private, ImageSpec::multi_arch(), "private/app:v1"),
-        ] {
-            // skopeo reads `oci:PATH:TAG`: no ':' in the folder's name.
-            let folder = dir.path().join(reference.replace([':', '/'], "-"));
-            let layout = build_layout(&folder, &spec.with_salt(reference));
-            registry.push(&layout.dir, reference, Format::Oci);
-        }
-        let archway = InstalledArchway::install(
-            &plane,
-            env!("CARGO_BIN_EXE_archway").as_ref(),
-            &[registry.host(), private.host()],
-            |_| {},
-        );
-        eprintln!("control plane and archway ready in {:?}", started.elapsed());
+        let reference = "private/app:v1";
+        private.push_spec(reference, &ImageSpec::multi_arch().with_salt(reference));
+        let World {
+            plane,
+            registry,
+            archway,
+        } = World::builder(env!("CARGO_BIN_EXE_archway"))
+            .kubelet()
+            .sample_images()
+            .insecure_registries(&[private.host()])
+            .start();
         Env {
             plane,
             registry,

@@ -3,17 +3,15 @@
 //! keep working. A control plane of its own, since the outage would disturb
 //! the tests of tests/controlplane.rs.
 
-mod support;
+use archway_testkit as support;
 
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, PostParams};
 use serde_json::json;
-use support::controlplane::{ControlPlane, NodePool};
-use support::install::InstalledArchway;
-use support::webhook::install_crypto;
-use support::{Format, ImageSpec, Registry, RegistryOptions, build_layout};
+use support::ImageSpec;
+use support::world::World;
 
 /// Whether archway patches a dry-run pod of `image` in `namespace`.
 async fn is_patched(client: &kube::Client, namespace: &str, image: &str) -> bool {
@@ -56,20 +54,14 @@ async fn time_until_patched(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn archway_outlives_an_api_server_restart() {
-    install_crypto();
-    let plane = ControlPlane::start();
-    plane.create_nodes(&NodePool::standard());
-    let registry = Registry::start(RegistryOptions::plain());
-    let dir = tempfile::tempdir().unwrap();
-    let layout = build_layout(dir.path(), &ImageSpec::multi_arch());
-    registry.push(&layout.dir, "app:v1", Format::Oci);
+    let World {
+        plane,
+        registry,
+        archway,
+    } = World::builder(env!("CARGO_BIN_EXE_archway"))
+        .image("app:v1", ImageSpec::multi_arch())
+        .start();
     let image = registry.image("app:v1");
-    let archway = InstalledArchway::install(
-        &plane,
-        env!("CARGO_BIN_EXE_archway").as_ref(),
-        &[registry.host()],
-        |_| {},
-    );
     plane.create_namespace(
         "before",
         &[("archway.dev/mode", "enforce")],

@@ -7,7 +7,7 @@
 //!
 //! `cargo test --test corpus -- --nocapture` prints each shape's outcome.
 
-mod support;
+use archway_testkit as support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -18,7 +18,7 @@ use kube::api::{Api, ListParams, Patch, PatchParams};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use support::injector::SidecarInjector;
-use support::world::{SAMPLE_IMAGES, World, push_sample};
+use support::world::{SAMPLE_IMAGES, World, sample_image};
 use support::{CountingProxy, Fault};
 
 const ARCHWAY_GATE: &str = "archway.dev/inspect";
@@ -159,27 +159,22 @@ fn arch_of_node(node: &str) -> &str {
 async fn every_pod_bound_without_archway_is_bound_with_it_on_an_architecture_its_images_run() {
     // The slow registry (in front of the world's) is set up before archway,
     // which must trust it.
-    let (proxy_tx, proxy_rx) = std::sync::mpsc::channel::<CountingProxy>();
-    let (upstream_tx, upstream_rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let runtime = tokio::runtime::Runtime::new().expect("proxy runtime");
-        runtime.block_on(async move {
-            let upstream = upstream_rx.recv().unwrap();
-            let proxy = CountingProxy::start(upstream).await;
-            proxy.set_fault_rule(|r| match r.is_manifest() {
-                true => Fault::Delay(SLOW),
-                false => Fault::None,
-            });
-            proxy_tx.send(proxy).unwrap();
-            std::future::pending::<()>().await
-        });
-    });
     let registry = support::Registry::start(support::RegistryOptions::plain());
-    upstream_tx.send(registry.addr()).unwrap();
-    let slow = proxy_rx.recv().unwrap();
+    let slow = CountingProxy::start_detached(registry.addr());
+    slow.set_fault_rule(|r| match r.is_manifest() {
+        true => Fault::Delay(SLOW),
+        false => Fault::None,
+    });
     let world = tokio::task::spawn_blocking({
         let slow_host = slow.host();
-        move || World::start(&[slow_host], |_| {})
+        move || {
+            World::builder(env!("CARGO_BIN_EXE_archway"))
+                .kubelet()
+                .registry(registry)
+                .sample_images()
+                .insecure_registries(&[slow_host])
+                .start()
+        }
     })
     .await
     .unwrap();
@@ -192,7 +187,6 @@ async fn every_pod_bound_without_archway_is_bound_with_it_on_an_architecture_its
     );
 
     // Each namespace's slow image has a tag of its own: cold in each.
-    let layouts = tempfile::tempdir().unwrap();
     let mut images_by_namespace: BTreeMap<String, BTreeMap<&str, String>> = BTreeMap::new();
     let mut runs_on: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     for (reference, archs) in SAMPLE_IMAGES {
@@ -207,12 +201,8 @@ async fn every_pod_bound_without_archway_is_bound_with_it_on_an_architecture_its
                 .unwrap()
                 .contains("${SLOW}");
             if uses_slow {
-                push_sample(
-                    &registry,
-                    layouts.path(),
-                    &["amd64", "arm64"],
-                    &slow_reference,
-                );
+                let spec = sample_image(&["amd64", "arm64"], &slow_reference);
+                world.registry.push_spec(&slow_reference, &spec);
                 runs_on.insert(
                     format!("{}/{slow_reference}", slow.host()),
                     ["amd64", "arm64"].map(String::from).into(),

@@ -2,7 +2,7 @@
 # Installs what the tests and tests/cluster.sh run for real, where missing:
 # a CNCF registry, skopeo, htpasswd, Debian's kubectl (kustomize v2),
 # Python's venv, and HAProxy (the load balancer in front of archway's
-# replicas, tests/support/balancer.rs). Go, which builds the control plane
+# replicas, tests/testkit/src/balancer.rs). Go, which builds the control plane
 # (tests/controlplane/build.sh), comes with the machine: Debian's is too old.
 set -euo pipefail
 cd "$(dirname "$0")/.."

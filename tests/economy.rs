@@ -6,7 +6,7 @@
 //! a ConfigMap on the real control plane, so that another replica, or a
 //! restarted one, asks no GET for them.
 
-mod support;
+use archway_testkit as support;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -480,6 +480,7 @@ async fn facts_answer_another_credential_only_after_its_own_head() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_leader_writes_the_facts_and_a_replica_that_is_not_leading_only_reads_them() {
     install_crypto();
+    // Not a World: the replicas are in-process inspectors, with archway's RBAC.
     let plane = tokio::task::spawn_blocking(ControlPlane::start)
         .await
         .unwrap();

@@ -9,16 +9,14 @@
 //! controller, following the gated pods, can have looked their images up
 //! by the time it leads.
 
-mod support;
+use archway_testkit as support;
 
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams, PostParams};
 use serde_json::json;
-use support::controlplane::{ControlPlane, NodePool};
-use support::install::InstalledArchway;
-use support::webhook::install_crypto;
+use support::world::World;
 use support::{CountingProxy, Fault, ImageSpec, Registry, RegistryOptions};
 
 const PODS: usize = 50;
@@ -37,36 +35,27 @@ fn is_gated(pod: &Pod) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_leader_killed_after_a_burst_of_gated_pods_leaves_none_released_unplaced() {
-    install_crypto();
-    let plane = ControlPlane::start();
-    plane.create_nodes(&NodePool::standard());
     let registry = Registry::start(RegistryOptions::plain());
-    registry.push_spec("multi:v1", &ImageSpec::multi_arch().with_salt("failover"));
     // The proxy lives on a runtime of its own, as long as the test.
-    let upstream = registry.addr();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let runtime = tokio::runtime::Runtime::new().expect("proxy runtime");
-        runtime.block_on(async move {
-            tx.send(CountingProxy::start(upstream).await).unwrap();
-            std::future::pending::<()>().await
-        });
-    });
-    let slow = rx.recv().unwrap();
+    let slow = CountingProxy::start_detached(registry.addr());
     slow.set_fault_rule(|r| match r.is_manifest() {
         true => Fault::Delay(REGISTRY_DELAY),
         false => Fault::None,
     });
-    let archway = InstalledArchway::install_replicas(
-        &plane,
-        env!("CARGO_BIN_EXE_archway").as_ref(),
-        &[slow.host()],
-        2,
-        |config| {
+    // The registry stays up behind the proxy as long as the test.
+    let World {
+        plane,
+        registry: _registry,
+        archway,
+    } = World::builder(env!("CARGO_BIN_EXE_archway"))
+        .registry(registry)
+        .image("multi:v1", ImageSpec::multi_arch().with_salt("failover"))
+        .insecure_registries(&[slow.host()])
+        .configure(|config| {
             config["gate"]["timeout"] = format!("{}s", GATE_TIMEOUT.as_secs()).into();
             config["registry"]["requestTimeout"] = "30s".into();
-        },
-    );
+        })
+        .start_replicas(2);
     let started = Instant::now();
     let leader = loop {
         if let Some(holder) = plane.lease_holder() {

@@ -6,7 +6,7 @@
 //! when failing closed), names the cause, does not hammer the registry, and
 //! never caches a failure as a success.
 
-mod support;
+use archway_testkit as support;
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};

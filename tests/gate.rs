@@ -9,7 +9,7 @@
 //! this file, apart from tests/controlplane.rs; the tests take turns, since
 //! one of them kills archway.
 
-mod support;
+use archway_testkit as support;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -21,11 +21,10 @@ use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, ListParams, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use serde_json::{Value, json};
-use support::controlplane::{ControlPlane, NodePool, client_from_kubeconfig};
+use support::controlplane::ControlPlane;
 use support::install::InstalledArchway;
-use support::kubelet::FakeKubelet;
-use support::webhook::install_crypto;
-use support::{CountingProxy, Fault, Format, ImageSpec, Registry, RegistryOptions, build_layout};
+use support::world::World;
+use support::{CountingProxy, Fault, ImageSpec, Registry, RegistryOptions};
 
 const GATE: &str = "archway.dev/inspect";
 /// How long the proxy holds each manifest answer in the slow runs.
@@ -56,57 +55,33 @@ struct Env {
 fn env() -> &'static Env {
     static ENV: OnceLock<Env> = OnceLock::new();
     ENV.get_or_init(|| {
-        install_crypto();
-        let started = Instant::now();
-        let plane = ControlPlane::start();
-        plane.create_nodes(&NodePool::standard());
-        let kubeconfig = plane.admin_kubeconfig.clone();
-        std::thread::spawn(move || {
-            let runtime = tokio::runtime::Runtime::new().expect("kubelet runtime");
-            runtime.block_on(async {
-                FakeKubelet::run(client_from_kubeconfig(&kubeconfig).await).await
-            });
-        });
         let registry = Registry::start(RegistryOptions::plain());
-        let dir = tempfile::tempdir().unwrap();
+        // The proxies live on runtimes of their own: a test's runtime ends
+        // with the test.
+        let [slow, restart, down] = [(); 3].map(|_| CountingProxy::start_detached(registry.addr()));
+        let mut world = World::builder(env!("CARGO_BIN_EXE_archway"))
+            .kubelet()
+            .registry(registry)
+            .insecure_registries(&[slow.host(), restart.host(), down.host()])
+            .configure(|config| {
+                config["gate"]["timeout"] = format!("{}s", GATE_TIMEOUT.as_secs()).into();
+                // Longer than the gate: a held lookup is still running when
+                // the gate times out, as with a registry that hangs.
+                config["registry"]["requestTimeout"] = "20s".into();
+            });
         for (kind, _) in KINDS {
             let spec = match kind {
                 "multi" => ImageSpec::multi_arch(),
                 "amd64-only" => ImageSpec::single("amd64"),
                 _ => ImageSpec::single("arm64"),
             };
-            let layout = build_layout(&dir.path().join(kind), &spec.with_salt(kind));
-            registry.push(&layout.dir, &format!("{kind}:v0"), Format::Oci);
+            world = world.image(&format!("{kind}:v0"), spec.with_salt(kind));
         }
-        // The proxies live on a runtime of their own: a test's runtime ends
-        // with the test.
-        let upstream = registry.addr();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let runtime = tokio::runtime::Runtime::new().expect("proxy runtime");
-            runtime.block_on(async move {
-                let proxies = (
-                    CountingProxy::start(upstream).await,
-                    CountingProxy::start(upstream).await,
-                    CountingProxy::start(upstream).await,
-                );
-                tx.send(proxies).unwrap();
-                std::future::pending::<()>().await
-            });
-        });
-        let (slow, restart, down) = rx.recv().unwrap();
-        let archway = InstalledArchway::install(
-            &plane,
-            env!("CARGO_BIN_EXE_archway").as_ref(),
-            &[slow.host(), restart.host(), down.host()],
-            |config| {
-                config["gate"]["timeout"] = format!("{}s", GATE_TIMEOUT.as_secs()).into();
-                // Longer than the gate: a held lookup is still running when
-                // the gate times out, as with a registry that hangs.
-                config["registry"]["requestTimeout"] = "20s".into();
-            },
-        );
-        eprintln!("control plane and archway ready in {:?}", started.elapsed());
+        let World {
+            plane,
+            registry,
+            archway,
+        } = world.start();
         Env {
             plane,
             registry,

@@ -5,7 +5,7 @@
 //! `archway serve`'s memory when it (re)lists them: the watch keeps a slim
 //! view of each pod and lists one pod a page (`controllers::gate`).
 
-mod support;
+use archway_testkit as support;
 
 use std::time::{Duration, Instant};
 
@@ -13,8 +13,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, PostParams};
 use serde_json::{Value, json};
 use support::controlplane::{ControlPlane, wait_for};
-use support::install::InstalledArchway;
-use support::webhook::install_crypto;
+use support::world::World;
 
 const NAMESPACE: &str = "gate-memory";
 const PODS: usize = 60;
@@ -89,10 +88,9 @@ fn gated_watches(plane: &ControlPlane) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn labelled_megabyte_pods_in_any_namespace_leave_archway_s_memory_alone() {
-    install_crypto();
-    let plane = ControlPlane::start();
-    let archway =
-        InstalledArchway::install(&plane, env!("CARGO_BIN_EXE_archway").as_ref(), &[], |_| {});
+    let World { plane, archway, .. } = World::builder(env!("CARGO_BIN_EXE_archway"))
+        .nodes(&[])
+        .start();
     // Idle: archway ready, its gate controller watching no pod.
     wait_for("archway's gate watch", Duration::from_secs(30), || {
         (gated_watches(&plane) > 0).then_some(())

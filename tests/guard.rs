@@ -7,7 +7,7 @@
 //! one at a time (`SERIAL`): one of them restarts archway with another
 //! threshold.
 
-mod support;
+use archway_testkit as support;
 
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -16,52 +16,23 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use serde_json::{Value, json};
-use support::controlplane::{ControlPlane, KUBELET_MANUAL, NodePool, client_from_kubeconfig};
-use support::install::InstalledArchway;
-use support::kubelet::FakeKubelet;
-use support::webhook::install_crypto;
+use support::ImageSpec;
+use support::controlplane::KUBELET_MANUAL;
 use support::workloads::{ContainerState, bound_pods, deployment, write_status};
-use support::{ImageSpec, Registry, RegistryOptions};
+use support::world::World;
 
 const HOLD_LABEL: &str = "archway.dev/hold";
 const HOLD_REASON: &str = "archway.dev/hold-reason";
 
-struct Env {
-    plane: ControlPlane,
-    registry: Registry,
-    archway: InstalledArchway,
-}
-
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-fn env() -> &'static Env {
-    static ENV: OnceLock<Env> = OnceLock::new();
+fn env() -> &'static World {
+    static ENV: OnceLock<World> = OnceLock::new();
     ENV.get_or_init(|| {
-        install_crypto();
-        let started = Instant::now();
-        let plane = ControlPlane::start();
-        plane.create_nodes(&NodePool::standard());
-        let kubeconfig = plane.admin_kubeconfig.clone();
-        std::thread::spawn(move || {
-            let runtime = tokio::runtime::Runtime::new().expect("kubelet runtime");
-            runtime.block_on(async {
-                FakeKubelet::run(client_from_kubeconfig(&kubeconfig).await).await
-            });
-        });
-        let registry = Registry::start(RegistryOptions::plain());
-        registry.push_spec("multi:v1", &ImageSpec::multi_arch().with_salt("guard"));
-        let archway = InstalledArchway::install(
-            &plane,
-            env!("CARGO_BIN_EXE_archway").as_ref(),
-            &[registry.host()],
-            |_| {},
-        );
-        eprintln!("control plane and archway ready in {:?}", started.elapsed());
-        Env {
-            plane,
-            registry,
-            archway,
-        }
+        World::builder(env!("CARGO_BIN_EXE_archway"))
+            .kubelet()
+            .image("multi:v1", ImageSpec::multi_arch().with_salt("guard"))
+            .start()
     })
 }
 

@@ -2,7 +2,7 @@
 //! every registry kind, every image shape in both formats, the proxy and its
 //! faults, restarts, and that registry processes die with the test process.
 
-mod support;
+use archway_testkit as support;
 
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};

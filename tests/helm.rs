@@ -8,14 +8,12 @@
 //! on a machine takes minutes); kubectl and kubernetes-validate come from
 //! tests/run.sh, as for tests/deploy.rs.
 //!
-//! And the chart installs on the real control plane (tests/support/
+//! And the chart installs on the real control plane (tests/testkit/src/
 //! controlplane.rs) with server-side apply, and archway, run with what the
 //! chart installed (its configuration, its Secret, its ServiceAccount's
 //! RBAC), places a pod.
 
-mod support;
-#[path = "support/tools.rs"]
-mod tools;
+use archway_testkit as support;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -23,7 +21,9 @@ use std::process::Command;
 
 use archway::config::Config;
 use serde_yaml::Value;
-use tools::{documents, kind, kubectls, kustomize_with, name, run, run_ok, validate};
+use support::tools::{
+    self, documents, kind, kubectls, kustomize_with, name, run, run_ok, validate,
+};
 
 const RELEASE: &str = "archway";
 
@@ -36,7 +36,7 @@ const HELM_LABELS: &[&str] = &[
 ];
 
 fn chart() -> PathBuf {
-    tools::repo().join("deploy/helm/archway")
+    support::repo_root().join("deploy/helm/archway")
 }
 
 /// `helm template` of the chart into `namespace` with `args` (values),
@@ -81,7 +81,10 @@ fn deploy_copy() -> tempfile::TempDir {
         }
     }
     let dir = tempfile::tempdir().unwrap();
-    copy(&tools::repo().join("deploy"), &dir.path().join("deploy"));
+    copy(
+        &support::repo_root().join("deploy"),
+        &dir.path().join("deploy"),
+    );
     dir
 }
 
@@ -647,7 +650,7 @@ fn the_chart_refuses_values_that_would_install_a_broken_archway() {
 /// ServiceAccount, and places a pod in an opted-in namespace.
 ///
 /// There is no service network or kubelet here (as for deploy/ in
-/// tests/support/install.rs): archway runs on the host, the webhook's
+/// tests/testkit/src/install.rs): archway runs on the host, the webhook's
 /// clientConfig points at it by URL (keeping the chart's caBundle), and the
 /// Deployment is scaled to 0.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -658,6 +661,7 @@ async fn the_chart_installs_on_a_real_control_plane_and_archway_places_a_pod() {
     use support::{Format, ImageSpec, Registry, RegistryOptions, build_layout};
 
     support::webhook::install_crypto();
+    // Not a World: archway is installed from the chart below, not from deploy/.
     let plane = ControlPlane::start();
     plane.create_nodes(&NodePool::standard());
     let registry = Registry::start(RegistryOptions::plain());

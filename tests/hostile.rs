@@ -4,7 +4,7 @@
 //! makes, and for whom. Against a real registry, a real TLS webhook and
 //! loopback servers that count what reaches them (and drip what they send).
 
-mod support;
+use archway_testkit as support;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};

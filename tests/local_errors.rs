@@ -2,7 +2,7 @@
 //! file descriptors is not remembered as the registry's failure. Its own
 //! test binary: it lowers the process's descriptor limit.
 
-mod support;
+use archway_testkit as support;
 
 use std::time::Duration;
 

@@ -9,9 +9,7 @@
 //! run on a machine takes minutes); kubectl and kubernetes-validate come
 //! from tests/run.sh.
 
-mod support;
-#[path = "support/tools.rs"]
-mod tools;
+use archway_testkit as support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -22,14 +20,14 @@ use k8s_openapi::api::core::v1::{Namespace, Node};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde_json::json;
 use support::apiserver::FakeApiServer;
+use support::tools::{self, kind, kustomize, name, run, run_ok, validate};
 use support::webhook::{SERVICE_NAME, client_for, install_crypto, pod_review};
 use support::{
     CountingProxy, Fault, Format, ImageSpec, Registry, RegistryOptions, TestCa, build_layout,
 };
-use tools::{kind, kustomize, name, run, run_ok, validate};
 
 fn monitoring() -> std::path::PathBuf {
-    tools::repo().join("deploy/monitoring")
+    support::repo_root().join("deploy/monitoring")
 }
 
 fn read(file: &str) -> String {
@@ -166,7 +164,7 @@ fn the_monitoring_kustomization_renders_the_dashboard_and_rules() {
     // The PodMonitor scrapes the port archway serves /metrics on, of pods
     // the Deployment labels so.
     let monitor = objects.iter().find(|o| kind(o) == "PodMonitor").unwrap();
-    let install = kustomize(&tools::repo().join("deploy"));
+    let install = kustomize(&support::repo_root().join("deploy"));
     let deployment = install.iter().find(|o| kind(o) == "Deployment").unwrap();
     let pod = &deployment["spec"]["template"];
     for (key, value) in monitor["spec"]["selector"]["matchLabels"]

@@ -4,7 +4,7 @@
 //! it. archway is installed from deploy/ with its RBAC (the patch of
 //! namespaces is the autopilot's).
 
-mod support;
+use archway_testkit as support;
 
 use std::collections::BTreeMap;
 use std::sync::OnceLock;
@@ -13,39 +13,19 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::core::v1::Namespace;
 use kube::api::Api;
 use serde_json::{Value, json};
-use support::controlplane::{ControlPlane, NodePool};
-use support::install::InstalledArchway;
-use support::webhook::install_crypto;
-use support::{ImageSpec, Registry, RegistryOptions};
+use support::ImageSpec;
+use support::controlplane::ControlPlane;
+use support::world::World;
 
 const ROLLOUT: &str = "archway.dev/rollout";
 const STATUS: &str = "archway.dev/ramp-status";
 
-struct Env {
-    plane: ControlPlane,
-    registry: Registry,
-    _archway: InstalledArchway,
-}
-
-fn env() -> &'static Env {
-    static ENV: OnceLock<Env> = OnceLock::new();
+fn env() -> &'static World {
+    static ENV: OnceLock<World> = OnceLock::new();
     ENV.get_or_init(|| {
-        install_crypto();
-        let plane = ControlPlane::start();
-        plane.create_nodes(&NodePool::standard());
-        let registry = Registry::start(RegistryOptions::plain());
-        registry.push_spec("multi:v1", &ImageSpec::multi_arch().with_salt("ramp"));
-        let archway = InstalledArchway::install(
-            &plane,
-            env!("CARGO_BIN_EXE_archway").as_ref(),
-            &[registry.host()],
-            |_| {},
-        );
-        Env {
-            plane,
-            registry,
-            _archway: archway,
-        }
+        World::builder(env!("CARGO_BIN_EXE_archway"))
+            .image("multi:v1", ImageSpec::multi_arch().with_salt("ramp"))
+            .start()
     })
 }
 

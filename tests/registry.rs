@@ -1,6 +1,6 @@
 //! Registry inspection against a real CNCF registry, filled by skopeo.
 
-mod support;
+use archway_testkit as support;
 
 use std::sync::OnceLock;
 use std::time::Duration;

@@ -1,6 +1,6 @@
 //! archway as deploy/ runs it: two replicas behind a load balancer, on the
 //! real control plane. The balancer is HAProxy in TCP mode
-//! (tests/support/balancer.rs), round robin per connection with a
+//! (tests/testkit/src/balancer.rs), round robin per connection with a
 //! readiness check, as kube-proxy balances a Service; the webhook's
 //! `clientConfig` points at it and the API server verifies archway's own
 //! certificate through it.
@@ -9,7 +9,7 @@
 //! tests run one at a time (`SERIAL`): one restarts the replicas, the
 //! others read their metrics.
 
-mod support;
+use archway_testkit as support;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -21,53 +21,27 @@ use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, ListParams, PostParams};
 use serde_json::{Value, json};
-use support::controlplane::{ControlPlane, NodePool};
-use support::install::{InstalledArchway, Replicas};
-use support::webhook::install_crypto;
+use support::ImageSpec;
+use support::install::Replicas;
 use support::workloads::{ContainerState, bound_pods, deployment, write_status};
-use support::{ImageSpec, Registry, RegistryOptions};
+use support::world::World;
 
 const DECISION: &str = "archway.dev/decision";
 const HOLD_LABEL: &str = "archway.dev/hold";
 const REVIEWS: &str = "archway_reviews_total";
 
-struct Env {
-    plane: ControlPlane,
-    registry: Registry,
-    archway: Replicas,
-}
-
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-fn env() -> &'static Env {
-    static ENV: OnceLock<Env> = OnceLock::new();
+fn env() -> &'static World<Replicas> {
+    static ENV: OnceLock<World<Replicas>> = OnceLock::new();
     ENV.get_or_init(|| {
-        install_crypto();
-        let started = Instant::now();
-        let plane = ControlPlane::start();
-        plane.create_nodes(&NodePool::standard());
-        let registry = Registry::start(RegistryOptions::plain());
-        registry.push_spec("multi:v1", &ImageSpec::multi_arch().with_salt("replicas"));
-        let archway = InstalledArchway::install_replicas(
-            &plane,
-            env!("CARGO_BIN_EXE_archway").as_ref(),
-            &[registry.host()],
-            2,
-            |_| {},
-        );
-        eprintln!(
-            "control plane and two replicas behind haproxy ready in {:?}",
-            started.elapsed()
-        );
-        Env {
-            plane,
-            registry,
-            archway,
-        }
+        World::builder(env!("CARGO_BIN_EXE_archway"))
+            .image("multi:v1", ImageSpec::multi_arch().with_salt("replicas"))
+            .start_replicas(2)
     })
 }
 
-fn image(env: &Env) -> String {
+fn image(env: &World<Replicas>) -> String {
     format!("{}/multi:v1", env.registry.host())
 }
 
@@ -182,14 +156,14 @@ impl Load {
 }
 
 /// The reviews of `namespace` each replica has counted since it started.
-fn reviews(env: &Env, namespace: &str) -> Vec<f64> {
+fn reviews(env: &World<Replicas>, namespace: &str) -> Vec<f64> {
     (env.archway.replicas.iter())
         .map(|r| r.counter(REVIEWS, &[("namespace", namespace)]))
         .collect()
 }
 
 /// Connections the balancer has sent to each replica so far.
-fn connections(env: &Env) -> Vec<u64> {
+fn connections(env: &World<Replicas>) -> Vec<u64> {
     (env.archway.balancer.stats().iter())
         .map(|s| s.connections)
         .collect()
@@ -197,7 +171,7 @@ fn connections(env: &Env) -> Vec<u64> {
 
 /// Webhook calls for pods in `namespace` on which the API server failed
 /// open, from its audit log (the `failed-open.` audit annotation).
-fn failed_open(env: &Env, namespace: &str) -> usize {
+fn failed_open(env: &World<Replicas>, namespace: &str) -> usize {
     (env.plane.audit_events().into_iter())
         .filter(|e| e["objectRef"]["namespace"] == namespace && e["verb"] == "create")
         .filter(|e| {
@@ -217,7 +191,7 @@ enum Stop {
 
 /// Stops replica `index` and starts it again; returns how long it was
 /// stopping, starting, and until the balancer counted it up again.
-fn restart(env: &Env, index: usize, how: Stop) -> (Duration, Duration, Duration) {
+fn restart(env: &World<Replicas>, index: usize, how: Stop) -> (Duration, Duration, Duration) {
     let replica = &env.archway.replicas[index];
     let stopping = match how {
         Stop::Graceful => replica.terminate(),

@@ -5,7 +5,7 @@
 //! the Deployment, whose pods are then all on amd64. `--dry-run` changes
 //! nothing, and a namespace that is not opted in is an error.
 
-mod support;
+use archway_testkit as support;
 
 use std::collections::BTreeMap;
 use std::process::Output;
@@ -16,47 +16,20 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::api::{Api, ListParams};
 use serde_json::{Value, json};
-use support::controlplane::{ControlPlane, NodePool, client_from_kubeconfig};
-use support::install::InstalledArchway;
-use support::kubelet::FakeKubelet;
-use support::webhook::install_crypto;
-use support::{ImageSpec, Registry, RegistryOptions};
+use support::ImageSpec;
+use support::controlplane::ControlPlane;
+use support::world::World;
 
 const ROLLOUT: &str = "archway.dev/rollout";
 const STATUS: &str = "archway.dev/ramp-status";
 
-struct Env {
-    plane: ControlPlane,
-    registry: Registry,
-    _archway: InstalledArchway,
-}
-
-fn env() -> &'static Env {
-    static ENV: OnceLock<Env> = OnceLock::new();
+fn env() -> &'static World {
+    static ENV: OnceLock<World> = OnceLock::new();
     ENV.get_or_init(|| {
-        install_crypto();
-        let plane = ControlPlane::start();
-        plane.create_nodes(&NodePool::standard());
-        let kubeconfig = plane.admin_kubeconfig.clone();
-        std::thread::spawn(move || {
-            let runtime = tokio::runtime::Runtime::new().expect("kubelet runtime");
-            runtime.block_on(async {
-                FakeKubelet::run(client_from_kubeconfig(&kubeconfig).await).await
-            });
-        });
-        let registry = Registry::start(RegistryOptions::plain());
-        registry.push_spec("multi:v1", &ImageSpec::multi_arch().with_salt("rollback"));
-        let archway = InstalledArchway::install(
-            &plane,
-            env!("CARGO_BIN_EXE_archway").as_ref(),
-            &[registry.host()],
-            |_| {},
-        );
-        Env {
-            plane,
-            registry,
-            _archway: archway,
-        }
+        World::builder(env!("CARGO_BIN_EXE_archway"))
+            .kubelet()
+            .image("multi:v1", ImageSpec::multi_arch().with_salt("rollback"))
+            .start()
     })
 }
 

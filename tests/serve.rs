@@ -1,7 +1,7 @@
 //! `archway serve` as a process: start-up, configuration reload, certificate
 //! rotation under load, and graceful shutdown on SIGTERM.
 
-mod support;
+use archway_testkit as support;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;

@@ -10,7 +10,7 @@
 //! each mistake is still told once. The tests run one at a time
 //! (`SERIAL`): they read the gauge and restart a replica.
 
-mod support;
+use archway_testkit as support;
 
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -20,7 +20,7 @@ use kube::api::{Api, ListParams};
 use serde_json::json;
 use support::controlplane::{ControlPlane, wait_for};
 use support::install::{InstalledArchway, sum_samples};
-use support::webhook::install_crypto;
+use support::world::World;
 
 const REASON: &str = "InvalidArchwaySetting";
 const GAUGE: &str = "archway_namespaces_invalid_settings";
@@ -37,16 +37,16 @@ static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 fn env() -> &'static Env {
     static ENV: OnceLock<Env> = OnceLock::new();
     ENV.get_or_init(|| {
-        install_crypto();
-        let started = Instant::now();
-        let plane = ControlPlane::start();
-        let first =
-            InstalledArchway::install(&plane, env!("CARGO_BIN_EXE_archway").as_ref(), &[], |_| {});
+        // A second replica beside the one the webhook calls (not behind a
+        // balancer): reviews reach one replica, both watch namespaces.
+        let World {
+            plane,
+            archway: first,
+            ..
+        } = World::builder(env!("CARGO_BIN_EXE_archway"))
+            .nodes(&[])
+            .start();
         let second = first.another_replica("archway-1");
-        eprintln!(
-            "control plane and two replicas ready in {:?}",
-            started.elapsed()
-        );
         Env {
             plane,
             replicas: [first, second],

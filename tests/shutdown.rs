@@ -4,7 +4,7 @@
 //! runs in-process here, on a tokio runtime of its own, so the test can
 //! count that runtime's live tasks before and after the stop.
 
-mod support;
+use archway_testkit as support;
 
 use std::time::{Duration, Instant};
 
@@ -16,6 +16,7 @@ const IDENTITY: &str = "archway-shutdown-test";
 #[test]
 fn a_stopped_archway_leaves_no_task_running_and_gives_its_lease_up() {
     install_crypto();
+    // Not a World: archway runs in-process here, on a control plane of its own.
     let plane = ControlPlane::start();
     let dir = tempfile::tempdir().unwrap();
     // SAFETY: set before any thread of this test reads the environment;

@@ -2,7 +2,7 @@
 //! API server does it, images in a real registry, patches decoded and
 //! applied, the results validated as Pods.
 
-mod support;
+use archway_testkit as support;
 
 use std::path::Path;
 use std::sync::OnceLock;

@@ -22,16 +22,17 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use serde_json::{Value, json};
 
-use super::balancer::{Backend, Balancer};
-use super::controlplane::{
-    ClientAuth, ControlPlane, free_port, http_get, kubeconfig_yaml, repo_root, wait_for,
+use crate::balancer::{Backend, Balancer};
+use crate::controlplane::{
+    ClientAuth, ControlPlane, free_port, http_get, kubeconfig_yaml, wait_for,
 };
-use super::process::spawn_tied;
-use super::tls::TestCa;
+use crate::process::spawn_tied;
+use crate::repo_root;
+use crate::tls::TestCa;
 
 /// The namespace in which installation checks that the API server calls
 /// archway.
-pub const PROBE_NAMESPACE: &str = "archway-probe";
+const PROBE_NAMESPACE: &str = "archway-probe";
 
 pub struct InstalledArchway {
     pub dir: PathBuf,
@@ -406,7 +407,7 @@ fn wait_until_called(plane: &ControlPlane, replicas: &[&InstalledArchway]) {
 }
 
 /// deploy/base/archway.yaml, the configuration a user installs.
-pub fn deploy_config() -> serde_yaml::Value {
+fn deploy_config() -> serde_yaml::Value {
     let path = repo_root().join("deploy/base/archway.yaml");
     let text = std::fs::read_to_string(&path).expect("read deploy/base/archway.yaml");
     serde_yaml::from_str(&text).expect("deploy/base/archway.yaml is YAML")

@@ -8,8 +8,8 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use serde_json::{Value, json};
 
-use super::controlplane::KUBELET_MANUAL;
-use super::kubelet::now_rfc3339;
+use crate::controlplane::KUBELET_MANUAL;
+use crate::kubelet::now_rfc3339;
 
 /// A Deployment whose pods' statuses the test writes (`manual`) or the
 /// fake kubelet does.

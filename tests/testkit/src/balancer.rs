@@ -21,11 +21,11 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use super::controlplane::wait_for;
-use super::process::spawn_tied;
+use crate::controlplane::wait_for;
+use crate::process::spawn_tied;
 
 /// Where Debian's package puts it.
-pub const HAPROXY: &str = "/usr/sbin/haproxy";
+const HAPROXY: &str = "/usr/sbin/haproxy";
 
 /// One replica behind the balancer: its name and its two ports.
 #[derive(Clone, Debug)]

@@ -23,7 +23,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use serde_json::{Value, json};
 
-use super::tls::TestCa;
+use crate::tls::TestCa;
 
 /// The container the injector adds.
 pub const SIDECAR: &str = "injected-sidecar";

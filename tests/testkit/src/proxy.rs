@@ -74,7 +74,7 @@ pub enum Fault {
 }
 
 /// The longest a `Fault::Stall` holds a request, so no test can hang on it.
-pub const STALL_LIMIT: Duration = Duration::from_secs(120);
+const STALL_LIMIT: Duration = Duration::from_secs(120);
 
 type Rule = Box<dyn FnMut(&Recorded) -> Fault + Send>;
 
@@ -101,6 +101,22 @@ impl CountingProxy {
     /// Listens on 127.0.0.1:0 in the current tokio runtime.
     pub async fn start(upstream: SocketAddr) -> CountingProxy {
         Self::start_on("127.0.0.1:0".parse().unwrap(), upstream).await
+    }
+
+    /// Listens on 127.0.0.1:0 on a thread and runtime of its own, for the
+    /// life of the test process: for a proxy that must outlive the runtime
+    /// that asked for it, as one a file's tests share, or one archway keeps
+    /// calling after a test's runtime has ended.
+    pub fn start_detached(upstream: SocketAddr) -> CountingProxy {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Runtime::new().expect("proxy runtime");
+            runtime.block_on(async move {
+                tx.send(CountingProxy::start(upstream).await).unwrap();
+                std::future::pending::<()>().await
+            });
+        });
+        rx.recv().expect("the proxy's thread started it")
     }
 
     /// Listens on `bind` (`[::1]:0` for a registry at an IPv6 address).

@@ -22,8 +22,9 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use serde_json::{Value, json};
 
-use super::process::spawn_tied;
-use super::tls::TestCa;
+use crate::process::spawn_tied;
+use crate::repo_root;
+use crate::tls::TestCa;
 
 /// Pods with this annotation set to `manual` are left to the test: the fake
 /// kubelet neither reports them running nor confirms their deletion.
@@ -59,10 +60,6 @@ pub fn binaries() -> &'static Path {
                 .trim(),
         )
     })
-}
-
-pub fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
 /// A port that was free a moment ago on 127.0.0.1.
@@ -405,7 +402,7 @@ impl ControlPlane {
     }
 
     /// Waits for `/readyz` (storage, RBAC bootstrap, every post-start hook).
-    pub fn wait_until_api_ready(&self) {
+    fn wait_until_api_ready(&self) {
         wait_for("kube-apiserver /readyz", START_TIMEOUT, || {
             self.check_running();
             self.try_kubectl(&["get", "--raw", "/readyz"], None)

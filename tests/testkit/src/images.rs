@@ -6,13 +6,13 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{Value, json};
 
-use super::http::sha256_digest;
+use crate::http::sha256_digest;
 
 pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
-pub const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
-pub const OCI_LAYER_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
-pub const IN_TOTO: &str = "application/vnd.in-toto+json";
+const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
+const OCI_LAYER_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
+const IN_TOTO: &str = "application/vnd.in-toto+json";
 
 /// buildx marks attestation manifests with this platform.
 pub const ATTESTATION_PLATFORM: (&str, &str) = ("unknown", "unknown");
@@ -79,8 +79,8 @@ impl ImageSpec {
     }
 }
 
-pub const LINUX_AMD64: Platform = ("linux", "amd64", None);
-pub const LINUX_ARM64: Platform = ("linux", "arm64", None);
+const LINUX_AMD64: Platform = ("linux", "amd64", None);
+const LINUX_ARM64: Platform = ("linux", "arm64", None);
 
 /// One platform's image manifest inside a layout.
 #[derive(Clone, Debug)]
@@ -285,7 +285,7 @@ fn attestation_manifest(blobs: &Blobs, subject: &str) -> (String, usize) {
 
 /// A ustar archive holding one regular file (hand-rolled: one header block,
 /// the data padded to 512, and two zero blocks).
-pub fn tar_with_file(name: &str, data: &[u8]) -> Vec<u8> {
+fn tar_with_file(name: &str, data: &[u8]) -> Vec<u8> {
     assert!(name.len() < 100, "tar name too long");
     let mut header = [0u8; 512];
     header[..name.len()].copy_from_slice(name.as_bytes());

@@ -2,7 +2,7 @@
 //! archway's cluster view: list and watch of namespaces and nodes (with
 //! resourceVersions, label selectors, bookmarks and the metadata-only
 //! `PartialObjectMetadata` form), get of secrets, pods and workloads for
-//! audit, and 404/403 answers as the real server gives them. Served over
+//! audit, and 404 answers as the real server gives them. Served over
 //! plain HTTP on 127.0.0.1 and reached through the real kube client.
 
 use std::collections::BTreeMap;
@@ -21,21 +21,6 @@ use tokio::sync::broadcast;
 
 type Body = http_body_util::combinators::BoxBody<Bytes, Infallible>;
 
-/// One recorded request.
-#[derive(Debug, Clone)]
-pub struct ApiRequest {
-    pub method: String,
-    pub path: String,
-    pub query: String,
-    pub accept: String,
-}
-
-impl ApiRequest {
-    pub fn is_watch(&self) -> bool {
-        self.query.contains("watch=true") || self.query.contains("watch=1")
-    }
-}
-
 #[derive(Clone)]
 struct Change {
     resource: &'static str,
@@ -48,8 +33,6 @@ struct State {
     resource_version: u64,
     /// resource ("namespaces", "nodes", "pods", ...) -> key -> object.
     objects: BTreeMap<&'static str, BTreeMap<String, Value>>,
-    forbidden: Vec<String>,
-    requests: Vec<ApiRequest>,
 }
 
 pub struct FakeApiServer {
@@ -123,10 +106,6 @@ impl FakeApiServer {
         kube::Client::try_from(config).unwrap()
     }
 
-    pub fn requests(&self) -> Vec<ApiRequest> {
-        self.state.lock().unwrap().requests.clone()
-    }
-
     /// Creates or replaces an object of `resource` (a k8s-openapi type).
     pub fn put<T: serde::Serialize>(&self, resource: &'static str, object: &T) {
         let mut value = serde_json::to_value(object).unwrap();
@@ -165,15 +144,6 @@ impl FakeApiServer {
                 },
             ));
         }
-    }
-
-    /// Answers 403 to any get of this `namespace/name` secret.
-    pub fn forbid_secret(&self, namespace: &str, name: &str) {
-        self.state
-            .lock()
-            .unwrap()
-            .forbidden
-            .push(format!("{namespace}/{name}"));
     }
 }
 
@@ -281,12 +251,6 @@ async fn handle(
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default()
         .to_string();
-    state.lock().unwrap().requests.push(ApiRequest {
-        method: req.method().to_string(),
-        path: path.clone(),
-        query: query.clone(),
-        accept: accept.clone(),
-    });
     if req.method() != hyper::Method::GET {
         return status(405, "MethodNotAllowed", "the stand-in serves reads only");
     }
@@ -306,15 +270,6 @@ async fn handle(
             None => name.clone(),
         };
         let state = state.lock().unwrap();
-        if resource == "secrets" && state.forbidden.contains(&key) {
-            return status(
-                403,
-                "Forbidden",
-                &format!(
-                    "secrets \"{name}\" is forbidden: User \"system:serviceaccount:archway:archway\" cannot get resource \"secrets\""
-                ),
-            );
-        }
         return match state
             .objects
             .get(resource.as_str())

@@ -251,7 +251,7 @@ fn issue_token(shared: &Shared, subject: &str, scopes: &[String]) -> String {
 
 /// libtrust key ID: base32 of the first 240 bits of SHA-256(SPKI DER), in
 /// colon-separated groups of four.
-pub fn libtrust_key_id(spki_der: &[u8]) -> String {
+fn libtrust_key_id(spki_der: &[u8]) -> String {
     let hash = ring::digest::digest(&ring::digest::SHA256, spki_der);
     let encoded = base32(&hash.as_ref()[..30]);
     encoded

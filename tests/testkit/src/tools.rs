@@ -1,9 +1,7 @@
 //! The command-line tools the install tests run for real: helm and promtool
 //! (built from their Go modules by tests/tools/build.sh, once per machine),
 //! kubectl (its kustomize) and kubernetes-validate (tests/run.sh installs
-//! both). Included by the tests that need it with `#[path]`.
-
-#![allow(dead_code)]
+//! both).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -12,19 +10,17 @@ use std::sync::OnceLock;
 use serde::Deserialize;
 use serde_yaml::Value;
 
+use crate::repo_root;
+
 /// The Kubernetes version objects are validated against (as tests/deploy.rs).
 pub const KUBERNETES_VERSION: &str = "1.33.0";
-
-pub fn repo() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
 
 /// The folder tests/tools/build.sh built helm and promtool into. The first
 /// call on a machine builds them (minutes); later ones find them cached.
 fn tools_bin() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
-        let script = repo().join("tests/tools/build.sh");
+        let script = repo_root().join("tests/tools/build.sh");
         // stderr passes through: the build says what it does and how long
         // it took.
         let output = Command::new(&script)
@@ -127,7 +123,7 @@ pub fn name(object: &Value) -> &str {
 
 /// Objects of API groups kubernetes-validate has no schema for (custom
 /// resources: cert-manager, the Prometheus Operator).
-pub fn is_custom_resource(object: &Value) -> bool {
+fn is_custom_resource(object: &Value) -> bool {
     let api_version = object["apiVersion"].as_str().unwrap_or_default();
     ["cert-manager.io/", "monitoring.coreos.com/"]
         .iter()

@@ -18,7 +18,7 @@ use kube::runtime::watcher::{self, Event};
 use serde_json::json;
 use tokio::sync::Semaphore;
 
-use super::controlplane::KUBELET_MANUAL;
+use crate::controlplane::KUBELET_MANUAL;
 
 pub struct FakeKubelet;
 
@@ -29,14 +29,14 @@ impl FakeKubelet {
         std::thread::spawn(move || {
             let runtime = tokio::runtime::Runtime::new().expect("kubelet runtime");
             runtime.block_on(async {
-                let client = super::controlplane::client_from_kubeconfig(&kubeconfig).await;
+                let client = crate::controlplane::client_from_kubeconfig(&kubeconfig).await;
                 FakeKubelet::run(client).await
             });
         });
     }
 
     /// Runs until the runtime it is spawned on stops.
-    pub async fn run(client: kube::Client) {
+    async fn run(client: kube::Client) {
         let pods: Api<Pod> = Api::all(client);
         // Writes in flight at once: enough for a 200-pod rollout, few
         // enough not to crowd the API server out for the tests' own calls.

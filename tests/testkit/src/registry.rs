@@ -10,10 +10,10 @@ use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
-use super::http::{probe_status, sha256_digest};
-use super::process::spawn_tied;
-use super::tls::TestCa;
-use super::token::{TokenRequest, TokenServer};
+use crate::http::probe_status;
+use crate::process::spawn_tied;
+use crate::tls::TestCa;
+use crate::token::{TokenRequest, TokenServer};
 
 const REGISTRY_BIN: &str = "/usr/bin/docker-registry";
 const INSTALL_HINT: &str = "apt-get install -y docker-registry skopeo apache2-utils";
@@ -21,7 +21,7 @@ const DIR_PREFIX: &str = "archway-registry-";
 const OWNER_FILE: &str = "owner.pid";
 const READY_TIMEOUT: Duration = Duration::from_secs(10);
 pub const TOKEN_SERVICE: &str = "archway-test-registry";
-pub const TOKEN_ISSUER: &str = "archway-test-token-issuer";
+const TOKEN_ISSUER: &str = "archway-test-token-issuer";
 
 #[derive(Clone, Debug, Default)]
 pub struct RegistryOptions {
@@ -277,10 +277,6 @@ http:
         format!("{}/{reference}", self.host())
     }
 
-    pub fn is_tls(&self) -> bool {
-        self.tls.is_some()
-    }
-
     pub fn ca_pem(&self) -> Option<String> {
         self.tls.as_ref().map(|t| t.ca_pem.clone())
     }
@@ -361,7 +357,7 @@ http:
     }
 
     /// skopeo flags reaching this registry; `prefix` is "dest-", "src-" or "".
-    pub fn skopeo_args(&self, prefix: &str) -> Vec<String> {
+    fn skopeo_args(&self, prefix: &str) -> Vec<String> {
         let mut args = Vec::new();
         match &self.tls {
             Some(tls) => args.push(format!("--{prefix}cert-dir={}", tls.cert_dir.display())),
@@ -373,16 +369,16 @@ http:
         args
     }
 
-    /// Pushes every image of an OCI layout as `reference` ("demo:v1") and
-    /// returns the digest of the top-level manifest the registry now holds.
     /// Builds `spec` as an OCI layout in a directory of its own and pushes
     /// it as `reference`; its digest.
-    pub fn push_spec(&self, reference: &str, spec: &super::ImageSpec) -> String {
+    pub fn push_spec(&self, reference: &str, spec: &crate::ImageSpec) -> String {
         let dir = tempfile::tempdir().expect("layout directory");
-        let layout = super::build_layout(dir.path(), spec);
+        let layout = crate::build_layout(dir.path(), spec);
         self.push(&layout.dir, reference, Format::Oci)
     }
 
+    /// Pushes every image of an OCI layout as `reference` ("demo:v1") and
+    /// returns the digest of the top-level manifest the registry now holds.
     pub fn push(&self, layout: impl AsRef<Path>, reference: &str, format: Format) -> String {
         self.try_push(layout, reference, format)
             .unwrap_or_else(|e| panic!("push {reference} ({format:?}): {e}"))
@@ -405,14 +401,6 @@ http:
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         skopeo_inspect_raw(&args, &self.image(reference))
             .unwrap_or_else(|e| panic!("inspect {reference}: {e}"))
-    }
-
-    /// Media type and digest of what `reference` resolves to, via skopeo.
-    pub fn manifest_type_and_digest(&self, reference: &str) -> (String, String) {
-        let raw = self.inspect_raw(reference);
-        let value: serde_json::Value = serde_json::from_slice(&raw).expect("manifest JSON");
-        let media_type = value["mediaType"].as_str().unwrap_or_default().to_string();
-        (media_type, sha256_digest(&raw))
     }
 
     /// Deletes a manifest (tag or digest) through the registry API.

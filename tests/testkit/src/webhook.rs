@@ -6,14 +6,13 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use archway::admission::Reviewer;
 use archway::certs::ReloadingCertificate;
 use archway::config::Config;
 use archway::serve::server::{self, AppState, Listeners};
 use base64::Engine;
 use serde_json::{Value, json};
 
-use super::tls::TestCa;
+use crate::tls::TestCa;
 
 /// The name the API server uses for the Service: `<service>.<namespace>.svc`.
 pub const SERVICE_NAME: &str = "archway.archway.svc";
