@@ -1,7 +1,8 @@
 //! The migration autopilot on the real control plane: a namespace with a
 //! ramp moves itself from step to step, with an Event per step, and a hold
 //! on one of its workloads pauses it, saying why, until a person resumes
-//! it. archway is installed from deploy/ with its RBAC (the patch of
+//! it; so do pods that restart on the target architecture more than on the
+//! other, with no hold. archway is installed from deploy/ with its RBAC (the patch of
 //! namespaces is the autopilot's).
 
 use archway_testkit as support;
@@ -15,6 +16,7 @@ use kube::api::Api;
 use serde_json::{Value, json};
 use support::ImageSpec;
 use support::controlplane::ControlPlane;
+use support::workloads::{ContainerState, bound_pods, deployment, write_status};
 use support::world::World;
 
 const ROLLOUT: &str = "archway.dev/rollout";
@@ -204,4 +206,82 @@ async fn a_namespace_ramps_step_by_step_and_a_hold_pauses_it_until_a_person_resu
     })
     .await;
     eprintln!("RAMP: resumed: {seen:#?}");
+}
+
+/// The ramp compares the namespace's pods on the two architectures: pods
+/// that restart on arm64 and not on amd64, too few times for the guard to
+/// hold anything, still pause it, saying why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_restarting_on_the_target_more_than_on_the_other_pause_the_ramp() {
+    let env = env();
+    let client = env.plane.client().await;
+    let ns = "ramp-health";
+    env.plane.create_namespace(
+        ns,
+        &[("archway.dev/mode", "enforce")],
+        &[("archway.dev/rollout", "50")],
+    );
+    let image = env.registry.image("multi:v1");
+    env.plane.apply(&[deployment(ns, "api", &image, 6, true)]);
+    let pods = bound_pods(&client, ns, "api", 6).await;
+    let on = |arch: &str| pods.iter().filter(|(_, a)| a == arch).count();
+    assert_eq!((on("arm64"), on("amd64")), (3, 3), "rollout 50 of 6");
+    // Three restarts each on arm64 (the guard holds at 5, or on
+    // CrashLoopBackOff), none on amd64.
+    for (pod, arch) in &pods {
+        let state = match arch.as_str() {
+            "arm64" => ContainerState::Restarted(3),
+            _ => ContainerState::Running,
+        };
+        write_status(&client, pod, state).await;
+    }
+
+    // The ramp starts at the rollout in force; a step of a minute gives the
+    // comparison (every 5 s) time to speak first.
+    let api: Api<Namespace> = Api::all(client.clone());
+    let ramp = json!({"metadata": {"annotations": {
+        "archway.dev/ramp": "50,100", "archway.dev/ramp-step": "60s"}}});
+    api.patch(
+        ns,
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(&ramp),
+    )
+    .await
+    .unwrap();
+    let seen = follow(&client, ns, Duration::from_secs(30), |a| {
+        a.get(STATUS).is_some_and(|s| s.starts_with("paused at "))
+    })
+    .await;
+    let (rollout, status) = seen.last().unwrap();
+    eprintln!("RAMP HEALTH: {seen:#?}");
+    assert_eq!(rollout, "50", "paused where it was: {seen:#?}");
+    assert!(
+        status.contains(": the namespace's pods fare worse on arm64: pods on arm64 restart ")
+            && status.contains(
+                " times per pod-hour, while on amd64 (0.00); remove this annotation to resume"
+            ),
+        "{status}"
+    );
+    let events = ramp_events(&env.plane, ns);
+    assert!(
+        events.iter().any(|(t, r, n)| t == "Warning"
+            && r == "RampPaused"
+            && n.starts_with("ramp paused at 50%: the namespace's pods fare worse on arm64: ")),
+        "{events:#?}"
+    );
+    // Nothing was held: the comparison alone paused it.
+    let held = env.plane.kubectl(
+        &[
+            "-n",
+            ns,
+            "get",
+            "deployments",
+            "-l",
+            "archway.dev/hold",
+            "-o",
+            "name",
+        ],
+        None,
+    );
+    assert_eq!(held.trim(), "", "no hold expected");
 }

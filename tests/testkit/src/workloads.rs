@@ -83,6 +83,13 @@ pub async fn write_status(client: &kube::Client, pod: &Pod, state: ContainerStat
     let now = now_rfc3339();
     let (ready, restarts, state, last) = match state {
         ContainerState::Running => (true, 0, json!({"running": {"startedAt": now}}), json!({})),
+        ContainerState::Restarted(restarts) => (
+            true,
+            restarts,
+            json!({"running": {"startedAt": now}}),
+            json!({"terminated": {"exitCode": 1, "reason": "Error",
+                   "startedAt": now, "finishedAt": now}}),
+        ),
         ContainerState::CrashLoop => (
             false,
             3,
@@ -120,6 +127,9 @@ pub async fn write_status(client: &kube::Client, pod: &Pod, state: ContainerStat
 #[derive(Clone, Copy)]
 pub enum ContainerState {
     Running,
+    /// Running and ready again, after this many restarts: under the
+    /// guard's limit, and no CrashLoopBackOff.
+    Restarted(u32),
     CrashLoop,
     ExecFormat,
 }
