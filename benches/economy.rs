@@ -104,10 +104,13 @@ fn main() {
         .unwrap();
     let rows = runtime.block_on(async {
         let client = client_from_kubeconfig(&kubeconfig).await;
-        let target = Target::from_settings(&FactsSettings {
-            namespace: Some("archway".into()),
-            ..FactsSettings::default()
-        });
+        let target = Target::from_settings(
+            &FactsSettings {
+                namespace: Some("archway".into()),
+                ..FactsSettings::default()
+            },
+            "archway",
+        );
         let proxy = CountingProxy::start(registry.addr()).await;
         let cache = CacheSettings {
             tag_ttl,

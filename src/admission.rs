@@ -127,6 +127,17 @@ impl SharedReviewer {
     }
 }
 
+/// The workloads the rollout guard holds off the target, as a review asks
+/// about a pod's: the guard (`controllers::guard::Holds`) answers, and the
+/// review depends only on this question, not on the guard.
+pub trait HeldWorkloads: Send + Sync {
+    /// The hold on the workload of `pod`, if any.
+    fn for_pod(
+        &self,
+        pod: &k8s_openapi::api::core::v1::Pod,
+    ) -> Option<crate::decision::placement::Hold>;
+}
+
 /// Everything a review needs, shared by all requests.
 #[derive(Clone)]
 pub struct Reviewer {
@@ -142,7 +153,7 @@ pub struct Reviewer {
     /// buckets; kept across configuration reloads.
     pub draws: Arc<RolloutDraws>,
     /// The rollout guard's holds; `None` without a cluster.
-    pub holds: Option<crate::controllers::guard::Holds>,
+    pub holds: Option<Arc<dyn HeldWorkloads>>,
     /// Whether some replica leads, and so runs the gate controller, as
     /// this replica last saw (`lease::Leadership::some_leader`); `None`
     /// without a cluster. Pods are gated only while it is true, so that a

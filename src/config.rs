@@ -47,7 +47,7 @@ pub struct Config {
     /// Cold lookups: the scheduling gate and its controller.
     pub gate: GateConfig,
     /// The rollout guard's thresholds (see `guard.rs`).
-    pub guard: crate::controllers::guard::GuardConfig,
+    pub guard: GuardConfig,
     /// Prices per architecture for `archway audit`'s cost figures (see
     /// `decision/cost.rs`); none by default.
     pub cost: crate::decision::cost::CostConfig,
@@ -244,7 +244,7 @@ impl Default for Config {
             registry: RegistryConfig::default(),
             server: ServerConfig::default(),
             gate: GateConfig::default(),
-            guard: crate::controllers::guard::GuardConfig::default(),
+            guard: GuardConfig::default(),
             cost: crate::decision::cost::CostConfig::default(),
         }
     }
@@ -504,6 +504,45 @@ impl Config {
             namespaces: self.namespaces.clone(),
             default_rollout: self.default_rollout,
         }
+    }
+}
+
+/// The guard's configuration (`guard:` in the configuration file).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct GuardConfig {
+    /// Failing pods on the target architecture, within `window`, that hold
+    /// a workload.
+    pub threshold: usize,
+    #[serde(with = "humantime_serde")]
+    pub window: Duration,
+    /// Restarts of one pod within `window` that count as failing, without
+    /// CrashLoopBackOff or an exec format error.
+    pub restarts: u32,
+}
+
+impl Default for GuardConfig {
+    fn default() -> Self {
+        GuardConfig {
+            threshold: 2,
+            window: Duration::from_secs(600),
+            restarts: 5,
+        }
+    }
+}
+
+impl GuardConfig {
+    pub fn check(&self) -> Result<(), String> {
+        if self.threshold == 0 {
+            return Err("guard.threshold must be at least 1".into());
+        }
+        if self.restarts == 0 {
+            return Err("guard.restarts must be at least 1".into());
+        }
+        if self.window.is_zero() {
+            return Err("guard.window must be longer than zero".into());
+        }
+        Ok(())
     }
 }
 

@@ -21,13 +21,18 @@
 //!   flags and hands over).
 //!
 //! Beside them: `config` (the file's schema and validation), `metrics`,
-//! `telemetry` (logs), `certs` (serving certificates), `report` (tables).
+//! `telemetry` (logs), `certs` (serving certificates), `report` (tables),
+//! `components` (the long-lived tasks and the one stop token every layer
+//! that starts a task is handed), and `setup` (a reviewer built from the
+//! configuration, for `serve` and the commands). No module uses one below
+//! it: `cargo test --test layers` checks the order.
 
 pub mod admission;
 pub mod certs;
 pub mod cli;
 pub mod cluster;
 pub mod commands;
+pub mod components;
 pub mod config;
 pub mod controllers;
 pub mod decision;

@@ -488,11 +488,14 @@ async fn the_leader_writes_the_facts_and_a_replica_that_is_not_leading_only_read
     let client = client_from_kubeconfig(&kubeconfig).await;
     let admin = plane.client().await;
     let config_maps: Api<ConfigMap> = Api::namespaced(admin, "archway");
-    let target = Target::from_settings(&archway::lookup::registry::facts::FactsSettings {
-        namespace: Some("archway".into()),
-        write_interval: Duration::from_secs(1),
-        ..Default::default()
-    });
+    let target = Target::from_settings(
+        &archway::lookup::registry::facts::FactsSettings {
+            namespace: Some("archway".into()),
+            write_interval: Duration::from_secs(1),
+            ..Default::default()
+        },
+        "archway",
+    );
     assert_eq!(target.name, "archway-facts");
 
     let registry = Registry::start(RegistryOptions::plain());

@@ -19,10 +19,10 @@ use kube::api::{Api, PartialObjectMeta};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 
+use crate::components::Components;
 use crate::decision::placement::{NodeArch, Nodes};
 use crate::decision::policy::{MODE_LABEL, NamespacePolicy, PolicySource, Rollout};
 use crate::lookup::registry::Keyring;
-use crate::serve::components::Components;
 
 pub mod events;
 pub mod lease;

@@ -24,9 +24,9 @@ use kube::api::PartialObjectMeta;
 use kube::runtime::watcher;
 use tokio::sync::mpsc;
 
+use crate::components::Components;
 use crate::decision::policy::{self, SettingProblem};
 use crate::metrics::Metrics;
-use crate::serve::components::Components;
 
 /// The Event's reason, which `kubectl get events --field-selector
 /// reason=InvalidArchwaySetting` finds.

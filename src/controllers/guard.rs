@@ -29,14 +29,14 @@ use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use kube::api::Api;
 use kube::runtime::{WatchStreamExt, watcher};
-use serde::Deserialize;
 use tokio::sync::watch;
 
 use crate::cluster::NodeInventory;
+use crate::components::Components;
+use crate::config::GuardConfig;
 use crate::decision::placement::{ARCH_POD_LABEL, Hold};
 use crate::decision::policy::{GuardMode, Mode, NamespacePolicy, PolicySource};
 use crate::metrics::Metrics;
-use crate::serve::components::Components;
 pub use detect::{Detector, DetectorSettings, Failure, Observation, Verdict};
 pub use holds::{HOLD_LABEL, HOLD_REASON_ANNOTATION, HoldError, HoldWriter, Holds};
 pub use owners::Owners;
@@ -47,51 +47,14 @@ pub mod holds;
 pub mod owners;
 pub mod pods;
 
-/// The guard's configuration (`guard:` in the configuration file).
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
-pub struct GuardConfig {
-    /// Failing pods on the target architecture, within `window`, that hold
-    /// a workload.
-    pub threshold: usize,
-    #[serde(with = "humantime_serde")]
-    pub window: Duration,
-    /// Restarts of one pod within `window` that count as failing, without
-    /// CrashLoopBackOff or an exec format error.
-    pub restarts: u32,
-}
-
-impl Default for GuardConfig {
-    fn default() -> Self {
-        GuardConfig {
-            threshold: 2,
-            window: Duration::from_secs(600),
-            restarts: 5,
-        }
-    }
-}
-
-impl GuardConfig {
-    pub fn check(&self) -> Result<(), String> {
-        if self.threshold == 0 {
-            return Err("guard.threshold must be at least 1".into());
-        }
-        if self.restarts == 0 {
-            return Err("guard.restarts must be at least 1".into());
-        }
-        if self.window.is_zero() {
-            return Err("guard.window must be longer than zero".into());
-        }
-        Ok(())
-    }
-
-    pub fn detector(&self, target: &str) -> DetectorSettings {
-        DetectorSettings {
-            target: target.to_string(),
-            threshold: self.threshold,
-            window: self.window,
-            restarts: self.restarts,
-        }
+/// What the guard judges by: the configuration's `guard:` section and the
+/// target architecture.
+pub fn detector_settings(config: &GuardConfig, target: &str) -> DetectorSettings {
+    DetectorSettings {
+        target: target.to_string(),
+        threshold: config.threshold,
+        window: config.window,
+        restarts: config.restarts,
     }
 }
 

@@ -13,11 +13,11 @@ use crate::certs::{self, ReloadingCertificate};
 use crate::cluster::lease::{Elector, Leadership, LeaseSettings};
 use crate::cluster::settings_report::SettingsReporter;
 use crate::cluster::{ClusterPolicies, PullSecrets};
+use crate::components::Components;
 use crate::config::Config;
 use crate::controllers::guard::{GuardContext, GuardedPolicies, Holds};
 use crate::lookup::registry::facts;
 use crate::metrics::Metrics;
-use crate::serve::components::Components;
 use crate::serve::reload::{ConfigReloader, Loader};
 use crate::serve::server::{self, AppState, Listeners};
 
@@ -83,7 +83,10 @@ pub async fn run(
             inner: Arc::new(cluster_view.clone()),
             holds: holds.clone(),
         });
-        let detector = config.guard.detector(&config.target_architecture);
+        let detector = crate::controllers::guard::detector_settings(
+            &config.guard,
+            &config.target_architecture,
+        );
         let guard = GuardContext {
             client: client.clone(),
             policies: policies.clone(),
@@ -108,7 +111,7 @@ pub async fn run(
         let mut reviewer = crate::setup::reviewer(&config, policies, metrics.clone())?;
         reviewer.node_inventory = Some(Arc::new(cluster_view));
         reviewer.pull_secrets = Some(PullSecrets::new(client.clone()));
-        reviewer.holds = Some(holds);
+        reviewer.holds = Some(Arc::new(holds));
         reviewer.gate_controller_live = Some(leadership.some_leader.clone());
         // The leader walks each workload's places forward, the others
         // backward: two replicas' shares are then exact together.
@@ -122,7 +125,10 @@ pub async fn run(
                 facts::configmap::run(
                     client.clone(),
                     reviewer.inspector.facts().clone(),
-                    facts::configmap::Target::from_settings(&config.cache.facts),
+                    facts::configmap::Target::from_settings(
+                        &config.cache.facts,
+                        &crate::cluster::lease::own_namespace(),
+                    ),
                     leadership.leading.clone(),
                     metrics.clone(),
                     async move { stop.cancelled().await },

@@ -65,13 +65,6 @@ impl Holds {
         }
     }
 
-    /// The hold on the workload of `pod`, if any.
-    pub fn for_pod(&self, pod: &Pod) -> Option<Hold> {
-        let namespace = pod.metadata.namespace.as_deref()?;
-        let (kind, name) = placement::workload(&pod.metadata)?;
-        self.get(&workload_key(namespace, &kind, &name))
-    }
-
     pub fn get(&self, key: &str) -> Option<Hold> {
         self.read().get(key).cloned()
     }
@@ -372,4 +365,12 @@ fn bounded_note(note: &str) -> String {
         end -= 1;
     }
     note[..end].to_string()
+}
+
+impl crate::admission::HeldWorkloads for Holds {
+    fn for_pod(&self, pod: &Pod) -> Option<Hold> {
+        let namespace = pod.metadata.namespace.as_deref()?;
+        let (kind, name) = placement::workload(&pod.metadata)?;
+        self.get(&workload_key(namespace, &kind, &name))
+    }
 }

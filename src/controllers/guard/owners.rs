@@ -22,7 +22,7 @@ use kube::api::{Api, PartialObjectMeta};
 use kube::runtime::{WatchStreamExt, watcher};
 use serde::de::DeserializeOwned;
 
-use crate::serve::components::Components;
+use crate::components::Components;
 
 /// The only API version whose workloads the guard holds.
 const APPS_V1: &str = "apps/v1";

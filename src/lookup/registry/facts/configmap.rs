@@ -47,12 +47,11 @@ pub struct Target {
 }
 
 impl Target {
-    /// The configuration's ConfigMap; without a namespace, the one archway
-    /// runs in (as the gate's Lease).
-    pub fn from_settings(settings: &FactsSettings) -> Target {
+    /// The configuration's ConfigMap; without a namespace, `own_namespace`
+    /// (the one archway runs in, as for the Lease: the runtime knows it).
+    pub fn from_settings(settings: &FactsSettings, own_namespace: &str) -> Target {
         Target {
-            namespace: (settings.namespace.clone())
-                .unwrap_or_else(crate::cluster::lease::own_namespace),
+            namespace: (settings.namespace.clone()).unwrap_or_else(|| own_namespace.to_string()),
             name: settings.config_map.clone(),
             write_interval: settings.write_interval,
         }
