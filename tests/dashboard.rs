@@ -50,8 +50,7 @@ const NOT_MADE_HERE: &[&str] = &[
 // ---------------------------------------------------------------------------
 // The stand-in: a kubelet's cAdvisor, kube-state-metrics, and a registry
 
-/// A pod of the stand-in cluster, with what its series say per second of
-/// the test.
+/// A pod of the stand-in cluster, with what its series say.
 struct Pod {
     name: &'static str,
     /// Its controller as kube_pod_owner names it; None for a pod without.
@@ -59,84 +58,58 @@ struct Pod {
     /// archway's `archway.dev/arch` label; None for a pod archway did not
     /// place.
     arch: Option<&'static str>,
-    /// Cores used by each container.
-    cpu: &'static [(&'static str, f64)],
-    memory_mib: &'static [(&'static str, f64)],
+    /// (name, cores used, working set in MiB) of each container.
+    containers: &'static [(&'static str, f64, f64)],
+    /// Of its first container; the others never restart.
     restarts_per_hour: f64,
 }
 
+const fn pod(
+    name: &'static str,
+    owner: Option<(&'static str, &'static str)>,
+    arch: Option<&'static str>,
+    containers: &'static [(&'static str, f64, f64)],
+    restarts_per_hour: f64,
+) -> Pod {
+    Pod {
+        name,
+        owner,
+        arch,
+        containers,
+        restarts_per_hour,
+    }
+}
+
 const NAMESPACE: &str = "shop";
+const WEB_AMD64: &[(&str, f64, f64)] = &[("app", 0.35, 180.0), ("envoy", 0.05, 20.0)];
+const WEB_ARM64: &[(&str, f64, f64)] = &[("app", 0.15, 130.0), ("envoy", 0.05, 20.0)];
+const DB: &[(&str, f64, f64)] = &[("postgres", 0.3, 1024.0)];
+const BUSY: &[(&str, f64, f64)] = &[("main", 3.0, 4000.0)];
+const OLD: Option<(&str, &str)> = Some(("ReplicaSet", "web-5d9c7f8b6"));
+const NEW: Option<(&str, &str)> = Some(("ReplicaSet", "web-7f8b6d9c4"));
+const STATEFUL: Option<(&str, &str)> = Some(("StatefulSet", "db"));
 
 /// Workload web (a Deployment, mid-rollout: one ReplicaSet's pods on
 /// amd64, the other's on arm64) does the same work on arm64 for half the
 /// CPU, and restarts twice as often there. Workload db (a StatefulSet) uses
-/// the same CPU on both, and restarts on arm64 only. The pods archway did
-/// not place, and the one without an owner, must count nowhere.
+/// the same CPU on both, and restarts on arm64 only. The pod archway did
+/// not place, and the one without an owner, busy as they are, must count
+/// nowhere.
 const PODS: &[Pod] = &[
-    Pod {
-        name: "web-5d9c7f8b6-x7k2p",
-        owner: Some(("ReplicaSet", "web-5d9c7f8b6")),
-        arch: Some("amd64"),
-        cpu: &[("app", 0.35), ("envoy", 0.05)],
-        memory_mib: &[("app", 180.0), ("envoy", 20.0)],
-        restarts_per_hour: 36.0,
-    },
-    Pod {
-        name: "web-5d9c7f8b6-q9wz4",
-        owner: Some(("ReplicaSet", "web-5d9c7f8b6")),
-        arch: Some("amd64"),
-        cpu: &[("app", 0.35), ("envoy", 0.05)],
-        memory_mib: &[("app", 180.0), ("envoy", 20.0)],
-        restarts_per_hour: 36.0,
-    },
-    Pod {
-        name: "web-7f8b6d9c4-m2v8c",
-        owner: Some(("ReplicaSet", "web-7f8b6d9c4")),
-        arch: Some("arm64"),
-        cpu: &[("app", 0.15), ("envoy", 0.05)],
-        memory_mib: &[("app", 130.0), ("envoy", 20.0)],
-        restarts_per_hour: 72.0,
-    },
-    Pod {
-        name: "web-7f8b6d9c4-h5n7t",
-        owner: Some(("ReplicaSet", "web-7f8b6d9c4")),
-        arch: Some("arm64"),
-        cpu: &[("app", 0.15), ("envoy", 0.05)],
-        memory_mib: &[("app", 130.0), ("envoy", 20.0)],
-        restarts_per_hour: 72.0,
-    },
-    Pod {
-        name: "db-0",
-        owner: Some(("StatefulSet", "db")),
-        arch: Some("amd64"),
-        cpu: &[("postgres", 0.3)],
-        memory_mib: &[("postgres", 1024.0)],
-        restarts_per_hour: 0.0,
-    },
-    Pod {
-        name: "db-1",
-        owner: Some(("StatefulSet", "db")),
-        arch: Some("arm64"),
-        cpu: &[("postgres", 0.3)],
-        memory_mib: &[("postgres", 1024.0)],
-        restarts_per_hour: 36.0,
-    },
-    Pod {
-        name: "debug",
-        owner: None,
-        arch: Some("arm64"),
-        cpu: &[("shell", 3.0)],
-        memory_mib: &[("shell", 4000.0)],
-        restarts_per_hour: 500.0,
-    },
-    Pod {
-        name: "batch-5d9c7f8b6-zzzzz",
-        owner: Some(("ReplicaSet", "batch-5d9c7f8b6")),
-        arch: None,
-        cpu: &[("job", 3.0)],
-        memory_mib: &[("job", 4000.0)],
-        restarts_per_hour: 500.0,
-    },
+    pod("web-5d9c7f8b6-x7k2p", OLD, Some("amd64"), WEB_AMD64, 36.0),
+    pod("web-5d9c7f8b6-q9wz4", OLD, Some("amd64"), WEB_AMD64, 36.0),
+    pod("web-7f8b6d9c4-m2v8c", NEW, Some("arm64"), WEB_ARM64, 72.0),
+    pod("web-7f8b6d9c4-h5n7t", NEW, Some("arm64"), WEB_ARM64, 72.0),
+    pod("db-0", STATEFUL, Some("amd64"), DB, 0.0),
+    pod("db-1", STATEFUL, Some("arm64"), DB, 36.0),
+    pod("debug", None, Some("arm64"), BUSY, 500.0),
+    pod(
+        "batch-5d9c7f8b6-zzzzz",
+        Some(("ReplicaSet", "batch-5d9c7f8b6")),
+        None,
+        BUSY,
+        500.0,
+    ),
 ];
 
 struct StandIn {
@@ -154,13 +127,12 @@ impl StandIn {
              # TYPE container_memory_working_set_bytes gauge\n",
         );
         for pod in PODS {
-            let total_cpu: f64 = pod.cpu.iter().map(|(_, c)| c).sum();
-            let total_memory: f64 = pod.memory_mib.iter().map(|(_, m)| m).sum();
+            let total_cpu: f64 = pod.containers.iter().map(|c| c.1).sum();
+            let total_memory: f64 = pod.containers.iter().map(|c| c.2).sum();
             let series = pod
-                .cpu
+                .containers
                 .iter()
-                .zip(pod.memory_mib)
-                .map(|(&(name, cpu), &(_, memory))| (name, cpu, memory))
+                .copied()
                 .chain([("", total_cpu, total_memory), ("POD", 0.001, 1.0)]);
             for (container, cpu, memory_mib) in series {
                 let labels = format!(
@@ -206,8 +178,7 @@ impl StandIn {
                 "kube_pod_labels{{{pod_labels}{arch}}} 1\n\
                  kube_pod_owner{{{pod_labels},owner_kind=\"{kind}\",owner_name=\"{name}\",owner_is_controller=\"{controller}\"}} 1\n"
             );
-            // The first container restarts; the others do not.
-            for (j, (container, _)) in pod.cpu.iter().enumerate() {
+            for (j, (container, _, _)) in pod.containers.iter().enumerate() {
                 let restarts = if j == 0 {
                     5.0 + pod.restarts_per_hour / 3600.0 * t
                 } else {
@@ -240,9 +211,9 @@ async fn metrics(
 }
 
 /// A registry for archway's lookups: `app` runs on both architectures;
-/// `flaky` fails; `missing` is not there, and
-/// its answer says no pull is left (Docker Hub's header), so archway keeps
-/// the next new image's lookup back.
+/// `flaky` fails; any other image is not there, and the answer says no pull
+/// is left (Docker Hub's header), so archway keeps the next new image's
+/// lookup back.
 async fn registry(UrlPath(path): UrlPath<String>) -> impl IntoResponse {
     let mut headers = HeaderMap::new();
     let Some((name, _)) = path.split_once("/manifests/") else {
@@ -309,69 +280,103 @@ impl Drop for Process {
 }
 
 /// `archway serve` with a static policy (no cluster) for namespace shop,
-/// and a self-signed certificate; returns it with its webhook and admin
-/// addresses once it says it serves.
-fn start_archway(dir: &Path, registry: SocketAddr) -> (Process, String, String) {
-    let config = write_archway_config(dir, registry, 100);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_archway"))
-        .args(["--log-format", "json", "--config"])
-        .arg(&config)
-        .args(["serve", "--self-signed-dir"])
-        .arg(dir.join("certs"))
-        .env_remove("KUBERNETES_SERVICE_HOST")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
+/// and a self-signed certificate.
+struct Archway {
+    _process: Process,
+    settings: Settings,
+}
+
+/// What archway's configuration file says, on free ports.
+struct Settings {
+    dir: std::path::PathBuf,
+    registry: SocketAddr,
+    webhook: String,
+    admin: String,
+}
+
+impl Settings {
+    fn write(&self, rollout: u8) -> std::path::PathBuf {
+        let config = self.dir.join("archway.yaml");
+        std::fs::write(
+            &config,
+            format!(
+                "targetArchitecture: arm64\npolicySource: static\n\
+                 namespaces: {{ {NAMESPACE}: {{ mode: enforce, rollout: {rollout} }} }}\n\
+                 registry: {{ insecure: [\"{}\"] }}\n\
+                 server: {{ listen: \"{}\", adminListen: \"{}\" }}\n",
+                self.registry, self.webhook, self.admin
+            ),
+        )
         .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let process = Process(child);
-    use std::io::BufRead;
-    let mut lines = std::io::BufReader::new(stderr).lines();
-    while let Some(Ok(line)) = lines.next() {
-        let event: Value = serde_json::from_str(&line).unwrap_or_default();
-        if event["message"] == "archway serving" {
-            let address = |key: &str| event[key].as_str().unwrap().to_string();
-            let (webhook, admin) = (address("webhook"), address("admin"));
-            // Keep reading, so archway never blocks on a full pipe.
-            std::thread::spawn(move || lines.for_each(drop));
-            return (process, webhook, admin);
+        config
+    }
+}
+
+impl Archway {
+    async fn start(dir: &Path, registry: SocketAddr) -> Archway {
+        let settings = Settings {
+            dir: dir.to_path_buf(),
+            registry,
+            webhook: format!("127.0.0.1:{}", free_port()),
+            admin: format!("127.0.0.1:{}", free_port()),
+        };
+        let child = Command::new(env!("CARGO_BIN_EXE_archway"))
+            .arg("--config")
+            .arg(settings.write(100))
+            .args(["serve", "--self-signed-dir"])
+            .arg(dir.join("certs"))
+            .env_remove("KUBERNETES_SERVICE_HOST")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("archway.log")).unwrap())
+            .spawn()
+            .unwrap();
+        let archway = Archway {
+            _process: Process(child),
+            settings,
+        };
+        wait_ready(
+            &format!("http://{}/readyz", archway.settings.admin),
+            &dir.join("archway.log"),
+        )
+        .await;
+        archway
+    }
+
+    /// A change of the configuration, once archway has reloaded it.
+    async fn reload(&self) {
+        self.settings.write(50);
+        let started = Instant::now();
+        loop {
+            let text = reqwest::get(format!("http://{}/metrics", self.settings.admin))
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            if text.contains("archway_config_reloads_total{") {
+                return;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "no reload counted:\n{text}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
-    panic!("archway exited before serving");
 }
 
-fn write_archway_config(dir: &Path, registry: SocketAddr, rollout: u8) -> std::path::PathBuf {
-    let config = dir.join("archway.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "targetArchitecture: arm64\npolicySource: static\n\
-             namespaces: {{ {NAMESPACE}: {{ mode: enforce, rollout: {rollout} }} }}\n\
-             registry: {{ insecure: [\"{registry}\"] }}\n\
-             server: {{ listen: 127.0.0.1:0, adminListen: 127.0.0.1:0 }}\n"
-        ),
-    )
-    .unwrap();
-    config
-}
-
-/// A change of archway's configuration, once archway has reloaded it.
-async fn reload_archway(dir: &Path, registry: SocketAddr, admin: &str) {
-    write_archway_config(dir, registry, 50);
+/// Waits for `url` to answer 200, failing with `log` after a minute.
+async fn wait_ready(url: &str, log: &Path) {
     let started = Instant::now();
-    loop {
-        let text = reqwest::get(format!("http://{admin}/metrics"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        if text.contains("archway_config_reloads_total{") {
-            return;
-        }
+    while reqwest::get(url)
+        .await
+        .map(|r| r.status() != 200)
+        .unwrap_or(true)
+    {
         assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "no reload counted:\n{text}"
+            started.elapsed() < Duration::from_secs(60),
+            "{url} not ready:\n{}",
+            std::fs::read_to_string(log).unwrap_or_default()
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -454,19 +459,11 @@ async fn start_prometheus(dir: &Path, stand_in: SocketAddr, archway: &str) -> (P
         .spawn()
         .unwrap();
     let process = Process(child);
-    let started = Instant::now();
-    while reqwest::get(format!("http://{address}/-/ready"))
-        .await
-        .map(|r| r.status() != 200)
-        .unwrap_or(true)
-    {
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "Prometheus not ready:\n{}",
-            std::fs::read_to_string(dir.join("prometheus.log")).unwrap_or_default()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_ready(
+        &format!("http://{address}/-/ready"),
+        &dir.join("prometheus.log"),
+    )
+    .await;
     (process, address)
 }
 
@@ -589,10 +586,11 @@ async fn every_panel_query_runs_and_the_comparison_shows_what_the_pods_did() {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let dir = tempfile::tempdir().unwrap();
     let stand_in = start_stand_in().await;
-    let (_archway, webhook, admin) = start_archway(dir.path(), stand_in);
-    send_reviews(&webhook, stand_in).await;
-    reload_archway(dir.path(), stand_in, &admin).await;
-    let (_prometheus, prometheus) = start_prometheus(dir.path(), stand_in, &admin).await;
+    let archway = Archway::start(dir.path(), stand_in).await;
+    send_reviews(&archway.settings.webhook, stand_in).await;
+    archway.reload().await;
+    let (_prometheus, prometheus) =
+        start_prometheus(dir.path(), stand_in, &archway.settings.admin).await;
 
     // Enough scrapes of each job for rate() over 10 s, and every target up.
     let started = Instant::now();
