@@ -26,10 +26,11 @@ export PATH="$venv/bin:$PATH"
 start=$(date +%s)
 controlplane="$(tests/controlplane/build.sh | tail -n 1)"
 echo "tests/run.sh: control plane binaries in $controlplane ($(( $(date +%s) - start )) s)"
-# helm and promtool (tests/tools/), for the chart and monitoring tests.
+# helm, promtool and prometheus (tests/tools/), for the chart, monitoring
+# and dashboard tests.
 start=$(date +%s)
 tools="$(tests/tools/build.sh | tail -n 1)"
-echo "tests/run.sh: helm and promtool in $tools ($(( $(date +%s) - start )) s)"
+echo "tests/run.sh: helm, promtool and prometheus in $tools ($(( $(date +%s) - start )) s)"
 # deploy/ is rendered by Debian's kubectl 1.20 (kustomize v2) and by the
 # control plane's kubectl (kustomize v5).
 export ARCHWAY_TEST_KUBECTL="${ARCHWAY_TEST_KUBECTL:-/usr/bin/kubectl:$controlplane/kubectl}"

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds the tools the deploy tests check archway's install with: helm (the
-# chart in deploy/helm) and promtool (the alerts in deploy/monitoring), from
+# chart in deploy/helm), promtool (the alerts in deploy/monitoring) and the
+# Prometheus server (the dashboard's queries, run against a scrape), from
 # the Go modules pinned in go.mod beside this script, into a cache folder
 # keyed by those pins. Only a machine's first run pays for the build; later
 # runs reuse the binaries. Nothing is downloaded but Go modules, through the
@@ -20,7 +21,7 @@ prometheus_version="$(pin github.com/prometheus/prometheus)"
 client_go_version="$(pin k8s.io/client-go)"
 cache_root="${ARCHWAY_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/archway}"
 bin="$cache_root/tools/helm-$helm_version-prometheus-$prometheus_version-$key/bin"
-tools=(helm promtool)
+tools=(helm promtool prometheus)
 
 complete() {
   for t in "${tools[@]}"; do [ -x "$bin/$t" ] || return 1; done
@@ -32,8 +33,8 @@ if ! complete; then
   exec 9>"$(dirname "$bin")/.lock"
   flock 9
   if ! complete; then
-    command -v go >/dev/null || { echo "build.sh: Go is needed to build helm and promtool" >&2; exit 1; }
-    echo "build.sh: building helm $helm_version and promtool (prometheus $prometheus_version) into $bin (first run on this machine only)" >&2
+    command -v go >/dev/null || { echo "build.sh: Go is needed to build helm, promtool and prometheus" >&2; exit 1; }
+    echo "build.sh: building helm $helm_version, promtool and prometheus (module $prometheus_version) into $bin (first run on this machine only)" >&2
     start=$(date +%s)
     tmp="$bin.tmp.$$"
     # A build cut short leaves nothing behind (the final folder appears whole
@@ -62,13 +63,17 @@ if ! complete; then
       # with it: the binaries are what is kept, and the caches (GBs for
       # Kubernetes) would stay on a machine that may be short of disk.
       export GOCACHE="$tmp.go/build" GOMODCACHE="$tmp.go/mod"
-      # One `go build` for both, so the packages they share (client-go and
-      # its dependencies) compile once. remove_all_sd leaves Prometheus'
-      # service discovery plugins (the cloud SDKs) out of promtool: checking
-      # and testing rules needs none, and they are most of its build.
+      # One `go build` for all three, so the packages they share (client-go
+      # and its dependencies, Prometheus' own) compile once. remove_all_sd
+      # leaves Prometheus' service discovery plugins (the cloud SDKs) out:
+      # checking rules needs none, the tests' server scrapes static targets
+      # only, and they are most of the build. Without the builtinassets tag
+      # the server embeds no web UI; its HTTP API, all the tests query, is
+      # there still.
       go build -trimpath -tags remove_all_sd -ldflags "$ldflags" -o "$tmp/" \
         helm.sh/helm/v3/cmd/helm \
-        github.com/prometheus/prometheus/cmd/promtool
+        github.com/prometheus/prometheus/cmd/promtool \
+        github.com/prometheus/prometheus/cmd/prometheus
     )
     rm -rf "$bin"; mv "$tmp" "$bin"
     echo "build.sh: built in $(( $(date +%s) - start )) s" >&2
