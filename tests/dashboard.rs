@@ -8,8 +8,7 @@
 //! them exist. tests/monitoring.rs checks archway's names against a scrape;
 //! this checks the queries themselves.
 
-#[path = "support/tools.rs"]
-mod tools;
+use archway_testkit as support;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -23,6 +22,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use serde_json::{Value, json};
+use support::tools;
 
 /// What the Grafana variables stand for here: every namespace and
 /// workload, arm64 as the target, and short windows (the scrape is 1 s).
@@ -495,7 +495,8 @@ async fn query(prometheus: &str, expr: &str) -> Result<Vec<Value>, String> {
 /// Grafana variables replaced as VARIABLES says.
 fn panel_queries() -> Vec<(String, String, String)> {
     let text =
-        std::fs::read_to_string(tools::repo().join("deploy/monitoring/dashboard.json")).unwrap();
+        std::fs::read_to_string(support::repo_root().join("deploy/monitoring/dashboard.json"))
+            .unwrap();
     let dashboard: Value = serde_json::from_str(&text).unwrap();
     let mut queries = Vec::new();
     for panel in dashboard["panels"].as_array().unwrap() {

@@ -604,7 +604,7 @@ fn exported(text: &str) -> BTreeMap<String, BTreeSet<String>> {
 
 /// The labels docs/metrics.md's table gives a metric.
 fn documented_labels(metric: &str) -> BTreeSet<String> {
-    let doc = std::fs::read_to_string(tools::repo().join("docs/metrics.md")).unwrap();
+    let doc = std::fs::read_to_string(support::repo_root().join("docs/metrics.md")).unwrap();
     let row = doc
         .lines()
         .find(|l| l.starts_with(&format!("| `{metric}` |")))
