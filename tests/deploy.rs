@@ -15,11 +15,11 @@ use std::path::Path;
 use std::process::Command;
 
 use archway::config::Config;
+use archway_testkit::tools::kubernetes_validate;
 use base64::Engine;
 use serde::Deserialize;
 use serde_yaml::Value;
 
-const KUBERNETES_VERSION: &str = "1.33.0";
 const NAMESPACE: &str = "archway";
 /// archway's drain of in-flight reviews on SIGTERM (src/serve/server.rs).
 const DRAIN_SECONDS: i64 = 25;
@@ -109,41 +109,6 @@ fn validate(objects: &[Value]) {
     if let Err(report) = kubernetes_validate(objects) {
         panic!("{report}");
     }
-}
-
-fn kubernetes_validate(objects: &[Value]) -> Result<(), String> {
-    let dir = tempfile::tempdir().unwrap();
-    let mut files = Vec::new();
-    for (i, object) in objects.iter().filter(|o| !is_cert_manager(o)).enumerate() {
-        let path = dir.path().join(format!(
-            "{i:02}-{}-{}.yaml",
-            str_at(object, "kind"),
-            str_at(object, "metadata.name")
-        ));
-        std::fs::write(&path, serde_yaml::to_string(object).unwrap()).unwrap();
-        files.push(path.to_str().unwrap().to_string());
-    }
-    let mut args = vec!["--strict", "-k", KUBERNETES_VERSION];
-    args.extend(files.iter().map(String::as_str));
-    let output = run("kubernetes-validate", &args);
-    let report = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    if !output.status.success() {
-        return Err(format!("kubernetes-validate failed:\n{report}"));
-    }
-    // An unknown kind only warns: here every object must have been checked.
-    if report.contains("Couldn't find schema") {
-        return Err(format!(
-            "objects kubernetes-validate cannot check:\n{report}"
-        ));
-    }
-    if report.matches(" passed ").count() != files.len() {
-        return Err(format!("not every object passed:\n{report}"));
-    }
-    Ok(())
 }
 
 // ---------------------------------------------------------------------------
