@@ -11,16 +11,20 @@
 //! 50 tags in use (50 images of their own), each looked up once a second
 //! by a review (`inspect_for`, reviews spread over 10 namespaces),
 //! `cache.tagTtl` 10 s, and every minute one tag moved to a new image.
+//! Two replicas (ECONOMY_REPLICAS), each with its own cache, as deploy/
+//! runs archway: a tag's reviews alternate between them, second by second,
+//! as a load balancer spreads the API server's connections.
 //!
 //! 1. The run where the registry refuses HEAD (405), which archway meets
 //!    with a GET on every expiry: what each expiry cost before
 //!    (ECONOMY_BASELINE=0 leaves it out).
-//! 2. archway as built: its facts saved by `facts::configmap::run` (leading)
-//!    to the ConfigMap on the real control plane (tests/testkit/src/controlplane.rs),
-//!    with the shipped RBAC as its only permissions.
-//! 3. A restart: a new inspector whose facts are loaded from that ConfigMap
-//!    by a replica that is not leading, looking the same 50 tags up for
-//!    ECONOMY_RESTART_SECONDS (30).
+//! 2. archway as built: the leader's facts saved by `facts::configmap::run`
+//!    to the ConfigMap on the real control plane
+//!    (tests/testkit/src/controlplane.rs), the other replica reading them,
+//!    both with the shipped RBAC as their only permissions.
+//! 3. A restart of both: new inspectors whose facts are loaded from that
+//!    ConfigMap by replicas that are not leading, looking the same 50 tags
+//!    up for ECONOMY_RESTART_SECONDS (30).
 //!
 //! Run by `cargo test` (without `--bench`), it does nothing.
 
@@ -79,6 +83,11 @@ fn main() {
     let tag_ttl = env_duration("ECONOMY_TAG_TTL", Duration::from_secs(10));
     let restart = env_duration("ECONOMY_RESTART_SECONDS", Duration::from_secs(30));
     let baseline = std::env::var("ECONOMY_BASELINE").map_or(true, |v| v != "0");
+    let replicas: usize = std::env::var("ECONOMY_REPLICAS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2)
+        .max(1);
 
     // Not a World: the inspectors run in-process, with archway's RBAC.
     let plane = ControlPlane::start();
@@ -128,10 +137,14 @@ fn main() {
         // 1. What each expiry cost before: a registry that refuses HEAD
         // gets a GET every time.
         if baseline {
-            let before = Inspector::new(
-                RegistryClient::new(settings.clone()).unwrap(),
-                cache.clone(),
-            );
+            let before: Vec<Inspector> = (0..replicas)
+                .map(|_| {
+                    Inspector::new(
+                        RegistryClient::new(settings.clone()).unwrap(),
+                        cache.clone(),
+                    )
+                })
+                .collect();
             proxy.set_fault_rule(|r| {
                 if r.method == "HEAD" {
                     Fault::Status(405, vec![])
@@ -142,7 +155,7 @@ fn main() {
             rows.push(
                 reviews(
                     "GET on every expiry (registry refuses HEAD)",
-                    &before,
+                    &before.iter().collect::<Vec<_>>(),
                     &tags,
                     &proxy,
                     &registry,
@@ -154,13 +167,15 @@ fn main() {
             proxy.clear_fault();
         }
 
-        // 2. As built, its facts saved by a leader (the restart reads them).
-        let leader = Replica::start(&client, &target, &settings, &cache, true);
-        let inspector = &leader.inspector;
+        // 2. As built, the facts saved by the leader, read by the others
+        // (the restart reads them too).
+        let running: Vec<Replica> = (0..replicas)
+            .map(|i| Replica::start(&client, &target, &settings, &cache, i == 0))
+            .collect();
         rows.push(
             reviews(
-                "HEAD revalidation, facts saved (leader)",
-                inspector,
+                "HEAD revalidation, facts shared",
+                &running.iter().map(|r| &r.inspector).collect::<Vec<_>>(),
                 &tags,
                 &proxy,
                 &registry,
@@ -169,23 +184,28 @@ fn main() {
             )
             .await,
         );
-        leader.stop().await;
+        for replica in running {
+            replica.stop().await;
+        }
 
-        // 3. A restart: facts loaded from the ConfigMap by a replica that
-        // is not leading.
-        let restarted = Replica::start(&client, &target, &settings, &cache, false);
-        let (inspector, facts) = (&restarted.inspector, &restarted.facts);
-        tokio::time::timeout(Duration::from_secs(30), facts.loaded())
-            .await
-            .expect("facts loaded");
-        let (digests, tags_known) = facts.len();
+        // 3. A restart of every replica: facts loaded from the ConfigMap,
+        // none leading yet.
+        let restarted: Vec<Replica> = (0..replicas)
+            .map(|_| Replica::start(&client, &target, &settings, &cache, false))
+            .collect();
+        for replica in &restarted {
+            tokio::time::timeout(Duration::from_secs(30), replica.facts.loaded())
+                .await
+                .expect("facts loaded");
+        }
+        let (digests, tags_known) = restarted[0].facts.len();
         eprintln!(
-            "economy: restarted with {digests} digests and {tags_known} tags from the ConfigMap"
+            "economy: {replicas} replicas restarted with {digests} digests and {tags_known} tags from the ConfigMap"
         );
         rows.push(
             reviews(
                 "restart: facts loaded from the ConfigMap",
-                inspector,
+                &restarted.iter().map(|r| &r.inspector).collect::<Vec<_>>(),
                 &tags,
                 &proxy,
                 &registry,
@@ -194,13 +214,15 @@ fn main() {
             )
             .await,
         );
-        restarted.stop().await;
+        for replica in restarted {
+            replica.stop().await;
+        }
         rows
     });
 
     println!();
     println!(
-        "registry economy: {TAGS} tags, one review per tag per second, cache.tagTtl {}, one tag moved every {}s",
+        "registry economy: {replicas} replica(s), {TAGS} tags, one review per tag per second, cache.tagTtl {}, one tag moved every {}s",
         humantime::format_duration(tag_ttl),
         MOVE_EVERY.as_secs()
     );
@@ -281,11 +303,12 @@ impl Replica {
 }
 
 /// Looks every tag up once a second for `duration`, as reviews in
-/// `NAMESPACES` namespaces would, moving a tag every `MOVE_EVERY` when
-/// `moves`; what the registry was asked meanwhile.
+/// `NAMESPACES` namespaces would, each second on the next of `replicas`
+/// (tag by tag, so each replica sees every tag in turn), moving a tag every
+/// `MOVE_EVERY` when `moves`; what the registry was asked meanwhile.
 async fn reviews(
     phase: &'static str,
-    inspector: &Inspector,
+    replicas: &[&Inspector],
     tags: &[ImageRef],
     proxy: &CountingProxy,
     registry: &Arc<Registry>,
@@ -297,7 +320,9 @@ async fn reviews(
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut next_move = started + MOVE_EVERY / 2;
     let (mut moved, mut lookups, mut failed) = (0, 0, 0);
+    let mut second = 0;
     while started.elapsed() < duration {
+        second += 1;
         tick.tick().await;
         if moves && Instant::now() >= next_move {
             let registry = registry.clone();
@@ -309,6 +334,7 @@ async fn reviews(
             next_move += MOVE_EVERY;
         }
         let round = tags.iter().enumerate().map(|(i, tag)| async move {
+            let inspector = replicas[(i + second) % replicas.len()];
             let requester = inspector.requester(&format!("team-{}", i % NAMESPACES));
             inspector
                 .inspect_for(tag, &Credential::Anonymous, &requester)
