@@ -201,11 +201,12 @@ pub fn savings(
             blocked.push(workload.name.to_string());
         }
     }
+    // From +0.0: f64's `sum` of nothing is -0.0, which reads "-0.00".
     let sum = |per_arch: &BTreeMap<String, Requests>| -> Result<f64, MissingPrice> {
-        per_arch
-            .iter()
-            .map(|(arch, r)| config.monthly(arch, *r))
-            .sum()
+        (per_arch.iter()).try_fold(
+            0.0,
+            |total, (arch, r)| Ok(total + config.monthly(arch, *r)?),
+        )
     };
     Savings {
         now: sum(&requests),
@@ -267,6 +268,19 @@ mod tests {
         let negative: CostConfig =
             serde_yaml::from_str("prices: {arm64: {vcpuHour: -1, gibHour: 0}}").unwrap();
         assert!(negative.validate().is_err());
+    }
+
+    #[test]
+    fn nothing_running_costs_a_plain_zero() {
+        let s = savings(&CostConfig::default(), &[], "arm64", "amd64");
+        for figure in [&s.now, &s.all_movable_on_target] {
+            let amount = figure.clone().unwrap();
+            assert!(amount == 0.0 && amount.is_sign_positive(), "{amount:?}");
+        }
+        assert_eq!(
+            s.all_on_baseline.unwrap_err().to_string(),
+            "no price for amd64"
+        );
     }
 
     #[test]
