@@ -904,46 +904,6 @@ async fn a_windows_pod_is_placed_by_its_windows_images() {
     }
 }
 
-/// Runs Debian's `chromium` headless on `page` with `args` and a profile of
-/// its own (so no state leaks between runs), bounded at two minutes.
-fn chromium(args: &[&str], page: &std::path::Path) -> std::process::Output {
-    let profile = tempfile::tempdir().unwrap();
-    let out = std::process::Command::new("timeout")
-        .args(["120", "chromium"])
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--enable-logging=stderr",
-            "--v=0",
-        ])
-        .arg(format!("--user-data-dir={}", profile.path().display()))
-        .args(args)
-        .arg(format!("file://{}", page.display()))
-        .output()
-        .expect("chromium (install it with tests/deps.sh)");
-    assert!(
-        out.status.success(),
-        "chromium {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
-/// Lines of chromium's log that report a message or an error of the page.
-fn console_errors(stderr: &[u8]) -> Vec<String> {
-    String::from_utf8_lossy(stderr)
-        .lines()
-        .filter(|l| l.contains("CONSOLE") || l.contains("Uncaught"))
-        .map(str::to_string)
-        .collect()
-}
-
 /// `3 amd64 (75%), 1 arm64 (25%)`, as the report shows a namespace's pods.
 fn shares_of(archs: &[String]) -> String {
     let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
@@ -1017,29 +977,8 @@ async fn the_migration_report_renders_in_a_browser() {
     std::fs::create_dir_all(&folder).unwrap();
     let page = folder.join("report.html");
     std::fs::write(&page, &out.stdout).unwrap();
-    let screenshot = folder.join("report.png");
-    let _ = std::fs::remove_file(&screenshot);
-
-    let shot = chromium(
-        &[
-            &format!("--screenshot={}", screenshot.display()),
-            "--window-size=1280,2000",
-        ],
-        &page,
-    );
-    assert_eq!(console_errors(&shot.stderr), Vec::<String>::new());
-    let png = std::fs::read(&screenshot).unwrap();
-    assert!(png.starts_with(b"\x89PNG\r\n\x1a\n"), "not a PNG");
-    // IHDR: width and height, big-endian, at bytes 16..24.
-    let size = |at: usize| u32::from_be_bytes(png[at..at + 4].try_into().unwrap());
-    assert_eq!((size(16), size(20)), (1280, 2000));
-    // A blank page of this size compresses to a few KiB; text and tables
-    // take more.
-    assert!(png.len() > 20_000, "screenshot of {} bytes", png.len());
-
-    let dom = chromium(&["--dump-dom"], &page);
-    assert_eq!(console_errors(&dom.stderr), Vec::<String>::new());
-    let dom = String::from_utf8(dom.stdout).unwrap();
+    support::browser::screenshot(&page, &folder.join("report.png"), 1280, 2000);
+    let dom = support::browser::dom(&page);
     let at = |text: &str| {
         dom.find(text)
             .unwrap_or_else(|| panic!("{text} not in the page:\n{dom}"))

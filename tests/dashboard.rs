@@ -22,7 +22,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use serde_json::{Value, json};
-use support::tools;
+use support::prometheus::{Prometheus, free_port, wait_ready};
 
 /// What the Grafana variables stand for here: every namespace and
 /// workload, arm64 as the target, and short windows (the scrape is 1 s).
@@ -269,10 +269,10 @@ async fn start_stand_in() -> SocketAddr {
 // ---------------------------------------------------------------------------
 // The processes: archway and Prometheus
 
-/// A child process killed with the test.
-struct Process(Child);
+/// archway's process, killed with the test.
+struct ArchwayProcess(Child);
 
-impl Drop for Process {
+impl Drop for ArchwayProcess {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
@@ -282,7 +282,7 @@ impl Drop for Process {
 /// `archway serve` with a static policy (no cluster) for namespace shop,
 /// and a self-signed certificate.
 struct Archway {
-    _process: Process,
+    _process: ArchwayProcess,
     settings: Settings,
 }
 
@@ -331,7 +331,7 @@ impl Archway {
             .spawn()
             .unwrap();
         let archway = Archway {
-            _process: Process(child),
+            _process: ArchwayProcess(child),
             settings,
         };
         wait_ready(
@@ -362,23 +362,6 @@ impl Archway {
             );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
-    }
-}
-
-/// Waits for `url` to answer 200, failing with `log` after a minute.
-async fn wait_ready(url: &str, log: &Path) {
-    let started = Instant::now();
-    while reqwest::get(url)
-        .await
-        .map(|r| r.status() != 200)
-        .unwrap_or(true)
-    {
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "{url} not ready:\n{}",
-            std::fs::read_to_string(log).unwrap_or_default()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
@@ -421,71 +404,18 @@ async fn send_reviews(webhook: &str, registry: SocketAddr) {
     assert_eq!(response.status(), 400);
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// The Prometheus server scraping the stand-in (as two jobs, as a cluster
-/// has them) and archway every second; returns it with its address once it
-/// is ready.
-async fn start_prometheus(dir: &Path, stand_in: SocketAddr, archway: &str) -> (Process, String) {
-    let config = dir.join("prometheus.yml");
-    std::fs::write(
-        &config,
-        format!(
-            "global: {{ scrape_interval: 1s, scrape_timeout: 1s }}\n\
-             scrape_configs:\n\
-             - {{ job_name: kubelet, metrics_path: /metrics/cadvisor, static_configs: [{{ targets: [\"{stand_in}\"] }}] }}\n\
-             - {{ job_name: kube-state-metrics, metrics_path: /metrics/kube-state-metrics, static_configs: [{{ targets: [\"{stand_in}\"] }}] }}\n\
-             - {{ job_name: archway, static_configs: [{{ targets: [\"{archway}\"] }}] }}\n"
-        ),
+/// has them) and archway every second, once it is ready.
+async fn start_prometheus(dir: &Path, stand_in: SocketAddr, archway: &str) -> Prometheus {
+    Prometheus::start(
+        dir,
+        &[
+            format!("- {{ job_name: kubelet, metrics_path: /metrics/cadvisor, static_configs: [{{ targets: [\"{stand_in}\"] }}] }}"),
+            format!("- {{ job_name: kube-state-metrics, metrics_path: /metrics/kube-state-metrics, static_configs: [{{ targets: [\"{stand_in}\"] }}] }}"),
+            format!("- {{ job_name: archway, static_configs: [{{ targets: [\"{archway}\"] }}] }}"),
+        ],
     )
-    .unwrap();
-    let address = format!("127.0.0.1:{}", free_port());
-    // build.sh builds the server into the folder it builds promtool in.
-    let child = Command::new(tools::promtool().with_file_name("prometheus"))
-        .arg(format!("--config.file={}", config.display()))
-        .arg(format!(
-            "--storage.tsdb.path={}",
-            dir.join("data").display()
-        ))
-        .arg(format!("--web.listen-address={address}"))
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(dir.join("prometheus.log")).unwrap())
-        .spawn()
-        .unwrap();
-    let process = Process(child);
-    wait_ready(
-        &format!("http://{address}/-/ready"),
-        &dir.join("prometheus.log"),
-    )
-    .await;
-    (process, address)
-}
-
-/// `/api/v1/query` at now: the result vector, or Prometheus' error or
-/// warnings.
-async fn query(prometheus: &str, expr: &str) -> Result<Vec<Value>, String> {
-    let answer: Value = reqwest::Client::new()
-        .get(format!("http://{prometheus}/api/v1/query"))
-        .query(&[("query", expr)])
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    if answer["status"] != "success" {
-        return Err(format!("{}: {}", answer["errorType"], answer["error"]));
-    }
-    if let Some(warnings) = answer.get("warnings") {
-        return Err(format!("warnings: {warnings}"));
-    }
-    Ok(answer["data"]["result"].as_array().unwrap().clone())
+    .await
 }
 
 // ---------------------------------------------------------------------------
@@ -590,13 +520,13 @@ async fn every_panel_query_runs_and_the_comparison_shows_what_the_pods_did() {
     let archway = Archway::start(dir.path(), stand_in).await;
     send_reviews(&archway.settings.webhook, stand_in).await;
     archway.reload().await;
-    let (_prometheus, prometheus) =
-        start_prometheus(dir.path(), stand_in, &archway.settings.admin).await;
+    let prometheus = start_prometheus(dir.path(), stand_in, &archway.settings.admin).await;
 
     // Enough scrapes of each job for rate() over 10 s, and every target up.
     let started = Instant::now();
     loop {
-        let scrapes = query(&prometheus, "min(count_over_time(up[1m])) and min(up) == 1")
+        let scrapes = prometheus
+            .query("min(count_over_time(up[1m])) and min(up) == 1")
             .await
             .unwrap();
         if scrapes.len() == 1
@@ -612,7 +542,7 @@ async fn every_panel_query_runs_and_the_comparison_shows_what_the_pods_did() {
         assert!(
             started.elapsed() < Duration::from_secs(60),
             "targets not scraped 12 times: {:?}",
-            query(&prometheus, "up").await
+            prometheus.query("up").await
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
@@ -621,7 +551,8 @@ async fn every_panel_query_runs_and_the_comparison_shows_what_the_pods_did() {
     let mut compared = 0;
     for (title, legend, expr) in &queries {
         let what = format!("panel {title:?} ({legend})");
-        let result = query(&prometheus, expr)
+        let result = prometheus
+            .query(expr)
             .await
             .unwrap_or_else(|e| panic!("{what}: {e}\n{expr}"));
         if let Some(expected) = expected_per_arch(title) {

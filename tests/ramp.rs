@@ -7,20 +7,16 @@
 
 use archway_testkit as support;
 
-use std::collections::BTreeMap;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Namespace;
 use kube::api::Api;
-use serde_json::{Value, json};
+use serde_json::json;
 use support::ImageSpec;
-use support::controlplane::ControlPlane;
+use support::ramps::{ROLLOUT, STATUS, annotations, follow, ramp_events};
 use support::workloads::{ContainerState, bound_pods, deployment, write_status};
 use support::world::World;
-
-const ROLLOUT: &str = "archway.dev/rollout";
-const STATUS: &str = "archway.dev/ramp-status";
 
 fn env() -> &'static World {
     static ENV: OnceLock<World> = OnceLock::new();
@@ -29,66 +25,6 @@ fn env() -> &'static World {
             .image("multi:v1", ImageSpec::multi_arch().with_salt("ramp"))
             .start()
     })
-}
-
-fn annotations(namespace: &Namespace) -> BTreeMap<String, String> {
-    namespace.metadata.annotations.clone().unwrap_or_default()
-}
-
-/// Polls the namespace until `done` says so; returns every distinct
-/// (rollout, status) seen on the way, in order.
-async fn follow(
-    client: &kube::Client,
-    name: &str,
-    limit: Duration,
-    done: impl Fn(&BTreeMap<String, String>) -> bool,
-) -> Vec<(String, String)> {
-    let api: Api<Namespace> = Api::all(client.clone());
-    let started = Instant::now();
-    let mut seen: Vec<(String, String)> = Vec::new();
-    loop {
-        let now = annotations(&api.get(name).await.unwrap());
-        let pair = (
-            now.get(ROLLOUT).cloned().unwrap_or_default(),
-            now.get(STATUS).cloned().unwrap_or_default(),
-        );
-        if seen.last() != Some(&pair) {
-            seen.push(pair);
-        }
-        if done(&now) {
-            return seen;
-        }
-        assert!(
-            started.elapsed() < limit,
-            "{name}: not there after {limit:?}; seen {seen:#?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// The namespace's Events by archway's autopilot: (type, reason, note).
-fn ramp_events(plane: &ControlPlane, namespace: &str) -> Vec<(String, String, String)> {
-    let text = plane.kubectl(
-        &["-n", namespace, "get", "events.events.k8s.io", "-o", "json"],
-        None,
-    );
-    let events: Value = serde_json::from_str(&text).unwrap();
-    let mut found: Vec<(String, String, String, String)> = events["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|e| e["reportingController"] == "archway.dev/ramp")
-        .map(|e| {
-            (
-                e["eventTime"].as_str().unwrap_or_default().to_string(),
-                e["type"].as_str().unwrap_or_default().to_string(),
-                e["reason"].as_str().unwrap_or_default().to_string(),
-                e["note"].as_str().unwrap_or_default().to_string(),
-            )
-        })
-        .collect();
-    found.sort();
-    found.into_iter().map(|(_, t, r, n)| (t, r, n)).collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,7 +7,8 @@
 //! [`world::World`], which starts all of that in one call; archway's webhook
 //! served in-process ([`webhook`]); a second webhook ([`injector`]); the
 //! HTTP stand-in for the API server ([`apiserver`]); helm, promtool and
-//! kubectl ([`tools`]).
+//! kubectl ([`tools`]); a real Prometheus server ([`prometheus`]); headless
+//! chromium ([`browser`]); a namespace's ramp followed ([`ramps`]).
 //!
 //! A test file uses it as `use archway_testkit as support;`. It is one
 //! library, compiled once, rather than a module every test binary compiled
@@ -32,6 +33,7 @@ use std::path::Path;
 
 pub mod apiserver;
 pub mod balancer;
+pub mod browser;
 pub mod controlplane;
 pub mod http;
 pub mod images;
@@ -39,7 +41,9 @@ pub mod injector;
 pub mod install;
 pub mod kubelet;
 pub mod process;
+pub mod prometheus;
 pub mod proxy;
+pub mod ramps;
 pub mod registry;
 pub mod tls;
 pub mod token;
