@@ -51,6 +51,9 @@ pub struct Config {
     /// Prices per architecture for `archway audit`'s cost figures (see
     /// `decision/cost.rs`); none by default.
     pub cost: crate::decision::cost::CostConfig,
+    /// The migration autopilot's own checks (`ramp:`): a Prometheus query
+    /// every ramped namespace must keep under a threshold; none by default.
+    pub ramp: RampConfig,
 }
 
 /// The `gate` section: what happens to pods whose images are not cached.
@@ -246,6 +249,7 @@ impl Default for Config {
             gate: GateConfig::default(),
             guard: GuardConfig::default(),
             cost: crate::decision::cost::CostConfig::default(),
+            ramp: RampConfig::default(),
         }
     }
 }
@@ -347,6 +351,11 @@ impl Config {
             return invalid(message);
         }
         if let Err(message) = self.cost.validate() {
+            return invalid(message);
+        }
+        if let Some(query) = &self.ramp.prometheus
+            && let Err(message) = query.check()
+        {
             return invalid(message);
         }
         if self.cache.max_entries == 0 {
@@ -507,6 +516,67 @@ impl Config {
     }
 }
 
+/// The `ramp` section: what the migration autopilot checks besides holds
+/// and the namespace's pods (see `controllers/ramp.rs`).
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct RampConfig {
+    pub prometheus: Option<RampQuery>,
+}
+
+/// A Prometheus query a ramp's step must keep at or under `threshold` for
+/// the whole step. Set by the platform team, never by a namespace: PromQL
+/// from a namespace owner would run with archway's access to Prometheus
+/// and could read what other namespaces export.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RampQuery {
+    /// Prometheus' base address (`http://prometheus.monitoring:9090`);
+    /// the query goes to `<url>/api/v1/query`.
+    pub url: String,
+    /// PromQL, evaluated at now, with `$namespace` replaced by the ramped
+    /// namespace's name. Its largest sample is compared.
+    pub query: String,
+    /// A sample above this fails the step.
+    pub threshold: f64,
+    /// The most one evaluation may take; past it the query cannot be
+    /// evaluated, and the ramp stops (it never advances blind).
+    #[serde(with = "humantime_serde", default = "RampQuery::default_timeout")]
+    pub timeout: Duration,
+}
+
+/// The longest a query may be: a template, not data.
+pub const MAX_RAMP_QUERY_BYTES: usize = 4096;
+
+impl RampQuery {
+    fn default_timeout() -> Duration {
+        Duration::from_secs(5)
+    }
+
+    pub fn check(&self) -> Result<(), String> {
+        let url = url::Url::parse(&self.url)
+            .map_err(|e| format!("ramp.prometheus.url {:?}: {e}", self.url))?;
+        if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+            return Err(format!(
+                "ramp.prometheus.url must be an http(s) address such as http://prometheus.monitoring:9090, not {:?}",
+                self.url
+            ));
+        }
+        if self.query.trim().is_empty() || self.query.len() > MAX_RAMP_QUERY_BYTES {
+            return Err(format!(
+                "ramp.prometheus.query must be PromQL of 1 to {MAX_RAMP_QUERY_BYTES} bytes"
+            ));
+        }
+        if !self.threshold.is_finite() {
+            return Err("ramp.prometheus.threshold must be a number".into());
+        }
+        if self.timeout < Duration::from_millis(100) || self.timeout > Duration::from_secs(60) {
+            return Err("ramp.prometheus.timeout must be from 100ms to 60s".into());
+        }
+        Ok(())
+    }
+}
+
 /// The guard's configuration (`guard:` in the configuration file).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
@@ -565,6 +635,15 @@ mod tests {
         assert!(Config::from_yaml("cache: {facts: {maxBytes: 0}}").is_ok());
         let http2 = Config::from_yaml("server: {http2: true}").unwrap();
         assert!(http2.server.http2);
+        assert_eq!(config.ramp.prometheus, None, "no query unless configured");
+        let query = Config::from_yaml(
+            "ramp: {prometheus: {url: 'http://p:9090', query: vector(0), threshold: 0.05}}",
+        )
+        .unwrap();
+        assert_eq!(
+            query.ramp.prometheus.map(|q| q.timeout),
+            Some(Duration::from_secs(5))
+        );
     }
 
     #[test]
@@ -688,6 +767,30 @@ tolerations:
             (
                 "server: { maxBodyBytesInFlight: 1048576 }",
                 "maxBodyBytesInFlight",
+            ),
+            (
+                "ramp: { prometheus: { url: 'prometheus:9090', query: up, threshold: 1 } }",
+                "ramp.prometheus.url",
+            ),
+            (
+                "ramp: { prometheus: { url: 'ftp://p', query: up, threshold: 1 } }",
+                "http(s) address",
+            ),
+            (
+                "ramp: { prometheus: { url: 'http://p', query: ' ', threshold: 1 } }",
+                "ramp.prometheus.query",
+            ),
+            (
+                "ramp: { prometheus: { url: 'http://p', query: up, threshold: .nan } }",
+                "ramp.prometheus.threshold",
+            ),
+            (
+                "ramp: { prometheus: { url: 'http://p', query: up, threshold: 1, timeout: 5m } }",
+                "ramp.prometheus.timeout",
+            ),
+            (
+                "ramp: { prometheus: { url: 'http://p', query: up } }",
+                "threshold",
             ),
         ] {
             let err = Config::from_yaml(yaml).unwrap_err().to_string();

@@ -5,7 +5,9 @@
 //! back, as `archway.dev/ramp-on-failure` says) when one of its workloads
 //! is held by the rollout guard, or when the namespace's pods fare worse on
 //! the target architecture than on the other (exec format errors, restarts
-//! per pod-hour, readiness: `decision::compare`); and says where it stands
+//! per pod-hour, readiness: `decision::compare`), or when the platform
+//! team's Prometheus query (`ramp.prometheus`, `query.rs`) is above its
+//! threshold or cannot be evaluated; and says where it stands
 //! in `archway.dev/ramp-status` and in Events on the namespace.
 //!
 //! What to do is decided by the pure `decision::ramp::next`; this module
@@ -17,6 +19,10 @@
 //! Every replica exports where each ramp stands (`archway_ramp_rollout`,
 //! `archway_ramp_paused`); the leader counts what it writes
 //! (`archway_ramp_steps_total`).
+
+mod query;
+
+pub use query::PrometheusCheck;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -56,6 +62,15 @@ const HEALTH_PAGE: u32 = 250;
 /// not read as the target being worse.
 const STARTING: Duration = Duration::from_secs(120);
 
+/// What a step must keep to hold, besides its workloads unheld: the
+/// namespace's pods no worse on `target` than elsewhere, and the platform
+/// team's Prometheus query, when there is one, under its threshold.
+pub struct StepChecks {
+    /// The architecture the ramp moves pods to.
+    pub target: String,
+    pub prometheus: Option<PrometheusCheck>,
+}
+
 /// Runs the autopilot while this replica leads, until the election ends;
 /// in every replica, leader or not, it keeps the ramp gauges
 /// (`archway_ramp_rollout`, `archway_ramp_paused`) at what the namespaces
@@ -64,17 +79,18 @@ pub async fn run(
     client: kube::Client,
     namespaces: ClusterPolicies,
     holds: Holds,
-    target: String,
+    checks: StepChecks,
     identity: String,
     mut leading: watch::Receiver<bool>,
     metrics: Arc<Metrics>,
 ) {
     let mut autopilot = Autopilot {
+        prometheus: checks.prometheus,
         api: Api::all(client.clone()),
         events: EventRecorder::new(client.clone(), REPORTER, &identity),
         written: HashMap::new(),
         client,
-        target,
+        target: checks.target,
         health: HashMap::new(),
         metrics,
     };
@@ -135,10 +151,20 @@ struct Autopilot {
     /// The architecture the ramp moves pods to.
     target: String,
     /// Per namespace, when its pods were last compared and what that
-    /// found against the target (empty: nothing).
-    health: HashMap<String, (Instant, Vec<String>)>,
+    /// found against the target (empty: nothing), and what the Prometheus
+    /// query found then.
+    health: HashMap<String, Checked>,
+    /// The platform team's query, when the configuration has one.
+    prometheus: Option<PrometheusCheck>,
     /// Where the ramp gauges and the steps taken are counted.
     metrics: Arc<Metrics>,
+}
+
+/// What a namespace's last checks found.
+struct Checked {
+    at: Instant,
+    pods: Vec<String>,
+    query: Vec<String>,
 }
 
 impl Autopilot {
@@ -167,9 +193,19 @@ impl Autopilot {
                 )
             })
             .collect();
-        blockers.extend(self.health(&namespace.name, nodes).await);
         let status = namespace.status.as_deref().and_then(ramp::Status::parse);
         let rollout = namespace.policy.rollout.percent();
+        // A paused or finished ramp waits for a person whatever its pods
+        // and the query say: neither is asked for it.
+        let stopped = status.as_ref().is_some_and(|s| {
+            s.state == ramp::State::Paused || (s.state == ramp::State::Done && s.rollout == rollout)
+        });
+        if stopped {
+            // Checked afresh once a person resumes it.
+            self.health.remove(&namespace.name);
+        } else {
+            blockers.extend(self.health(&namespace.name, nodes).await);
+        }
         let now = k8s_openapi::jiff::Timestamp::now();
         let Action::Write {
             rollout: to,
@@ -211,24 +247,36 @@ impl Autopilot {
         }
     }
 
-    /// What the comparison of the namespace's two sides holds against the
-    /// target, at most [`HEALTH_EVERY`] old. A list that fails keeps the
-    /// last answer (a blip of the API server is not the workload's fault).
+    /// What the comparison of the namespace's two sides and the Prometheus
+    /// query hold against the target, at most [`HEALTH_EVERY`] old. A list
+    /// that fails keeps the last comparison (a blip of the API server is
+    /// not the workload's fault); a query that fails is a blocker of its
+    /// own (`query.rs`).
     async fn health(&mut self, namespace: &str, nodes: &dyn NodeInventory) -> Vec<String> {
-        if let Some((checked, blockers)) = self.health.get(namespace)
-            && checked.elapsed() < HEALTH_EVERY
+        if let Some(checked) = self.health.get(namespace)
+            && checked.at.elapsed() < HEALTH_EVERY
         {
-            return blockers.clone();
+            return [checked.pods.clone(), checked.query.clone()].concat();
         }
-        let blockers = match self.samples(namespace, nodes).await {
+        let pods = match self.samples(namespace, nodes).await {
             Ok(samples) => judge_health(&self.target, &samples),
             Err(error) => {
                 tracing::warn!(namespace, %error, "could not list the namespace's pods to compare the architectures");
-                let last = self.health.get(namespace).map(|(_, b)| b.clone());
+                let last = self.health.get(namespace).map(|c| c.pods.clone());
                 last.unwrap_or_default()
             }
         };
-        (self.health).insert(namespace.to_string(), (Instant::now(), blockers.clone()));
+        let query = match &self.prometheus {
+            Some(check) => check.blockers(namespace).await,
+            None => Vec::new(),
+        };
+        let blockers = [pods.clone(), query.clone()].concat();
+        let checked = Checked {
+            at: Instant::now(),
+            pods,
+            query,
+        };
+        self.health.insert(namespace.to_string(), checked);
         blockers
     }
 

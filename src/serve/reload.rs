@@ -117,7 +117,8 @@ impl ConfigReloader {
 
 /// The settings a reload cannot apply, by their names in the file: they
 /// shaped components started once (the listeners, the election, the
-/// guard's judge, the facts ConfigMap) or where policy comes from.
+/// guard's judge, the facts ConfigMap, the ramp's query) or where policy
+/// comes from.
 pub fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
     let mut changed = Vec::new();
     let mut check = |name, differs: bool| {
@@ -144,6 +145,7 @@ pub fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
         old.target_architecture != new.target_architecture,
     );
     check("cache.facts", old.cache.facts != new.cache.facts);
+    check("ramp", old.ramp != new.ramp);
     changed
 }
 
@@ -190,7 +192,8 @@ mod tests {
         let new = Config::from_yaml(
             "server: {listen: 127.0.0.1:9443}\npolicySource: static\n\
              gate: {leaseName: other, leaseDuration: 30s}\nguard: {threshold: 3}\n\
-             targetArchitecture: amd64\ncache: {facts: {configMap: other-facts}}\n",
+             targetArchitecture: amd64\ncache: {facts: {configMap: other-facts}}\n\
+             ramp: {prometheus: {url: 'http://prometheus:9090', query: vector(0), threshold: 1}}\n",
         )
         .unwrap();
         assert_eq!(
@@ -203,6 +206,7 @@ mod tests {
                 "guard",
                 "targetArchitecture (for the rollout guard)",
                 "cache.facts",
+                "ramp",
             ]
         );
     }

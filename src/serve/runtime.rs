@@ -96,13 +96,20 @@ pub async fn run(
             metrics: metrics.clone(),
         };
         crate::controllers::guard::start(guard, detector, &components);
+        let prometheus = (config.ramp.prometheus.as_ref())
+            .map(crate::controllers::ramp::PrometheusCheck::new)
+            .transpose()
+            .map_err(anyhow::Error::msg)?;
         components.spawn(
             "ramp autopilot",
             crate::controllers::ramp::run(
                 client.clone(),
                 cluster_view.clone(),
                 holds.clone(),
-                config.target_architecture.clone(),
+                crate::controllers::ramp::StepChecks {
+                    target: config.target_architecture.clone(),
+                    prometheus,
+                },
                 identity.clone(),
                 leadership.leading.clone(),
                 metrics.clone(),
