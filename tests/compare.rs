@@ -78,21 +78,20 @@ fn audit(
 ) -> String {
     let path = dir.join(format!("compare-{format}-{}.yaml", config.len()));
     std::fs::write(&path, config).unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_archway"))
-        .args(["audit", "-n", ns, "-o", format, "--config"])
-        .arg(&path)
-        .env(
-            "KUBECONFIG",
-            plane.kubeconfig_for("auditor", &["system:masters"]),
-        )
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "archway audit: {}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = plane.run_archway(
+        std::path::Path::new(env!("CARGO_BIN_EXE_archway")),
+        &[
+            "audit",
+            "-n",
+            ns,
+            "-o",
+            format,
+            "--config",
+            path.to_str().unwrap(),
+        ],
+        &plane.kubeconfig_for("auditor", &["system:masters"]),
     );
-    String::from_utf8(out.stdout).unwrap()
+    String::from_utf8(out).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

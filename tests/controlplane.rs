@@ -606,22 +606,21 @@ async fn archway_audit_reads_the_cluster() {
         ),
     )
     .unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_archway"))
-        .args(["audit", "-n", ns, "-o", "json", "--config"])
-        .arg(&config)
-        // A user of its own, so that its calls stand out in the audit log.
-        .env(
-            "KUBECONFIG",
-            plane.kubeconfig_for("auditor", &["system:masters"]),
-        )
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "archway audit: {}",
-        String::from_utf8_lossy(&out.stderr)
+    // A user of its own, so that its calls stand out in the audit log.
+    let stdout = plane.run_archway(
+        std::path::Path::new(env!("CARGO_BIN_EXE_archway")),
+        &[
+            "audit",
+            "-n",
+            ns,
+            "-o",
+            "json",
+            "--config",
+            config.to_str().unwrap(),
+        ],
+        &plane.kubeconfig_for("auditor", &["system:masters"]),
     );
-    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let report: Value = serde_json::from_slice(&stdout).unwrap();
     let rows: Vec<(String, bool, String, String)> = report["workloads"]
         .as_array()
         .unwrap()
@@ -958,27 +957,26 @@ async fn the_migration_report_renders_in_a_browser() {
         format!("registry: {{insecure: [\"{}\"]}}\n", env.registry.host()),
     )
     .unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_archway"))
-        .args(["audit", "-n", ns, "-o", "html", "--config"])
-        .arg(&config)
-        .env("KUBECONFIG", &plane.admin_kubeconfig)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "archway audit: {}",
-        String::from_utf8_lossy(&out.stderr)
+    let html = plane.run_archway(
+        std::path::Path::new(env!("CARGO_BIN_EXE_archway")),
+        &[
+            "audit",
+            "-n",
+            ns,
+            "-o",
+            "html",
+            "--config",
+            config.to_str().unwrap(),
+        ],
+        &plane.admin_kubeconfig,
     );
     // Kept for a person to look at: target/test-output/migration-report/.
-    let folder = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .parent()
-        .unwrap()
-        .join("test-output/migration-report");
-    std::fs::create_dir_all(&folder).unwrap();
-    let page = folder.join("report.html");
-    std::fs::write(&page, &out.stdout).unwrap();
-    support::browser::screenshot(&page, &folder.join("report.png"), 1280, 2000);
-    let dom = support::browser::dom(&page);
+    let dom = support::browser::look_at_report(
+        env!("CARGO_TARGET_TMPDIR"),
+        "migration-report",
+        &html,
+        2000,
+    );
     let at = |text: &str| {
         dom.find(text)
             .unwrap_or_else(|| panic!("{text} not in the page:\n{dom}"))

@@ -503,18 +503,20 @@ fn daemon_sets_that_will_fail_are_flagged(world: &World) {
     let insecure = format!("registry: {{insecure: [\"{}\"]}}\n", world.registry.host());
     std::fs::write(&config, insecure).unwrap();
     let namespace = Setting::Rollout(0).namespace("daemonset-amd64-only");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_archway"))
-        .args(["audit", "-n", &namespace, "-o", "json", "--config"])
-        .arg(&config)
-        .env("KUBECONFIG", &world.plane.admin_kubeconfig)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let stdout = world.plane.run_archway(
+        std::path::Path::new(env!("CARGO_BIN_EXE_archway")),
+        &[
+            "audit",
+            "-n",
+            &namespace,
+            "-o",
+            "json",
+            "--config",
+            config.to_str().unwrap(),
+        ],
+        &world.plane.admin_kubeconfig,
     );
-    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let report: Value = serde_json::from_slice(&stdout).unwrap();
     let failing: Vec<&Value> = (report["workloads"].as_array().unwrap().iter())
         .map(|w| &w["failing_pods"])
         .filter(|f| !f.is_null())

@@ -220,18 +220,20 @@ async fn a_workload_failing_on_arm64_is_held_restarted_onto_amd64_and_released()
         format!("registry: {{insecure: [\"{}\"]}}\n", env.registry.host()),
     )
     .unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_archway"))
-        .args(["audit", "-n", ns, "-o", "json", "--config"])
-        .arg(&config)
-        .env("KUBECONFIG", &env.plane.admin_kubeconfig)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let stdout = env.plane.run_archway(
+        std::path::Path::new(env!("CARGO_BIN_EXE_archway")),
+        &[
+            "audit",
+            "-n",
+            ns,
+            "-o",
+            "json",
+            "--config",
+            config.to_str().unwrap(),
+        ],
+        &env.plane.admin_kubeconfig,
     );
-    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let report: Value = serde_json::from_slice(&stdout).unwrap();
     let web = report["workloads"]
         .as_array()
         .unwrap()

@@ -16,6 +16,7 @@ use archway_testkit as support;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -260,26 +261,13 @@ async fn a_prometheus_query_over_its_threshold_or_that_cannot_be_evaluated_pause
         format!("registry: {{insecure: [\"{}\"]}}\n", env.registry.host()),
     )
     .unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_archway"))
-        .args(["audit", "-o", "html", "--config"])
-        .arg(&config)
-        .env("KUBECONFIG", &plane.admin_kubeconfig)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "archway audit: {}",
-        String::from_utf8_lossy(&out.stderr)
+    let html = plane.run_archway(
+        Path::new(env!("CARGO_BIN_EXE_archway")),
+        &["audit", "-o", "html", "--config", config.to_str().unwrap()],
+        &plane.admin_kubeconfig,
     );
-    let folder = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .parent()
-        .unwrap()
-        .join("test-output/ramp-query");
-    std::fs::create_dir_all(&folder).unwrap();
-    let page = folder.join("report.html");
-    std::fs::write(&page, &out.stdout).unwrap();
-    support::browser::screenshot(&page, &folder.join("report.png"), 1280, 1200);
-    let dom = support::browser::dom(&page);
+    let dom =
+        support::browser::look_at_report(env!("CARGO_TARGET_TMPDIR"), "ramp-query", &html, 1200);
     let row = |namespace: &str| {
         let at = dom
             .find(&format!("<tr class=\"ramp\"><td>{namespace}</td>"))
@@ -299,5 +287,4 @@ async fn a_prometheus_query_over_its_threshold_or_that_cannot_be_evaluated_pause
         high.contains("<td class=\"ready\">done</td><td>100%</td>"),
         "{high}"
     );
-    eprintln!("RAMP QUERY REPORT: {}", folder.join("report.png").display());
 }

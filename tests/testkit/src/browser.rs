@@ -73,3 +73,21 @@ pub fn dom(page: &Path) -> String {
     assert_eq!(console_errors(&out.stderr), Vec::<String>::new());
     String::from_utf8(out.stdout).unwrap()
 }
+
+/// Keeps `html` for a person to look at, as
+/// `target/test-output/<name>/report.html` (`target_tmpdir` is the test's
+/// `CARGO_TARGET_TMPDIR`), screenshots it at 1280 x `height` into
+/// `report.png` beside it (see [`screenshot`]), and returns its DOM.
+pub fn look_at_report(target_tmpdir: &str, name: &str, html: &[u8], height: u32) -> String {
+    let folder = Path::new(target_tmpdir)
+        .parent()
+        .unwrap()
+        .join("test-output")
+        .join(name);
+    std::fs::create_dir_all(&folder).unwrap();
+    let page = folder.join("report.html");
+    std::fs::write(&page, html).unwrap();
+    screenshot(&page, &folder.join("report.png"), 1280, height);
+    eprintln!("report kept: {}", folder.join("report.png").display());
+    dom(&page)
+}

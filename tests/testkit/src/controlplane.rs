@@ -427,6 +427,23 @@ impl ControlPlane {
         self.wait_until_api_ready();
     }
 
+    /// `archway args...` (a command of the binary `archway`, such as
+    /// `audit`) run against this cluster as `kubeconfig`'s user; its
+    /// output, once it succeeded.
+    pub fn run_archway(&self, archway: &Path, args: &[&str], kubeconfig: &Path) -> Vec<u8> {
+        let out = std::process::Command::new(archway)
+            .args(args)
+            .env("KUBECONFIG", kubeconfig)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "archway {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out.stdout
+    }
+
     /// A kubeconfig for the user `user` in `groups`, by client certificate.
     pub fn kubeconfig_for(&self, user: &str, groups: &[&str]) -> PathBuf {
         let cert = self.ca.issue_client(user, groups);
