@@ -167,6 +167,12 @@ struct Checked {
     query: Vec<String>,
 }
 
+impl Checked {
+    fn blockers(&self) -> Vec<String> {
+        [self.pods.as_slice(), self.query.as_slice()].concat()
+    }
+}
+
 impl Autopilot {
     async fn step(
         &mut self,
@@ -197,10 +203,7 @@ impl Autopilot {
         let rollout = namespace.policy.rollout.percent();
         // A paused or finished ramp waits for a person whatever its pods
         // and the query say: neither is asked for it.
-        let stopped = status.as_ref().is_some_and(|s| {
-            s.state == ramp::State::Paused || (s.state == ramp::State::Done && s.rollout == rollout)
-        });
-        if stopped {
+        if ramp::stopped(rollout, status.as_ref()) {
             // Checked afresh once a person resumes it.
             self.health.remove(&namespace.name);
         } else {
@@ -256,7 +259,7 @@ impl Autopilot {
         if let Some(checked) = self.health.get(namespace)
             && checked.at.elapsed() < HEALTH_EVERY
         {
-            return [checked.pods.clone(), checked.query.clone()].concat();
+            return checked.blockers();
         }
         let pods = match self.samples(namespace, nodes).await {
             Ok(samples) => judge_health(&self.target, &samples),
@@ -270,12 +273,12 @@ impl Autopilot {
             Some(check) => check.blockers(namespace).await,
             None => Vec::new(),
         };
-        let blockers = [pods.clone(), query.clone()].concat();
         let checked = Checked {
             at: Instant::now(),
             pods,
             query,
         };
+        let blockers = checked.blockers();
         self.health.insert(namespace.to_string(), checked);
         blockers
     }

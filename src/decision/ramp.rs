@@ -294,48 +294,58 @@ pub fn next(
     blockers: &[String],
     now: Timestamp,
 ) -> Action {
-    let Some(status) = status.filter(|s| s.rollout == rollout || s.state == State::Paused) else {
+    if stopped(rollout, status) {
+        // Until a person removes the status; nothing is written.
+        return Action::Wait;
+    }
+    // Not stopped: holding the rollout in force, or no status of its own.
+    let Some(status) = status.filter(|s| s.rollout == rollout && s.state == State::Holding) else {
         return start(ramp, rollout, now);
     };
-    match status.state {
-        // Stopped until a person removes the status; nothing is written.
-        State::Paused | State::Done => Action::Wait,
-        State::Holding if !blockers.is_empty() => fail(ramp, rollout, blockers, now),
-        State::Holding => {
-            let due = status.since + ramp.hold;
-            if now < due {
-                return Action::Wait;
-            }
-            match next_step(ramp, rollout) {
-                Some(step) => Action::Write {
-                    rollout: step,
-                    status: holding(ramp, step, now),
-                    event: Some(RampEvent {
-                        warning: false,
-                        reason: if Some(step) == ramp.steps.last().copied() {
-                            "RampDone"
-                        } else {
-                            "RampStep"
-                        },
-                        note: format!(
-                            "ramp: {rollout}% held for {}; rollout set to {step}%",
-                            humantime::format_duration(ramp.hold)
-                        ),
-                    }),
-                },
-                None => Action::Write {
-                    rollout,
-                    status: Status {
-                        state: State::Done,
-                        rollout,
-                        since: now,
-                        reason: None,
-                    },
-                    event: None,
-                },
-            }
-        }
+    if !blockers.is_empty() {
+        return fail(ramp, rollout, blockers, now);
     }
+    let due = status.since + ramp.hold;
+    if now < due {
+        return Action::Wait;
+    }
+    match next_step(ramp, rollout) {
+        Some(step) => Action::Write {
+            rollout: step,
+            status: holding(ramp, step, now),
+            event: Some(RampEvent {
+                warning: false,
+                reason: if Some(step) == ramp.steps.last().copied() {
+                    "RampDone"
+                } else {
+                    "RampStep"
+                },
+                note: format!(
+                    "ramp: {rollout}% held for {}; rollout set to {step}%",
+                    humantime::format_duration(ramp.hold)
+                ),
+            }),
+        },
+        None => Action::Write {
+            rollout,
+            status: Status {
+                state: State::Done,
+                rollout,
+                since: now,
+                reason: None,
+            },
+            event: None,
+        },
+    }
+}
+
+/// Whether `status` stops the ramp until a person acts, whatever its pods
+/// say: paused (at any rollout), or done at the rollout in force. A done
+/// status whose rollout a person changed starts the ramp again.
+pub fn stopped(rollout: u8, status: Option<&Status>) -> bool {
+    status.is_some_and(|s| {
+        s.state == State::Paused || (s.state == State::Done && s.rollout == rollout)
+    })
 }
 
 /// A ramp without a status of archway's (new, resumed by a person, or the

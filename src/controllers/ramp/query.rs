@@ -43,8 +43,9 @@ impl PrometheusCheck {
                 base.path().trim_end_matches('/')
             ))
             .map_err(|e| format!("ramp.prometheus.url: {e}"))?;
+        // No client timeout: `blockers` bounds the whole evaluation, and
+        // says so in its own words.
         let client = reqwest::Client::builder()
-            .timeout(settings.timeout)
             .user_agent(concat!("archway/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| format!("ramp.prometheus: {e}"))?;
