@@ -69,26 +69,11 @@ fn close(a: &Value, b: f64) -> bool {
     a.as_f64().is_some_and(|a| (a - b).abs() < 1e-6)
 }
 
-fn audit(
-    plane: &ControlPlane,
-    dir: &std::path::Path,
-    ns: &str,
-    config: &str,
-    format: &str,
-) -> String {
-    let path = dir.join(format!("compare-{format}-{}.yaml", config.len()));
-    std::fs::write(&path, config).unwrap();
-    let out = plane.run_archway(
+fn audit(plane: &ControlPlane, ns: &str, config: &str, format: &str) -> String {
+    let out = plane.archway_audit(
         std::path::Path::new(env!("CARGO_BIN_EXE_archway")),
-        &[
-            "audit",
-            "-n",
-            ns,
-            "-o",
-            format,
-            "--config",
-            path.to_str().unwrap(),
-        ],
+        &["-n", ns, "-o", format],
+        config,
         &plane.kubeconfig_for("auditor", &["system:masters"]),
     );
     String::from_utf8(out).unwrap()
@@ -104,7 +89,6 @@ async fn audit_compares_the_architectures_and_prices_the_requests() {
         .kubelet()
         .image("multi:v1", ImageSpec::multi_arch().with_salt("compare"))
         .start();
-    let dir = tempfile::tempdir().unwrap();
     let client = plane.client().await;
 
     let ns = "compare";
@@ -150,8 +134,7 @@ async fn audit_compares_the_architectures_and_prices_the_requests() {
         "registry: {{insecure: [\"{}\"]}}\ncost:\n  currency: USD\n  prices:\n    amd64: {{vcpuHour: 0.05, gibHour: 0.007}}\n    arm64: {{vcpuHour: 0.04, gibHour: 0.005}}\n",
         registry.host()
     );
-    let report: Value =
-        serde_json::from_str(&audit(&plane, dir.path(), ns, &priced, "json")).unwrap();
+    let report: Value = serde_json::from_str(&audit(&plane, ns, &priced, "json")).unwrap();
     let workload = |name: &str| {
         report["workloads"]
             .as_array()
@@ -263,8 +246,7 @@ async fn audit_compares_the_architectures_and_prices_the_requests() {
         "registry: {{insecure: [\"{}\"]}}\ncost:\n  prices:\n    amd64: {{vcpuHour: 0.05, gibHour: 0.007}}\n",
         registry.host()
     );
-    let report: Value =
-        serde_json::from_str(&audit(&plane, dir.path(), ns, &amd64_only, "json")).unwrap();
+    let report: Value = serde_json::from_str(&audit(&plane, ns, &amd64_only, "json")).unwrap();
     let total_figures = &report["cost"]["total"];
     for figure in ["now", "all_movable_on_target"] {
         assert_eq!(total_figures[figure]["monthly"], Value::Null);
@@ -276,7 +258,7 @@ async fn audit_compares_the_architectures_and_prices_the_requests() {
     ));
 
     // The table: the comparison after the other tables, then the cost.
-    let table = audit(&plane, dir.path(), ns, &priced, "table");
+    let table = audit(&plane, ns, &priced, "table");
     eprintln!("{table}");
     let compared = table
         .split("Architectures compared")

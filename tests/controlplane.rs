@@ -596,28 +596,16 @@ async fn archway_audit_reads_the_cluster() {
     rolled_out(&client, ns, "web").await;
     rolled_out(&client, ns, "billing").await;
 
-    let config = env.archway.dir.join("audit.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "registry: {{insecure: [\"{}\", \"{}\"]}}\n",
-            env.registry.host(),
-            env.private.host()
-        ),
-    )
-    .unwrap();
+    let config = format!(
+        "registry: {{insecure: [\"{}\", \"{}\"]}}\n",
+        env.registry.host(),
+        env.private.host()
+    );
     // A user of its own, so that its calls stand out in the audit log.
-    let stdout = plane.run_archway(
+    let stdout = plane.archway_audit(
         std::path::Path::new(env!("CARGO_BIN_EXE_archway")),
-        &[
-            "audit",
-            "-n",
-            ns,
-            "-o",
-            "json",
-            "--config",
-            config.to_str().unwrap(),
-        ],
+        &["-n", ns, "-o", "json"],
+        &config,
         &plane.kubeconfig_for("auditor", &["system:masters"]),
     );
     let report: Value = serde_json::from_slice(&stdout).unwrap();
@@ -689,16 +677,13 @@ async fn archway_audit_reads_the_cluster() {
         json!({"amd64": 3, "arm64": 3})
     );
     // The table's summary says the same.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_archway"))
-        .args(["audit", "-n", ns, "--config"])
-        .arg(&config)
-        .env(
-            "KUBECONFIG",
-            plane.kubeconfig_for("auditor", &["system:masters"]),
-        )
-        .output()
-        .unwrap();
-    let table = String::from_utf8_lossy(&out.stdout);
+    let out = plane.archway_audit(
+        std::path::Path::new(env!("CARGO_BIN_EXE_archway")),
+        &["-n", ns],
+        &config,
+        &plane.kubeconfig_for("auditor", &["system:masters"]),
+    );
+    let table = String::from_utf8_lossy(&out);
     assert!(
         table.contains("4 workloads, 2 ready for arm64, 2 blocked; Linux nodes: 3 amd64, 3 arm64"),
         "{table}"
@@ -724,23 +709,15 @@ async fn archway_audit_reads_the_cluster() {
         ],
     );
     let audit_ramped = |output: &[&str]| {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_archway"))
-            .args(["audit", "-n", ramped])
-            .args(output)
-            .arg("--config")
-            .arg(&config)
-            .env(
-                "KUBECONFIG",
-                plane.kubeconfig_for("auditor", &["system:masters"]),
-            )
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "archway audit: {}",
-            String::from_utf8_lossy(&out.stderr)
+        let mut args = vec!["-n", ramped];
+        args.extend_from_slice(output);
+        let out = plane.archway_audit(
+            std::path::Path::new(env!("CARGO_BIN_EXE_archway")),
+            &args,
+            &config,
+            &plane.kubeconfig_for("auditor", &["system:masters"]),
         );
-        String::from_utf8(out.stdout).unwrap()
+        String::from_utf8(out).unwrap()
     };
     let report: Value = serde_json::from_str(&audit_ramped(&["-o", "json"])).unwrap();
     assert_eq!(
@@ -951,23 +928,10 @@ async fn the_migration_report_renders_in_a_browser() {
         archs.extend(rolled_out(&client, ns, name).await);
     }
 
-    let config = env.archway.dir.join("migration-report.yaml");
-    std::fs::write(
-        &config,
-        format!("registry: {{insecure: [\"{}\"]}}\n", env.registry.host()),
-    )
-    .unwrap();
-    let html = plane.run_archway(
+    let html = plane.archway_audit(
         std::path::Path::new(env!("CARGO_BIN_EXE_archway")),
-        &[
-            "audit",
-            "-n",
-            ns,
-            "-o",
-            "html",
-            "--config",
-            config.to_str().unwrap(),
-        ],
+        &["-n", ns, "-o", "html"],
+        &format!("registry: {{insecure: [\"{}\"]}}\n", env.registry.host()),
         &plane.admin_kubeconfig,
     );
     // Kept for a person to look at: target/test-output/migration-report/.

@@ -501,19 +501,12 @@ async fn every_pod_bound_without_archway_is_bound_with_it_on_an_architecture_its
 fn daemon_sets_that_will_fail_are_flagged(world: &World) {
     let config = world.archway.dir.join("commands.yaml");
     let insecure = format!("registry: {{insecure: [\"{}\"]}}\n", world.registry.host());
-    std::fs::write(&config, insecure).unwrap();
+    std::fs::write(&config, &insecure).unwrap();
     let namespace = Setting::Rollout(0).namespace("daemonset-amd64-only");
-    let stdout = world.plane.run_archway(
+    let stdout = world.plane.archway_audit(
         std::path::Path::new(env!("CARGO_BIN_EXE_archway")),
-        &[
-            "audit",
-            "-n",
-            &namespace,
-            "-o",
-            "json",
-            "--config",
-            config.to_str().unwrap(),
-        ],
+        &["-n", &namespace, "-o", "json"],
+        &insecure,
         &world.plane.admin_kubeconfig,
     );
     let report: Value = serde_json::from_slice(&stdout).unwrap();

@@ -214,23 +214,10 @@ async fn a_workload_failing_on_arm64_is_held_restarted_onto_amd64_and_released()
     assert!(recorded >= 1.0, "holds metric: {recorded}");
 
     // `archway audit` shows it.
-    let config = env.archway.dir.join("audit.yaml");
-    std::fs::write(
-        &config,
-        format!("registry: {{insecure: [\"{}\"]}}\n", env.registry.host()),
-    )
-    .unwrap();
-    let stdout = env.plane.run_archway(
+    let stdout = env.plane.archway_audit(
         std::path::Path::new(env!("CARGO_BIN_EXE_archway")),
-        &[
-            "audit",
-            "-n",
-            ns,
-            "-o",
-            "json",
-            "--config",
-            config.to_str().unwrap(),
-        ],
+        &["-n", ns, "-o", "json"],
+        &format!("registry: {{insecure: [\"{}\"]}}\n", env.registry.host()),
         &env.plane.admin_kubeconfig,
     );
     let report: Value = serde_json::from_slice(&stdout).unwrap();

@@ -255,15 +255,10 @@ async fn a_prometheus_query_over_its_threshold_or_that_cannot_be_evaluated_pause
         &["-n", "ramp-query-low", "delete", "deployment", "--all"],
         None,
     );
-    let config = dir.path().join("audit.yaml");
-    std::fs::write(
-        &config,
-        format!("registry: {{insecure: [\"{}\"]}}\n", env.registry.host()),
-    )
-    .unwrap();
-    let html = plane.run_archway(
+    let html = plane.archway_audit(
         Path::new(env!("CARGO_BIN_EXE_archway")),
-        &["audit", "-o", "html", "--config", config.to_str().unwrap()],
+        &["-o", "html"],
+        &format!("registry: {{insecure: [\"{}\"]}}\n", env.registry.host()),
         &plane.admin_kubeconfig,
     );
     let dom =

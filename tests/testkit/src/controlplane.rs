@@ -427,18 +427,31 @@ impl ControlPlane {
         self.wait_until_api_ready();
     }
 
-    /// `archway args...` (a command of the binary `archway`, such as
-    /// `audit`) run against this cluster as `kubeconfig`'s user; its
-    /// output, once it succeeded.
-    pub fn run_archway(&self, archway: &Path, args: &[&str], kubeconfig: &Path) -> Vec<u8> {
+    /// `archway audit args... --config FILE` against this cluster as
+    /// `kubeconfig`'s user, FILE holding `config` (YAML: the registries to
+    /// trust, prices); the report, once archway succeeded.
+    pub fn archway_audit(
+        &self,
+        archway: &Path,
+        args: &[&str],
+        config: &str,
+        kubeconfig: &Path,
+    ) -> Vec<u8> {
+        static AUDITS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = AUDITS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = self.dir.join(format!("audit-{n}.yaml"));
+        write(&path, config);
         let out = std::process::Command::new(archway)
+            .arg("audit")
             .args(args)
+            .arg("--config")
+            .arg(&path)
             .env("KUBECONFIG", kubeconfig)
             .output()
             .unwrap();
         assert!(
             out.status.success(),
-            "archway {args:?}: {}",
+            "archway audit {args:?}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
         out.stdout
