@@ -26,6 +26,7 @@ use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{Api, Patch, PatchParams};
 use serde_json::json;
 use support::ImageSpec;
+use support::install::sum_samples;
 use support::prometheus::Prometheus;
 use support::ramps::{ROLLOUT, STATUS, follow, ramp_events};
 use support::workloads::{bound_pods, deployment};
@@ -138,6 +139,22 @@ async fn a_prometheus_query_over_its_threshold_or_that_cannot_be_evaluated_pause
         })
         .await;
         assert_eq!(seen.last().unwrap().0, step.to_string(), "{seen:#?}");
+        // Each replica reviews with the rollout its namespace watch has
+        // seen, a moment after the API server has it.
+        let started = std::time::Instant::now();
+        while !(env.archway.replicas.iter()).all(|replica| {
+            sum_samples(
+                &replica.metrics(),
+                "archway_ramp_rollout",
+                &[("namespace", "ramp-query-low")],
+            ) == step as f64
+        }) {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "the replicas never saw {step}%"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         let apps = ["web", "api", "worker"].map(|app| format!("{app}-{step}"));
         plane.apply(
             &(apps.iter())
@@ -148,7 +165,13 @@ async fn a_prometheus_query_over_its_threshold_or_that_cannot_be_evaluated_pause
             let pods = bound_pods(&client, "ramp-query-low", app, 10).await;
             let on_arm = pods.iter().filter(|(_, arch)| arch == "arm64").count();
             shares.push(format!("{app}: {on_arm}/10 on arm64"));
-            assert_eq!(on_arm, step / 10, "{app} at {step}%");
+            let decisions: Vec<String> = (pods.iter())
+                .map(|(pod, arch)| {
+                    let annotations = pod.metadata.annotations.clone().unwrap_or_default();
+                    format!("{arch}: {:?}", annotations.get("archway.dev/decision"))
+                })
+                .collect();
+            assert_eq!(on_arm, step / 10, "{app} at {step}%: {decisions:#?}");
         }
         let now = follow(&client, "ramp-query-low", Duration::from_secs(1), |_| true).await;
         assert_eq!(
