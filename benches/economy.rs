@@ -13,7 +13,9 @@
 //! `cache.tagTtl` 10 s, and every minute one tag moved to a new image.
 //! Two replicas (ECONOMY_REPLICAS), each with its own cache, as deploy/
 //! runs archway: a tag's reviews alternate between them, second by second,
-//! as a load balancer spreads the API server's connections.
+//! as a load balancer spreads the API server's connections. The first is
+//! the leader, served over HTTPS; the others ask it for digests they do
+//! not know (`lookup::peer`) before they ask the registry.
 //!
 //! 1. The run where the registry refuses HEAD (405), which archway meets
 //!    with a GET on every expiry: what each expiry cost before
@@ -39,6 +41,7 @@ use archway::lookup::registry::facts::configmap::{self, Target};
 use archway::lookup::registry::facts::{Facts, FactsSettings};
 use archway::lookup::registry::{Credential, RegistryClient, RegistrySettings};
 use support::controlplane::{ControlPlane, client_from_kubeconfig};
+use support::peers::{PeerKeys, ServedReplica};
 use support::webhook::install_crypto;
 use support::{CountingProxy, Fault, ImageSpec, Recorded, Registry, RegistryOptions};
 
@@ -169,9 +172,8 @@ fn main() {
 
         // 2. As built, the facts saved by the leader, read by the others
         // (the restart reads them too).
-        let running: Vec<Replica> = (0..replicas)
-            .map(|i| Replica::start(&client, &target, &settings, &cache, i == 0))
-            .collect();
+        let keys = PeerKeys::new();
+        let running = Replica::start_all(&client, &target, &settings, &cache, replicas, true, &keys).await;
         rows.push(
             reviews(
                 "HEAD revalidation, facts shared",
@@ -190,9 +192,8 @@ fn main() {
 
         // 3. A restart of every replica: facts loaded from the ConfigMap,
         // none leading yet.
-        let restarted: Vec<Replica> = (0..replicas)
-            .map(|_| Replica::start(&client, &target, &settings, &cache, false))
-            .collect();
+        let restarted =
+            Replica::start_all(&client, &target, &settings, &cache, replicas, false, &keys).await;
         for replica in &restarted {
             tokio::time::timeout(Duration::from_secs(30), replica.facts.loaded())
                 .await
@@ -254,21 +255,58 @@ fn main() {
 
 /// One archway replica's lookups: an inspector and its facts, which
 /// `configmap::run` keeps in step with the ConfigMap (writing it when
-/// `leading`) until `stop`.
+/// `leading`) until `stop`; the first replica is served to the others,
+/// which ask it for digests they do not know (`lookup::peer`), as the
+/// leader is.
 struct Replica {
     inspector: Inspector,
     facts: Arc<Facts>,
     stop: tokio::sync::watch::Sender<bool>,
     sync: tokio::task::JoinHandle<()>,
+    served: Option<ServedReplica>,
+    _leader: tokio::sync::watch::Sender<Option<String>>,
 }
 
 impl Replica {
-    fn start(
+    /// `count` replicas, the first one the leader (writing the facts when
+    /// `facts_leading`), the others asking it.
+    async fn start_all(
+        client: &kube::Client,
+        target: &Target,
+        settings: &RegistrySettings,
+        cache: &CacheSettings,
+        count: usize,
+        facts_leading: bool,
+        keys: &PeerKeys,
+    ) -> Vec<Replica> {
+        let mut replicas =
+            vec![Replica::start(client, target, settings, cache, facts_leading, keys, None).await];
+        let address = replicas[0].served.as_ref().map(ServedReplica::address);
+        for _ in 1..count {
+            replicas.push(
+                Replica::start(
+                    client,
+                    target,
+                    settings,
+                    cache,
+                    false,
+                    keys,
+                    address.clone(),
+                )
+                .await,
+            );
+        }
+        replicas
+    }
+
+    async fn start(
         client: &kube::Client,
         target: &Target,
         settings: &RegistrySettings,
         cache: &CacheSettings,
         leading: bool,
+        keys: &PeerKeys,
+        leader: Option<String>,
     ) -> Replica {
         let facts = Arc::new(Facts::new(cache.facts.max_bytes));
         let inspector = Inspector::with_facts(
@@ -276,6 +314,12 @@ impl Replica {
             cache.clone(),
             facts.clone(),
         );
+        let asks_another = leader.is_some();
+        let (inspector, leader) = keys.replica(inspector, leader);
+        let served = match asks_another {
+            true => None,
+            false => Some(ServedReplica::start(inspector.clone(), keys).await),
+        };
         let (stop, mut stopped) = tokio::sync::watch::channel(false);
         let sync = tokio::spawn(configmap::run(
             client.clone(),
@@ -292,6 +336,8 @@ impl Replica {
             facts,
             stop,
             sync,
+            served,
+            _leader: leader,
         }
     }
 
@@ -299,6 +345,9 @@ impl Replica {
     async fn stop(self) {
         self.stop.send_replace(true);
         self.sync.await.unwrap();
+        if let Some(served) = self.served {
+            served.stop().await;
+        }
     }
 }
 

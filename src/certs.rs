@@ -160,8 +160,62 @@ pub fn certified_key(
 #[derive(Debug)]
 pub struct ReloadingCertificate {
     current: RwLock<Arc<CertifiedKey>>,
+    /// What replicas serving the same key prove to each other with
+    /// (`lookup::peer`): derived from the key's bytes, which only the
+    /// holders of the serving Secret can read.
+    peer_secret: RwLock<PeerSecret>,
     files: Option<(PathBuf, PathBuf)>,
     seen: RwLock<Option<(SystemTime, SystemTime)>>,
+}
+
+/// A secret derived from the serving key, never the key itself: a replica
+/// sends it to another only over a connection whose certificate is its own.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct PeerSecret([u8; 32]);
+
+impl std::fmt::Debug for PeerSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PeerSecret(..)")
+    }
+}
+
+impl PeerSecret {
+    /// Derived from the private key's PEM, in a domain of its own.
+    fn from_key(key_pem: &[u8]) -> PeerSecret {
+        let mut context = ring::digest::Context::new(&ring::digest::SHA256);
+        context.update(b"archway peer secret v1\0");
+        context.update(key_pem);
+        let mut secret = [0u8; 32];
+        secret.copy_from_slice(context.finish().as_ref());
+        PeerSecret(secret)
+    }
+
+    /// A secret no other process shares (a key made in memory, whose
+    /// bytes are not kept): peers never agree with it.
+    fn unshared() -> PeerSecret {
+        use ring::rand::SecureRandom;
+        let mut secret = [0u8; 32];
+        // Without randomness the zero secret is still one nobody is sent.
+        let _ = ring::rand::SystemRandom::new().fill(&mut secret);
+        PeerSecret(secret)
+    }
+
+    /// The bearer token that carries it, hex.
+    pub fn token(&self) -> String {
+        self.0.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// Whether `token` is this secret's, in time that does not depend on
+    /// where it differs.
+    pub fn accepts(&self, token: &str) -> bool {
+        let expected = self.token();
+        expected.len() == token.len()
+            && expected
+                .bytes()
+                .zip(token.bytes())
+                .fold(0u8, |differ, (a, b)| differ | (a ^ b))
+                == 0
+    }
 }
 
 impl ReloadingCertificate {
@@ -169,6 +223,7 @@ impl ReloadingCertificate {
     pub fn fixed(key: CertifiedKey) -> Self {
         ReloadingCertificate {
             current: RwLock::new(Arc::new(key)),
+            peer_secret: RwLock::new(PeerSecret::unshared()),
             files: None,
             seen: RwLock::new(None),
         }
@@ -176,9 +231,10 @@ impl ReloadingCertificate {
 
     /// Loads the pair from disk; `reload_if_changed` picks up new files.
     pub fn from_files(cert: &Path, key: &Path) -> Result<Self, CertError> {
-        let loaded = load_pair(cert, key)?;
+        let (loaded, secret) = load_pair(cert, key)?;
         Ok(ReloadingCertificate {
             current: RwLock::new(Arc::new(loaded)),
+            peer_secret: RwLock::new(secret),
             files: Some((cert.to_path_buf(), key.to_path_buf())),
             seen: RwLock::new(modified(cert).zip(modified(key))),
         })
@@ -195,8 +251,9 @@ impl ReloadingCertificate {
         if stamps.is_none() || *self.seen.read().unwrap_or_else(|e| e.into_inner()) == stamps {
             return Ok(false);
         }
-        let loaded = load_pair(cert, key)?;
+        let (loaded, secret) = load_pair(cert, key)?;
         *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(loaded);
+        *self.peer_secret.write().unwrap_or_else(|e| e.into_inner()) = secret;
         *self.seen.write().unwrap_or_else(|e| e.into_inner()) = stamps;
         Ok(true)
     }
@@ -206,6 +263,11 @@ impl ReloadingCertificate {
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
+    }
+
+    /// The secret replicas serving this same key share.
+    pub fn peer_secret(&self) -> PeerSecret {
+        *self.peer_secret.read().unwrap_or_else(|e| e.into_inner())
     }
 
     pub fn watches_files(&self) -> bool {
@@ -223,14 +285,16 @@ fn modified(path: &Path) -> Option<SystemTime> {
     std::fs::metadata(path).and_then(|m| m.modified()).ok()
 }
 
-fn load_pair(cert: &Path, key: &Path) -> Result<CertifiedKey, CertError> {
+fn load_pair(cert: &Path, key: &Path) -> Result<(CertifiedKey, PeerSecret), CertError> {
     let read = |path: &Path| {
         std::fs::read(path).map_err(|source| CertError::Read {
             path: path.to_path_buf(),
             source,
         })
     };
-    certified_key(&read(cert)?, &read(key)?, cert)
+    let key_pem = read(key)?;
+    let loaded = certified_key(&read(cert)?, &key_pem, cert)?;
+    Ok((loaded, PeerSecret::from_key(&key_pem)))
 }
 
 /// The rustls server configuration: TLS 1.2 and 1.3, HTTP/2 (unless
@@ -334,16 +398,75 @@ mod tests {
         std::thread::sleep(std::time::Duration::from_millis(20));
         let second = generate(&["x".into()], 1).unwrap();
         std::fs::write(&cert, &second.cert_pem).unwrap();
+        let secret_before = reloading.peer_secret();
         assert!(reloading.reload_if_changed().is_err());
         assert!(Arc::ptr_eq(&before, &reloading.current()));
+        assert_eq!(reloading.peer_secret(), secret_before, "half a rotation");
         std::fs::write(&key, &second.key_pem).unwrap();
         assert!(reloading.reload_if_changed().unwrap());
         assert_ne!(before.cert[0], reloading.current().cert[0]);
+        assert_ne!(
+            reloading.peer_secret(),
+            secret_before,
+            "the peer secret follows the key"
+        );
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
             let mode = std::fs::metadata(&key).unwrap().permissions().mode();
             assert_eq!(mode & 0o777, 0o600);
         }
+    }
+
+    #[test]
+    fn replicas_of_one_key_share_a_peer_secret_and_no_one_else_does() {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), &generate(&["x".into()], 1).unwrap()).unwrap();
+        let (cert, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+        let one = ReloadingCertificate::from_files(&cert, &key).unwrap();
+        let two = ReloadingCertificate::from_files(&cert, &key).unwrap();
+        let token = one.peer_secret().token();
+        assert_eq!(token.len(), 64);
+        assert!(
+            two.peer_secret().accepts(&token),
+            "the same key, the same secret"
+        );
+        assert!(!two.peer_secret().accepts(&token[..63]));
+        assert!(!two.peer_secret().accepts(""));
+        let mut flipped = token.clone().into_bytes();
+        flipped[10] = if flipped[10] == b'0' { b'1' } else { b'0' };
+        assert!(
+            !two.peer_secret()
+                .accepts(std::str::from_utf8(&flipped).unwrap())
+        );
+
+        let other = generate(&["x".into()], 1).unwrap();
+        let other_dir = tempfile::tempdir().unwrap();
+        write(other_dir.path(), &other).unwrap();
+        let stranger = ReloadingCertificate::from_files(
+            &other_dir.path().join("tls.crt"),
+            &other_dir.path().join("tls.key"),
+        )
+        .unwrap();
+        assert!(!stranger.peer_secret().accepts(&token), "another key");
+        // A key made in memory (the self-signed default) shares nothing,
+        // not even with another made alike.
+        let fixed = |names: &[String]| {
+            let made = generate(names, 1).unwrap();
+            let key = certified_key(
+                made.cert_pem.as_bytes(),
+                made.key_pem.as_bytes(),
+                Path::new("t"),
+            )
+            .unwrap();
+            ReloadingCertificate::fixed(key)
+        };
+        let (a, b) = (fixed(&["x".into()]), fixed(&["x".into()]));
+        assert!(!a.peer_secret().accepts(&b.peer_secret().token()));
+        assert!(
+            format!("{:?}", a.peer_secret()).contains(".."),
+            "never printed"
+        );
     }
 }

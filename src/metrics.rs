@@ -272,6 +272,13 @@ pub struct Metrics {
     /// Writes of the shared facts' ConfigMap, by reason (`ok`, `conflict`,
     /// `error`).
     pub facts_writes: Family<ReasonLabels, Counter>,
+    /// A follower's questions to the leader, by how they ended
+    /// (`answered`, `failed`, `leader_changed`): each `answered` is a
+    /// registry GET spared.
+    pub peer_lookups: Family<ReasonLabels, Counter>,
+    /// Questions this replica answered for the others, by result
+    /// (`answered`, `failed`, `unauthorized`, `invalid`).
+    pub peer_requests: Family<ReasonLabels, Counter>,
     pub cache_lookups: Family<CacheLabels, Counter>,
     /// `cache_lookups`' two series, each taken from the family at its first
     /// lookup (so the output is the family's as ever): every image of every
@@ -395,6 +402,18 @@ impl Metrics {
             "facts_writes",
             "Writes of the ConfigMap of shared image facts, by reason (ok, conflict, error)",
             facts_writes.clone(),
+        );
+        let peer_lookups = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "peer_lookups",
+            "Digests this replica asked the leader for instead of the registry, by result (answered, failed, leader_changed)",
+            peer_lookups.clone(),
+        );
+        let peer_requests = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "peer_requests",
+            "Digests other replicas asked this one for, by result (answered, failed, unauthorized, invalid)",
+            peer_requests.clone(),
         );
         let cache_lookups = Family::<CacheLabels, Counter>::default();
         registry.register(
@@ -526,6 +545,8 @@ impl Metrics {
             registry_pulls_remaining,
             registry_pull_reserve_kept,
             facts_writes,
+            peer_lookups,
+            peer_requests,
             cache_lookups,
             cache_lookup_series: Default::default(),
             cache_entries,
@@ -654,6 +675,22 @@ impl Metrics {
             .get_or_create(&RampStepLabels {
                 namespace: Label::opted_in_namespace(namespace),
                 reason: Label::fixed(reason),
+            })
+            .inc();
+    }
+
+    pub fn peer_lookup(&self, reason: &'static str) {
+        self.peer_lookups
+            .get_or_create(&ReasonLabels {
+                reason: reason.into(),
+            })
+            .inc();
+    }
+
+    pub fn peer_request(&self, reason: &'static str) {
+        self.peer_requests
+            .get_or_create(&ReasonLabels {
+                reason: reason.into(),
             })
             .inc();
     }

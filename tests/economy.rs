@@ -664,3 +664,173 @@ async fn the_leader_writes_the_facts_and_a_replica_that_is_not_leading_only_read
     stop_replica.send_replace(true);
     replica_task.await.unwrap();
 }
+
+/// A replica's count of its questions to the leader that ended `reason`.
+fn peer_lookups(inspector: &Inspector, reason: &str) -> u64 {
+    (inspector.metrics().peer_lookups)
+        .get_or_create(&archway::metrics::ReasonLabels {
+            reason: reason.into(),
+        })
+        .get()
+}
+
+/// Each replica records into its own metrics, as each process does.
+fn replica_settings(host: &str) -> RegistrySettings {
+    RegistrySettings {
+        metrics: Arc::default(),
+        ..settings_for(host)
+    }
+}
+
+/// Looks `image` up `times` times on each inspector at once; the digests
+/// they answered.
+async fn at_once(inspectors: &[&Inspector], image: &ImageRef, times: usize) -> Vec<String> {
+    let lookups = inspectors.iter().flat_map(|inspector| {
+        (0..times).map(|_| {
+            let (inspector, image) = ((*inspector).clone(), image.clone());
+            tokio::spawn(async move { inspector.inspect(&image, &Credential::Anonymous).await })
+        })
+    });
+    futures::future::join_all(lookups.collect::<Vec<_>>())
+        .await
+        .into_iter()
+        .map(|lookup| lookup.unwrap().0.unwrap().digest.clone())
+        .collect()
+}
+
+/// Two replicas (issue 25): a follower asks the leader (`lookup::peer`)
+/// for a tag it knows nothing of, and for a digest its HEAD named that it
+/// does not know; the leader's own lookups join the same ones. So a new
+/// tag, and a tag that moved, cost one GET between them, however the
+/// reviews are spread. A process serving another key is not answered,
+/// and asks the registry itself; so does a follower whose leader is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_digest_costs_one_get_among_replicas_and_whoever_cannot_ask_the_leader_asks_the_registry()
+ {
+    use support::peers::{PeerKeys, ServedReplica};
+    let registry = Registry::start(RegistryOptions::plain());
+    let first = push(&registry, "shared:v1", ImageSpec::multi_arch(), "shared");
+    let proxy = CountingProxy::start(registry.addr()).await;
+    let keys = PeerKeys::new();
+    let stale_ttl = CacheSettings::default().stale_ttl;
+    let (leader, _leading) = keys.replica(
+        inspector(replica_settings(&proxy.host()), cache(stale_ttl)),
+        None,
+    );
+    let served = ServedReplica::start(leader.clone(), &keys).await;
+    let (follower, _) = keys.replica(
+        inspector(replica_settings(&proxy.host()), cache(stale_ttl)),
+        Some(served.address()),
+    );
+    let shared = image(&format!("{}/shared:v1", proxy.host()));
+
+    // A new tag, 20 reviews on each replica at once.
+    let digests = at_once(&[&leader, &follower], &shared, 20).await;
+    assert!(digests.iter().all(|d| *d == first), "{digests:?}");
+    let (gets, heads) = asked(&proxy);
+    eprintln!(
+        "new tag: GETs {gets}, HEADs {heads}; follower asked the leader: answered {}, failed {}",
+        peer_lookups(&follower, "answered"),
+        peer_lookups(&follower, "failed"),
+    );
+    assert_eq!(gets, 1, "one GET between the replicas");
+    assert_eq!(heads, 0, "a new tag is asked by name, no HEAD first");
+    assert_eq!(peer_lookups(&follower, "answered"), 1);
+
+    // The tag moves: both revalidate with a HEAD, and the new digest costs
+    // one GET between them.
+    let moved = push(&registry, "shared:v1", ImageSpec::arm_v7(), "moved");
+    tokio::time::sleep(TAG_TTL + Duration::from_millis(100)).await;
+    let started = Instant::now();
+    loop {
+        let digests = at_once(&[&leader, &follower], &shared, 5).await;
+        if digests.iter().all(|d| *d == moved) {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "{digests:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (gets, heads) = asked(&proxy);
+    eprintln!("moved tag: GETs {gets}, HEADs {heads}");
+    assert_eq!(gets, 2, "the moved tag cost one GET between the replicas");
+    assert_eq!(peer_lookups(&follower, "answered"), 2);
+
+    // Only a replica of this key is answered.
+    let url = format!(
+        "https://{}:{}{}",
+        support::webhook::SERVICE_NAME,
+        served.addr.port(),
+        archway::lookup::peer::PATH
+    );
+    let client = support::webhook::client_for(&keys.ca.cert_pem, served.addr, true);
+    let ask = |token: Option<String>, image: String| {
+        let mut request = client
+            .post(&url)
+            .header("content-type", "application/json")
+            .body(serde_json::json!({ "image": image }).to_string());
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        async move {
+            let response = request.send().await.unwrap();
+            (response.status().as_u16(), response.text().await.unwrap())
+        }
+    };
+    let pinned = format!("{}/shared@{moved}", proxy.host());
+    assert_eq!(ask(None, pinned.clone()).await.0, 401);
+    let other = PeerKeys::new();
+    let (status, why) = ask(
+        Some(other.certificate().peer_secret().token()),
+        pinned.clone(),
+    )
+    .await;
+    assert_eq!(
+        (status, why.as_str()),
+        (401, "only a replica serving this archway's key may ask")
+    );
+    let token = keys.certificate().peer_secret().token();
+    let (status, why) = ask(Some(token.clone()), format!("{shared}@{moved}")).await;
+    assert_eq!(status, 400, "a tag and a digest at once: {why}");
+    let (status, answer) = ask(Some(token.clone()), shared.to_string()).await;
+    assert_eq!(status, 200, "{answer}");
+    let answer: serde_json::Value = serde_json::from_str(&answer).unwrap();
+    assert_eq!(answer["digest"], moved.as_str());
+    let fresh_for = answer["freshForMs"].as_u64().unwrap();
+    assert!(
+        fresh_for <= TAG_TTL.as_millis() as u64,
+        "a tag's answer is fresh no longer than the leader holds it: {fresh_for}"
+    );
+    let (status, answer) = ask(Some(token), pinned).await;
+    assert_eq!(status, 200, "{answer}");
+    assert!(answer.contains("linux/arm/v7"), "{answer}");
+    assert_eq!(asked(&proxy).0, 2, "answered from what the leader knows");
+
+    // A process with another key cannot make the leader look anything up:
+    // the handshake fails (its certificate is not the leader's), and it
+    // asks the registry itself.
+    let (stranger, _) = other.replica(
+        inspector(replica_settings(&proxy.host()), cache(stale_ttl)),
+        Some(served.address()),
+    );
+    push(&registry, "other:v1", ImageSpec::multi_arch(), "other");
+    let other_tag = image(&format!("{}/other:v1", proxy.host()));
+    stranger
+        .inspect(&other_tag, &Credential::Anonymous)
+        .await
+        .0
+        .unwrap();
+    assert_eq!(peer_lookups(&stranger, "failed"), 1);
+    assert_eq!(asked(&proxy).0, 3, "the stranger's own GET");
+
+    // The leader gone: the follower asks the registry itself.
+    served.stop().await;
+    push(&registry, "late:v1", ImageSpec::multi_arch(), "late");
+    let late = image(&format!("{}/late:v1", proxy.host()));
+    follower
+        .inspect(&late, &Credential::Anonymous)
+        .await
+        .0
+        .unwrap();
+    assert_eq!(peer_lookups(&follower, "failed"), 1);
+    assert_eq!(asked(&proxy).0, 4, "the follower's own GET");
+}

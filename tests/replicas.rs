@@ -737,3 +737,92 @@ async fn a_ramp_outlives_its_leader_without_skipping_or_repeating_a_step() {
         "the last step was taken by the other replica"
     );
 }
+
+/// Registry economy with the shipped topology (issue 25): a new image whose
+/// pods both replicas review in the same moment costs the registry one
+/// manifest GET between them. The leader wrote its address on the Lease;
+/// the follower asks it for a tag it knows nothing of, and the leader's
+/// own reviews of the image join that one lookup. Without it each replica
+/// sent its own GET (the facts reach the other replica only within
+/// `cache.facts.writeInterval`, after such a burst).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_image_costs_one_manifest_get_between_the_two_replicas() {
+    let _serial = SERIAL.lock().await;
+    let env = env();
+    let client = env.plane.client().await;
+    let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
+        Api::namespaced(client.clone(), "archway");
+    let started = Instant::now();
+    let (holder, address) = loop {
+        let lease = leases.get_opt("archway-gate").await.unwrap();
+        let holder = lease
+            .as_ref()
+            .and_then(|l| l.spec.as_ref()?.holder_identity.clone());
+        let address = lease.as_ref().and_then(|l| {
+            l.metadata
+                .annotations
+                .as_ref()?
+                .get("archway.dev/peer-address")
+                .cloned()
+        });
+        if let (Some(holder), Some(address)) = (holder, address) {
+            break (holder, address);
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "no leader address on the Lease"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let leader = (env.archway.replicas.iter())
+        .find(|r| r.pod_name() == holder)
+        .expect("the holder is a replica");
+    assert_eq!(address, format!("127.0.0.1:{}", leader.webhook_port));
+
+    let ns = "replicas-economy";
+    env.plane.create_namespace(
+        ns,
+        &[("archway.dev/mode", "enforce")],
+        &[("archway.dev/rollout", "100")],
+    );
+    let images: Vec<String> = (0..3).map(|i| format!("economy-{i}:v1")).collect();
+    let registry = &env.registry;
+    for image in &images {
+        registry.push_spec(image, &ImageSpec::multi_arch().with_salt(image));
+    }
+    let gets = || {
+        env.archway.counter(
+            "archway_registry_manifest_requests_total",
+            &[("method", "GET")],
+        )
+    };
+    let answered = || {
+        env.archway
+            .counter("archway_peer_lookups_total", &[("reason", "answered")])
+    };
+    let (gets_before, answered_before, reviews_before) = (gets(), answered(), reviews(env, ns));
+    let mut outcomes = Vec::new();
+    for (i, image) in images.iter().enumerate() {
+        let image = format!("{}/{image}", registry.host());
+        outcomes.extend(burst(&client, ns, &image, &format!("economy-{i}"), 20).await);
+    }
+    let reviewed: Vec<f64> = (reviews(env, ns).iter().zip(&reviews_before))
+        .map(|(after, before)| after - before)
+        .collect();
+    let (spent, asked) = (gets() - gets_before, answered() - answered_before);
+    eprintln!(
+        "REPLICAS ECONOMY 3 new images x 20 pods: reviews per replica {reviewed:?}, \
+         manifest GETs {spent}, follower's questions answered by the leader {asked}"
+    );
+    let trouble: Vec<String> = outcomes.iter().filter_map(Created::trouble).collect();
+    assert!(trouble.is_empty(), "{trouble:#?}");
+    assert!(
+        reviewed.iter().all(|n| *n > 0.0),
+        "both replicas reviewed the new images: {reviewed:?}"
+    );
+    assert!(asked >= 1.0, "the follower asked the leader");
+    assert_eq!(
+        spent, 3.0,
+        "one manifest GET per new image, between both replicas"
+    );
+}

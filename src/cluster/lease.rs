@@ -29,12 +29,17 @@ pub struct Leadership {
     /// as far as this one can see: the webhook may gate pods, since a
     /// controller runs to release them.
     pub some_leader: watch::Receiver<bool>,
+    /// Where another replica that leads can be asked what it knows
+    /// (`lookup::peer`), as it wrote on the Lease: `None` while this
+    /// replica leads, nobody does, or the leader gave no address.
+    pub leader_address: watch::Receiver<Option<String>>,
 }
 
 /// The election's side of [`Leadership`].
 pub struct LeadershipSender {
     leading: watch::Sender<bool>,
     some_leader: watch::Sender<bool>,
+    leader_address: watch::Sender<Option<String>>,
 }
 
 impl Leadership {
@@ -42,15 +47,18 @@ impl Leadership {
     pub fn channel() -> (LeadershipSender, Leadership) {
         let (leading_tx, leading) = watch::channel(false);
         let (some_tx, some_leader) = watch::channel(false);
+        let (address_tx, leader_address) = watch::channel(None);
         let sender = LeadershipSender {
             leading: leading_tx,
             some_leader: some_tx,
+            leader_address: address_tx,
         };
         (
             sender,
             Leadership {
                 leading,
                 some_leader,
+                leader_address,
             },
         )
     }
@@ -63,6 +71,34 @@ pub struct LeaseSettings {
     pub name: String,
     pub identity: String,
     pub duration: Duration,
+    /// Where the other replicas reach this one (`host:port` of its webhook
+    /// listener), written on the Lease while it leads.
+    pub peer_address: Option<String>,
+}
+
+/// The Lease annotation holding the leader's peer address.
+pub const PEER_ADDRESS_ANNOTATION: &str = "archway.dev/peer-address";
+
+/// The longest peer address believed: a `host:port` is far shorter.
+const MAX_PEER_ADDRESS: usize = 300;
+
+/// The peer address `lease` names, if it is a `host:port` archway could
+/// have written (the Lease is archway's, but its content is still input).
+fn peer_address_of(lease: &Lease) -> Option<String> {
+    let address = lease
+        .metadata
+        .annotations
+        .as_ref()?
+        .get(PEER_ADDRESS_ANNOTATION)?;
+    let well_formed = !address.is_empty()
+        && address.len() <= MAX_PEER_ADDRESS
+        && address.rsplit_once(':').is_some_and(|(host, port)| {
+            !host.is_empty() && port.parse::<u16>().is_ok_and(|port| port != 0)
+        })
+        && address
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']'));
+    well_formed.then(|| address.clone())
 }
 
 /// The namespace archway runs in (its ServiceAccount's), else `archway`.
@@ -97,6 +133,9 @@ pub struct Elector {
     observed: Option<((String, Option<MicroTime>), Instant)>,
     /// After the last round: another replica holds the Lease and renews it.
     other_holds: bool,
+    /// After the last round: the peer address of the other replica that
+    /// holds it.
+    other_address: Option<String>,
 }
 
 impl Elector {
@@ -106,6 +145,7 @@ impl Elector {
             settings,
             observed: None,
             other_holds: false,
+            other_address: None,
         }
     }
 
@@ -118,6 +158,7 @@ impl Elector {
                 metadata: ObjectMeta {
                     name: Some(self.settings.name.clone()),
                     namespace: Some(self.settings.namespace.clone()),
+                    annotations: self.peer_annotations(),
                     ..Default::default()
                 },
                 spec: Some(LeaseSpec {
@@ -154,6 +195,7 @@ impl Elector {
         let expired = holder.is_empty() || seen_at.elapsed() >= held_for;
         self.other_holds = !ours && !expired;
         if self.other_holds {
+            self.other_address = peer_address_of(&lease);
             return Ok(false);
         }
         if !ours {
@@ -163,6 +205,18 @@ impl Elector {
         }
         spec.renew_time = Some(now);
         spec.lease_duration_seconds = Some(seconds);
+        let annotations = lease
+            .metadata
+            .annotations
+            .get_or_insert_with(Default::default);
+        match &self.settings.peer_address {
+            Some(address) => {
+                annotations.insert(PEER_ADDRESS_ANNOTATION.into(), address.clone());
+            }
+            None => {
+                annotations.remove(PEER_ADDRESS_ANNOTATION);
+            }
+        }
         // `lease` carries the resourceVersion read above: if another replica
         // wrote in between, this update is refused with 409.
         match self
@@ -174,6 +228,11 @@ impl Elector {
             Err(kube::Error::Api(e)) if e.code == 409 => Ok(false),
             Err(e) => Err(e),
         }
+    }
+
+    fn peer_annotations(&self) -> Option<std::collections::BTreeMap<String, String>> {
+        let address = self.settings.peer_address.clone()?;
+        Some([(PEER_ADDRESS_ANNOTATION.to_string(), address)].into())
     }
 
     /// Gives the Lease up (at shutdown), so another replica takes over
@@ -189,6 +248,9 @@ impl Elector {
         spec.holder_identity = None;
         spec.acquire_time = None;
         spec.renew_time = None;
+        if let Some(annotations) = lease.metadata.annotations.as_mut() {
+            annotations.remove(PEER_ADDRESS_ANNOTATION);
+        }
         self.api
             .replace(&self.settings.name, &PostParams::default(), &lease)
             .await
@@ -204,6 +266,7 @@ impl Elector {
         let LeadershipSender {
             leading,
             some_leader,
+            leader_address,
         } = leadership;
         let retry = self.settings.duration / 3;
         let step_down_after = self.settings.duration * 2 / 3;
@@ -211,6 +274,7 @@ impl Elector {
         let mut live_at: Option<Instant> = None;
         loop {
             self.other_holds = false;
+            self.other_address = None;
             match self.try_acquire_or_renew().await {
                 Ok(true) => renewed = Some(Instant::now()),
                 Ok(false) => renewed = None,
@@ -226,6 +290,14 @@ impl Elector {
             // can see): its gate controller runs, so the webhook may gate.
             some_leader
                 .send_replace(live_at.is_some_and(|at| at.elapsed() < self.settings.duration));
+            // Only a leader seen renewing this round is asked: one that
+            // stopped is not waited for.
+            let address = self.other_address.take().filter(|_| self.other_holds);
+            leader_address.send_if_modified(|was| {
+                let changed = *was != address;
+                *was = address;
+                changed
+            });
             leading.send_if_modified(|was| {
                 let changed = *was != holds;
                 if changed {
@@ -246,6 +318,7 @@ impl Elector {
         }
         leading.send_replace(false);
         some_leader.send_replace(false);
+        leader_address.send_replace(None);
         if renewed.is_some()
             && let Err(error) = tokio::time::timeout(Duration::from_secs(2), self.release())
                 .await
@@ -253,5 +326,44 @@ impl Elector {
         {
             tracing::warn!(%error, "could not release the leader Lease");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lease_with(address: &str) -> Lease {
+        Lease {
+            metadata: ObjectMeta {
+                annotations: Some(
+                    [(PEER_ADDRESS_ANNOTATION.to_string(), address.to_string())].into(),
+                ),
+                ..Default::default()
+            },
+            spec: None,
+        }
+    }
+
+    #[test]
+    fn only_a_host_and_port_is_taken_as_the_leader_s_address() {
+        for good in ["10.0.0.5:8443", "[fd00::5]:8443", "archway-0.archway:8443"] {
+            assert_eq!(peer_address_of(&lease_with(good)).as_deref(), Some(good));
+        }
+        let long = format!("{}:8443", "a".repeat(MAX_PEER_ADDRESS));
+        for bad in [
+            "",
+            "10.0.0.5",
+            "10.0.0.5:0",
+            "10.0.0.5:99999",
+            ":8443",
+            "evil.example/path:8443",
+            "user@10.0.0.5:8443",
+            "10.0.0.5:8443 ",
+            long.as_str(),
+        ] {
+            assert_eq!(peer_address_of(&lease_with(bad)), None, "{bad:?}");
+        }
+        assert_eq!(peer_address_of(&Lease::default()), None);
     }
 }

@@ -21,7 +21,8 @@ use serde::Deserialize;
 use tokio::sync::Semaphore;
 
 use crate::lookup::image::ImageRef;
-use crate::lookup::registry::client::Known;
+use crate::lookup::peer::PeerClient;
+use crate::lookup::registry::client::{ByDigest, Known};
 use crate::lookup::registry::facts::{Facts, FactsSettings, unix_millis};
 use crate::lookup::registry::limits::{Bucket, Turn, next_review_id};
 use crate::lookup::registry::{Credential, ImagePlatforms, InspectError, RegistryClient};
@@ -208,6 +209,9 @@ pub struct Inspector {
     /// budget on a single registry request, and the rest are throttled.
     /// Holds only lookups running now.
     in_flight: Arc<Mutex<std::collections::HashSet<CacheKey>>>,
+    /// The leader, asked for a digest this replica does not know before
+    /// the registry is (`lookup::peer`); `None` outside a cluster.
+    peer: Option<Arc<PeerClient>>,
 }
 
 /// Removes its key from `Inspector::in_flight` when the lookup that put it
@@ -237,6 +241,10 @@ pub struct Requester {
     /// Its place in the registry client's queues, which serve namespaces
     /// and reviews in turn.
     turn: Turn,
+    /// Whether its lookups may ask the leader: not when it is another
+    /// replica's question (a change of leader could make two replicas ask
+    /// each other).
+    ask_peer: bool,
 }
 
 /// Registry lookups of one review in flight at once.
@@ -252,6 +260,7 @@ impl Requester {
             },
             namespace,
             slots: Arc::new(Semaphore::new(LOOKUPS_PER_REVIEW)),
+            ask_peer: true,
         }
     }
 }
@@ -339,7 +348,67 @@ impl Inspector {
             settings,
             references: Arc::default(),
             in_flight: Arc::default(),
+            peer: None,
         }
+    }
+
+    /// This inspector, asking `peer` (the leader) for digests it does not
+    /// know before it asks the registry.
+    pub fn with_peer(mut self, peer: Option<Arc<PeerClient>>) -> Self {
+        self.peer = peer;
+        self
+    }
+
+    /// The leader this inspector asks, kept by a rebuilt inspector.
+    pub fn peer(&self) -> Option<&Arc<PeerClient>> {
+        self.peer.as_ref()
+    }
+
+    /// The leader, when another replica leads and `requester` may ask it.
+    fn leader_to_ask(&self, requester: &Requester) -> Option<&PeerClient> {
+        (self.peer.as_deref()).filter(|peer| requester.ask_peer && peer.available())
+    }
+
+    /// Whether a tag's lookup with `credential` goes by its digest: with
+    /// replicas (a peer client), for what the facts may hold (archway's
+    /// own access only), so that each new digest costs one GET among them.
+    fn by_digest_for(&self, image: &ImageRef, credential: &Credential) -> bool {
+        self.peer.is_some() && credential.is_anonymous() && image.digest().is_none()
+    }
+
+    /// The platforms of `image` at `digest`: the leader's answer when
+    /// another replica leads (and `requester` may ask it), else this
+    /// inspector's own lookup of the digest, which every replica's question
+    /// joins. `None`: the leader could not answer; the tag's GET follows.
+    ///
+    /// A boxed future of a named type, not an `async fn`: it is part of
+    /// the lookup it may start (`inspect_as` -> `look_up` -> here), and a
+    /// cycle of opaque futures has no type the compiler can check.
+    fn by_digest<'a>(
+        &'a self,
+        image: &'a ImageRef,
+        digest: String,
+        requester: &'a Requester,
+    ) -> futures::future::BoxFuture<'a, Option<Result<ImagePlatforms, InspectError>>> {
+        use futures::FutureExt;
+        async move {
+            if let Some(peer) = self.leader_to_ask(requester) {
+                let answered = peer.platforms(image, Some(&digest)).await?;
+                return Some(Ok(answered.found));
+            }
+            let pinned: ImageRef = crate::lookup::registry::facts::digest_key(image, &digest)
+                .parse()
+                .ok()?;
+            let requester = Requester {
+                ask_peer: false,
+                ..requester.clone()
+            };
+            let (lookup, _) = self
+                .inspect_as(&pinned, &Credential::Anonymous, &requester)
+                .await;
+            Some(lookup.map(|found| (*found).clone()))
+        }
+        .boxed()
     }
 
     /// The requester for one review of a pod in `namespace`.
@@ -397,7 +466,7 @@ impl Inspector {
         let entry = self
             .cache
             .entry(key.clone())
-            .or_insert_with(self.look_up(image, credential, &requester.turn))
+            .or_insert_with(self.look_up(image, credential, requester))
             .await;
         let outcome = if entry.is_fresh() {
             CacheOutcome::Miss
@@ -464,17 +533,49 @@ impl Inspector {
 
     /// A lookup of an image not in the cache. When the facts know a digest
     /// of its repository (a digest reference's own, or any for a tag), a
-    /// HEAD may spare the GET.
-    async fn look_up(&self, image: &ImageRef, credential: &Credential, turn: &Turn) -> Entry {
+    /// HEAD may spare the GET; when another replica leads, a HEAD names
+    /// the digest to ask it for.
+    async fn look_up(
+        &self,
+        image: &ImageRef,
+        credential: &Credential,
+        requester: &Requester,
+    ) -> Entry {
         let known = |digest: &str| self.facts.platforms(image, digest);
+        let by_digest = self.by_digest_for(image, credential);
         let worth_a_head = match image.digest() {
             Some(digest) => self.facts.platforms(image, digest).is_some(),
             None => self.facts.knows_repository(image),
         };
+        // A tag nothing is known of: the leader is asked for it by name
+        // (it answers from what it holds, or joins its own lookup), rather
+        // than a HEAD first, which would put a round trip before every cold
+        // lookup. Kept no longer than it is fresh at the leader.
+        if by_digest
+            && !worth_a_head
+            && let Some(peer) = self.leader_to_ask(requester)
+            && let Some(answered) = peer.platforms(image, None).await
+        {
+            let ttl = answered.fresh_for.min(self.settings.tag_ttl);
+            return Entry::new(
+                Ok(Arc::new(answered.found)),
+                ttl,
+                self.settings.stale_ttl,
+                Instant::now(),
+            );
+        }
         let known: Known<'_> = &known;
+        let ask = |digest: String| self.by_digest(image, digest, requester);
+        let ask: ByDigest<'_> = &ask;
         let lookup = self
             .client
-            .inspect_in_turn(image, credential, turn, worth_a_head.then_some(known))
+            .inspect_in_turn(
+                image,
+                credential,
+                &requester.turn,
+                worth_a_head.then_some(known),
+                by_digest.then_some(ask),
+            )
             .await
             .map(Arc::new);
         self.answered(image, credential, lookup)
@@ -536,7 +637,7 @@ impl Inspector {
         tokio::spawn(async move {
             // A review's lookups go a few at a time, revalidations too.
             let _slot = requester.slots.clone().acquire_owned().await;
-            let fresh = Box::pin(this.revalidate(&image, &credential, &requester.turn, stale));
+            let fresh = Box::pin(this.revalidate(&image, &credential, &requester, stale));
             let fresh = fresh.await;
             this.cache.insert(key, fresh).await;
             drop(in_flight);
@@ -551,7 +652,7 @@ impl Inspector {
         &self,
         image: &ImageRef,
         credential: &Credential,
-        turn: &Turn,
+        requester: &Requester,
         stale: Entry,
     ) -> Entry {
         if let Some(entry) = self.facts_answer(image, credential, Instant::now()) {
@@ -565,9 +666,17 @@ impl Inspector {
                 .or_else(|| self.facts.platforms(image, digest))
         };
         let known: Known<'_> = &known;
+        let ask = |digest: String| self.by_digest(image, digest, requester);
+        let ask: ByDigest<'_> = &ask;
         let lookup = self
             .client
-            .inspect_in_turn(image, credential, turn, Some(known))
+            .inspect_in_turn(
+                image,
+                credential,
+                &requester.turn,
+                Some(known),
+                self.by_digest_for(image, credential).then_some(ask),
+            )
             .await
             .map(Arc::new);
         match lookup {
@@ -663,6 +772,28 @@ impl Inspector {
                 CacheOutcome::Miss,
             ),
         }
+    }
+
+    /// Another replica's question (`lookup::peer::answer`): an image's
+    /// platforms with archway's own access, from the cache, the facts or
+    /// one registry lookup that every asker at the moment joins; and how
+    /// much longer the answer is fresh here. Never asks a peer in turn, nor
+    /// charges a namespace: the asking replica charged its review's.
+    pub async fn inspect_for_peer(&self, image: &ImageRef) -> (Lookup, Duration) {
+        let requester = Requester {
+            ask_peer: false,
+            ..Requester::new(None)
+        };
+        let credential = Credential::Anonymous;
+        let (lookup, _) = self.inspect_for(image, &credential, &requester).await;
+        let fresh_for = match image.digest() {
+            Some(_) => self.settings.digest_ttl,
+            None => (self.cache.get(&CacheKey::new(image, &credential)).await)
+                .map_or(Duration::ZERO, |entry| {
+                    entry.fresh_until.saturating_duration_since(Instant::now())
+                }),
+        };
+        (lookup, fresh_for)
     }
 
     /// How long an answer is fresh, and then served while revalidated.

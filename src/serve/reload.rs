@@ -94,6 +94,7 @@ impl ConfigReloader {
                     config.cache_settings(),
                     old.inspector.facts().clone(),
                 )
+                .with_peer(old.inspector.peer().cloned())
             };
         let policies: Arc<dyn crate::decision::policy::PolicySource> = match &self.cluster {
             Some(cluster) => {

@@ -43,6 +43,10 @@ pub async fn run(
     // renders it.
     let metrics = Arc::new(Metrics::default());
     let certificate = Arc::new(serving_certificate(&config, self_signed_dir)?);
+    // Bound first: the leader's peer address is the webhook's own port
+    // (the configuration may say 0).
+    let listeners = Listeners::bind(config.server.listen, config.server.admin_listen).await?;
+    let webhook_address = listeners.webhook.local_addr()?;
     let mut cluster = None;
     let mut kube_client = None;
     let reviewer = if config.policy_source.uses_cluster() {
@@ -58,6 +62,7 @@ pub async fn run(
             name: config.gate.lease_name.clone(),
             identity: identity.clone(),
             duration: config.gate.lease_duration,
+            peer_address: peer_address(webhook_address),
         };
         // Graceful: on its stop it steps down and gives the Lease up, so
         // another replica takes over at once.
@@ -116,6 +121,16 @@ pub async fn run(
             ),
         );
         let mut reviewer = crate::setup::reviewer(&config, policies, metrics.clone())?;
+        // Followers ask the leader for digests they do not know before the
+        // registry: a new or moved tag costs one GET, not one a replica.
+        let peer = crate::lookup::peer::PeerClient::new(
+            certificate.clone(),
+            leadership.leader_address.clone(),
+            PEER_TIMEOUT_REQUESTS * config.registry.request_timeout,
+            metrics.clone(),
+        )
+        .map_err(anyhow::Error::msg)?;
+        reviewer.inspector = reviewer.inspector.with_peer(Some(Arc::new(peer)));
         reviewer.node_inventory = Some(Arc::new(cluster_view));
         reviewer.pull_secrets = Some(PullSecrets::new(client.clone()));
         reviewer.holds = Some(Arc::new(holds));
@@ -147,7 +162,6 @@ pub async fn run(
     } else {
         crate::setup::reviewer(&config, Arc::new(config.static_policies()), metrics.clone())?
     };
-    let listeners = Listeners::bind(config.server.listen, config.server.admin_listen).await?;
     tracing::info!(
         webhook = %listeners.webhook.local_addr()?,
         admin = %listeners.admin.local_addr()?,
@@ -201,6 +215,32 @@ pub async fn run(
         );
     }
     Ok(())
+}
+
+/// A follower waits for the leader's answer as long as the leader's own
+/// lookup may take: a token, the manifest and its config, each a registry
+/// request.
+const PEER_TIMEOUT_REQUESTS: u32 = 3;
+
+/// Where the other replicas reach this one: `ARCHWAY_PEER_ADDRESS`, else
+/// the pod's IP (`POD_IP`, from the downward API) with the webhook port,
+/// else the webhook listener's own address when it is a specific one (a
+/// replica run outside a pod, as the tests run two). `None`: the others
+/// cannot ask this one, and ask the registry themselves.
+fn peer_address(listen: std::net::SocketAddr) -> Option<String> {
+    let from_env = |name: &str| {
+        std::env::var(name)
+            .ok()
+            .map(|value| value.trim().to_string())
+            .filter(|value| !value.is_empty())
+    };
+    if let Some(address) = from_env("ARCHWAY_PEER_ADDRESS") {
+        return Some(address);
+    }
+    if let Some(ip) = from_env("POD_IP").and_then(|ip| ip.parse::<std::net::IpAddr>().ok()) {
+        return Some(std::net::SocketAddr::new(ip, listen.port()).to_string());
+    }
+    (!listen.ip().is_unspecified()).then(|| listen.to_string())
 }
 
 fn serving_certificate(

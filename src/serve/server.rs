@@ -97,6 +97,9 @@ pub struct AppState {
     /// What `/metrics` renders: the reviewer's, where the requests are
     /// counted too.
     pub metrics: Arc<Metrics>,
+    /// The serving certificate, whose key's secret other replicas prove
+    /// when they ask this one (`lookup::peer`); set by `serve`.
+    pub certificate: Option<Arc<ReloadingCertificate>>,
 }
 
 impl AppState {
@@ -105,6 +108,7 @@ impl AppState {
             metrics: reviewer.metrics().clone(),
             reviewers: SharedReviewer::new(reviewer),
             serving: Arc::new(AtomicBool::new(false)),
+            certificate: None,
         }
     }
 
@@ -143,6 +147,7 @@ pub fn webhook_router_with(state: AppState, limits: &ServerLimits) -> Router {
     };
     Router::new()
         .route("/mutate", post(mutate))
+        .route(crate::lookup::peer::PATH, post(peer_answer))
         .layer(DefaultBodyLimit::max(limits.max_body_bytes))
         .layer(axum::middleware::from_fn_with_state(body, body_deadline))
         .with_state(state)
@@ -294,6 +299,19 @@ async fn mutate(State(state): State<AppState>, body: Bytes) -> Response {
     }
 }
 
+/// Another replica asks for a digest's platforms (`lookup::peer`).
+async fn peer_answer(
+    State(state): State<AppState>,
+    headers: axum::http::HeaderMap,
+    body: Bytes,
+) -> Response {
+    let Some(certificate) = state.certificate.clone() else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    let inspector = state.reviewer().inspector.clone();
+    crate::lookup::peer::answer(&inspector, &certificate, &headers, &body).await
+}
+
 async fn ready(State(state): State<AppState>) -> Response {
     let serving = state.serving.load(Ordering::Acquire);
     let synced = state.reviewer().policies.is_ready();
@@ -408,6 +426,10 @@ pub async fn serve(
     if certificate.watches_files() {
         tokio::spawn(watch_certificate(certificate.clone(), stop_rx.clone()));
     }
+    let state = AppState {
+        certificate: Some(certificate.clone()),
+        ..state
+    };
     let tls = TlsAcceptor::from(Arc::new(crate::certs::server_config(
         certificate,
         limits.http2,

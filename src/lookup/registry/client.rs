@@ -118,6 +118,19 @@ pub fn default_manifest_gets_per_hour() -> BTreeMap<String, u32> {
 /// that names one of them spares the GET.
 pub type Known<'a> = &'a (dyn Fn(&str) -> Option<Arc<ImagePlatforms>> + Send + Sync);
 
+/// Who is asked, after a HEAD named a digest `Known` does not hold and
+/// before the GET of the tag: the leader (a follower's), or the cache by
+/// the digest (the leader's own, which every replica's question about
+/// that digest joins). `None`: nobody knew, the GET follows. `Some(Err)`:
+/// the digest's own lookup failed, and the tag's would fail alike.
+pub type ByDigest<'a> = &'a (
+        dyn Fn(
+    String,
+) -> futures::future::BoxFuture<'a, Option<Result<ImagePlatforms, InspectError>>>
+            + Send
+            + Sync
+    );
+
 /// How long a host that answered a manifest HEAD without a usable digest
 /// (or refused HEAD) is sent the GET straight away.
 const NO_HEAD_DIGEST_FOR: Duration = Duration::from_secs(3600);
@@ -333,7 +346,7 @@ impl RegistryClient {
         image: &ImageRef,
         credential: &Credential,
     ) -> Result<ImagePlatforms, InspectError> {
-        self.inspect_in_turn(image, credential, &Turn::anonymous(), None)
+        self.inspect_in_turn(image, credential, &Turn::anonymous(), None, None)
             .await
     }
 
@@ -341,19 +354,21 @@ impl RegistryClient {
     /// lookups take turns with other namespaces' and other reviews'. With
     /// `known`, the manifest is first asked with a HEAD (free where Docker
     /// Hub counts GETs); a digest `known` has platforms for is the answer,
-    /// and only another one costs the GET.
+    /// and only another one costs the GET. With `by_digest` as well, a
+    /// digest `known` does not hold is asked there before the tag's GET.
     pub async fn inspect_in_turn(
         &self,
         image: &ImageRef,
         credential: &Credential,
         turn: &Turn,
         known: Option<Known<'_>>,
+        by_digest: Option<ByDigest<'_>>,
     ) -> Result<ImagePlatforms, InspectError> {
         let mut last_error = None;
         for endpoint in self.endpoints(image) {
             let permit = self.limits.acquire(&endpoint.host, turn).await;
             let result = self
-                .inspect_at(&endpoint, image, credential, turn, known)
+                .inspect_at(&endpoint, image, credential, turn, known, by_digest)
                 .await;
             drop(permit);
             match result {
@@ -403,6 +418,7 @@ impl RegistryClient {
         credential: &Credential,
         turn: &Turn,
         known: Option<Known<'_>>,
+        by_digest: Option<ByDigest<'_>>,
     ) -> Result<ImagePlatforms, InspectError> {
         // A pod's credential belongs to the image's registry; a mirror gets
         // only the cluster's own credential for it.
@@ -431,14 +447,20 @@ impl RegistryClient {
             };
             // A digest reference is the content it names; a HEAD that says
             // otherwise is settled by the GET, which checks the bytes.
-            let found = digest
-                .filter(|digest| image.digest().is_none_or(|asked| asked == digest))
-                .and_then(|digest| known(&digest));
-            if let Some(found) = found {
+            let digest = digest.filter(|digest| image.digest().is_none_or(|asked| asked == digest));
+            if let Some(found) = digest.as_deref().and_then(known) {
                 return Ok(ImagePlatforms {
                     endpoint: endpoint.host.clone(),
                     ..(*found).clone()
                 });
+            }
+            // Another replica may know it, or be looking it up now: the
+            // registry is asked once, by the leader, for all of them.
+            if let (Some(by_digest), Some(digest)) =
+                (by_digest, digest.filter(|_| image.digest().is_none()))
+                && let Some(found) = by_digest(digest).await
+            {
+                return found;
             }
         }
         (self.pulls_left)

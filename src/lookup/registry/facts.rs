@@ -152,8 +152,10 @@ struct Wire {
     tags: BTreeMap<String, WireTag>,
 }
 
+/// One digest's platforms as the facts encode them, and as the leader
+/// answers a follower (`lookup::peer`).
 #[derive(Serialize, Deserialize)]
-struct WireDigest {
+pub(crate) struct WireDigest {
     platforms: Vec<String>,
     shape: ManifestShape,
     endpoint: String,
@@ -177,7 +179,7 @@ fn repository_key(image: &ImageRef) -> String {
     format!("{}/{}", image.registry(), image.repository())
 }
 
-fn digest_key(image: &ImageRef, digest: &str) -> String {
+pub(crate) fn digest_key(image: &ImageRef, digest: &str) -> String {
     format!("{}/{}@{digest}", image.registry(), image.repository())
 }
 
@@ -190,7 +192,7 @@ fn tag_key(image: &ImageRef) -> String {
     )
 }
 
-fn wire_digest(found: &ImagePlatforms, seen: u64) -> WireDigest {
+pub(crate) fn wire_digest(found: &ImagePlatforms, seen: u64) -> WireDigest {
     WireDigest {
         platforms: found.platforms.iter().map(ToString::to_string).collect(),
         shape: found.shape,
@@ -380,7 +382,7 @@ fn tag_digest_key(tag_key: &str, digest: &str) -> String {
 
 /// A digest entry read back, if its key is a canonical pinned reference
 /// and its value platforms archway would accept from a registry.
-fn read_digest(key: &str, fact: WireDigest) -> Option<(Arc<ImagePlatforms>, u64)> {
+pub(crate) fn read_digest(key: &str, fact: WireDigest) -> Option<(Arc<ImagePlatforms>, u64)> {
     let image: ImageRef = key.parse().ok()?;
     let digest = image.digest()?;
     if image.tag().is_some() || image.to_string() != key {

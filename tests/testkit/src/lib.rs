@@ -5,7 +5,7 @@
 //! fake kubelet ([`kubelet`]), archway installed on it as deploy/ installs
 //! it, alone or as replicas behind HAProxy ([`install`], [`balancer`]), and
 //! [`world::World`], which starts all of that in one call; archway's webhook
-//! served in-process ([`webhook`]); a second webhook ([`injector`]); the
+//! served in-process ([`webhook`]), and replicas asking each other ([`peers`]); a second webhook ([`injector`]); the
 //! HTTP stand-in for the API server ([`apiserver`]); helm, promtool and
 //! kubectl ([`tools`]); a real Prometheus server ([`prometheus`]); headless
 //! chromium ([`browser`]); a namespace's ramp followed ([`ramps`]).
@@ -40,6 +40,7 @@ pub mod images;
 pub mod injector;
 pub mod install;
 pub mod kubelet;
+pub mod peers;
 pub mod process;
 pub mod prometheus;
 pub mod proxy;
