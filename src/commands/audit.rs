@@ -23,9 +23,12 @@ use crate::report::Format;
 
 #[path = "audit_compare.rs"]
 mod audit_compare;
-use crate::decision::compare::PodSample;
+#[path = "audit_usage.rs"]
+mod audit_usage;
+use crate::decision::compare::{PodSample, PodUsage};
 use crate::decision::cost::Requests;
-pub use audit_compare::{Comparison, CostReport, USAGE_ABSENT};
+pub use audit_compare::{Comparison, CostReport, UsageComparison};
+pub use audit_usage::UsageSource;
 
 /// One workload's line in the report.
 #[derive(Debug, Clone, Serialize)]
@@ -74,6 +77,9 @@ pub struct AuditReport {
     /// The requests' monthly cost per namespace and in total, by the
     /// configuration's `cost:` prices.
     pub cost: CostReport,
+    /// Where the comparison's CPU and memory come from (`metrics.k8s.io`),
+    /// or why there are none.
+    pub usage: UsageSource,
 }
 
 /// One namespace in the monitoring step of the migration plan: where its
@@ -476,8 +482,9 @@ pub async fn scan(
         Some(ns) => list(Api::namespaced(client.clone(), ns), "replicasets").await?,
         None => list(Api::all(client.clone()), "replicasets").await?,
     };
+    let usage = audit_usage::read(&client, namespace).await;
     let now = k8s_openapi::jiff::Timestamp::now();
-    let pods_of = placement_of_pods(&pods, &replica_sets, &known_nodes, now);
+    let pods_of = placement_of_pods(&pods, &replica_sets, &known_nodes, now, &usage.pods);
 
     // A few workloads at a time; each image once (the cache remembers it).
     let total = workloads.len();
@@ -526,6 +533,7 @@ pub async fn scan(
     let cost = audit_compare::cost_report(&rows, &config.cost, &config.target_architecture);
     Ok(AuditReport {
         cost,
+        usage: usage.source,
         target_architecture: config.target_architecture.clone(),
         node_architectures,
         workloads: rows,
@@ -627,6 +635,7 @@ fn placement_of_pods(
     replica_sets: &[ReplicaSet],
     nodes: &placement::Nodes,
     now: k8s_openapi::jiff::Timestamp,
+    usage: &BTreeMap<(String, String), PodUsage>,
 ) -> BTreeMap<(String, &'static str, String), PodsOf> {
     let rs_owner: BTreeMap<(String, String), String> = replica_sets
         .iter()
@@ -692,8 +701,15 @@ fn placement_of_pods(
             *requests = *requests + audit_compare::requests_of(pod);
         }
         if pod.metadata.deletion_timestamp.is_none() {
-            of.samples
-                .push(crate::decision::compare::PodSample::of_pod(pod, arch, now));
+            let mut sample = PodSample::of_pod(pod, arch, now);
+            let name = pod.metadata.name.clone().unwrap_or_default();
+            if let Some(used) =
+                usage.get(&(pod.metadata.namespace.clone().unwrap_or_default(), name))
+            {
+                sample.cpu_cores = used.cpu_cores;
+                sample.memory_bytes = used.memory_bytes;
+            }
+            of.samples.push(sample);
         }
     }
     placed
@@ -1300,6 +1316,7 @@ mod tests {
         ];
         let namespaces = namespace_plans(&workloads, &BTreeMap::new(), 100, "arm64");
         let report = AuditReport {
+            usage: Default::default(),
             target_architecture: "arm64".into(),
             node_architectures: BTreeMap::new(),
             cost: audit_compare::cost_report(&workloads, &Default::default(), "arm64"),
@@ -1454,6 +1471,7 @@ mod tests {
         let rollouts = BTreeMap::from([("lab".to_string(), 10)]);
         with_ramps(&mut namespaces, ramps, &modes, &rollouts);
         let report = AuditReport {
+            usage: Default::default(),
             target_architecture: "arm64".into(),
             node_architectures: BTreeMap::new(),
             cost: audit_compare::cost_report(&workloads, &Default::default(), "arm64"),
