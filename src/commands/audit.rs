@@ -23,6 +23,8 @@ use crate::report::Format;
 
 #[path = "audit_compare.rs"]
 mod audit_compare;
+#[path = "audit_dashboard.rs"]
+mod audit_dashboard;
 #[path = "audit_usage.rs"]
 mod audit_usage;
 use crate::decision::compare::{PodSample, PodUsage};
@@ -390,9 +392,11 @@ impl NodeInventory for AuditNodes {
     }
 }
 
-/// Scans `namespace` (or all) through `client`.
+/// Scans `namespace` (or all) through `client`; reads `metrics.k8s.io`
+/// through `usage_client` ([`usage_client`]).
 pub async fn scan(
     client: kube::Client,
+    usage_client: kube::Client,
     config: &Config,
     namespace: Option<&str>,
     progress: bool,
@@ -482,7 +486,7 @@ pub async fn scan(
         Some(ns) => list(Api::namespaced(client.clone(), ns), "replicasets").await?,
         None => list(Api::all(client.clone()), "replicasets").await?,
     };
-    let usage = audit_usage::read(&client, namespace).await;
+    let usage = audit_usage::read(&usage_client, namespace).await;
     let now = k8s_openapi::jiff::Timestamp::now();
     let pods_of = placement_of_pods(&pods, &replica_sets, &known_nodes, now, &usage.pods);
 
@@ -1020,12 +1024,14 @@ th,td{{border-bottom:1px solid #ddd;padding:.4em .6em;text-align:left;vertical-a
 .blocked{{background:#fff4f2}}h2{{margin-top:2em}}\
 .bar{{position:relative;width:10em;height:.9em;background:#eee}}.bar div{{position:absolute;left:0;top:0;bottom:0}}\
 .bar .now{{background:#6aa57a}}.bar .planned{{border-right:3px solid #222;z-index:1}}\
-td:first-child,td:nth-child(2){{white-space:nowrap}}.ready{{color:#17692b}}.no{{color:#a1260d}}code{{font-size:12px}}</style></head><body>\
+td:first-child,td:nth-child(2){{white-space:nowrap}}.ready{{color:#17692b}}.no{{color:#a1260d}}code{{font-size:12px}}{dashboard_style}</style></head><body>\
 <h1>archway audit</h1><p>Target architecture <b>{target}</b>. {total} workloads: <span class=\"ready\">{ready} ready</span>, \
-<span class=\"no\">{blocked} blocked</span>. Linux nodes: {nodes}.</p>\
-<table><thead><tr><th>Namespace</th><th>Workload</th><th>Mode</th><th>Supported</th><th>Runs on</th>\
+<span class=\"no\">{blocked} blocked</span>. Linux nodes: {nodes}.</p>{dashboard}\
+<h2 id=\"workloads\">Workloads</h2><table><thead><tr><th>Namespace</th><th>Workload</th><th>Mode</th><th>Supported</th><th>Runs on</th>\
 <th>Would require</th><th>Why</th><th>{target}</th></tr></thead><tbody>",
         target = escape(&report.target_architecture),
+        dashboard_style = audit_dashboard::STYLE,
+        dashboard = audit_dashboard::html(report),
         total = rows.len(),
         ready = rows.len() - blocked,
         blocked = blocked,
@@ -1189,15 +1195,32 @@ and where each stands (<code>archway.dev/ramp-status</code>).</p>\
     html
 }
 
+/// The client `metrics.k8s.io` is read through: without kube's retries.
+/// An APIService whose server is down answers every request 503, which kube
+/// retries 15 times with a backoff growing towards 1000 s; the audit says
+/// at once that the API is not served instead.
+pub fn usage_client(mut config: kube::Config) -> Result<kube::Client, kube::Error> {
+    config.default_retry = false;
+    kube::Client::try_from(config)
+}
+
 /// `archway audit`: scans and prints.
 pub async fn run(
     config: &Config,
     namespace: Option<&str>,
     format: Format,
 ) -> anyhow::Result<std::process::ExitCode> {
-    let client = kube::Client::try_default().await?;
+    let kube_config = kube::Config::infer().await?;
+    let client = kube::Client::try_from(kube_config.clone())?;
     let progress = std::io::stderr().is_terminal();
-    let report = scan(client, config, namespace, progress).await?;
+    let report = scan(
+        client,
+        usage_client(kube_config)?,
+        config,
+        namespace,
+        progress,
+    )
+    .await?;
     match format {
         Format::Json => println!("{}", serde_json::to_string_pretty(&report)?),
         Format::Html => print!("{}", render_html(&report)),

@@ -200,7 +200,7 @@ pub fn cost_report(rows: &[WorkloadRow], config: &CostConfig, target: &str) -> C
     }
 }
 
-fn money(figure: &Result<f64, cost::MissingPrice>, currency: Option<&str>) -> String {
+pub(super) fn money(figure: &Result<f64, cost::MissingPrice>, currency: Option<&str>) -> String {
     match (figure, currency) {
         (Ok(amount), Some(currency)) => format!("{amount:.2} {currency}"),
         (Ok(amount), None) => format!("{amount:.2}"),
@@ -226,7 +226,7 @@ fn trim(n: f64) -> String {
 }
 
 /// `4 amd64, 4 arm64`, one figure per side.
-fn per_side(c: &Comparison, figure: impl Fn(&Side) -> String) -> String {
+pub(super) fn per_side(c: &Comparison, figure: impl Fn(&Side) -> String) -> String {
     (c.sides.iter())
         .map(|(arch, side)| format!("{} {arch}", figure(side)))
         .collect::<Vec<_>>()
@@ -247,7 +247,7 @@ fn usage_text(resource: Resource, spread: Option<Spread>) -> String {
 }
 
 /// The verdicts on CPU and memory, `-` without figures.
-fn usage_verdicts(c: &Comparison) -> String {
+pub(super) fn usage_verdicts(c: &Comparison) -> String {
     let parts: Vec<String> = [("CPU", &c.cpu), ("memory", &c.memory)]
         .into_iter()
         .filter_map(|(name, u)| Some(format!("{name}: {}", u.as_ref()?.summary)))
@@ -259,11 +259,11 @@ fn usage_verdicts(c: &Comparison) -> String {
     }
 }
 
-fn cpu(side: &Side) -> String {
+pub(super) fn cpu(side: &Side) -> String {
     usage_text(Resource::Cpu, side.cpu_millicores)
 }
 
-fn memory(side: &Side) -> String {
+pub(super) fn memory(side: &Side) -> String {
     usage_text(Resource::Memory, side.memory_mib)
 }
 

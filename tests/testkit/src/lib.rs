@@ -7,8 +7,10 @@
 //! [`world::World`], which starts all of that in one call; archway's webhook
 //! served in-process ([`webhook`]); a second webhook ([`injector`]); the
 //! HTTP stand-in for the API server ([`apiserver`]); helm, promtool and
-//! kubectl ([`tools`]); a real Prometheus server ([`prometheus`]); headless
-//! chromium ([`browser`]); a namespace's ramp followed ([`ramps`]).
+//! kubectl ([`tools`]); a real Prometheus server ([`prometheus`]); a
+//! `metrics.k8s.io` stand-in behind the aggregation layer
+//! ([`metrics_api`]); headless chromium ([`browser`]); a namespace's ramp
+//! followed ([`ramps`]).
 //!
 //! A test file uses it as `use archway_testkit as support;`. It is one
 //! library, compiled once, rather than a module every test binary compiled
@@ -40,6 +42,7 @@ pub mod images;
 pub mod injector;
 pub mod install;
 pub mod kubelet;
+pub mod metrics_api;
 pub mod process;
 pub mod prometheus;
 pub mod proxy;
