@@ -311,6 +311,10 @@ async fn audit_compares_the_architectures_and_prices_the_requests() {
     );
 }
 
+/// Per (workload, architecture): the CPU (millicores) and memory (MiB) the
+/// stand-in reports for each of its pods.
+type Written = std::collections::BTreeMap<(&'static str, String), (Vec<f64>, Vec<f64>)>;
+
 /// `amount` as the report writes it: at most one decimal, `m` or ` MiB`.
 fn amount(value: f64, unit: &str) -> String {
     let text = format!("{value:.1}");
@@ -363,8 +367,7 @@ async fn audit_reads_cpu_and_memory_through_the_aggregation_layer_and_names_the_
     // the stand-in reports for each pod, the j-th pod of a side using
     // base + step × j. light: the same on both sides (even); heavy: arm64
     // pods use about 2.5× the CPU and a sixth more memory.
-    let mut written: std::collections::BTreeMap<(&str, String), (Vec<f64>, Vec<f64>)> =
-        Default::default();
+    let mut written: Written = Default::default();
     let mut on_arm = 0;
     for app in ["light", "heavy"] {
         let pods = bound_pods(&client, ns, app, 8).await;
