@@ -1625,5 +1625,15 @@ mod tests {
             "{html}"
         );
         assert!(html.contains("Deployment/&lt;web&gt;") && !html.contains("<web>"));
+        // The dashboard, first: each namespace's ramp where it stands, and
+        // without prices one line saying so, not a figure.
+        let dashboard = html.find("id=\"dashboard\"").unwrap();
+        assert!(dashboard < html.find("id=\"workloads\"").unwrap());
+        assert!(html.contains(
+            "<h4>Rollout</h4><p class=\"big\">50%</p><p class=\"small\">ramp 10,50,100 (24h a step): holding at 50%; next: 100% due 2026-12-04T10:00:00Z</p>"
+        ), "{html}");
+        assert!(html.contains(
+            "<p class=\"total\">All namespaces: monthly cost of requests: no price for amd64 (prices come from <code>cost:</code> in the configuration).</p>"
+        ), "{html}");
     }
 }

@@ -25,24 +25,52 @@ table.ns-compared td:nth-child(-n+5){white-space:nowrap}";
 /// The dashboard: a line for all namespaces, then a panel per namespace.
 pub fn html(report: &AuditReport) -> String {
     let cost = &report.cost;
-    let currency = cost.currency.as_deref();
     let mut html = format!(
         "<h2 id=\"dashboard\">Migration dashboard</h2>\
-<p class=\"total\">All namespaces: monthly cost of requests now <b>{now}</b>, all on {base} {all_on}, \
-all movable on {target} {moved}; moving saves a month: <b>{saving}</b>.</p>\
-<p class=\"usage-note\">{usage}.</p>",
-        now = escape(&money(&cost.total.now, currency)),
-        base = escape(&cost.baseline),
-        all_on = escape(&money(&cost.total.all_on_baseline, currency)),
-        target = escape(&cost.target),
-        moved = escape(&money(&cost.total.all_movable_on_target, currency)),
-        saving = escape(&saving(&cost.total, currency)),
+<p class=\"total\">All namespaces: {costs}.</p><p class=\"usage-note\">{usage}.</p>",
+        costs = costs(report, &cost.total, true),
         usage = escape(&report.usage.note),
     );
     for plan in &report.namespaces {
         html.push_str(&namespace(report, plan));
     }
     html
+}
+
+/// `monthly cost of requests now 105.19 USD, all on amd64 117.61 USD, all
+/// movable on arm64 92.77 USD`; with a price missing, that once (`no price
+/// for amd64`) rather than in place of every figure. `with_saving` adds
+/// what moving saves, where it is not already the panel's figure.
+fn costs(report: &AuditReport, savings: &Savings, with_saving: bool) -> String {
+    let cost = &report.cost;
+    let currency = cost.currency.as_deref();
+    let figures = [
+        &savings.now,
+        &savings.all_on_baseline,
+        &savings.all_movable_on_target,
+    ];
+    if let Some(Err(missing)) = figures.iter().find(|f| f.is_err()) {
+        return format!(
+            "monthly cost of requests: {} (prices come from <code>cost:</code> in the configuration)",
+            escape(&missing.to_string())
+        );
+    }
+    let saved = match with_saving {
+        true => format!(
+            "; moving saves a month: <b>{}</b>",
+            escape(&saving(savings, currency))
+        ),
+        false => String::new(),
+    };
+    format!(
+        "monthly cost of requests now <b>{now}</b>, all on {base} {all_on}, all movable on {target} \
+{moved}{saved}",
+        now = escape(&money(&savings.now, currency)),
+        base = escape(&cost.baseline),
+        all_on = escape(&money(&savings.all_on_baseline, currency)),
+        target = escape(&cost.target),
+        moved = escape(&money(&savings.all_movable_on_target, currency)),
+    )
 }
 
 /// What moving saves a month, `31.21 USD (20%)`: all on the baseline
@@ -93,18 +121,12 @@ fn namespace(report: &AuditReport, plan: &NamespacePlan) -> String {
             .map(|i| format!("<li>{}</li>", escape(i)))
             .collect::<String>()
     };
-    let cost = &report.cost;
-    let currency = cost.currency.as_deref();
-    let savings = match cost.namespaces.get(&plan.namespace) {
+    let currency = report.cost.currency.as_deref();
+    let savings = match report.cost.namespaces.get(&plan.namespace) {
         Some(s) => format!(
-            "<p class=\"big saving\">{big}</p><p class=\"small\">now {now}; all on {base} {all_on}; \
-all movable on {target} {moved}</p>",
+            "<p class=\"big saving\">{big}</p><p class=\"small\">{costs}</p>",
             big = escape(&saving(s, currency)),
-            now = escape(&money(&s.now, currency)),
-            base = escape(&cost.baseline),
-            all_on = escape(&money(&s.all_on_baseline, currency)),
-            target = escape(target),
-            moved = escape(&money(&s.all_movable_on_target, currency)),
+            costs = costs(report, s, false),
         ),
         None => "<p class=\"small\">no workloads</p>".into(),
     };
