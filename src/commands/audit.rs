@@ -1633,6 +1633,9 @@ mod tests {
             "<h4>Rollout</h4><p class=\"big\">50%</p><p class=\"small\">ramp 10,50,100 (24h a step): holding at 50%; next: 100% due 2026-12-04T10:00:00Z</p>"
         ), "{html}");
         assert!(html.contains(
+            "<p class=\"small no\">ramp 10,50,100 (24h a step): paused at 10%; Deployment/&lt;web&gt; is held off arm64: held; remove the namespace annotation archway.dev/ramp-status to resume</p>"
+        ), "{html}");
+        assert!(html.contains(
             "<p class=\"total\">All namespaces: monthly cost of requests: no price for amd64 (prices come from <code>cost:</code> in the configuration).</p>"
         ), "{html}");
     }

@@ -90,22 +90,32 @@ fn saving(savings: &Savings, currency: Option<&str>) -> String {
     }
 }
 
+/// One namespace's panel: four cards, then its workloads compared.
 fn namespace(report: &AuditReport, plan: &NamespacePlan) -> String {
     let target = &report.target_architecture;
     let workloads: Vec<&WorkloadRow> = (report.workloads.iter())
         .filter(|w| w.namespace == plan.namespace)
         .collect();
     let rollout = match &plan.ramp {
-        Some(ramp) => format!(
-            "ramp {} ({} a step): {}{}; next: {}",
-            steps_text(&ramp.steps),
-            ramp.step_duration,
-            ramp.state,
-            ramp.step.map_or(String::new(), |s| format!(" at {s}%")),
-            ramp.next_text()
-        ),
+        Some(ramp) => {
+            // What comes next for a ramp holding its step; why it stopped and
+            // how to resume for a paused one; nothing once done.
+            let next = match ramp.state.as_str() {
+                "holding" => format!("; next: {}", ramp.next_text()),
+                "done" => String::new(),
+                _ => format!("; {}", ramp.next_text()),
+            };
+            format!(
+                "ramp {} ({} a step): {}{}{next}",
+                steps_text(&ramp.steps),
+                ramp.step_duration,
+                ramp.state,
+                ramp.step.map_or(String::new(), |s| format!(" at {s}%")),
+            )
+        }
         None => "set by hand (archway.dev/rollout)".into(),
     };
+    let paused = plan.ramp.as_ref().is_some_and(|r| r.state == "paused");
     let now = plan.percent(plan.on_target);
     let planned = plan.percent(plan.planned_on_target);
     let held: Vec<String> = (workloads.iter())
@@ -132,7 +142,7 @@ fn namespace(report: &AuditReport, plan: &NamespacePlan) -> String {
     };
     format!(
         "<section class=\"namespace\"><h3>{ns} <span class=\"mode\">{mode}</span></h3><div class=\"dash\">\
-<div class=\"card rollout\"><h4>Rollout</h4><p class=\"big\">{rollout_percent}%</p><p class=\"small\">{rollout}</p></div>\
+<div class=\"card rollout\"><h4>Rollout</h4><p class=\"big\">{rollout_percent}%</p><p class=\"small{paused}\">{rollout}</p></div>\
 <div class=\"card share\"><h4>Pods on {target} now</h4><p class=\"big\">{on} of {total} ({now}%)</p>{bar}\
 <p class=\"small\">{shares}; the rollout would have {want} ({planned}%), gap {gap}</p></div>\
 <div class=\"card holds\"><h4>Holds and blocks</h4><p class=\"big\">{held_count} held, {blocked_count} blocked</p>\
@@ -142,6 +152,7 @@ fn namespace(report: &AuditReport, plan: &NamespacePlan) -> String {
         mode = escape(&plan.mode),
         rollout_percent = plan.rollout,
         rollout = escape(&rollout),
+        paused = if paused { " no" } else { "" },
         target = escape(target),
         on = plan.on_target,
         total = plan.running_total,
