@@ -12,10 +12,14 @@ use kube::api::{Api, Patch, PatchParams};
 use serde_json::{Value, json};
 use support::ImageSpec;
 use support::controlplane::{ControlPlane, KUBELET_MANUAL};
+use support::metrics_api::MetricsApi;
 use support::workloads::bound_pods;
 use support::world::World;
 
 const HOURS_PER_MONTH: f64 = 730.5;
+
+/// The line a report gives where the cluster does not serve metrics.k8s.io.
+const NOT_SERVED: &str = "metrics.k8s.io is not served: no CPU or memory";
 
 /// A Deployment of `replicas` whose pods' statuses the test writes, each
 /// container requesting `cpu` and `memory`.
@@ -169,9 +173,9 @@ async fn audit_compares_the_architectures_and_prices_the_requests() {
         );
         assert!(close(&side["seconds_to_ready"]["mean"], seconds), "{c:#}");
         assert!(close(&side["seconds_to_ready"]["p90"], seconds), "{c:#}");
-        // Not read, so absent rather than zero.
-        assert_eq!(side["cpu_cores"], Value::Null);
-        assert_eq!(side["memory_bytes"], Value::Null);
+        // metrics.k8s.io is not served here: absent rather than zero.
+        assert_eq!(side["cpu_millicores"], Value::Null, "{c:#}");
+        assert_eq!(side["memory_mib"], Value::Null, "{c:#}");
     }
     assert_eq!(c["verdict"], "target_worse", "{c:#}");
     assert_eq!(c["worse"], "arm64");
@@ -179,7 +183,11 @@ async fn audit_compares_the_architectures_and_prices_the_requests() {
         c["summary"],
         "arm64 worse: pods on arm64 restart 12.00 times per pod-hour, while on amd64 (0.00)"
     );
-    assert!(c["usage"].as_str().unwrap().starts_with("absent"));
+    assert_eq!((&c["cpu"], &c["memory"]), (&Value::Null, &Value::Null));
+    assert_eq!(
+        report["usage"],
+        json!({"served": false, "pods": 0, "note": NOT_SERVED}),
+    );
 
     // steady: nothing to tell the sides apart.
     let steady = workload("steady");
@@ -264,10 +272,26 @@ async fn audit_compares_the_architectures_and_prices_the_requests() {
         .split("Architectures compared")
         .nth(1)
         .unwrap_or_else(|| panic!("{table}"));
+    assert!(
+        compared.starts_with(&format!(
+            " (workloads with pods on two architectures; {NOT_SERVED}):"
+        )),
+        "{table}"
+    );
     let crashy_line = compared
         .lines()
         .find(|l| l.contains("Deployment/crashy"))
         .unwrap();
+    // No CPU or memory figure, and no verdict on them: dashes, not zeros.
+    let cells: Vec<&str> = (crashy_line.split("  "))
+        .map(str::trim)
+        .filter(|c| !c.is_empty())
+        .collect();
+    assert_eq!(
+        cells[cells.len() - 4..cells.len() - 1],
+        ["- amd64, - arm64", "- amd64, - arm64", "-"],
+        "{table}"
+    );
     assert!(
         crashy_line.ends_with(
             "arm64 worse: pods on arm64 restart 12.00 times per pod-hour, while on amd64 (0.00)"
@@ -285,4 +309,292 @@ async fn audit_compares_the_architectures_and_prices_the_requests() {
         total_line.contains(&format!("{now:.2} USD")),
         "{total_line}\n{table}"
     );
+}
+
+/// Per (workload, architecture): the CPU (millicores) and memory (MiB) the
+/// stand-in reports for each of its pods.
+type Written = std::collections::BTreeMap<(&'static str, String), (Vec<f64>, Vec<f64>)>;
+
+/// `amount` as the report writes it: at most one decimal, `m` or ` MiB`.
+fn amount(value: f64, unit: &str) -> String {
+    let text = format!("{value:.1}");
+    format!("{}{unit}", text.trim_end_matches(".0"))
+}
+
+/// Mean and nearest-rank p90 (the value at rank ceil(0.9 n) of the sorted
+/// values), computed here apart from archway's.
+fn mean_p90(values: &[f64]) -> (f64, f64) {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let rank = (sorted.len() * 9).div_ceil(10);
+    (
+        values.iter().sum::<f64>() / values.len() as f64,
+        sorted[rank - 1],
+    )
+}
+
+/// Issue 27: CPU and memory per pod from `metrics.k8s.io`, served by a
+/// stand-in through the API server's aggregation layer (an APIService and
+/// an ExternalName Service, as metrics-server registers itself). Before it
+/// is registered the report says the API is not served and shows no
+/// figure; once it is, each side's mean and p90 are what the stand-in
+/// wrote, and the side whose pods use more is named. The HTML report is
+/// then looked at as the migration dashboard.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_reads_cpu_and_memory_through_the_aggregation_layer_and_names_the_heavier_side() {
+    let World {
+        plane,
+        registry,
+        archway: _archway,
+    } = World::builder(env!("CARGO_BIN_EXE_archway"))
+        .kubelet()
+        .image("multi:v1", ImageSpec::multi_arch().with_salt("usage"))
+        .start();
+    let client = plane.client().await;
+    let ns = "usage";
+    plane.create_namespace(
+        ns,
+        &[("archway.dev/mode", "enforce")],
+        &[("archway.dev/rollout", "50")],
+    );
+    let image = format!("{}/multi:v1", registry.host());
+    plane.apply(&[
+        deployment(ns, "light", &image, "100m", "128Mi"),
+        deployment(ns, "heavy", &image, "250m", "256Mi"),
+    ]);
+    let metrics = MetricsApi::start();
+    // Per workload and architecture: the CPU (millicores) and memory (MiB)
+    // the stand-in reports for each pod, the j-th pod of a side using
+    // base + step × j. light: the same on both sides (even); heavy: arm64
+    // pods use about 2.5× the CPU and a sixth more memory.
+    let mut written: Written = Default::default();
+    let mut on_arm = 0;
+    for app in ["light", "heavy"] {
+        let pods = bound_pods(&client, ns, app, 8).await;
+        for (pod, arch) in &pods {
+            write_status(&client, pod, 0, 5).await;
+            let figures = written.entry((app, arch.clone())).or_default();
+            let j = figures.0.len() as f64;
+            let (cpu, mib) = match (app, arch.as_str()) {
+                ("light", _) => (100.0 + 5.0 * j, 128.0 + 2.0 * j),
+                (_, "arm64") => (520.0 + 10.0 * j, 300.0 + 4.0 * j),
+                _ => (200.0 + 10.0 * j, 256.0 + 4.0 * j),
+            };
+            figures.0.push(cpu);
+            figures.1.push(mib);
+            // light as people write quantities, heavy as metrics-server
+            // does (nanocores, KiB).
+            let (cpu_text, memory_text) = match app {
+                "light" => (format!("{cpu}m"), format!("{mib}Mi")),
+                _ => (
+                    format!("{}n", (cpu * 1e6) as u64),
+                    format!("{}Ki", (mib * 1024.0) as u64),
+                ),
+            };
+            let name = pod.metadata.name.as_deref().unwrap();
+            metrics.set(ns, name, &cpu_text, &memory_text);
+        }
+        let arm = pods.iter().filter(|(_, a)| a == "arm64").count();
+        assert!(
+            (3..=5).contains(&arm),
+            "rollout 50%: {arm} of 8 {app} pods on arm64"
+        );
+        on_arm += arm;
+    }
+    let config = format!(
+        "registry: {{insecure: [\"{}\"]}}\ncost:\n  currency: USD\n  prices:\n    amd64: {{vcpuHour: 0.05, gibHour: 0.007}}\n    arm64: {{vcpuHour: 0.04, gibHour: 0.005}}\n",
+        registry.host()
+    );
+    let workload = |report: &Value, name: &str| {
+        (report["workloads"].as_array().unwrap().iter())
+            .find(|w| w["name"] == name)
+            .unwrap_or_else(|| panic!("{name} in {report:#}"))["comparison"]
+            .clone()
+    };
+
+    // Not served yet: one line, and no figure anywhere.
+    let report: Value = serde_json::from_str(&audit(&plane, ns, &config, "json")).unwrap();
+    assert_eq!(
+        report["usage"],
+        json!({"served": false, "pods": 0, "note": NOT_SERVED})
+    );
+    for app in ["light", "heavy"] {
+        let c = workload(&report, app);
+        for arch in ["amd64", "arm64"] {
+            assert_eq!(c["sides"][arch]["cpu_millicores"], Value::Null, "{c:#}");
+            assert_eq!(c["sides"][arch]["memory_mib"], Value::Null, "{c:#}");
+        }
+        assert_eq!((&c["cpu"], &c["memory"]), (&Value::Null, &Value::Null));
+    }
+    assert!(metrics.pod_lists().is_empty());
+
+    // Served through the aggregator.
+    metrics.register(&plane);
+    let asked_before = metrics.pod_lists().len();
+    let started = std::time::Instant::now();
+    let report: Value = serde_json::from_str(&audit(&plane, ns, &config, "json")).unwrap();
+    eprintln!("audit with metrics.k8s.io: {:?}", started.elapsed());
+    assert_eq!(
+        report["usage"],
+        json!({"served": true, "pods": 16,
+               "note": "CPU and memory in use from metrics.k8s.io (16 pods measured)"})
+    );
+    // Read through the API server from the stand-in, namespace-scoped and
+    // paged.
+    let lists = metrics.pod_lists().split_off(asked_before);
+    assert_eq!(
+        lists,
+        [format!(
+            "/apis/metrics.k8s.io/v1beta1/namespaces/{ns}/pods?limit=500"
+        )],
+        "{lists:?}"
+    );
+    for ((app, arch), (cpu, mib)) in &written {
+        let c = workload(&report, app);
+        let side = &c["sides"][arch];
+        for (field, values) in [("cpu_millicores", cpu), ("memory_mib", mib)] {
+            let (mean, p90) = mean_p90(values);
+            assert!(
+                close(&side[field]["mean"], mean),
+                "{app} {arch} {field}: {c:#}"
+            );
+            assert!(
+                close(&side[field]["p90"], p90),
+                "{app} {arch} {field}: {c:#}"
+            );
+            assert_eq!(side[field]["pods"], values.len(), "{c:#}");
+        }
+    }
+    let light = workload(&report, "light");
+    eprintln!("{light:#}");
+    assert_eq!(light["cpu"]["verdict"], "even", "{light:#}");
+    assert_eq!(light["memory"]["verdict"], "even", "{light:#}");
+    let heavy = workload(&report, "heavy");
+    eprintln!("{heavy:#}");
+    for (resource, field, name, unit) in [("cpu", 0, "CPU", "m"), ("memory", 1, "memory", " MiB")] {
+        let pick = |arch: &str| {
+            let figures = &written[&("heavy", arch.to_string())];
+            mean_p90(if field == 0 { &figures.0 } else { &figures.1 })
+        };
+        let ((arm_mean, arm_p90), (amd_mean, amd_p90)) = (pick("arm64"), pick("amd64"));
+        let verdict = &heavy[resource];
+        assert_eq!(verdict["verdict"], "target_worse", "{heavy:#}");
+        assert_eq!(verdict["worse"], "arm64", "{heavy:#}");
+        assert_eq!(
+            verdict["why"],
+            format!(
+                "pods on arm64 use {:.0}% more {name} than on amd64 (mean {} against {}; p90 {} against {})",
+                (arm_mean / amd_mean - 1.0) * 100.0,
+                amount(arm_mean, unit),
+                amount(amd_mean, unit),
+                amount(arm_p90, unit),
+                amount(amd_p90, unit),
+            ),
+            "{heavy:#}"
+        );
+    }
+    // Restarts and readiness alike on both sides: the health verdict is
+    // not moved by CPU.
+    assert_eq!(heavy["verdict"], "even", "{heavy:#}");
+
+    // The migration dashboard, in a browser.
+    let html = plane.archway_audit(
+        std::path::Path::new(env!("CARGO_BIN_EXE_archway")),
+        &["-n", ns, "-o", "html"],
+        &config,
+        &plane.kubeconfig_for("auditor", &["system:masters"]),
+    );
+    let dom =
+        support::browser::look_at_report(env!("CARGO_TARGET_TMPDIR"), "compare-usage", &html, 1400);
+    let at = |text: &str| {
+        dom.find(text)
+            .unwrap_or_else(|| panic!("{text} not in the page:\n{dom}"))
+    };
+    let section = &dom[at("<section class=\"namespace\"><h3>usage")..];
+    let section = &section[..section.find("</section>").unwrap()];
+    let percent = (on_arm * 100 + 8) / 16;
+    for text in [
+        "<span class=\"mode\">enforce</span>".to_string(),
+        "<h4>Rollout</h4><p class=\"big\">50%</p><p class=\"small\">set by hand (archway.dev/rollout)</p>"
+            .to_string(),
+        format!("<h4>Pods on arm64 now</h4><p class=\"big\">{on_arm} of 16 ({percent}%)</p>"),
+        "<p class=\"big\">0 held, 0 blocked</p>".to_string(),
+        "<td class=\"usage no\">CPU: arm64 worse: pods on arm64 use".to_string(),
+        "<td class=\"usage \">CPU: no difference; memory: no difference</td>".to_string(),
+    ] {
+        assert!(section.contains(&text), "{text} not in\n{section}");
+    }
+    // Both Deployments' images publish arm64: moving everything saves the
+    // price difference on all requests (8 × 0.1 + 8 × 0.25 vCPU, 8 × 0.125
+    // + 8 × 0.25 GiB).
+    let (cpu, gib) = (8.0 * 0.1 + 8.0 * 0.25, 8.0 * 0.125 + 8.0 * 0.25);
+    let before = HOURS_PER_MONTH * (cpu * 0.05 + gib * 0.007);
+    let after = HOURS_PER_MONTH * (cpu * 0.04 + gib * 0.005);
+    let saving = format!(
+        "<h4>Moving saves a month</h4><p class=\"big saving\">{:.2} USD ({:.0}%)</p>",
+        before - after,
+        (before - after) / before * 100.0
+    );
+    assert!(section.contains(&saving), "{saving} not in\n{section}");
+    let (heavy_amd, heavy_arm) = (
+        mean_p90(&written[&("heavy", "amd64".to_string())].0),
+        mean_p90(&written[&("heavy", "arm64".to_string())].0),
+    );
+    let heavy_cpu = format!(
+        "<td class=\"cpu\">{}/{} amd64<br>{}/{} arm64</td>",
+        amount(heavy_amd.0, "m"),
+        amount(heavy_amd.1, "m"),
+        amount(heavy_arm.0, "m"),
+        amount(heavy_arm.1, "m"),
+    );
+    assert!(
+        section.contains(&heavy_cpu),
+        "{heavy_cpu} not in\n{section}"
+    );
+    at("<p class=\"usage-note\">CPU and memory in use from metrics.k8s.io (16 pods measured).</p>");
+
+    // Registered, but its server gone (the APIService now names a port
+    // nothing listens on): the API server answers 503, and the report says
+    // so in one line, with no figure.
+    let nowhere = support::controlplane::free_port();
+    plane.kubectl(
+        &[
+            "patch",
+            "apiservice",
+            support::metrics_api::API_SERVICE,
+            "--type=merge",
+            "-p",
+            &json!({"spec": {"service": {"port": nowhere}}}).to_string(),
+        ],
+        None,
+    );
+    support::controlplane::wait_for(
+        "metrics.k8s.io to answer 503",
+        std::time::Duration::from_secs(60),
+        || {
+            let out =
+                plane.try_kubectl(&["get", "--raw", "/apis/metrics.k8s.io/v1beta1/pods"], None);
+            out.err()
+                .filter(|e| e.contains("ServiceUnavailable") || e.contains("503"))
+        },
+    );
+    let started = std::time::Instant::now();
+    let report: Value = serde_json::from_str(&audit(&plane, ns, &config, "json")).unwrap();
+    let took = started.elapsed();
+    eprintln!("audit with metrics.k8s.io answering 503: {took:?}");
+    assert_eq!(
+        report["usage"],
+        json!({"served": false, "pods": 0,
+               "note": "metrics.k8s.io is not served (its APIService is not available): no CPU or memory"})
+    );
+    // Said at once: not after kube's retries of 503, nor at the read's
+    // 30 s bound.
+    assert!(took < std::time::Duration::from_secs(10), "{took:?}");
+    let heavy = workload(&report, "heavy");
+    assert_eq!(
+        heavy["sides"]["arm64"]["cpu_millicores"],
+        Value::Null,
+        "{heavy:#}"
+    );
+    assert_eq!(heavy["cpu"], Value::Null, "{heavy:#}");
 }

@@ -23,9 +23,14 @@ use crate::report::Format;
 
 #[path = "audit_compare.rs"]
 mod audit_compare;
-use crate::decision::compare::PodSample;
+#[path = "audit_dashboard.rs"]
+mod audit_dashboard;
+#[path = "audit_usage.rs"]
+mod audit_usage;
+use crate::decision::compare::{PodSample, PodUsage};
 use crate::decision::cost::Requests;
-pub use audit_compare::{Comparison, CostReport, USAGE_ABSENT};
+pub use audit_compare::{Comparison, CostReport, UsageComparison};
+pub use audit_usage::UsageSource;
 
 /// One workload's line in the report.
 #[derive(Debug, Clone, Serialize)]
@@ -74,6 +79,9 @@ pub struct AuditReport {
     /// The requests' monthly cost per namespace and in total, by the
     /// configuration's `cost:` prices.
     pub cost: CostReport,
+    /// Where the comparison's CPU and memory come from (`metrics.k8s.io`),
+    /// or why there are none.
+    pub usage: UsageSource,
 }
 
 /// One namespace in the monitoring step of the migration plan: where its
@@ -384,9 +392,11 @@ impl NodeInventory for AuditNodes {
     }
 }
 
-/// Scans `namespace` (or all) through `client`.
+/// Scans `namespace` (or all) through `client`; reads `metrics.k8s.io`
+/// through `usage_client` ([`usage_client`]).
 pub async fn scan(
     client: kube::Client,
+    usage_client: kube::Client,
     config: &Config,
     namespace: Option<&str>,
     progress: bool,
@@ -476,8 +486,9 @@ pub async fn scan(
         Some(ns) => list(Api::namespaced(client.clone(), ns), "replicasets").await?,
         None => list(Api::all(client.clone()), "replicasets").await?,
     };
+    let usage = audit_usage::read(&usage_client, namespace).await;
     let now = k8s_openapi::jiff::Timestamp::now();
-    let pods_of = placement_of_pods(&pods, &replica_sets, &known_nodes, now);
+    let pods_of = placement_of_pods(&pods, &replica_sets, &known_nodes, now, &usage.pods);
 
     // A few workloads at a time; each image once (the cache remembers it).
     let total = workloads.len();
@@ -526,6 +537,7 @@ pub async fn scan(
     let cost = audit_compare::cost_report(&rows, &config.cost, &config.target_architecture);
     Ok(AuditReport {
         cost,
+        usage: usage.source,
         target_architecture: config.target_architecture.clone(),
         node_architectures,
         workloads: rows,
@@ -627,6 +639,7 @@ fn placement_of_pods(
     replica_sets: &[ReplicaSet],
     nodes: &placement::Nodes,
     now: k8s_openapi::jiff::Timestamp,
+    usage: &BTreeMap<(String, String), PodUsage>,
 ) -> BTreeMap<(String, &'static str, String), PodsOf> {
     let rs_owner: BTreeMap<(String, String), String> = replica_sets
         .iter()
@@ -692,8 +705,15 @@ fn placement_of_pods(
             *requests = *requests + audit_compare::requests_of(pod);
         }
         if pod.metadata.deletion_timestamp.is_none() {
-            of.samples
-                .push(crate::decision::compare::PodSample::of_pod(pod, arch, now));
+            let mut sample = PodSample::of_pod(pod, arch, now);
+            let name = pod.metadata.name.clone().unwrap_or_default();
+            if let Some(used) =
+                usage.get(&(pod.metadata.namespace.clone().unwrap_or_default(), name))
+            {
+                sample.cpu_cores = used.cpu_cores;
+                sample.memory_bytes = used.memory_bytes;
+            }
+            of.samples.push(sample);
         }
     }
     placed
@@ -1004,12 +1024,14 @@ th,td{{border-bottom:1px solid #ddd;padding:.4em .6em;text-align:left;vertical-a
 .blocked{{background:#fff4f2}}h2{{margin-top:2em}}\
 .bar{{position:relative;width:10em;height:.9em;background:#eee}}.bar div{{position:absolute;left:0;top:0;bottom:0}}\
 .bar .now{{background:#6aa57a}}.bar .planned{{border-right:3px solid #222;z-index:1}}\
-td:first-child,td:nth-child(2){{white-space:nowrap}}.ready{{color:#17692b}}.no{{color:#a1260d}}code{{font-size:12px}}</style></head><body>\
+td:first-child,td:nth-child(2){{white-space:nowrap}}.ready{{color:#17692b}}.no{{color:#a1260d}}code{{font-size:12px}}{dashboard_style}</style></head><body>\
 <h1>archway audit</h1><p>Target architecture <b>{target}</b>. {total} workloads: <span class=\"ready\">{ready} ready</span>, \
-<span class=\"no\">{blocked} blocked</span>. Linux nodes: {nodes}.</p>\
-<table><thead><tr><th>Namespace</th><th>Workload</th><th>Mode</th><th>Supported</th><th>Runs on</th>\
+<span class=\"no\">{blocked} blocked</span>. Linux nodes: {nodes}.</p>{dashboard}\
+<h2 id=\"workloads\">Workloads</h2><table><thead><tr><th>Namespace</th><th>Workload</th><th>Mode</th><th>Supported</th><th>Runs on</th>\
 <th>Would require</th><th>Why</th><th>{target}</th></tr></thead><tbody>",
         target = escape(&report.target_architecture),
+        dashboard_style = audit_dashboard::STYLE,
+        dashboard = audit_dashboard::html(report),
         total = rows.len(),
         ready = rows.len() - blocked,
         blocked = blocked,
@@ -1173,15 +1195,32 @@ and where each stands (<code>archway.dev/ramp-status</code>).</p>\
     html
 }
 
+/// The client `metrics.k8s.io` is read through: without kube's retries.
+/// An APIService whose server is down answers every request 503, which kube
+/// retries 15 times with a backoff growing towards 1000 s; the audit says
+/// at once that the API is not served instead.
+pub fn usage_client(mut config: kube::Config) -> Result<kube::Client, kube::Error> {
+    config.default_retry = false;
+    kube::Client::try_from(config)
+}
+
 /// `archway audit`: scans and prints.
 pub async fn run(
     config: &Config,
     namespace: Option<&str>,
     format: Format,
 ) -> anyhow::Result<std::process::ExitCode> {
-    let client = kube::Client::try_default().await?;
+    let kube_config = kube::Config::infer().await?;
+    let client = kube::Client::try_from(kube_config.clone())?;
     let progress = std::io::stderr().is_terminal();
-    let report = scan(client, config, namespace, progress).await?;
+    let report = scan(
+        client,
+        usage_client(kube_config)?,
+        config,
+        namespace,
+        progress,
+    )
+    .await?;
     match format {
         Format::Json => println!("{}", serde_json::to_string_pretty(&report)?),
         Format::Html => print!("{}", render_html(&report)),
@@ -1300,6 +1339,7 @@ mod tests {
         ];
         let namespaces = namespace_plans(&workloads, &BTreeMap::new(), 100, "arm64");
         let report = AuditReport {
+            usage: Default::default(),
             target_architecture: "arm64".into(),
             node_architectures: BTreeMap::new(),
             cost: audit_compare::cost_report(&workloads, &Default::default(), "arm64"),
@@ -1454,6 +1494,7 @@ mod tests {
         let rollouts = BTreeMap::from([("lab".to_string(), 10)]);
         with_ramps(&mut namespaces, ramps, &modes, &rollouts);
         let report = AuditReport {
+            usage: Default::default(),
             target_architecture: "arm64".into(),
             node_architectures: BTreeMap::new(),
             cost: audit_compare::cost_report(&workloads, &Default::default(), "arm64"),
@@ -1584,5 +1625,18 @@ mod tests {
             "{html}"
         );
         assert!(html.contains("Deployment/&lt;web&gt;") && !html.contains("<web>"));
+        // The dashboard, first: each namespace's ramp where it stands, and
+        // without prices one line saying so, not a figure.
+        let dashboard = html.find("id=\"dashboard\"").unwrap();
+        assert!(dashboard < html.find("id=\"workloads\"").unwrap());
+        assert!(html.contains(
+            "<h4>Rollout</h4><p class=\"big\">50%</p><p class=\"small\">ramp 10,50,100 (24h a step): holding at 50%; next: 100% due 2026-12-04T10:00:00Z</p>"
+        ), "{html}");
+        assert!(html.contains(
+            "<p class=\"small no\">ramp 10,50,100 (24h a step): paused at 10%; Deployment/&lt;web&gt; is held off arm64: held; remove the namespace annotation archway.dev/ramp-status to resume</p>"
+        ), "{html}");
+        assert!(html.contains(
+            "<p class=\"total\">All namespaces: monthly cost of requests: no price for amd64 (prices come from <code>cost:</code> in the configuration).</p>"
+        ), "{html}");
     }
 }

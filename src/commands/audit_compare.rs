@@ -10,19 +10,15 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use serde::Serialize;
 
 use super::{AuditReport, WorkloadRow, escape};
-use crate::decision::compare::{self, Judgement, PodSample, Side, Verdict};
+use crate::decision::compare::{self, Judgement, PodSample, Resource, Side, Spread, Verdict};
 use crate::decision::cost::{self, CostConfig, Requests, Savings, WorkloadCost};
-
-/// What the report says of CPU and memory in use: `archway audit` does not
-/// read `metrics.k8s.io`, so those figures are absent (null), not zero.
-pub const USAGE_ABSENT: &str =
-    "absent: archway audit does not read metrics.k8s.io, so cpu_cores and memory_bytes are null";
 
 /// A workload's pods side by side per architecture of their node.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Comparison {
-    /// Per architecture: its pods, ready, restarts, exec format errors and
-    /// seconds from creation to ready (mean and p90).
+    /// Per architecture: its pods, ready, restarts, exec format errors,
+    /// seconds from creation to ready, and CPU (millicores) and memory (MiB)
+    /// in use per pod, each a mean and p90.
     pub sides: BTreeMap<String, Side>,
     /// The target architecture, judged against `other`.
     pub target: String,
@@ -36,8 +32,22 @@ pub struct Comparison {
     pub worse: Option<String>,
     /// The verdict in a few words: `arm64 worse: ...`, `no difference`.
     pub summary: String,
-    /// Why CPU and memory in use are null.
-    pub usage: &'static str,
+    /// The sides on CPU in use per pod; `null` without figures (the
+    /// report's `usage` says why).
+    pub cpu: Option<UsageComparison>,
+    /// The same for memory.
+    pub memory: Option<UsageComparison>,
+}
+
+/// One resource's use per pod, judged like the rest
+/// ([`compare::judge_usage`]).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct UsageComparison {
+    #[serde(flatten)]
+    pub verdict: Verdict,
+    pub worse: Option<String>,
+    /// `arm64 worse: pods on arm64 use 80% more CPU than on amd64 (...)`.
+    pub summary: String,
 }
 
 /// The architecture a side is called against when the target has no
@@ -60,28 +70,42 @@ pub fn comparison(samples: &[PodSample], target: &str) -> Option<Comparison> {
         .max_by_key(|(arch, side)| (side.pods, std::cmp::Reverse(arch.as_str())))
         .map_or(baseline(target).to_string(), |(arch, _)| arch.clone());
     let empty = Side::of(&[]);
-    let verdict = compare::judge(
-        target,
+    let (on_target, on_other) = (
         sides.get(target).unwrap_or(&empty),
-        &other,
         sides.get(&other).unwrap_or(&empty),
-        &Judgement::default(),
     );
-    let (worse, summary) = match &verdict {
-        Verdict::TargetWorse(why) => (Some(target.to_string()), format!("{target} worse: {why}")),
-        Verdict::OtherWorse(why) => (Some(other.clone()), format!("{other} worse: {why}")),
-        Verdict::TooFewPods(why) => (None, why.clone()),
-        Verdict::Even => (None, "no difference".into()),
+    let how = Judgement::default();
+    let verdict = compare::judge(target, on_target, &other, on_other, &how);
+    let (worse, summary) = named(&verdict, target, &other);
+    let usage = |resource| {
+        let verdict = compare::judge_usage(resource, target, on_target, &other, on_other, &how)?;
+        let (worse, summary) = named(&verdict, target, &other);
+        Some(UsageComparison {
+            verdict,
+            worse,
+            summary,
+        })
     };
     Some(Comparison {
+        cpu: usage(Resource::Cpu),
+        memory: usage(Resource::Memory),
         sides,
         target: target.to_string(),
         other,
         verdict,
         worse,
         summary,
-        usage: USAGE_ABSENT,
     })
+}
+
+/// The worse side, if any, and the verdict in a few words.
+fn named(verdict: &Verdict, target: &str, other: &str) -> (Option<String>, String) {
+    match verdict {
+        Verdict::TargetWorse(why) => (Some(target.to_string()), format!("{target} worse: {why}")),
+        Verdict::OtherWorse(why) => (Some(other.to_string()), format!("{other} worse: {why}")),
+        Verdict::TooFewPods(why) => (None, why.clone()),
+        Verdict::Even => (None, "no difference".into()),
+    }
 }
 
 /// A pod's requested CPU (cores) and memory (GiB): its containers' sum, or
@@ -115,34 +139,10 @@ pub fn requests_of(pod: &Pod) -> Requests {
 
 const GIB: f64 = 1024.0 * 1024.0 * 1024.0;
 
-/// A Kubernetes quantity as a number: `250m` is 0.25, `1Gi` 2^30, `1e3`
-/// 1000.
+/// A Kubernetes quantity as a number ([`compare::parse_quantity`]): `250m`
+/// is 0.25, `1Gi` 2^30; `None` for a malformed one.
 pub fn quantity(q: &Quantity) -> Option<f64> {
-    let text = q.0.trim();
-    if let Ok(n) = text.parse::<f64>() {
-        return Some(n);
-    }
-    const SUFFIXES: [(&str, f64); 15] = [
-        ("Ki", 1024.0),
-        ("Mi", 1048576.0),
-        ("Gi", 1073741824.0),
-        ("Ti", 1099511627776.0),
-        ("Pi", 1125899906842624.0),
-        ("Ei", 1152921504606846976.0),
-        ("n", 1e-9),
-        ("u", 1e-6),
-        ("m", 1e-3),
-        ("k", 1e3),
-        ("M", 1e6),
-        ("G", 1e9),
-        ("T", 1e12),
-        ("P", 1e15),
-        ("E", 1e18),
-    ];
-    SUFFIXES.iter().find_map(|(suffix, factor)| {
-        let number = text.strip_suffix(suffix)?.parse::<f64>().ok()?;
-        Some(number * factor)
-    })
+    compare::parse_quantity(&q.0)
 }
 
 /// The cost of the workloads' requests, per namespace and in total.
@@ -200,7 +200,7 @@ pub fn cost_report(rows: &[WorkloadRow], config: &CostConfig, target: &str) -> C
     }
 }
 
-fn money(figure: &Result<f64, cost::MissingPrice>, currency: Option<&str>) -> String {
+pub(super) fn money(figure: &Result<f64, cost::MissingPrice>, currency: Option<&str>) -> String {
     match (figure, currency) {
         (Ok(amount), Some(currency)) => format!("{amount:.2} {currency}"),
         (Ok(amount), None) => format!("{amount:.2}"),
@@ -226,7 +226,7 @@ fn trim(n: f64) -> String {
 }
 
 /// `4 amd64, 4 arm64`, one figure per side.
-fn per_side(c: &Comparison, figure: impl Fn(&Side) -> String) -> String {
+pub(super) fn per_side(c: &Comparison, figure: impl Fn(&Side) -> String) -> String {
     (c.sides.iter())
         .map(|(arch, side)| format!("{} {arch}", figure(side)))
         .collect::<Vec<_>>()
@@ -237,6 +237,34 @@ fn seconds(side: &Side) -> String {
     side.seconds_to_ready.map_or("-".into(), |s| {
         format!("{}s/{}s", trim(s.mean), trim(s.p90))
     })
+}
+
+/// `250m/400m` (mean/p90) for one side's CPU or memory, `-` unmeasured.
+fn usage_text(resource: Resource, spread: Option<Spread>) -> String {
+    spread.map_or("-".into(), |s| {
+        format!("{}/{}", resource.amount(s.mean), resource.amount(s.p90))
+    })
+}
+
+/// The verdicts on CPU and memory, `-` without figures.
+pub(super) fn usage_verdicts(c: &Comparison) -> String {
+    let parts: Vec<String> = [("CPU", &c.cpu), ("memory", &c.memory)]
+        .into_iter()
+        .filter_map(|(name, u)| Some(format!("{name}: {}", u.as_ref()?.summary)))
+        .collect();
+    if parts.is_empty() {
+        "-".into()
+    } else {
+        parts.join("; ")
+    }
+}
+
+pub(super) fn cpu(side: &Side) -> String {
+    usage_text(Resource::Cpu, side.cpu_millicores)
+}
+
+pub(super) fn memory(side: &Side) -> String {
+    usage_text(Resource::Memory, side.memory_mib)
 }
 
 /// The workloads with pods on two architectures or more.
@@ -250,7 +278,7 @@ fn compared(report: &AuditReport) -> Vec<(&WorkloadRow, &Comparison)> {
 /// "Architectures compared" and the cost, as tables after the others.
 pub fn tables(report: &AuditReport) -> String {
     let mut out = String::new();
-    let rows: Vec<[String; 8]> = compared(report)
+    let rows: Vec<[String; 11]> = compared(report)
         .into_iter()
         .map(|(w, c)| {
             [
@@ -261,15 +289,18 @@ pub fn tables(report: &AuditReport) -> String {
                 per_side(c, |s| format!("{:.2}", s.restarts_per_pod_hour)),
                 per_side(c, |s| s.exec_format_errors.to_string()),
                 per_side(c, seconds),
+                per_side(c, cpu),
+                per_side(c, memory),
+                usage_verdicts(c),
                 c.summary.clone(),
             ]
         })
         .collect();
     if !rows.is_empty() {
-        out.push_str(
-            "\nArchitectures compared (workloads with pods on two architectures; \
-             CPU and memory in use not read: metrics.k8s.io is not queried):\n",
-        );
+        out.push_str(&format!(
+            "\nArchitectures compared (workloads with pods on two architectures; {}):\n",
+            report.usage.note
+        ));
         out.push_str(&crate::report::table(
             &[
                 "NAMESPACE",
@@ -279,6 +310,9 @@ pub fn tables(report: &AuditReport) -> String {
                 "RESTARTS/POD-HOUR",
                 "EXEC FORMAT ERRORS",
                 "TO READY (MEAN/P90)",
+                "CPU PER POD (MEAN/P90)",
+                "MEMORY PER POD (MEAN/P90)",
+                "CPU AND MEMORY",
                 "VERDICT",
             ],
             &rows,
@@ -329,17 +363,22 @@ pub fn html(report: &AuditReport) -> String {
     let mut html = String::new();
     let compared = compared(report);
     if !compared.is_empty() {
-        html.push_str(
+        html.push_str(&format!(
             "<h2 id=\"compared\">Architectures compared</h2>\
-<p>Workloads with pods on two architectures, side by side. CPU and memory in use are not read \
-(<code>metrics.k8s.io</code> is not queried).</p>\
+<p>Workloads with pods on two architectures, side by side. <span class=\"usage-note\">{note}</span>.</p>\
 <table class=\"compared\"><thead><tr><th>Namespace</th><th>Workload</th><th>Pods</th><th>Ready</th>\
-<th>Restarts per pod-hour</th><th>Exec format errors</th><th>To ready (mean/p90)</th><th>Verdict</th></tr></thead><tbody>",
-        );
+<th>Restarts per pod-hour</th><th>Exec format errors</th><th>To ready (mean/p90)</th>\
+<th>CPU per pod (mean/p90)</th><th>Memory per pod (mean/p90)</th><th>CPU and memory</th><th>Verdict</th></tr></thead><tbody>",
+            note = escape(&report.usage.note),
+        ));
         for (w, c) in compared {
+            let usage_worse = [&c.cpu, &c.memory]
+                .into_iter()
+                .any(|u| u.as_ref().is_some_and(|u| u.worse.is_some()));
             html.push_str(&format!(
                 "<tr class=\"compared\"><td>{ns}</td><td>{kind}/{name}</td><td>{pods}</td><td>{ready}</td>\
-<td>{restarts}</td><td>{exec}</td><td>{to_ready}</td><td class=\"{class}\">{summary}</td></tr>",
+<td>{restarts}</td><td>{exec}</td><td>{to_ready}</td><td class=\"cpu\">{cpu}</td><td class=\"memory\">{memory}</td>\
+<td class=\"usage {usage_class}\">{usage}</td><td class=\"{class}\">{summary}</td></tr>",
                 ns = escape(&w.namespace),
                 kind = escape(&w.kind),
                 name = escape(&w.name),
@@ -348,6 +387,10 @@ pub fn html(report: &AuditReport) -> String {
                 restarts = escape(&per_side(c, |s| format!("{:.2}", s.restarts_per_pod_hour))),
                 exec = escape(&per_side(c, |s| s.exec_format_errors.to_string())),
                 to_ready = escape(&per_side(c, seconds)),
+                cpu = escape(&per_side(c, cpu)),
+                memory = escape(&per_side(c, memory)),
+                usage_class = if usage_worse { "no" } else { "" },
+                usage = escape(&usage_verdicts(c)),
                 class = if c.worse.is_some() { "no" } else { "" },
                 summary = escape(&c.summary),
             ));
@@ -458,7 +501,12 @@ mod tests {
         let json = serde_json::to_value(&c).unwrap();
         assert_eq!(json["verdict"], "target_worse");
         assert_eq!(json["sides"]["arm64"]["restarts"], 12);
-        assert_eq!(json["sides"]["arm64"]["cpu_cores"], serde_json::Value::Null);
+        // Nothing measured: null, never 0, and no verdict on it.
+        assert_eq!(
+            json["sides"]["arm64"]["cpu_millicores"],
+            serde_json::Value::Null
+        );
+        assert_eq!(json["cpu"], serde_json::Value::Null);
         let one_side = comparison(&pods[..4], "arm64").unwrap();
         assert_eq!(one_side.other, "amd64");
         assert!(
@@ -467,5 +515,33 @@ mod tests {
                 .starts_with("too few pods to compare (0 on arm64, 4 on amd64")
         );
         assert!(comparison(&[], "arm64").is_none());
+
+        // With CPU and memory measured: per side in millicores and MiB, and
+        // the side using more named apart from the restarts' verdict.
+        let measured: Vec<PodSample> = (pods.iter().enumerate())
+            .map(|(i, p)| PodSample {
+                cpu_cores: Some(if p.architecture == "arm64" { 0.4 } else { 0.2 }),
+                memory_bytes: Some(64.0 * 1048576.0 * (1 + i % 2) as f64),
+                ..p.clone()
+            })
+            .collect();
+        let c = comparison(&measured, "arm64").unwrap();
+        let json = serde_json::to_value(&c).unwrap();
+        assert_eq!(
+            json["sides"]["arm64"]["cpu_millicores"],
+            serde_json::json!({"mean": 400.0, "p90": 400.0, "pods": 4})
+        );
+        assert_eq!(
+            json["sides"]["amd64"]["memory_mib"],
+            serde_json::json!({"mean": 96.0, "p90": 128.0, "pods": 4})
+        );
+        assert_eq!(json["cpu"]["verdict"], "target_worse");
+        assert_eq!(json["cpu"]["worse"], "arm64");
+        assert_eq!(
+            c.cpu.unwrap().summary,
+            "arm64 worse: pods on arm64 use 100% more CPU than on amd64 (mean 400m against 200m; p90 400m against 200m)"
+        );
+        assert_eq!(json["memory"]["verdict"], "even");
+        assert_eq!(c.memory.unwrap().summary, "no difference");
     }
 }

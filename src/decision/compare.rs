@@ -85,26 +85,101 @@ impl PodSample {
     }
 }
 
-/// A mean and a 90th percentile.
+/// A Kubernetes quantity as a plain number: `250m` is 0.25, `12345678n`
+/// 0.012345678, `64Mi` 67108864, `1e3` 1000, `1` 1. `None` for what is not
+/// a quantity, and for a negative or non-finite one (`-1`, `NaN`, `inf`,
+/// `1e999`), which no CPU or memory figure can be: a caller skips such a
+/// value rather than reading it as 0.
+pub fn parse_quantity(text: &str) -> Option<f64> {
+    // The binary suffixes first: `Mi` must not read as `M` after `i`.
+    const SUFFIXES: [(&str, f64); 15] = [
+        ("Ki", 1024.0),
+        ("Mi", 1048576.0),
+        ("Gi", 1073741824.0),
+        ("Ti", 1099511627776.0),
+        ("Pi", 1125899906842624.0),
+        ("Ei", 1152921504606846976.0),
+        ("n", 1e-9),
+        ("u", 1e-6),
+        ("m", 1e-3),
+        ("k", 1e3),
+        ("M", 1e6),
+        ("G", 1e9),
+        ("T", 1e12),
+        ("P", 1e15),
+        ("E", 1e18),
+    ];
+    let text = text.trim();
+    // Rust's float parser also takes `inf`, `NaN` and `infinity`, which
+    // are not quantities: a number starts with a digit, a sign or a point.
+    if !text.starts_with(|c: char| c.is_ascii_digit() || matches!(c, '+' | '-' | '.')) {
+        return None;
+    }
+    let value = match text.parse::<f64>() {
+        Ok(n) => n,
+        Err(_) => SUFFIXES.iter().find_map(|(suffix, factor)| {
+            let number = text.strip_suffix(suffix)?.parse::<f64>().ok()?;
+            Some(number * factor)
+        })?,
+    };
+    (value.is_finite() && value >= 0.0).then_some(value)
+}
+
+/// What `metrics.k8s.io` says one pod uses now: its containers summed.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct PodUsage {
+    pub cpu_cores: Option<f64>,
+    pub memory_bytes: Option<f64>,
+}
+
+/// A pod's usage from its containers' `usage.cpu` and `usage.memory`
+/// (quantities as the API writes them). A pod with a container whose figure
+/// is missing or malformed has no figure for that resource: a sum without
+/// one container would understate the pod.
+pub fn pod_usage<'a>(
+    containers: impl IntoIterator<Item = (Option<&'a str>, Option<&'a str>)>,
+) -> PodUsage {
+    let (mut cpu, mut memory) = (Some(0.0), Some(0.0));
+    let mut any = false;
+    for (c, m) in containers {
+        any = true;
+        cpu = cpu.zip(c.and_then(parse_quantity)).map(|(a, b)| a + b);
+        memory = memory.zip(m.and_then(parse_quantity)).map(|(a, b)| a + b);
+    }
+    if !any {
+        return PodUsage::default();
+    }
+    PodUsage {
+        cpu_cores: cpu,
+        memory_bytes: memory,
+    }
+}
+
+/// A mean and a 90th percentile, over `pods` values.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct Spread {
     pub mean: f64,
     pub p90: f64,
+    /// How many pods had a value.
+    pub pods: usize,
 }
 
 impl Spread {
-    /// `None` for no values.
+    /// `None` for no values. The p90 is by nearest rank: of the values
+    /// sorted, the one at rank ceil(0.9 × n) (1-based), so a value that was
+    /// measured, never one interpolated between two: of 10 values the 9th,
+    /// of 3 the 3rd, of 1 that one.
     fn of(mut values: Vec<f64>) -> Option<Spread> {
         if values.is_empty() {
             return None;
         }
         values.sort_by(f64::total_cmp);
         let mean = values.iter().sum::<f64>() / values.len() as f64;
-        // Nearest rank: the smallest value with at least 90% at or below.
         let rank = (values.len() * 9).div_ceil(10).max(1);
         Some(Spread {
             mean,
             p90: values[rank - 1],
+            pods: values.len(),
         })
     }
 }
@@ -120,9 +195,14 @@ pub struct Side {
     pub exec_format_errors: usize,
     /// Seconds from creation to ready.
     pub seconds_to_ready: Option<Spread>,
-    pub cpu_cores: Option<Spread>,
-    pub memory_bytes: Option<Spread>,
+    /// CPU in use per pod, in millicores, over the pods `metrics.k8s.io`
+    /// measured (`None`: none was).
+    pub cpu_millicores: Option<Spread>,
+    /// Memory in use per pod, in MiB, likewise.
+    pub memory_mib: Option<Spread>,
 }
+
+const MIB: f64 = 1024.0 * 1024.0;
 
 /// Pod life shorter than this still counts as this much, so a pod that
 /// restarted twice in its first minute does not read as 120 an hour.
@@ -149,8 +229,8 @@ impl Side {
             },
             exec_format_errors: samples.iter().filter(|s| s.exec_format_error).count(),
             seconds_to_ready: Spread::of(values(|s| s.time_to_ready.map(|d| d.as_secs_f64()))),
-            cpu_cores: Spread::of(values(|s| s.cpu_cores)),
-            memory_bytes: Spread::of(values(|s| s.memory_bytes)),
+            cpu_millicores: Spread::of(values(|s| s.cpu_cores.map(|c| c * 1000.0))),
+            memory_mib: Spread::of(values(|s| s.memory_bytes.map(|b| b / MIB))),
         }
     }
 }
@@ -167,6 +247,10 @@ pub struct Judgement {
     pub restart_floor: f64,
     /// Share of pods not ready by which the target may exceed the other.
     pub not_ready_margin: f64,
+    /// By how much (0.1: 10%) one side's mean CPU or memory per pod may
+    /// exceed the other's before it is called worse: usage read once, at one
+    /// moment, moves by more than a few percent from pod to pod.
+    pub usage_margin: f64,
 }
 
 impl Default for Judgement {
@@ -176,6 +260,7 @@ impl Default for Judgement {
             restart_factor: 2.0,
             restart_floor: 0.5,
             not_ready_margin: 0.2,
+            usage_margin: 0.1,
         }
     }
 }
@@ -260,6 +345,99 @@ pub fn judge(
     Verdict::Even
 }
 
+/// A resource whose use per pod is compared.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resource {
+    Cpu,
+    Memory,
+}
+
+impl Resource {
+    fn of(self, side: &Side) -> Option<Spread> {
+        match self {
+            Resource::Cpu => side.cpu_millicores,
+            Resource::Memory => side.memory_mib,
+        }
+    }
+
+    /// `250m` (millicores), `320 MiB`: at most one decimal.
+    pub fn amount(self, value: f64) -> String {
+        let text = format!("{value:.1}");
+        let text = text.trim_end_matches(".0");
+        match self {
+            Resource::Cpu => format!("{text}m"),
+            Resource::Memory => format!("{text} MiB"),
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Resource::Cpu => "CPU",
+            Resource::Memory => "memory",
+        }
+    }
+}
+
+/// The target side against the other on the CPU or memory its pods use,
+/// judged on the mean per pod (the p90 is given beside it). `None` when
+/// neither side has a figure (the cluster does not serve
+/// `metrics.k8s.io`). The same rule as [`judge`]: fewer than `min_pods`
+/// measured pods on a side is too few to say; one side is worse when its
+/// mean exceeds the other's by more than `usage_margin`.
+pub fn judge_usage(
+    resource: Resource,
+    target_arch: &str,
+    target: &Side,
+    other_arch: &str,
+    other: &Side,
+    how: &Judgement,
+) -> Option<Verdict> {
+    let (t, o) = (resource.of(target), resource.of(other));
+    if t.is_none() && o.is_none() {
+        return None;
+    }
+    let measured = |s: Option<Spread>| s.map_or(0, |s| s.pods);
+    let enough = |s: Option<Spread>| s.filter(|s| s.pods >= how.min_pods);
+    let (Some(t), Some(o)) = (enough(t), enough(o)) else {
+        return Some(Verdict::TooFewPods(format!(
+            "too few pods with {} figures to compare ({} on {target_arch}, {} on {other_arch}; {} each needed)",
+            resource.name(),
+            measured(t),
+            measured(o),
+            how.min_pods
+        )));
+    };
+    let words = |worse_arch: &str, worse: Spread, better_arch: &str, better: Spread| {
+        let how_much = match better.mean {
+            0.0 => format!(
+                "pods on {worse_arch} use {} {}",
+                resource.amount(worse.mean),
+                resource.name()
+            ),
+            mean => format!(
+                "pods on {worse_arch} use {:.0}% more {} than on {better_arch}",
+                (worse.mean / mean - 1.0) * 100.0,
+                resource.name()
+            ),
+        };
+        format!(
+            "{how_much} (mean {} against {}; p90 {} against {})",
+            resource.amount(worse.mean),
+            resource.amount(better.mean),
+            resource.amount(worse.p90),
+            resource.amount(better.p90),
+        )
+    };
+    let exceeds = |a: Spread, b: Spread| a.mean > b.mean * (1.0 + how.usage_margin);
+    Some(if exceeds(t, o) {
+        Verdict::TargetWorse(words(target_arch, t, other_arch, o))
+    } else if exceeds(o, t) {
+        Verdict::OtherWorse(words(other_arch, o, target_arch, t))
+    } else {
+        Verdict::Even
+    })
+}
+
 /// Samples grouped by architecture.
 pub fn by_architecture(samples: &[PodSample]) -> BTreeMap<&str, Vec<&PodSample>> {
     let mut sides: BTreeMap<&str, Vec<&PodSample>> = BTreeMap::new();
@@ -300,11 +478,221 @@ mod tests {
         assert_eq!((side.pods, side.ready, side.restarts), (3, 2, 6));
         // 6 restarts over 2 + 2 + 0.25 (a new pod counts a quarter hour).
         assert!((side.restarts_per_pod_hour - 6.0 / 4.25).abs() < 1e-9);
-        let cpu = side.cpu_cores.unwrap();
-        assert!((cpu.mean - (0.3 + 0.1 + 0.5) / 3.0).abs() < 1e-9);
-        assert_eq!(cpu.p90, 0.5);
+        // In millicores and MiB, over the pods measured.
+        let cpu = side.cpu_millicores.unwrap();
+        assert!((cpu.mean - (300.0 + 100.0 + 500.0) / 3.0).abs() < 1e-9);
+        assert!((cpu.p90 - 500.0).abs() < 1e-9);
+        assert_eq!(cpu.pods, 3);
+        let memory = side.memory_mib.unwrap();
+        assert!((memory.mean - 64e6 / 1048576.0).abs() < 1e-9);
         assert_eq!(side.seconds_to_ready.unwrap().mean, 10.0);
-        assert_eq!(Side::of(&[]).cpu_cores, None);
+        assert_eq!(Side::of(&[]).cpu_millicores, None);
+        // A pod not measured counts among the pods, not among the figures.
+        let mut unmeasured = pod("arm64", true, 0, 1.0);
+        unmeasured.cpu_cores = None;
+        let side = Side::of([&pods[0], &unmeasured]);
+        assert_eq!((side.pods, side.cpu_millicores.unwrap().pods), (2, 1));
+    }
+
+    #[test]
+    fn quantities_read_as_the_api_writes_them_and_malformed_ones_are_skipped() {
+        let cases: [(&str, Option<f64>); 22] = [
+            // CPU as metrics-server writes it, and as people write it.
+            ("12345678n", Some(0.012345678)),
+            ("250m", Some(0.25)),
+            ("1", Some(1.0)),
+            ("1.5", Some(1.5)),
+            ("500u", Some(0.0005)),
+            // Memory.
+            ("123456Ki", Some(123456.0 * 1024.0)),
+            ("64Mi", Some(64.0 * 1048576.0)),
+            ("1Gi", Some(1073741824.0)),
+            ("134217728", Some(134217728.0)),
+            ("1e3", Some(1000.0)),
+            ("1k", Some(1000.0)),
+            ("2M", Some(2e6)),
+            (" 1Gi ", Some(1073741824.0)),
+            ("0", Some(0.0)),
+            // Not quantities, or not a figure any pod can use.
+            ("", None),
+            ("lots", None),
+            ("12Qi", None),
+            ("Mi", None),
+            ("-250m", None),
+            ("NaN", None),
+            ("inf", None),
+            ("1e999", None),
+        ];
+        for (text, want) in cases {
+            let got = parse_quantity(text);
+            match (got, want) {
+                (Some(g), Some(w)) => assert!((g - w).abs() <= w * 1e-12, "{text}: {g} != {w}"),
+                _ => assert_eq!(got, want, "{text}"),
+            }
+        }
+    }
+
+    #[test]
+    fn a_pods_usage_is_its_containers_summed_or_none_for_a_malformed_one() {
+        let usage = pod_usage([
+            (Some("100m"), Some("64Mi")),
+            (Some("50000000n"), Some("32768Ki")),
+        ]);
+        assert!((usage.cpu_cores.unwrap() - 0.15).abs() < 1e-12);
+        assert_eq!(usage.memory_bytes, Some(96.0 * 1048576.0));
+        // One container's CPU unreadable: no CPU for the pod (a part would
+        // understate it), its memory still read.
+        let usage = pod_usage([(Some("100m"), Some("64Mi")), (Some("lots"), Some("1Mi"))]);
+        assert_eq!(usage.cpu_cores, None);
+        assert_eq!(usage.memory_bytes, Some(65.0 * 1048576.0));
+        let usage = pod_usage([(None, Some("1Mi"))]);
+        assert_eq!(
+            (usage.cpu_cores, usage.memory_bytes),
+            (None, Some(1048576.0))
+        );
+        assert_eq!(pod_usage([]), PodUsage::default());
+    }
+
+    #[test]
+    fn usage_names_the_worse_side_by_its_mean_with_enough_measured_pods() {
+        let how = Judgement::default();
+        let side = |arch: &str, millicores: &[f64], mib: f64| {
+            let pods: Vec<PodSample> = (millicores.iter())
+                .map(|m| PodSample {
+                    cpu_cores: Some(m / 1000.0),
+                    memory_bytes: Some(mib * 1048576.0),
+                    ..pod(arch, true, 0, 1.0)
+                })
+                .collect();
+            Side::of(&pods)
+        };
+        let words = |v: Option<Verdict>| match v {
+            Some(Verdict::TargetWorse(why)) => format!("target: {why}"),
+            Some(Verdict::OtherWorse(why)) => format!("other: {why}"),
+            Some(Verdict::TooFewPods(why)) => format!("too few: {why}"),
+            Some(Verdict::Even) => "even".into(),
+            None => "none".into(),
+        };
+        let arm = side("arm64", &[400.0, 400.0, 400.0, 600.0], 512.0);
+        let amd = side("amd64", &[250.0, 250.0, 250.0, 250.0], 512.0);
+        assert_eq!(
+            words(judge_usage(
+                Resource::Cpu,
+                "arm64",
+                &arm,
+                "amd64",
+                &amd,
+                &how
+            )),
+            "target: pods on arm64 use 80% more CPU than on amd64 (mean 450m against 250m; p90 600m against 250m)"
+        );
+        assert_eq!(
+            words(judge_usage(
+                Resource::Memory,
+                "arm64",
+                &arm,
+                "amd64",
+                &amd,
+                &how
+            )),
+            "even"
+        );
+        assert_eq!(
+            words(judge_usage(
+                Resource::Cpu,
+                "amd64",
+                &amd,
+                "arm64",
+                &arm,
+                &how
+            )),
+            "other: pods on arm64 use 80% more CPU than on amd64 (mean 450m against 250m; p90 600m against 250m)"
+        );
+        // Within the margin (10%): even.
+        let close = side("arm64", &[270.0; 4], 540.0);
+        assert_eq!(
+            words(judge_usage(
+                Resource::Cpu,
+                "arm64",
+                &close,
+                "amd64",
+                &amd,
+                &how
+            )),
+            "even"
+        );
+        let heavier = side("arm64", &[250.0; 4], 1024.5);
+        assert_eq!(
+            words(judge_usage(
+                Resource::Memory,
+                "arm64",
+                &heavier,
+                "amd64",
+                &amd,
+                &how
+            )),
+            "target: pods on arm64 use 100% more memory than on amd64 (mean 1024.5 MiB against 512 MiB; p90 1024.5 MiB against 512 MiB)"
+        );
+        // Two measured pods on arm64, however far apart: too few.
+        let two = side("arm64", &[900.0, 900.0], 512.0);
+        assert_eq!(
+            words(judge_usage(
+                Resource::Cpu,
+                "arm64",
+                &two,
+                "amd64",
+                &amd,
+                &how
+            )),
+            "too few: too few pods with CPU figures to compare (2 on arm64, 4 on amd64; 3 each needed)"
+        );
+        // Nothing measured on either side: nothing to say (not served).
+        let unmeasured = |arch: &str| {
+            let pods: Vec<PodSample> = (0..4)
+                .map(|_| PodSample {
+                    cpu_cores: None,
+                    memory_bytes: None,
+                    ..pod(arch, true, 0, 1.0)
+                })
+                .collect();
+            Side::of(&pods)
+        };
+        assert_eq!(
+            judge_usage(
+                Resource::Cpu,
+                "arm64",
+                &unmeasured("arm64"),
+                "amd64",
+                &unmeasured("amd64"),
+                &how
+            ),
+            None
+        );
+        // Measured on one side only: too few on the other.
+        assert_eq!(
+            words(judge_usage(
+                Resource::Cpu,
+                "arm64",
+                &arm,
+                "amd64",
+                &unmeasured("amd64"),
+                &how
+            )),
+            "too few: too few pods with CPU figures to compare (4 on arm64, 0 on amd64; 3 each needed)"
+        );
+        // Nothing in use on the better side: no percentage of 0.
+        let idle = side("amd64", &[0.0; 4], 512.0);
+        assert_eq!(
+            words(judge_usage(
+                Resource::Cpu,
+                "arm64",
+                &arm,
+                "amd64",
+                &idle,
+                &how
+            )),
+            "target: pods on arm64 use 450m CPU (mean 450m against 0m; p90 600m against 0m)"
+        );
     }
 
     #[test]

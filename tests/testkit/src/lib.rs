@@ -5,10 +5,12 @@
 //! fake kubelet ([`kubelet`]), archway installed on it as deploy/ installs
 //! it, alone or as replicas behind HAProxy ([`install`], [`balancer`]), and
 //! [`world::World`], which starts all of that in one call; archway's webhook
-//! served in-process ([`webhook`]), and replicas asking each other ([`peers`]); a second webhook ([`injector`]); the
-//! HTTP stand-in for the API server ([`apiserver`]); helm, promtool and
-//! kubectl ([`tools`]); a real Prometheus server ([`prometheus`]); headless
-//! chromium ([`browser`]); a namespace's ramp followed ([`ramps`]).
+//! served in-process ([`webhook`]), and replicas asking each other
+//! ([`peers`]); a second webhook ([`injector`]); the HTTP stand-in for the API server ([`apiserver`]); helm, promtool and
+//! kubectl ([`tools`]); a real Prometheus server ([`prometheus`]); a
+//! `metrics.k8s.io` stand-in behind the aggregation layer
+//! ([`metrics_api`]); headless chromium ([`browser`]); a namespace's ramp
+//! followed ([`ramps`]).
 //!
 //! A test file uses it as `use archway_testkit as support;`. It is one
 //! library, compiled once, rather than a module every test binary compiled
@@ -40,6 +42,7 @@ pub mod images;
 pub mod injector;
 pub mod install;
 pub mod kubelet;
+pub mod metrics_api;
 pub mod peers;
 pub mod process;
 pub mod prometheus;
