@@ -6,8 +6,8 @@
 //! it, alone or as replicas behind HAProxy ([`install`], [`balancer`]), and
 //! [`world::World`], which starts all of that in one call; archway's webhook
 //! served in-process ([`webhook`]), and replicas asking each other
-//! ([`peers`]); a second webhook ([`injector`]); the HTTP stand-in for the API server ([`apiserver`]); helm, promtool and
-//! kubectl ([`tools`]); a real Prometheus server ([`prometheus`]); a
+//! ([`peers`]); a second webhook ([`injector`]); the HTTP stand-in for the
+//! API server ([`apiserver`]); helm, promtool and kubectl ([`tools`]); a real Prometheus server ([`prometheus`]); a
 //! `metrics.k8s.io` stand-in behind the aggregation layer
 //! ([`metrics_api`]); headless chromium ([`browser`]); a namespace's ramp
 //! followed ([`ramps`]).
