@@ -531,7 +531,7 @@ async fn audit_reads_cpu_and_memory_through_the_aggregation_layer_and_names_the_
     let before = HOURS_PER_MONTH * (cpu * 0.05 + gib * 0.007);
     let after = HOURS_PER_MONTH * (cpu * 0.04 + gib * 0.005);
     let saving = format!(
-        "<h4>Moving saves a month</h4><p class=\"big saving\">{:.2} USD ({:.0}%)</p>",
+        "<h4>Moving, a month</h4><p class=\"big saving\">saves {:.2} USD ({:.0}%)</p>",
         before - after,
         (before - after) / before * 100.0
     );

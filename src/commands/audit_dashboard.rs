@@ -57,7 +57,7 @@ fn costs(report: &AuditReport, savings: &Savings, with_saving: bool) -> String {
     }
     let saved = match with_saving {
         true => format!(
-            "; moving saves a month: <b>{}</b>",
+            "; moving a month: <b>{}</b>",
             escape(&saving(savings, currency))
         ),
         false => String::new(),
@@ -73,17 +73,21 @@ fn costs(report: &AuditReport, savings: &Savings, with_saving: bool) -> String {
     )
 }
 
-/// What moving saves a month, `31.21 USD (20%)`: all on the baseline
-/// against every movable workload on the target; the missing price when
-/// one is (`no price for arm64`), never 0.
+/// What moving saves a month, `saves 31.21 USD (20%)`: all on the baseline
+/// against every movable workload on the target; `costs 4.10 USD more
+/// (3%)` where the target's prices make it dearer (said in words, not as a
+/// negative saving); the missing price when one is (`no price for arm64`),
+/// never 0.
 fn saving(savings: &Savings, currency: Option<&str>) -> String {
     match (&savings.all_on_baseline, &savings.all_movable_on_target) {
         (Ok(before), Ok(after)) => {
             let saved = before - after;
-            let amount = money(&Ok(saved), currency);
-            match *before > 0.0 {
-                true => format!("{amount} ({:.0}%)", saved / before * 100.0),
-                false => amount,
+            let amount = money(&Ok(saved.abs()), currency);
+            let share = (*before > 0.0).then(|| format!(" ({:.0}%)", saved.abs() / before * 100.0));
+            let share = share.unwrap_or_default();
+            match saved < 0.0 {
+                true => format!("costs {amount} more{share}"),
+                false => format!("saves {amount}{share}"),
             }
         }
         (Err(missing), _) | (_, Err(missing)) => missing.to_string(),
@@ -147,7 +151,7 @@ fn namespace(report: &AuditReport, plan: &NamespacePlan) -> String {
 <p class=\"small\">{shares}; the rollout would have {want} ({planned}%), gap {gap}</p></div>\
 <div class=\"card holds\"><h4>Holds and blocks</h4><p class=\"big\">{held_count} held, {blocked_count} blocked</p>\
 <ul class=\"small no\">{held}{blocked}</ul></div>\
-<div class=\"card savings\"><h4>Moving saves a month</h4>{savings}</div></div>{compared}</section>",
+<div class=\"card savings\"><h4>Moving, a month</h4>{savings}</div></div>{compared}</section>",
         ns = escape(&plan.namespace),
         mode = escape(&plan.mode),
         rollout_percent = plan.rollout,
@@ -218,4 +222,32 @@ fn compared(workloads: &[&WorkloadRow]) -> String {
     }
     html.push_str("</tbody></table>");
     html
+}
+
+#[cfg(test)]
+mod saving_tests {
+    use super::*;
+
+    fn savings(before: f64, after: f64) -> Savings {
+        Savings {
+            requests: Default::default(),
+            now: Ok(before),
+            all_on_baseline: Ok(before),
+            all_movable_on_target: Ok(after),
+            blocked: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_dearer_target_is_said_to_cost_more_not_to_save_a_negative_amount() {
+        assert_eq!(
+            saving(&savings(100.0, 80.0), Some("USD")),
+            "saves 20.00 USD (20%)"
+        );
+        assert_eq!(
+            saving(&savings(100.0, 104.1), Some("USD")),
+            "costs 4.10 USD more (4%)"
+        );
+        assert_eq!(saving(&savings(0.0, 0.0), None), "saves 0.00");
+    }
 }
