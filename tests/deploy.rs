@@ -346,6 +346,8 @@ fn check_rbac(objects: &[Value]) {
                 &["get", "list"]
             ),
             ("batch", &["jobs", "cronjobs"], &["get", "list"]),
+            // CPU and memory per pod in the comparison.
+            ("metrics.k8s.io", &["pods"], &["get", "list"]),
         ])
     );
     // Left for the operator to bind to whoever runs `archway audit`.
