@@ -169,3 +169,56 @@ pub fn rustls_client_config(ca_pem: &str) -> Arc<rustls::ClientConfig> {
         .with_no_client_auth();
     Arc::new(config)
 }
+
+/// What a test's HTTPS server answers a request with.
+pub type Answer = Result<hyper::Response<http_body_util::Full<Bytes>>, hyper::Error>;
+
+/// Serves `handle` over HTTPS (HTTP/1.1) on 127.0.0.1, from a thread of
+/// its own for the life of the test process, with a certificate `ca`
+/// issued for `names` (`what` names it in panics); its port. The webhooks
+/// and aggregated APIs the API server calls in tests are served so.
+pub fn serve_https<F, Fut>(ca: &crate::tls::TestCa, names: &[&str], what: &str, handle: F) -> u16
+where
+    F: Fn(hyper::Request<hyper::body::Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Answer> + Send + 'static,
+{
+    let issued = ca.issue_server(names);
+    let certs = CertificateDer::pem_slice_iter(issued.cert_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap_or_else(|e| panic!("{what} cert: {e}"));
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(issued.key_pem.as_bytes())
+        .unwrap_or_else(|e| panic!("{what} key: {e}"));
+    let config = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap_or_else(|e| panic!("{what} TLS config: {e}"));
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener =
+        std::net::TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("bind {what}: {e}"));
+    listener.set_nonblocking(true).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let (acceptor, handle) = (acceptor.clone(), handle.clone());
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(stream).await else {
+                        return;
+                    };
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(tls), hyper::service::service_fn(handle))
+                        .await;
+                });
+            }
+        });
+    });
+    port
+}

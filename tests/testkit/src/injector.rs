@@ -10,19 +10,15 @@
 //! one archway gave a sample pod): what applying archway's patch costs the
 //! API server, without archway's own work.
 
-use std::net::TcpListener;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use base64::Engine;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use serde_json::{Value, json};
 
+use crate::http::serve_https;
 use crate::tls::TestCa;
 
 /// The container the injector adds.
@@ -76,66 +72,27 @@ impl SidecarInjector {
 
     fn serve(addition: Addition) -> SidecarInjector {
         let ca = TestCa::new("sidecar injector CA");
-        let issued = ca.issue_server(&["127.0.0.1"]);
-        let certs = CertificateDer::pem_slice_iter(issued.cert_pem.as_bytes())
-            .collect::<Result<Vec<_>, _>>()
-            .expect("injector cert");
-        let key = PrivateKeyDer::from_pem_slice(issued.key_pem.as_bytes()).expect("injector key");
-        let config = rustls::ServerConfig::builder()
-            .with_no_client_auth()
-            .with_single_cert(certs, key)
-            .expect("injector TLS config");
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind injector");
-        listener.set_nonblocking(true).unwrap();
-        let port = listener.local_addr().unwrap().port();
         let calls = Arc::new(AtomicUsize::new(0));
         let counted = calls.clone();
-        std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            runtime.block_on(async move {
-                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-                loop {
-                    let Ok((stream, _)) = listener.accept().await else {
-                        continue;
-                    };
-                    let acceptor = acceptor.clone();
-                    let addition = addition.clone();
-                    let counted = counted.clone();
-                    tokio::spawn(async move {
-                        let Ok(tls) = acceptor.accept(stream).await else {
-                            return;
-                        };
-                        let service =
-                            service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
-                                let addition = addition.clone();
-                                let counted = counted.clone();
-                                async move {
-                                    let body = request.into_body().collect().await?.to_bytes();
-                                    let call = counted.fetch_add(1, Ordering::SeqCst);
-                                    let review: Value =
-                                        serde_json::from_slice(&body).unwrap_or(Value::Null);
-                                    let answer =
-                                        serde_json::to_vec(&inject(&review, &addition, call))
-                                            .unwrap();
-                                    Ok::<_, hyper::Error>(
-                                        hyper::Response::builder()
-                                            .header("content-type", "application/json")
-                                            .body(Full::new(Bytes::from(answer)))
-                                            .unwrap(),
-                                    )
-                                }
-                            });
-                        let _ = hyper::server::conn::http1::Builder::new()
-                            .serve_connection(TokioIo::new(tls), service)
-                            .await;
-                    });
+        let port = serve_https(
+            &ca,
+            &["127.0.0.1"],
+            "injector",
+            move |request: hyper::Request<hyper::body::Incoming>| {
+                let addition = addition.clone();
+                let counted = counted.clone();
+                async move {
+                    let body = request.into_body().collect().await?.to_bytes();
+                    let call = counted.fetch_add(1, Ordering::SeqCst);
+                    let review: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                    let answer = serde_json::to_vec(&inject(&review, &addition, call)).unwrap();
+                    Ok(hyper::Response::builder()
+                        .header("content-type", "application/json")
+                        .body(Full::new(Bytes::from(answer)))
+                        .unwrap())
                 }
-            });
-        });
+            },
+        );
         SidecarInjector {
             port,
             ca_pem: ca.cert_pem.clone(),

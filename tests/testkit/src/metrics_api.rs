@@ -14,20 +14,16 @@
 //! cluster, so the certificate is issued for that name.
 
 use std::collections::BTreeMap;
-use std::net::TcpListener;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use base64::Engine;
 use http_body_util::Full;
 use hyper::body::Bytes;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use serde_json::{Value, json};
 
 use crate::controlplane::{ControlPlane, wait_for};
+use crate::http::serve_https;
 use crate::tls::TestCa;
 
 /// Where the Service lives, as metrics-server's does.
@@ -56,60 +52,26 @@ impl MetricsApi {
     /// the life of the test process; no pod has figures yet.
     pub fn start() -> MetricsApi {
         let ca = TestCa::new("metrics.k8s.io stand-in CA");
-        let issued = ca.issue_server(&[&format!("{SERVICE}.{NAMESPACE}.svc")]);
-        let certs = CertificateDer::pem_slice_iter(issued.cert_pem.as_bytes())
-            .collect::<Result<Vec<_>, _>>()
-            .expect("metrics stand-in cert");
-        let key =
-            PrivateKeyDer::from_pem_slice(issued.key_pem.as_bytes()).expect("metrics stand-in key");
-        let config = rustls::ServerConfig::builder()
-            .with_no_client_auth()
-            .with_single_cert(certs, key)
-            .expect("metrics stand-in TLS config");
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind metrics stand-in");
-        listener.set_nonblocking(true).unwrap();
-        let port = listener.local_addr().unwrap().port();
         let figures: Figures = Arc::default();
         let requests: Arc<Mutex<Vec<String>>> = Arc::default();
         let (served, seen) = (figures.clone(), requests.clone());
-        std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            runtime.block_on(async move {
-                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-                loop {
-                    let Ok((stream, _)) = listener.accept().await else {
-                        continue;
-                    };
-                    let (acceptor, served, seen) = (acceptor.clone(), served.clone(), seen.clone());
-                    tokio::spawn(async move {
-                        let Ok(tls) = acceptor.accept(stream).await else {
-                            return;
-                        };
-                        let service = service_fn(move |request: hyper::Request<_>| {
-                            let uri = request.uri().clone();
-                            seen.lock().unwrap().push(uri.to_string());
-                            let (status, body) = answer(uri.path(), &served.lock().unwrap());
-                            async move {
-                                Ok::<_, hyper::Error>(
-                                    hyper::Response::builder()
-                                        .status(status)
-                                        .header("content-type", "application/json")
-                                        .body(Full::new(Bytes::from(body.to_string())))
-                                        .unwrap(),
-                                )
-                            }
-                        });
-                        let _ = hyper::server::conn::http1::Builder::new()
-                            .serve_connection(TokioIo::new(tls), service)
-                            .await;
-                    });
+        let port = serve_https(
+            &ca,
+            &[&format!("{SERVICE}.{NAMESPACE}.svc")],
+            "metrics stand-in",
+            move |request: hyper::Request<hyper::body::Incoming>| {
+                let uri = request.uri().clone();
+                seen.lock().unwrap().push(uri.to_string());
+                let (status, body) = answer(uri.path(), &served.lock().unwrap());
+                async move {
+                    Ok(hyper::Response::builder()
+                        .status(status)
+                        .header("content-type", "application/json")
+                        .body(Full::new(Bytes::from(body.to_string())))
+                        .unwrap())
                 }
-            });
-        });
+            },
+        );
         MetricsApi {
             port,
             ca_pem: ca.cert_pem.clone(),
