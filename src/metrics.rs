@@ -406,13 +406,13 @@ impl Metrics {
         let peer_lookups = Family::<ReasonLabels, Counter>::default();
         registry.register(
             "peer_lookups",
-            "Digests this replica asked the leader for instead of the registry, by result (answered, failed, leader_changed)",
+            "Images this replica asked the leader for instead of the registry, by result (answered, failed, leader_changed)",
             peer_lookups.clone(),
         );
         let peer_requests = Family::<ReasonLabels, Counter>::default();
         registry.register(
             "peer_requests",
-            "Digests other replicas asked this one for, by result (answered, failed, unauthorized, invalid)",
+            "Images other replicas asked this one for, by result (answered, failed, unauthorized, invalid)",
             peer_requests.clone(),
         );
         let cache_lookups = Family::<CacheLabels, Counter>::default();

@@ -274,7 +274,6 @@ impl Elector {
         let mut live_at: Option<Instant> = None;
         loop {
             self.other_holds = false;
-            self.other_address = None;
             match self.try_acquire_or_renew().await {
                 Ok(true) => renewed = Some(Instant::now()),
                 Ok(false) => renewed = None,
@@ -290,9 +289,10 @@ impl Elector {
             // can see): its gate controller runs, so the webhook may gate.
             some_leader
                 .send_replace(live_at.is_some_and(|at| at.elapsed() < self.settings.duration));
-            // Only a leader seen renewing this round is asked: one that
-            // stopped is not waited for.
-            let address = self.other_address.take().filter(|_| self.other_holds);
+            // Only a leader seen renewing this round is asked (the round
+            // sets the address only then): one that stopped is not waited
+            // for.
+            let address = self.other_address.take();
             leader_address.send_if_modified(|was| {
                 let changed = *was != address;
                 *was = address;

@@ -209,8 +209,9 @@ pub struct Inspector {
     /// budget on a single registry request, and the rest are throttled.
     /// Holds only lookups running now.
     in_flight: Arc<Mutex<std::collections::HashSet<CacheKey>>>,
-    /// The leader, asked for a digest this replica does not know before
-    /// the registry is (`lookup::peer`); `None` outside a cluster.
+    /// The leader, asked before the registry for a tag this replica knows
+    /// nothing of, or a digest its HEAD named that it does not know
+    /// (`lookup::peer`); `None` outside a cluster.
     peer: Option<Arc<PeerClient>>,
 }
 
@@ -352,8 +353,7 @@ impl Inspector {
         }
     }
 
-    /// This inspector, asking `peer` (the leader) for digests it does not
-    /// know before it asks the registry.
+    /// This inspector, asking `peer` (the leader) before the registry.
     pub fn with_peer(mut self, peer: Option<Arc<PeerClient>>) -> Self {
         self.peer = peer;
         self
@@ -533,8 +533,8 @@ impl Inspector {
 
     /// A lookup of an image not in the cache. When the facts know a digest
     /// of its repository (a digest reference's own, or any for a tag), a
-    /// HEAD may spare the GET; when another replica leads, a HEAD names
-    /// the digest to ask it for.
+    /// HEAD may spare the GET. With replicas, a tag nothing is known of
+    /// is asked of the leader first.
     async fn look_up(
         &self,
         image: &ImageRef,
@@ -565,19 +565,9 @@ impl Inspector {
             );
         }
         let known: Known<'_> = &known;
-        let ask = |digest: String| self.by_digest(image, digest, requester);
-        let ask: ByDigest<'_> = &ask;
         let lookup = self
-            .client
-            .inspect_in_turn(
-                image,
-                credential,
-                &requester.turn,
-                worth_a_head.then_some(known),
-                by_digest.then_some(ask),
-            )
-            .await
-            .map(Arc::new);
+            .ask_registry(image, credential, requester, worth_a_head.then_some(known))
+            .await;
         self.answered(image, credential, lookup)
     }
 
@@ -591,6 +581,31 @@ impl Inspector {
         }
         let (ttl, stale) = self.ttl_for(image, &lookup);
         Entry::new(lookup, ttl, stale, Instant::now())
+    }
+
+    /// The registry's answer for `image`, in `requester`'s turn: with
+    /// `known`, after a HEAD whose digest it may know; with replicas, a
+    /// digest the HEAD named and `known` does not hold is asked of the
+    /// leader (or looked up by digest here) before the tag's GET.
+    async fn ask_registry(
+        &self,
+        image: &ImageRef,
+        credential: &Credential,
+        requester: &Requester,
+        known: Option<Known<'_>>,
+    ) -> Lookup {
+        let ask = |digest: String| self.by_digest(image, digest, requester);
+        let ask: ByDigest<'_> = &ask;
+        self.client
+            .inspect_in_turn(
+                image,
+                credential,
+                &requester.turn,
+                known,
+                self.by_digest_for(image, credential).then_some(ask),
+            )
+            .await
+            .map(Arc::new)
     }
 
     /// Starts revalidating an expired tag's answer, unless one runs
@@ -666,19 +681,9 @@ impl Inspector {
                 .or_else(|| self.facts.platforms(image, digest))
         };
         let known: Known<'_> = &known;
-        let ask = |digest: String| self.by_digest(image, digest, requester);
-        let ask: ByDigest<'_> = &ask;
         let lookup = self
-            .client
-            .inspect_in_turn(
-                image,
-                credential,
-                &requester.turn,
-                Some(known),
-                self.by_digest_for(image, credential).then_some(ask),
-            )
-            .await
-            .map(Arc::new);
+            .ask_registry(image, credential, requester, Some(known))
+            .await;
         match lookup {
             Err(error) if error.is_transient() => {
                 tracing::debug!(image = %image, %error, "revalidation failed: the last answer is served meanwhile");

@@ -178,15 +178,13 @@ impl PeerClient {
             None => image.to_string(),
         };
         let (found, asked) = tokio::select! {
-            found = tokio::time::timeout(self.timeout, self.ask(&address, image, &key, digest)) => match found {
-                Ok(Ok(found)) => (Some(found), Asked::Answered),
-                Ok(Err(reason)) => {
-                    tracing::debug!(leader = %address, image = %key, %reason, "the leader did not answer: asking the registry");
-                    (None, Asked::Failed)
-                }
-                Err(_) => {
-                    tracing::debug!(leader = %address, image = %key, "the leader did not answer in time: asking the registry");
-                    (None, Asked::Failed)
+            found = tokio::time::timeout(self.timeout, self.ask(&address, image, &key, digest)) => {
+                match found.unwrap_or_else(|_| Err(format!("no answer within {:?}", self.timeout))) {
+                    Ok(found) => (Some(found), Asked::Answered),
+                    Err(reason) => {
+                        tracing::debug!(leader = %address, image = %key, %reason, "the leader did not answer: asking the registry");
+                        (None, Asked::Failed)
+                    }
                 }
             },
             // A closed channel (the election stopped) changes nothing.

@@ -121,7 +121,7 @@ pub async fn run(
             ),
         );
         let mut reviewer = crate::setup::reviewer(&config, policies, metrics.clone())?;
-        // Followers ask the leader for digests they do not know before the
+        // Followers ask the leader for what they do not know before the
         // registry: a new or moved tag costs one GET, not one a replica.
         let peer = crate::lookup::peer::PeerClient::new(
             certificate.clone(),
@@ -163,7 +163,7 @@ pub async fn run(
         crate::setup::reviewer(&config, Arc::new(config.static_policies()), metrics.clone())?
     };
     tracing::info!(
-        webhook = %listeners.webhook.local_addr()?,
+        webhook = %webhook_address,
         admin = %listeners.admin.local_addr()?,
         target = %config.target_architecture,
         static_namespaces = config.namespaces.len(),

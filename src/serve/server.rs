@@ -299,7 +299,7 @@ async fn mutate(State(state): State<AppState>, body: Bytes) -> Response {
     }
 }
 
-/// Another replica asks for a digest's platforms (`lookup::peer`).
+/// Another replica asks for an image's platforms (`lookup::peer`).
 async fn peer_answer(
     State(state): State<AppState>,
     headers: axum::http::HeaderMap,
